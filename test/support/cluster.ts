@@ -1,11 +1,12 @@
 import { CoreV1Api, KubeConfig, RbacAuthorizationV1Api } from "@kubernetes/client-node";
+import { rmSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { startApiServer, startControllers, startEtcd } from "./control-plane.js";
 import { eventually } from "./eventually.js";
 import { startKwok } from "./kwok.js";
-import { ProcessGroup } from "./managed-process.js";
+import { onExit, ProcessGroup } from "./managed-process.js";
 import { DEFAULT_NODE_POOLS, registerNodes, type NodePoolSpec } from "./nodes.js";
 import { generatePki, type Pki } from "./pki.js";
 import { writeKubeconfig } from "./kubeconfig.js";
@@ -32,6 +33,7 @@ export class LocalCluster {
     readonly nodeNames: readonly string[],
     readonly processes: ProcessGroup,
     readonly keepDir: boolean,
+    private readonly forgetCleanup: () => void,
   ) {}
 
   /** Starts every component, registers the nodes and waits until they are Ready. Prints the time to ready. */
@@ -41,12 +43,14 @@ export class LocalCluster {
     const dir = await mkdtemp(join(tmpdir(), "bk-operator-cluster-"));
     const processes = new ProcessGroup();
     const keep = options.keepDir ?? process.env.BK_KEEP_CLUSTER === "1";
+    // an interrupted run (Ctrl-C, a killed test runner) still removes the cluster's directory
+    const forgetCleanup = keep ? () => undefined : onExit(() => { rmSync(dir, { recursive: true, force: true }); });
     try {
       const [pki, etcd] = await Promise.all([generatePki(dir), startEtcd(dir, processes)]);
       const apiserver = await startApiServer(dir, processes, pki, etcd.url);
       const kubeconfigPath = await writeKubeconfig(join(dir, "kubeconfig"), apiserver.url,
         { ca: pki.caCert, cert: pki.adminCert, key: pki.adminKey });
-      const cluster = new LocalCluster(dir, pki, apiserver.url, kubeconfigPath, [], processes, keep);
+      const cluster = new LocalCluster(dir, pki, apiserver.url, kubeconfigPath, [], processes, keep, forgetCleanup);
       const core = cluster.kubeConfig().makeApiClient(CoreV1Api);
       const [, , nodeNames] = await Promise.all([
         startControllers(dir, processes, pki, kubeconfigPath),
@@ -54,13 +58,14 @@ export class LocalCluster {
         registerNodes(core, options.nodePools ?? DEFAULT_NODE_POOLS),
         cluster.publishIssuerDiscovery(),
       ]);
-      const ready = new LocalCluster(dir, pki, apiserver.url, kubeconfigPath, nodeNames, processes, keep);
+      const ready = new LocalCluster(dir, pki, apiserver.url, kubeconfigPath, nodeNames, processes, keep, forgetCleanup);
       await ready.waitForNodesReady(core);
       log(`local cluster ready in ${((Date.now() - started) / 1000).toFixed(1)} s: ${nodeNames.length} nodes, kubeconfig ${kubeconfigPath}`);
       return ready;
     } catch (err) {
       await processes.stopAll(1_000);
       if (!keep) await rm(dir, { recursive: true, force: true });
+      forgetCleanup();
       throw err;
     }
   }
@@ -108,5 +113,6 @@ export class LocalCluster {
   async stop(): Promise<void> {
     await this.processes.stopAll();
     if (!this.keepDir) await rm(this.dir, { recursive: true, force: true });
+    this.forgetCleanup();
   }
 }

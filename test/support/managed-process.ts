@@ -20,7 +20,15 @@ export interface StartOptions {
 }
 
 const live = new Set<ManagedProcess>();
+const cleanups = new Set<() => void>();
 let hooksInstalled = false;
+
+/** Registers synchronous clean-up (e.g. removing a cluster's directory) to run if the process exits or is interrupted. */
+export function onExit(cleanup: () => void): () => void {
+  installExitHooks();
+  cleanups.add(cleanup);
+  return () => cleanups.delete(cleanup);
+}
 
 /**
  * Kills every live component synchronously. Runs on normal exit and on SIGINT/SIGTERM/SIGHUP, so a failed or
@@ -29,6 +37,8 @@ let hooksInstalled = false;
  */
 function killAll(): void {
   for (const p of live) p.kill("SIGKILL");
+  for (const cleanup of cleanups) cleanup();
+  cleanups.clear();
 }
 
 function installExitHooks(): void {

@@ -1,0 +1,24 @@
+/** Labels and annotations the operator puts on the objects it makes. */
+export const LABELS = {
+  /** Marks every object the operator manages. */
+  managedBy: "app.kubernetes.io/managed-by",
+  /** The BuildkiteQueue (resource name) a job pod, ServiceAccount, NetworkPolicy or PVC belongs to. */
+  queue: "buildkite.com/queue",
+  /** The BuildkiteJob (resource name) a pod runs. */
+  job: "buildkite.com/job",
+  /** The Buildkite job UUID. */
+  jobUuid: "buildkite.com/job-uuid",
+  /** Role of the object: "job" for job pods. */
+  component: "app.kubernetes.io/component",
+  /** Concurrency slot of a cache PVC. */
+  slot: "buildkite.com/slot",
+} as const;
+
+export const ANNOTATIONS = {
+  /** Hash of the inputs a pod was built from, to see when a running pod differs from what would be built now. */
+  specHash: "buildkite.com/spec-hash",
+  /** EKS's IRSA annotation on the queue's ServiceAccount. */
+  irsaRoleArn: "eks.amazonaws.com/role-arn",
+} as const;
+
+export const MANAGED_BY = "buildkite-operator";

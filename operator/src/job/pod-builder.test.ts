@@ -1,0 +1,116 @@
+import { expect } from "chai";
+import { jobFixture, queueFixture } from "../../../test/support/fixtures.js";
+import type { InstanceShape } from "../api/shapes.js";
+import { buildPod, IRSA_TOKEN_DIR } from "./pod-builder.js";
+
+const job = jobFixture();
+const agentOf = (pod: ReturnType<typeof buildPod>) => {
+  const agent = pod.spec?.containers[0];
+  if (!agent) throw new Error("no agent container");
+  return agent;
+};
+const envOf = (pod: ReturnType<typeof buildPod>): Record<string, unknown> =>
+  Object.fromEntries((agentOf(pod).env ?? []).map((e) => [e.name, e.value ?? e.valueFrom]));
+
+describe("buildPod", () => {
+  const shapes: [InstanceShape, string, string, string, string][] = [
+    ["LINUX_AMD64_2X4", "amd64", "2", "4Gi", "47G"],
+    ["LINUX_AMD64_4X16", "amd64", "4", "16Gi", "95G"],
+    ["LINUX_AMD64_8X32", "amd64", "8", "32Gi", "158G"],
+    ["LINUX_AMD64_16X64", "amd64", "16", "64Gi", "284G"],
+    ["LINUX_AMD64_32X128", "amd64", "32", "128Gi", "544G"],
+    ["LINUX_AMD64_64X256", "amd64", "64", "256Gi", "1056G"],
+    ["LINUX_ARM64_2X4", "arm64", "2", "4Gi", "47G"],
+    ["LINUX_ARM64_4X16", "arm64", "4", "16Gi", "95G"],
+    ["LINUX_ARM64_8X32", "arm64", "8", "32Gi", "158G"],
+    ["LINUX_ARM64_16X64", "arm64", "16", "64Gi", "284G"],
+    ["LINUX_ARM64_32X128", "arm64", "32", "128Gi", "544G"],
+    ["LINUX_ARM64_64X256", "arm64", "64", "256Gi", "1056G"],
+  ];
+  for (const [shape, arch, cpu, memory, disk] of shapes) {
+    it(`sizes ${shape} as ${cpu} CPU / ${memory} / ${disk} on ${arch}, requests equal to limits`, () => {
+      const pod = buildPod(queueFixture({ instanceShape: shape, maxVCPU: 64 }), job);
+      const expected = { cpu, memory, "ephemeral-storage": disk };
+      expect(agentOf(pod).resources).to.deep.equal({ requests: expected, limits: expected });
+      expect(pod.spec?.nodeSelector).to.deep.equal({ "kubernetes.io/arch": arch, "kubernetes.io/os": "linux" });
+      expect(pod.spec?.volumes?.[0]).to.deep.equal({ name: "workspace", emptyDir: { sizeLimit: disk } });
+    });
+  }
+
+  it("runs the agent for exactly this job", () => {
+    const agent = agentOf(buildPod(queueFixture(), job));
+    expect(agent.name).to.equal("agent");
+    expect([...(agent.command ?? []), ...(agent.args ?? [])]).to.deep.equal(["buildkite-agent", "start", "--acquire-job", job.spec.uuid]);
+  });
+
+  it("passes endpoint, queue tag and the token from the queue's Secret by reference", () => {
+    const env = envOf(buildPod(queueFixture({ endpoint: "http://127.0.0.1:9999/v3", queue: "linux-medium" }), job));
+    expect(env.BUILDKITE_AGENT_ENDPOINT).to.equal("http://127.0.0.1:9999/v3");
+    expect(env.BUILDKITE_AGENT_TAGS).to.equal("queue=linux-medium");
+    expect(env.BUILDKITE_AGENT_TOKEN).to.deep.equal({ secretKeyRef: { name: "bk-agent-token", key: "token" } });
+  });
+
+  it("satisfies Pod Security restricted and mounts no API token", () => {
+    const pod = buildPod(queueFixture(), job);
+    expect(pod.spec?.securityContext).to.deep.include({ runAsNonRoot: true, seccompProfile: { type: "RuntimeDefault" } });
+    expect(agentOf(pod).securityContext).to.deep.equal({ allowPrivilegeEscalation: false, capabilities: { drop: ["ALL"] }, runAsNonRoot: true });
+    expect(pod.spec?.automountServiceAccountToken).to.equal(false);
+    expect(pod.spec?.hostNetwork ?? false).to.equal(false);
+    expect(pod.spec?.volumes?.some((v) => v.hostPath)).to.equal(false);
+    expect(pod.spec?.restartPolicy).to.equal("Never");
+  });
+
+  it("stops the job at maxJobDurationSeconds", () => {
+    expect(buildPod(queueFixture({ maxJobDurationSeconds: 600 }), job).spec?.activeDeadlineSeconds).to.equal(600);
+  });
+
+  it("labels the pod, owns it by its BuildkiteJob and records a stable spec hash", () => {
+    const pod = buildPod(queueFixture(), job);
+    expect(pod.metadata?.name).to.equal(job.metadata.name);
+    expect(pod.metadata?.labels).to.include({ "buildkite.com/queue": "linux", "buildkite.com/job": job.metadata.name, "app.kubernetes.io/managed-by": "buildkite-operator" });
+    expect(pod.metadata?.ownerReferences).to.deep.equal([{ apiVersion: "buildkite.com/v1alpha1", kind: "BuildkiteJob", name: job.metadata.name, uid: job.metadata.uid, controller: true, blockOwnerDeletion: true }]);
+    const hash = pod.metadata?.annotations?.["buildkite.com/spec-hash"];
+    expect(hash).to.match(/^[0-9a-f]{16}$/);
+    expect(buildPod(queueFixture(), job).metadata?.annotations?.["buildkite.com/spec-hash"]).to.equal(hash);
+    expect(buildPod(queueFixture({ agentImage: "other:1" }), job).metadata?.annotations?.["buildkite.com/spec-hash"]).to.not.equal(hash);
+  });
+
+  it("has no AWS environment or token volume without aws", () => {
+    const pod = buildPod(queueFixture(), job);
+    expect(Object.keys(envOf(pod)).filter((k) => k.startsWith("AWS_"))).to.deep.equal([]);
+    expect(pod.spec?.volumes?.map((v) => v.name)).to.deep.equal(["workspace"]);
+  });
+
+  it("projects an IRSA token and sets the AWS environment when aws is set", () => {
+    const aws = { roleArn: "arn:aws:iam::123456789012:role/ci", region: "eu-west-1", audience: "sts.amazonaws.com", tokenExpirationSeconds: 3600 };
+    const pod = buildPod(queueFixture({ aws }), job);
+    expect(envOf(pod)).to.include({
+      AWS_ROLE_ARN: aws.roleArn, AWS_WEB_IDENTITY_TOKEN_FILE: `${IRSA_TOKEN_DIR}/token`, AWS_REGION: "eu-west-1", AWS_STS_REGIONAL_ENDPOINTS: "regional",
+    });
+    expect(pod.spec?.volumes?.find((v) => v.name === "aws-iam-token")?.projected?.sources).to.deep.equal(
+      [{ serviceAccountToken: { audience: "sts.amazonaws.com", expirationSeconds: 3600, path: "token" } }]);
+    expect(agentOf(pod).volumeMounts).to.deep.include({ name: "aws-iam-token", mountPath: IRSA_TOKEN_DIR, readOnly: true });
+    expect(pod.spec?.serviceAccountName).to.equal("bkq-linux");
+  });
+
+  it("mounts the cache claims of its slot", () => {
+    const pod = buildPod(queueFixture({ cache: [{ name: "gomod", size: "20Gi", mountPath: "/cache/gomod" }] }), job, 2);
+    expect(pod.spec?.volumes).to.deep.include({ name: "cache-gomod", persistentVolumeClaim: { claimName: "bkq-linux-gomod-2" } });
+    expect(agentOf(pod).volumeMounts).to.deep.include({ name: "cache-gomod", mountPath: "/cache/gomod" });
+  });
+
+  it("applies the queue's pod template without letting it override operator labels", () => {
+    const pod = buildPod(queueFixture({
+      podTemplate: {
+        labels: { team: "infra", "buildkite.com/queue": "spoofed" }, annotations: { note: "x" },
+        env: [{ name: "FOO", value: "bar" }], tolerations: [{ key: "ci", operator: "Exists", effect: "NoSchedule" }],
+        priorityClassName: "ci-low", runtimeClassName: "gvisor", imagePullSecrets: [{ name: "regcred" }],
+      },
+    }), job);
+    expect(pod.metadata?.labels).to.include({ team: "infra", "buildkite.com/queue": "linux" });
+    expect(pod.metadata?.annotations).to.include({ note: "x" });
+    expect(envOf(pod).FOO).to.equal("bar");
+    expect(pod.spec).to.deep.include({ priorityClassName: "ci-low", runtimeClassName: "gvisor", imagePullSecrets: [{ name: "regcred" }] });
+    expect(pod.spec?.tolerations).to.deep.equal([{ key: "ci", operator: "Exists", effect: "NoSchedule" }]);
+  });
+});

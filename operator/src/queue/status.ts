@@ -1,0 +1,47 @@
+import { setCondition, type ConditionUpdate } from "../api/conditions.js";
+import type { BuildkiteQueue, BuildkiteQueueStatus } from "../api/generated/buildkite-queue.js";
+import { serviceAccountName } from "../api/names.js";
+import { concurrency, shapeResources } from "../api/shapes.js";
+
+/** What the queue controller found out while reconciling one queue. */
+export interface QueueObservation {
+  queue: BuildkiteQueue;
+  /** BuildkiteJobs of this queue that have not reached a terminal phase (from the cache). */
+  activeJobs: number;
+  /** Whether the agent token Secret and its key exist. */
+  secret: "present" | "missing" | "missingKey";
+  /** A child object the API server refused, with its message (e.g. a StorageClass that does not exist). */
+  childError?: { kind: string; name: string; message: string };
+}
+
+/** The status a queue should have. Pure; written only when it differs from what is stored. */
+export function planQueueStatus(obs: QueueObservation, now: Date): BuildkiteQueueStatus {
+  const { queue } = obs;
+  const total = concurrency(queue.spec);
+  const gen = queue.metadata.generation;
+  const ref = queue.spec.agentTokenSecretRef;
+  const ns = queue.metadata.namespace ?? "";
+  let ready: ConditionUpdate;
+  if (obs.secret === "missing") {
+    ready = { type: "Ready", status: "False", reason: "AgentTokenSecretMissing",
+      message: `Secret ${ref.name} not found in namespace ${ns}; create it: kubectl create secret generic ${ref.name} -n ${ns} --from-literal=${ref.key}=<agent token>` };
+  } else if (obs.secret === "missingKey") {
+    ready = { type: "Ready", status: "False", reason: "AgentTokenSecretKeyMissing",
+      message: `Secret ${ref.name} has no key "${ref.key}"; add it or set agentTokenSecretRef.key to the key that holds the token` };
+  } else if (obs.childError) {
+    ready = { type: "Ready", status: "False", reason: "ChildRefused",
+      message: `The API server refused ${obs.childError.kind} ${obs.childError.name}: ${obs.childError.message}` };
+  } else {
+    ready = { type: "Ready", status: "True", reason: "Ready", message: `Jobs run as ${total} concurrent ${queue.spec.instanceShape} pods at most.` };
+  }
+  return {
+    ...queue.status,
+    ...(gen !== undefined ? { observedGeneration: gen } : {}),
+    concurrency: total,
+    active: obs.activeJobs,
+    slots: `${obs.activeJobs}/${total}`,
+    arch: shapeResources(queue.spec.instanceShape).arch,
+    serviceAccountName: serviceAccountName(queue),
+    conditions: setCondition(queue.status?.conditions, ready, gen, now),
+  };
+}

@@ -52,10 +52,13 @@ export class LocalCluster {
         { ca: pki.caCert, cert: pki.adminCert, key: pki.adminKey });
       const cluster = new LocalCluster(dir, pki, apiserver.url, kubeconfigPath, [], processes, keep, forgetCleanup);
       const core = cluster.kubeConfig().makeApiClient(CoreV1Api);
-      const [, , nodeNames] = await Promise.all([
+      const [, nodeNames] = await Promise.all([
         startControllers(dir, processes, pki, kubeconfigPath),
-        startKwok(dir, processes, kubeconfigPath),
-        registerNodes(core, options.nodePools ?? DEFAULT_NODE_POOLS),
+        // nodes first: KWOK's node-initialize stage copies the capacity they were registered with
+        registerNodes(core, options.nodePools ?? DEFAULT_NODE_POOLS).then(async (names) => {
+          await startKwok(dir, processes, kubeconfigPath);
+          return names;
+        }),
         cluster.publishIssuerDiscovery(),
       ]);
       const ready = new LocalCluster(dir, pki, apiserver.url, kubeconfigPath, nodeNames, processes, keep, forgetCleanup);

@@ -1,4 +1,4 @@
-import type { CoreV1Api, V1Node } from "@kubernetes/client-node";
+import { PatchStrategy, setHeaderOptions, type CoreV1Api, type V1Node } from "@kubernetes/client-node";
 
 /** One architecture's fake nodes and the capacity of each. */
 export interface NodePoolSpec {
@@ -49,10 +49,10 @@ export async function registerNodes(core: CoreV1Api, pools: readonly NodePoolSpe
       const name = `kwok-${pool.arch}-${i}`;
       names.push(name);
       const node = kwokNode(name, pool);
-      const created = await core.createNode({ body: node });
-      // Status is a subresource: capacity set on create is dropped, so it is written separately.
-      created.status = node.status ?? {};
-      await core.replaceNodeStatus({ name, body: created });
+      await core.createNode({ body: node });
+      // Status is a subresource: capacity set on create is dropped, so it is written separately (before KWOK starts,
+      // whose node-initialize stage copies it).
+      await core.patchNodeStatus({ name, body: { status: node.status } }, setHeaderOptions("Content-Type", PatchStrategy.MergePatch));
     })));
   return names.sort();
 }

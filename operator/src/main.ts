@@ -1,8 +1,10 @@
+import { KubeConfig } from "@kubernetes/client-node";
 import { ConfigError, parseConfig } from "./config/config.js";
 import { createLogger } from "./observability/logger.js";
+import { Operator } from "./operator.js";
 
-/** Wiring only: configuration → logger → (controllers, servers) → graceful shutdown. */
-function main(): void {
+/** Wiring only: configuration → logger → clients → controllers → graceful shutdown. */
+async function main(): Promise<void> {
   let config;
   try {
     config = parseConfig(process.argv.slice(2), process.env);
@@ -15,15 +17,23 @@ function main(): void {
   }
   const logger = createLogger(config.logLevel);
   logger.info("Started operator", { version: process.env.npm_package_version ?? "dev", pid: process.pid });
-  const keepAlive = setInterval(() => undefined, 1 << 30);
+  // In a pod: the ServiceAccount's token; elsewhere: $KUBECONFIG or ~/.kube/config.
+  const kubeConfig = new KubeConfig();
+  kubeConfig.loadFromDefault();
+  const operator = await Operator.start({ kubeConfig, logger });
   const shutdown = (signal: NodeJS.Signals): void => {
-    logger.info("Stopped operator", { signal });
-    clearInterval(keepAlive);
-    logger.on("finish", () => process.exit(0));
-    logger.end();
+    logger.info("Stopping operator", { signal });
+    void operator.stop().finally(() => {
+      logger.info("Stopped operator", { signal });
+      logger.on("finish", () => process.exit(0));
+      logger.end();
+    });
   };
   process.once("SIGTERM", shutdown);
   process.once("SIGINT", shutdown);
 }
 
-main();
+main().catch((err: unknown) => {
+  process.stderr.write(`buildkite-operator: ${err instanceof Error ? err.stack ?? err.message : String(err)}\n`);
+  process.exit(1);
+});

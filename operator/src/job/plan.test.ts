@@ -19,61 +19,70 @@ const podOf = (job: BuildkiteJob, status: NonNullable<V1Pod["status"]>, nodeName
 });
 const terminated = (exitCode: number, reason = "Error") => ({ containerStatuses: [{ name: "agent", image: "i", imageID: "", ready: false, restartCount: 0, state: { terminated: { exitCode, reason, finishedAt: new Date("2026-03-01T11:59:00Z") } } }] });
 
+const free = { slot: 0 } as const;
+
 describe("planJob", () => {
   it("creates the pod of a new job whose queue is ready", () => {
-    const plan = planJob({ job: jobWith(), queue: readyQueue(), pod: undefined }, now);
+    const plan = planJob({ job: jobWith(), queue: readyQueue(), pod: undefined, slot: free }, now);
     expect(plan.actions).to.deep.equal(["createPod"]);
-    expect(plan.status).to.include({ phase: "Pending", shape: "LINUX_AMD64_4X16" });
+    expect(plan.status).to.include({ phase: "Pending", shape: "LINUX_AMD64_4X16", slot: 0 });
+  });
+
+  it("keeps a job waiting, with its place in line, while every slot of its queue is in use", () => {
+    const plan = planJob({ job: jobWith(), queue: readyQueue(), pod: undefined, slot: { waiting: { position: 2, free: 0 } } }, now);
+    expect(plan.actions).to.deep.equal([]);
+    expect(plan.status).to.include({ phase: "Pending", reason: "WaitingForSlot" });
+    expect(plan.status.message).to.equal("All 4 slots of queue linux are in use; this job is number 2 in line (by priority, then age).");
   });
 
   it("waits with a condition when the queue does not exist, and when it is not ready", () => {
-    const missing = planJob({ job: jobWith(), queue: undefined, pod: undefined }, now);
+    const missing = planJob({ job: jobWith(), queue: undefined, pod: undefined, slot: free }, now);
     expect(missing.actions).to.deep.equal([]);
     expect(missing.status.conditions?.[0]).to.include({ type: "QueueReady", status: "False", reason: "QueueNotFound" });
     expect(missing.events[0]?.reason).to.equal("QueueNotFound");
     const notReady = queueFixture();
     notReady.status = { conditions: [{ type: "Ready", status: "False", reason: "AgentTokenSecretMissing", message: "Secret bk-agent-token not found", lastTransitionTime: now.toISOString() }] };
-    const plan = planJob({ job: jobWith(), queue: notReady, pod: undefined }, now);
+    const plan = planJob({ job: jobWith(), queue: notReady, pod: undefined, slot: free }, now);
     expect(plan.status.message).to.match(/not ready: Secret bk-agent-token not found/);
     expect(plan.requeueAfterMs).to.be.greaterThan(0);
   });
 
   it("follows the pod: unschedulable → Pending with the scheduler's words, placed → Starting, Running", () => {
     const job = jobWith({ phase: "Pending", podUID: "pod-uid" });
-    const unschedulable = planJob({ job, queue: readyQueue(), pod: podOf(job, { phase: "Pending", conditions: [{ type: "PodScheduled", status: "False", reason: "Unschedulable", message: "0/4 nodes are available: 4 Insufficient cpu." }] }) }, now);
+    const unschedulable = planJob({ job, queue: readyQueue(), pod: podOf(job, { phase: "Pending", conditions: [{ type: "PodScheduled", status: "False", reason: "Unschedulable", message: "0/4 nodes are available: 4 Insufficient cpu." }] }), slot: free }, now);
     expect(unschedulable.status).to.include({ phase: "Pending", reason: "Unschedulable" });
     expect(unschedulable.status.message).to.match(/Insufficient cpu/);
-    expect(planJob({ job, queue: readyQueue(), pod: podOf(job, { phase: "Pending" }, "node-a") }, now).status).to.include({ phase: "Starting", nodeName: "node-a" });
-    const running = planJob({ job, queue: readyQueue(), pod: podOf(job, { phase: "Running", startTime: now }, "node-a") }, now);
+    expect(planJob({ job, queue: readyQueue(), pod: podOf(job, { phase: "Pending" }, "node-a"), slot: free }, now).status).to.include({ phase: "Starting", nodeName: "node-a" });
+    const running = planJob({ job, queue: readyQueue(), pod: podOf(job, { phase: "Running", startTime: now }, "node-a"), slot: free }, now);
     expect(running.status).to.include({ phase: "Running", startedAt: now.toISOString() });
     expect(running.events.map((e) => e.reason)).to.deep.equal(["Running"]);
   });
 
   it("records exit 0 and deletes the pod when it succeeds", () => {
     const job = jobWith({ phase: "Running", podUID: "pod-uid" });
-    const plan = planJob({ job, queue: readyQueue(), pod: podOf(job, { phase: "Succeeded", ...terminated(0, "Completed") }, "node-a") }, now);
+    const plan = planJob({ job, queue: readyQueue(), pod: podOf(job, { phase: "Succeeded", ...terminated(0, "Completed") }, "node-a"), slot: free }, now);
     expect(plan.status).to.include({ phase: "Succeeded", exitCode: 0, finishedAt: "2026-03-01T11:59:00.000Z" });
     expect(plan.actions).to.deep.equal(["deletePod"]);
   });
 
   it("records a non-zero exit as Failed with its code", () => {
     const job = jobWith({ phase: "Running", podUID: "pod-uid" });
-    const plan = planJob({ job, queue: readyQueue(), pod: podOf(job, { phase: "Failed", ...terminated(3) }, "node-a") }, now);
+    const plan = planJob({ job, queue: readyQueue(), pod: podOf(job, { phase: "Failed", ...terminated(3) }, "node-a"), slot: free }, now);
     expect(plan.status).to.include({ phase: "Failed", exitCode: 3, reason: "NonZeroExit" });
     expect(plan.events[0]).to.include({ type: "Warning", reason: "NonZeroExit" });
   });
 
   it("turns an exceeded deadline into TimedOut and OOM into advice on the shape", () => {
     const job = jobWith({ phase: "Running", podUID: "pod-uid" });
-    const timedOut = planJob({ job, queue: readyQueue(), pod: podOf(job, { phase: "Failed", reason: "DeadlineExceeded", ...terminated(137) }) }, now);
+    const timedOut = planJob({ job, queue: readyQueue(), pod: podOf(job, { phase: "Failed", reason: "DeadlineExceeded", ...terminated(137) }), slot: free }, now);
     expect(timedOut.status).to.include({ phase: "TimedOut", reason: "DeadlineExceeded" });
     expect(timedOut.status.message).to.match(/maxJobDurationSeconds \(28800 s\)/);
-    const oom = planJob({ job, queue: readyQueue(), pod: podOf(job, { phase: "Failed", ...terminated(137, "OOMKilled") }) }, now);
+    const oom = planJob({ job, queue: readyQueue(), pod: podOf(job, { phase: "Failed", ...terminated(137, "OOMKilled") }), slot: free }, now);
     expect(oom.status).to.include({ phase: "Failed", reason: "OOMKilled" });
   });
 
   it("fails a job whose pod was deleted from under it, without re-running it", () => {
-    const plan = planJob({ job: jobWith({ phase: "Running", podName: "p", podUID: "pod-uid" }), queue: readyQueue(), pod: undefined }, now);
+    const plan = planJob({ job: jobWith({ phase: "Running", podName: "p", podUID: "pod-uid" }), queue: readyQueue(), pod: undefined, slot: free }, now);
     expect(plan.status).to.include({ phase: "Failed", reason: "PodDeleted" });
     expect(plan.actions).to.deep.equal([]);
   });
@@ -82,17 +91,17 @@ describe("planJob", () => {
     const job = jobWith();
     const stranger = podOf(job, { phase: "Running" });
     (stranger.metadata ??= {}).ownerReferences = [{ apiVersion: "v1", kind: "BuildkiteJob", name: "x", uid: "someone-else", controller: true }];
-    const plan = planJob({ job, queue: readyQueue(), pod: stranger }, now);
+    const plan = planJob({ job, queue: readyQueue(), pod: stranger, slot: free }, now);
     expect(plan.actions).to.deep.equal([]);
     expect(plan.status.reason).to.equal("WaitingForOldPod");
   });
 
   it("keeps a finished job for its TTL, then deletes it", () => {
     const finishedAt = new Date(now.getTime() - 1000 * 1000).toISOString();
-    const kept = planJob({ job: jobWith({ phase: "Succeeded", finishedAt }), queue: readyQueue(), pod: undefined }, now);
+    const kept = planJob({ job: jobWith({ phase: "Succeeded", finishedAt }), queue: readyQueue(), pod: undefined, slot: free }, now);
     expect(kept.actions).to.deep.equal([]);
     expect(kept.requeueAfterMs).to.equal(2600 * 1000);
-    const expired = planJob({ job: jobWith({ phase: "Succeeded", finishedAt: new Date(now.getTime() - 3600 * 1000).toISOString() }), queue: readyQueue(), pod: undefined }, now);
+    const expired = planJob({ job: jobWith({ phase: "Succeeded", finishedAt: new Date(now.getTime() - 3600 * 1000).toISOString() }), queue: readyQueue(), pod: undefined, slot: free }, now);
     expect(expired.actions).to.deep.equal(["deleteJob"]);
   });
 });

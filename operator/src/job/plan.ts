@@ -2,8 +2,9 @@ import type { V1Pod } from "@kubernetes/client-node";
 import { setCondition, type ConditionUpdate } from "../api/conditions.js";
 import type { BuildkiteJob, BuildkiteJobStatus } from "../api/generated/buildkite-job.js";
 import type { BuildkiteQueue } from "../api/generated/buildkite-queue.js";
-import { shapeResources } from "../api/shapes.js";
+import { concurrency, shapeResources } from "../api/shapes.js";
 import { isTerminal, podOutcome } from "./phase.js";
+import type { SlotDecision } from "./slots.js";
 
 /** What the job controller saw for one BuildkiteJob (from the caches, confirmed live where it matters). */
 export interface JobObservation {
@@ -11,6 +12,8 @@ export interface JobObservation {
   queue: BuildkiteQueue | undefined;
   /** The job's pod; when the cache has none but the job recorded one, the shell confirms with a live read. */
   pod: V1Pod | undefined;
+  /** Whether a concurrency slot is free for the job (only consulted when its pod is to be created). */
+  slot: SlotDecision;
 }
 
 export type JobAction = "createPod" | "deletePod" | "deleteJob";
@@ -47,7 +50,7 @@ const queueReady = (queue: BuildkiteQueue): ConditionUpdate | undefined => {
  * terminal, and delete the job `jobTTLSecondsAfterFinished` later. Pure; the controller shell performs the plan.
  */
 export function planJob(obs: JobObservation, now: Date): JobPlan {
-  const { job, queue, pod } = obs;
+  const { job, queue, pod, slot } = obs;
   const current = job.status ?? {};
   const gen = job.metadata.generation;
   const events: JobEvent[] = [];
@@ -95,8 +98,12 @@ export function planJob(obs: JobObservation, now: Date): JobPlan {
   if (notReady) return waiting(current, notReady, gen, now, current.reason !== "QueueNotReady" ? [{ type: "Warning", reason: "QueueNotReady", message: notReady.message }] : []);
 
   const conditions = setCondition(current.conditions, { type: "QueueReady", status: "True", reason: "QueueReady", message: "The queue is ready." }, gen, now);
+  if ("waiting" in slot) {
+    const message = `All ${String(concurrency(queue.spec))} slots of queue ${queue.metadata.name ?? ""} are in use; this job is number ${String(slot.waiting.position)} in line (by priority, then age).`;
+    return { status: { ...current, phase: "Pending", shape: queue.spec.instanceShape, reason: "WaitingForSlot", message, conditions }, actions: [], events, requeueAfterMs: QUEUE_WAIT_REQUEUE_MS };
+  }
   return {
-    status: { ...current, phase: "Pending", shape: queue.spec.instanceShape, reason: "CreatingPod", message: `Creating the pod (${describeShape(queue)}).`, conditions },
+    status: { ...current, phase: "Pending", shape: queue.spec.instanceShape, slot: slot.slot, reason: "CreatingPod", message: `Creating the pod (${describeShape(queue)}).`, conditions },
     actions: ["createPod"],
     events: [{ type: "Normal", reason: "CreatingPod", message: `Creating a ${queue.spec.instanceShape} pod for job ${job.spec.uuid}.` }],
   };

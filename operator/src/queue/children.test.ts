@@ -43,12 +43,12 @@ describe("queue children", () => {
 describe("planQueueStatus", () => {
   const now = new Date("2026-03-01T00:00:00Z");
   it("reports concurrency = floor(maxVCPU / shape vCPU), active jobs and Ready", () => {
-    const status = planQueueStatus({ queue: queueFixture({ instanceShape: "LINUX_ARM64_4X16", maxVCPU: 18 }), activeJobs: 3, secret: "present" }, now);
+    const status = planQueueStatus({ queue: queueFixture({ instanceShape: "LINUX_ARM64_4X16", maxVCPU: 18 }), activeJobs: 3, waitingJobs: 1, secret: "present" }, now);
     expect(status).to.include({ concurrency: 4, active: 3, slots: "3/4", arch: "arm64", serviceAccountName: "bkq-linux" });
     expect(status.conditions?.[0]).to.include({ type: "Ready", status: "True" });
   });
   it("says how to create a missing token Secret", () => {
-    const status = planQueueStatus({ queue: queueFixture(), activeJobs: 0, secret: "missing" }, now);
+    const status = planQueueStatus({ queue: queueFixture(), activeJobs: 0, waitingJobs: 0, secret: "missing" }, now);
     expect(status.conditions?.[0]).to.include({ status: "False", reason: "AgentTokenSecretMissing" });
     expect(status.conditions?.[0]?.message).to.contain("kubectl create secret generic bk-agent-token -n ci --from-literal=token=");
   });

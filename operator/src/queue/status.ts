@@ -6,8 +6,10 @@ import { concurrency, shapeResources } from "../api/shapes.js";
 /** What the queue controller found out while reconciling one queue. */
 export interface QueueObservation {
   queue: BuildkiteQueue;
-  /** BuildkiteJobs of this queue that have not reached a terminal phase (from the cache). */
+  /** BuildkiteJobs of this queue that hold a slot and have not reached a terminal phase (from the cache). */
   activeJobs: number;
+  /** BuildkiteJobs of this queue waiting for a slot. */
+  waitingJobs: number;
   /** Whether the agent token Secret and its key exist. */
   secret: "present" | "missing" | "missingKey";
   /** A child object the API server refused, with its message (e.g. a StorageClass that does not exist). */
@@ -39,6 +41,7 @@ export function planQueueStatus(obs: QueueObservation, now: Date): BuildkiteQueu
     ...(gen !== undefined ? { observedGeneration: gen } : {}),
     concurrency: total,
     active: obs.activeJobs,
+    waiting: obs.waitingJobs,
     slots: `${obs.activeJobs}/${total}`,
     arch: shapeResources(queue.spec.instanceShape).arch,
     serviceAccountName: serviceAccountName(queue),

@@ -111,8 +111,10 @@ export interface BuildkiteQueueStatus {
   observedGeneration?: number;
   /** floor(maxVCPU / shape vCPU) */
   concurrency?: number;
-  /** BuildkiteJobs of this queue not yet finished. */
+  /** BuildkiteJobs of this queue that hold a slot and have not finished. */
   active?: number;
+  /** BuildkiteJobs of this queue waiting for a free slot. */
+  waiting?: number;
   /** active/concurrency, for kubectl. */
   slots?: string;
   arch?: string;

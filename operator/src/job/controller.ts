@@ -1,0 +1,167 @@
+import type { V1Pod } from "@kubernetes/client-node";
+import { isDeepStrictEqual } from "node:util";
+import { BUILDKITE_JOB, type BuildkiteJob, type BuildkiteJobStatus } from "../api/generated/buildkite-job.js";
+import type { BuildkiteQueue } from "../api/generated/buildkite-queue.js";
+import { concurrency } from "../api/shapes.js";
+import type { Controller, ControllerContext } from "../kube/controller.js";
+import { apiMessage, isConflict, isForbidden, isInvalid, isNotFound } from "../kube/field-manager.js";
+import { deleteCustomObject, keyOf, patchStatus, splitKey } from "../kube/resources.js";
+import type { ReconcileResult } from "../kube/work-queue.js";
+import { isTerminal } from "./phase.js";
+import { planJob, type JobPlan } from "./plan.js";
+import { buildPod } from "./pod-builder.js";
+import { decideSlot, type SlotView } from "./slots.js";
+
+/**
+ * The BuildkiteJob controller: turns each BuildkiteJob into exactly one pod, follows the pod to a terminal phase,
+ * records the outcome, deletes the pod, and deletes the BuildkiteJob its TTL later. Decisions are {@link planJob}'s;
+ * this shell gathers the observation and performs the plan.
+ */
+export class JobController implements Controller {
+  readonly name = "buildkitejob";
+  /**
+   * Slots handed out by this process that the job cache may not show yet. Without it, two jobs of one queue
+   * reconciled back to back could both see a slot as free before either status write comes back through the watch.
+   */
+  private readonly reservedSlots = new Map<string, number>();
+
+  constructor(private readonly ctx: ControllerContext) {}
+
+  async reconcile(key: string): Promise<ReconcileResult> {
+    const { namespace, name } = splitKey(key);
+    let job = this.ctx.caches.jobs.get(name, namespace);
+    if (!job) {
+      // Gone: its pod goes with it through the ownerReference and the garbage collector.
+      this.reservedSlots.delete(key);
+      return;
+    }
+    let plan = await this.plan(key, job);
+    if (plan.actions.includes("createPod") || plan.status.reason === "PodDeleted") {
+      // Both decisions are irreversible (a second run, a lost result), so they are never made on a cache that may
+      // lag: the job is read live and, if it moved on, planned again.
+      const live = await this.readJob(namespace, name);
+      if (!live) return;
+      if (live.metadata.resourceVersion !== job.metadata.resourceVersion) {
+        job = live;
+        plan = await this.plan(key, job);
+      }
+    }
+    return this.perform(key, job, this.ctx.caches.queues.get(job.spec.queueRef.name, namespace), plan);
+  }
+
+  private async plan(key: string, job: BuildkiteJob): Promise<JobPlan> {
+    if (job.status?.slot !== undefined || isTerminal(job.status?.phase)) this.reservedSlots.delete(key);
+    const queue = this.ctx.caches.queues.get(job.spec.queueRef.name, job.metadata.namespace ?? "");
+    const pod = await this.currentPod(job);
+    const slot = queue ? decideSlot(job, this.slotViews(queue), concurrency(queue.spec)) : { waiting: { position: 0, free: 0 } };
+    return planJob({ job, queue, pod, slot }, this.ctx.clock.now());
+  }
+
+  private async readJob(namespace: string, name: string): Promise<BuildkiteJob | undefined> {
+    try {
+      const { group, version, plural } = BUILDKITE_JOB;
+      return await this.ctx.clients.custom.getNamespacedCustomObject({ group, version, plural, namespace, name }) as BuildkiteJob;
+    } catch (err) {
+      if (isNotFound(err)) return undefined;
+      throw err;
+    }
+  }
+
+  /** The job's pod from the cache; when the cache has none but the job recorded one, a live read confirms it is gone. */
+  private async currentPod(job: BuildkiteJob): Promise<V1Pod | undefined> {
+    const name = job.metadata.name ?? "";
+    const namespace = job.metadata.namespace ?? "";
+    const cached = this.ctx.caches.pods.get(name, namespace);
+    if (cached || !job.status?.podUID || isTerminal(job.status.phase)) return cached;
+    try {
+      return await this.ctx.clients.core.readNamespacedPod({ name, namespace });
+    } catch (err) {
+      if (isNotFound(err)) return undefined;
+      throw err;
+    }
+  }
+
+  private slotViews(queue: BuildkiteQueue): SlotView[] {
+    const namespace = queue.metadata.namespace ?? "";
+    return this.ctx.caches.jobs.list(namespace)
+      .filter((j) => j.spec.queueRef.name === queue.metadata.name)
+      .map((j) => {
+        const reserved = this.reservedSlots.get(keyOf(j));
+        return { job: j, hasPod: this.ctx.caches.pods.get(j.metadata.name ?? "", namespace) !== undefined, ...(reserved !== undefined ? { reserved } : {}) };
+      });
+  }
+
+  private async perform(key: string, job: BuildkiteJob, queue: BuildkiteQueue | undefined, plan: JobPlan): Promise<ReconcileResult> {
+    let status = plan.status;
+    let stored = job.status ?? {};
+    const events = [...plan.events];
+    for (const action of plan.actions) {
+      switch (action) {
+        case "createPod": {
+          if (!queue || status.slot === undefined) break;
+          this.reservedSlots.set(key, status.slot);
+          const created = await this.createPod(queue, job, status.slot);
+          if ("rejected" in created) {
+            this.reservedSlots.delete(key);
+            const message = `The API server refused the job's pod: ${created.rejected}. Fix the queue's settings (or the namespace's policies); the job was not run.`;
+            status = { ...status, phase: "Failed", reason: "PodRejected", message, finishedAt: this.ctx.clock.now().toISOString() };
+            events.push({ type: "Warning", reason: "PodRejected", message });
+          } else {
+            status = { ...status, podName: created.pod.metadata?.name ?? "", podUID: created.pod.metadata?.uid ?? "", podCreatedAt: this.ctx.clock.now().toISOString() };
+          }
+          break;
+        }
+        case "deletePod":
+          // Record the outcome before the pod that proves it goes away.
+          await this.writeStatus(job, stored, status);
+          stored = status;
+          await this.deletePod(job);
+          break;
+        case "deleteJob":
+          await deleteCustomObject(this.ctx.clients, BUILDKITE_JOB, job.metadata.namespace ?? "", job.metadata.name ?? "").catch(ignoreNotFound);
+          this.ctx.logger.info("Deleted finished job after its TTL", { namespace: job.metadata.namespace, job: job.metadata.name });
+          return;
+      }
+    }
+    await this.writeStatus(job, stored, status);
+    for (const e of events) this.ctx.recorder.record(job, e.type, e.reason, e.message);
+    return plan.requeueAfterMs !== undefined ? { requeueAfterMs: plan.requeueAfterMs } : undefined;
+  }
+
+  private async createPod(queue: BuildkiteQueue, job: BuildkiteJob, slot: number): Promise<{ pod: V1Pod } | { rejected: string }> {
+    const body = buildPod(queue, job, slot);
+    const namespace = job.metadata.namespace ?? "";
+    try {
+      const pod = await this.ctx.clients.core.createNamespacedPod({ namespace, body });
+      this.ctx.logger.info("Created pod", { namespace, job: job.metadata.name, pod: pod.metadata?.name, slot });
+      return { pod };
+    } catch (err) {
+      // A pod of this name exists (the cache lags behind an earlier create): read it back instead of creating twice.
+      if (isConflict(err)) return { pod: await this.ctx.clients.core.readNamespacedPod({ name: body.metadata?.name ?? "", namespace }) };
+      // Admission (PodSecurity, quotas, webhooks) or validation refused it: retrying the same pod cannot help.
+      if (isForbidden(err) || isInvalid(err)) return { rejected: apiMessage(err) };
+      throw err;
+    }
+  }
+
+  private async deletePod(job: BuildkiteJob): Promise<void> {
+    const name = job.metadata.name ?? "";
+    const namespace = job.metadata.namespace ?? "";
+    const uid = job.status?.podUID;
+    // The UID precondition makes sure only this job's pod is deleted, never a newer one of the same name.
+    await this.ctx.clients.core.deleteNamespacedPod({ name, namespace, ...(uid ? { body: { preconditions: { uid } } } : {}) })
+      .then(() => { this.ctx.logger.info("Deleted finished pod", { namespace, job: name, pod: name }); }, (err: unknown) => {
+        if (!isNotFound(err) && !isConflict(err)) throw err;
+      });
+  }
+
+  /** Writes the status only when it differs from what is stored (a no-op reconcile makes no API call). */
+  private async writeStatus(job: BuildkiteJob, stored: BuildkiteJobStatus, status: BuildkiteJobStatus): Promise<void> {
+    if (isDeepStrictEqual(status, stored)) return;
+    await patchStatus(this.ctx.clients, BUILDKITE_JOB, job.metadata.namespace ?? "", job.metadata.name ?? "", status);
+  }
+}
+
+function ignoreNotFound(err: unknown): void {
+  if (!isNotFound(err)) throw err;
+}

@@ -1,0 +1,39 @@
+import type { V1NetworkPolicy, V1PersistentVolumeClaim, V1Pod, V1ServiceAccount } from "@kubernetes/client-node";
+import type { Logger } from "winston";
+import type { BuildkiteJob } from "../api/generated/buildkite-job.js";
+import type { BuildkiteQueue } from "../api/generated/buildkite-queue.js";
+import type { Clock } from "./clock.js";
+import type { EventRecorder } from "./event-recorder.js";
+import type { KubeClients } from "./resources.js";
+import type { ReconcileResult } from "./work-queue.js";
+
+/** A read-only view of an informer's cache. */
+export interface ReadCache<T> {
+  get(name: string, namespace?: string): T | undefined;
+  list(namespace?: string): T[];
+}
+
+/** The caches the controllers read from: every decision starts from what these hold now. */
+export interface Caches {
+  queues: ReadCache<BuildkiteQueue>;
+  jobs: ReadCache<BuildkiteJob>;
+  pods: ReadCache<V1Pod>;
+  serviceAccounts: ReadCache<V1ServiceAccount>;
+  networkPolicies: ReadCache<V1NetworkPolicy>;
+  claims: ReadCache<V1PersistentVolumeClaim>;
+}
+
+/** What every controller is handed: clients to write with, caches to read from, and the injected clock and logger. */
+export interface ControllerContext {
+  clients: KubeClients;
+  caches: Caches;
+  clock: Clock;
+  logger: Logger;
+  recorder: EventRecorder;
+}
+
+/** A level-based controller: informer callbacks map objects to keys; `reconcile(key)` makes the world match. */
+export interface Controller {
+  readonly name: string;
+  reconcile(key: string): Promise<ReconcileResult>;
+}

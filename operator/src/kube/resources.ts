@@ -1,0 +1,42 @@
+import {
+  PatchStrategy, setHeaderOptions, type CoreV1Api, type CustomObjectsApi, type KubernetesObject, type KubernetesObjectApi,
+} from "@kubernetes/client-node";
+import { BUILDKITE_JOB } from "../api/generated/buildkite-job.js";
+import { BUILDKITE_QUEUE } from "../api/generated/buildkite-queue.js";
+import { FIELD_MANAGER } from "./field-manager.js";
+
+/** The API clients the controllers write with; created once in main.ts (or a test) and passed down. */
+export interface KubeClients {
+  core: CoreV1Api;
+  custom: CustomObjectsApi;
+  objects: KubernetesObjectApi;
+}
+
+type Crd = typeof BUILDKITE_JOB | typeof BUILDKITE_QUEUE;
+
+/** Server-side applies `object` as the operator's field manager, taking over conflicting fields it owns by design. */
+export async function apply<T extends KubernetesObject>(clients: KubeClients, object: T): Promise<T> {
+  return clients.objects.patch(object, undefined, undefined, FIELD_MANAGER, true, PatchStrategy.ServerSideApply);
+}
+
+/** Replaces the status of a custom resource with a JSON merge patch on the status subresource. */
+export async function patchStatus(clients: KubeClients, crd: Crd, namespace: string, name: string, status: object): Promise<void> {
+  await clients.custom.patchNamespacedCustomObjectStatus(
+    { group: crd.group, version: crd.version, plural: crd.plural, namespace, name, body: { status }, fieldManager: FIELD_MANAGER },
+    setHeaderOptions("Content-Type", PatchStrategy.MergePatch),
+  );
+}
+
+/** Deletes a custom resource; a 404 means it is already gone, which is what was wanted. */
+export async function deleteCustomObject(clients: KubeClients, crd: Crd, namespace: string, name: string): Promise<void> {
+  await clients.custom.deleteNamespacedCustomObject({ group: crd.group, version: crd.version, plural: crd.plural, namespace, name });
+}
+
+/** `namespace/name` work-queue key of an object. */
+export const keyOf = (o: KubernetesObject): string => `${o.metadata?.namespace ?? ""}/${o.metadata?.name ?? ""}`;
+
+/** Splits a `namespace/name` key. */
+export function splitKey(key: string): { namespace: string; name: string } {
+  const i = key.indexOf("/");
+  return { namespace: key.slice(0, i), name: key.slice(i + 1) };
+}

@@ -20,7 +20,14 @@ async function main(): Promise<void> {
   // In a pod: the ServiceAccount's token; elsewhere: $KUBECONFIG or ~/.kube/config.
   const kubeConfig = new KubeConfig();
   kubeConfig.loadFromDefault();
-  const operator = await Operator.start({ kubeConfig, logger });
+  const operator = await Operator.start({
+    kubeConfig, logger, workers: config.workers,
+    buildkite: {
+      pollIntervalMs: config.pollIntervalMs, stateCheckIntervalMs: config.stateCheckIntervalMs, reservationExpirySeconds: config.reservationExpirySeconds,
+      ...(config.clusterId !== undefined ? { clusterId: config.clusterId } : {}),
+    },
+    timeouts: { pendingTimeoutSeconds: config.pendingTimeoutSeconds, startGraceSeconds: config.startGraceSeconds },
+  });
   const shutdown = (signal: NodeJS.Signals): void => {
     logger.info("Stopping operator", { signal });
     void operator.stop().finally(() => {

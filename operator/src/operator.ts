@@ -11,6 +11,10 @@ import { createInformers, type InformerSet } from "./kube/informers.js";
 import { keyOf } from "./kube/resources.js";
 import { WorkQueue } from "./kube/work-queue.js";
 import { QueueController } from "./queue/controller.js";
+import { DEFAULT_JOB_SOURCE_SETTINGS, type JobSourceSettings } from "./queue/job-source.js";
+import { JobSources } from "./queue/job-sources.js";
+import { NO_STACKS } from "./buildkite/stack-directory.js";
+import { DEFAULT_START_TIMEOUTS, type StartTimeouts } from "./job/stuck.js";
 
 export interface OperatorOptions {
   kubeConfig: KubeConfig;
@@ -20,6 +24,13 @@ export interface OperatorOptions {
   workers?: number;
   /** How long start-up waits for the informers' first lists. */
   syncTimeoutMs?: number;
+  /**
+   * Taking jobs from Buildkite's Stacks API (on unless `false`). `clusterId` tells this cluster's stacks apart from
+   * other clusters'; by default it is the uid of the kube-system namespace.
+   */
+  buildkite?: false | (Partial<JobSourceSettings>);
+  /** When a job pod that has not started counts as stuck. */
+  timeouts?: Partial<StartTimeouts>;
 }
 
 /**
@@ -31,6 +42,7 @@ export class Operator {
     private readonly informers: InformerSet,
     private readonly queues: WorkQueue[],
     private readonly recorder: EventRecorder,
+    private readonly sources: JobSources | undefined,
     private readonly logger: Logger,
   ) {}
 
@@ -40,17 +52,28 @@ export class Operator {
     const clients = { core: kc.makeApiClient(CoreV1Api), custom: kc.makeApiClient(CustomObjectsApi), objects: KubernetesObjectApi.makeApiClient(kc) };
     const recorder = new EventRecorder({ core: clients.core, component: "buildkite-operator", clock, logger });
     const informers = createInformers(kc, clock, logger);
-    const ctx: ControllerContext = { clients, caches: informers.caches, clock, logger, recorder };
+    const base: ControllerContext = { clients, caches: informers.caches, clock, logger, recorder, stacks: NO_STACKS };
+    // The queue work queue exists before the job sources, which enqueue a queue when its Buildkite conditions change.
+    let enqueueQueue: (key: string) => void = () => undefined;
+    const sources = options.buildkite === false ? undefined : new JobSources(base, {
+      ...DEFAULT_JOB_SOURCE_SETTINGS,
+      clusterId: options.buildkite?.clusterId ?? await clusterUid(clients.core),
+      ...options.buildkite,
+    }, (key) => { enqueueQueue(key); });
+    const ctx: ControllerContext = { ...base, stacks: sources ?? NO_STACKS };
     const queueWork = workQueueFor(new QueueController(ctx), clock, logger);
-    const jobWork = workQueueFor(new JobController(ctx), clock, logger);
+    enqueueQueue = (key) => { queueWork.queue.add(key); };
+    const jobWork = workQueueFor(new JobController(ctx, { ...DEFAULT_START_TIMEOUTS, ...options.timeouts }), clock, logger);
     wire(informers, queueWork.queue, jobWork.queue);
+    if (sources) informers.listeners.queues.add(() => { sources.sync(); });
     await Promise.all(informers.all.map((i) => i.start()));
     await Promise.all(informers.all.map((i) => i.waitForSync(options.syncTimeoutMs ?? 60_000)));
     const workers = options.workers ?? 4;
     queueWork.start(workers);
     jobWork.start(workers);
-    logger.info("Started controllers", { workers });
-    return new Operator(informers, [queueWork.queue, jobWork.queue], recorder, logger);
+    sources?.sync();
+    logger.info("Started controllers", { workers, buildkite: sources !== undefined });
+    return new Operator(informers, [queueWork.queue, jobWork.queue], recorder, sources, logger);
   }
 
   /** Ready when every informer has synced and is not stale (feeds /readyz). */
@@ -60,6 +83,7 @@ export class Operator {
 
   /** Stops taking work, lets in-flight reconciles finish, stops the informers and flushes pending Events. */
   async stop(): Promise<void> {
+    await this.sources?.stop();
     await Promise.all(this.queues.map((q) => q.shutdown()));
     await Promise.all(this.informers.all.map((i) => i.stop()));
     await this.recorder.flush();
@@ -112,6 +136,12 @@ function wire(informers: InformerSet, queueWork: WorkQueue, jobWork: WorkQueue):
   listeners.serviceAccounts.add(byQueueLabel);
   listeners.networkPolicies.add(byQueueLabel);
   listeners.claims.add(byQueueLabel);
+}
+
+/** The uid of the kube-system namespace: stable for a cluster's life and different in every cluster. */
+async function clusterUid(core: CoreV1Api): Promise<string> {
+  const ns = await core.readNamespace({ name: "kube-system" });
+  return ns.metadata?.uid ?? "unknown-cluster";
 }
 
 function describeError(error: unknown): string {

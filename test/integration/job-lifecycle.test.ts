@@ -99,7 +99,7 @@ describe("BuildkiteJob lifecycle (operator in-process, real control plane)", fun
   });
 
   // Pending: passes alone, failed once in the full file (a third job got a slot while two held both); under study.
-  it.skip("runs at most maxVCPU ÷ shape vCPU jobs of a queue at once; the rest wait and start in priority order", async () => {
+  it("runs at most maxVCPU ÷ shape vCPU jobs of a queue at once; the rest wait and start in priority order", async () => {
     await t.createQueue("two", { instanceShape: "LINUX_AMD64_2X4", maxVCPU: 5 });
     await ready("two");
     const first = await t.createJob("two", 0);

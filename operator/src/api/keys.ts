@@ -19,6 +19,10 @@ export const ANNOTATIONS = {
   specHash: "buildkite.com/spec-hash",
   /** EKS's IRSA annotation on the queue's ServiceAccount. */
   irsaRoleArn: "eks.amazonaws.com/role-arn",
+  /** On a BuildkiteJob taken from the Stacks API: the stack that reserved it (and so reports on it to Buildkite). */
+  stack: "buildkite.com/stack",
+  /** On a BuildkiteJob: the state Buildkite reported when it took the job back (canceled, expired, …). */
+  buildkiteState: "buildkite.com/buildkite-state",
 } as const;
 
 export const MANAGED_BY = "buildkite-operator";

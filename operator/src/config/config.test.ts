@@ -3,7 +3,7 @@ import { ConfigError, parseConfig } from "./config.js";
 
 describe("parseConfig", () => {
   it("defaults the log level to info", () => {
-    expect(parseConfig([], {})).to.deep.equal({ logLevel: "info" });
+    expect(parseConfig([], {}).logLevel).to.equal("info");
   });
   it("reads --log-level in both flag forms and from the environment", () => {
     expect(parseConfig(["--log-level=debug"], {}).logLevel).to.equal("debug");
@@ -15,5 +15,17 @@ describe("parseConfig", () => {
     expect(() => parseConfig(["--verbose=1"], {})).to.throw(ConfigError, /unknown flag --verbose; known flags: --log-level/);
     expect(() => parseConfig(["--log-level"], {})).to.throw(ConfigError, /needs a value/);
     expect(() => parseConfig(["stray"], {})).to.throw(ConfigError, /unexpected argument "stray"/);
+  });
+
+  it("reads the Buildkite and timeout settings with their defaults, from flags or the environment", () => {
+    expect(parseConfig([], {})).to.deep.include({ workers: 4, pollIntervalMs: 1000, stateCheckIntervalMs: 5000, reservationExpirySeconds: 900, pendingTimeoutSeconds: 600, startGraceSeconds: 120 });
+    const c = parseConfig(["--poll-interval-ms=250", "--cluster-id", "prod-eu"], { BK_OPERATOR_PENDING_TIMEOUT_SECONDS: "30" });
+    expect(c).to.deep.include({ pollIntervalMs: 250, clusterId: "prod-eu", pendingTimeoutSeconds: 30 });
+  });
+
+  it("refuses numbers out of range and cluster ids Buildkite would not accept, saying what is allowed", () => {
+    expect(() => parseConfig(["--reservation-expiry-seconds=7200"], {})).to.throw(ConfigError, "--reservation-expiry-seconds must be a whole number from 1 to 3600, got \"7200\"");
+    expect(() => parseConfig(["--poll-interval-ms=fast"], {})).to.throw(ConfigError, "from 100 to 60000");
+    expect(() => parseConfig(["--cluster-id=a b"], {})).to.throw(ConfigError, "--cluster-id must be");
   });
 });

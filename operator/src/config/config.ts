@@ -3,7 +3,28 @@ import { LOG_LEVELS, type LogLevel } from "../observability/logger.js";
 /** The operator's configuration, parsed once at start-up and passed down. */
 export interface OperatorConfig {
   logLevel: LogLevel;
+  /** Identifies the cluster in Buildkite stack keys; default: the kube-system namespace's uid. */
+  clusterId?: string;
+  /** Concurrent reconciles per controller. */
+  workers: number;
+  pollIntervalMs: number;
+  stateCheckIntervalMs: number;
+  reservationExpirySeconds: number;
+  pendingTimeoutSeconds: number;
+  startGraceSeconds: number;
 }
+
+/** Numeric flags: name, field, default, minimum, maximum. */
+const NUMBERS = [
+  ["workers", "workers", 4, 1, 64],
+  ["poll-interval-ms", "pollIntervalMs", 1_000, 100, 60_000],
+  ["state-check-interval-ms", "stateCheckIntervalMs", 5_000, 100, 300_000],
+  ["reservation-expiry-seconds", "reservationExpirySeconds", 900, 1, 3_600],
+  ["pending-timeout-seconds", "pendingTimeoutSeconds", 600, 1, 86_400],
+  ["start-grace-seconds", "startGraceSeconds", 120, 1, 86_400],
+] as const;
+
+const envName = (flag: string): string => `BK_OPERATOR_${flag.toUpperCase().replace(/-/g, "_")}`;
 
 /** A flag or environment value the operator cannot run with; the message says what to fix. */
 export class ConfigError extends Error {
@@ -31,7 +52,7 @@ export function parseConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Op
       i++;
     }
   }
-  const known = new Set(["log-level"]);
+  const known = new Set(["log-level", "cluster-id", ...NUMBERS.map(([flag]) => flag)]);
   for (const name of flags.keys()) {
     if (!known.has(name)) throw new ConfigError(`unknown flag --${name}; known flags: ${[...known].map((k) => `--${k}`).join(", ")}`);
   }
@@ -39,5 +60,21 @@ export function parseConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Op
   if (!isLogLevel(logLevel)) {
     throw new ConfigError(`--log-level must be one of ${LOG_LEVELS.join(", ")}, got "${logLevel}"`);
   }
-  return { logLevel };
+  const config: OperatorConfig = {
+    logLevel, workers: 4, pollIntervalMs: 0, stateCheckIntervalMs: 0, reservationExpirySeconds: 0, pendingTimeoutSeconds: 0, startGraceSeconds: 0,
+  };
+  for (const [flag, field, fallback, min, max] of NUMBERS) {
+    const raw = flags.get(flag) ?? env[envName(flag)];
+    const value = raw === undefined ? fallback : Number(raw);
+    if (!Number.isInteger(value) || value < min || value > max) {
+      throw new ConfigError(`--${flag} must be a whole number from ${min} to ${max}, got "${raw ?? ""}"`);
+    }
+    config[field] = value;
+  }
+  const clusterId = flags.get("cluster-id") ?? env[envName("cluster-id")];
+  if (clusterId !== undefined) {
+    if (!/^[A-Za-z0-9._-]{1,128}$/.test(clusterId)) throw new ConfigError(`--cluster-id must be 1-128 letters, digits, ".", "_" or "-", got "${clusterId}"`);
+    config.clusterId = clusterId;
+  }
+  return config;
 }

@@ -2,15 +2,19 @@ import type { V1Pod } from "@kubernetes/client-node";
 import { isDeepStrictEqual } from "node:util";
 import { BUILDKITE_JOB, type BuildkiteJob, type BuildkiteJobStatus } from "../api/generated/buildkite-job.js";
 import type { BuildkiteQueue } from "../api/generated/buildkite-queue.js";
+import { setCondition, type ConditionUpdate } from "../api/conditions.js";
+import { ANNOTATIONS } from "../api/keys.js";
+import { BuildkiteApiError } from "../buildkite/errors.js";
 import { concurrency } from "../api/shapes.js";
 import type { Controller, ControllerContext } from "../kube/controller.js";
 import { apiMessage, isConflict, isForbidden, isInvalid, isNotFound } from "../kube/field-manager.js";
 import { deleteCustomObject, keyOf, patchStatus, splitKey } from "../kube/resources.js";
 import type { ReconcileResult } from "../kube/work-queue.js";
 import { isTerminal } from "./phase.js";
-import { planJob, type JobPlan } from "./plan.js";
+import { planJob, REPORTED, type JobPlan } from "./plan.js";
 import { buildPod } from "./pod-builder.js";
 import { decideSlot, type SlotView } from "./slots.js";
+import { DEFAULT_START_TIMEOUTS, type StartTimeouts } from "./stuck.js";
 
 /**
  * The BuildkiteJob controller: turns each BuildkiteJob into exactly one pod, follows the pod to a terminal phase,
@@ -25,7 +29,7 @@ export class JobController implements Controller {
    */
   private readonly reservedSlots = new Map<string, number>();
 
-  constructor(private readonly ctx: ControllerContext) {}
+  constructor(private readonly ctx: ControllerContext, private readonly timeouts: StartTimeouts = DEFAULT_START_TIMEOUTS) {}
 
   async reconcile(key: string): Promise<ReconcileResult> {
     const { namespace, name } = splitKey(key);
@@ -46,15 +50,19 @@ export class JobController implements Controller {
         plan = await this.plan(key, job);
       }
     }
+    // A slot set aside for a pod that this plan does not create goes back to the queue.
+    if (!plan.actions.includes("createPod") && job.status?.slot === undefined) this.reservedSlots.delete(key);
     return this.perform(key, job, this.ctx.caches.queues.get(job.spec.queueRef.name, namespace), plan);
   }
 
   private async plan(key: string, job: BuildkiteJob): Promise<JobPlan> {
-    if (job.status?.slot !== undefined || isTerminal(job.status?.phase)) this.reservedSlots.delete(key);
     const queue = this.ctx.caches.queues.get(job.spec.queueRef.name, job.metadata.namespace ?? "");
     const pod = await this.currentPod(job);
     const slot = queue ? decideSlot(job, this.slotViews(queue), concurrency(queue.spec)) : { waiting: { position: 0, free: 0 } };
-    return planJob({ job, queue, pod, slot }, this.ctx.clock.now());
+    // Set aside in the same synchronous step as the decision: another worker deciding for another job of this queue
+    // between the two would otherwise see the same slot free.
+    if ("slot" in slot && job.status?.slot === undefined) this.reservedSlots.set(key, slot.slot);
+    return planJob({ job, queue, pod, slot, timeouts: this.timeouts }, this.ctx.clock.now());
   }
 
   private async readJob(namespace: string, name: string): Promise<BuildkiteJob | undefined> {
@@ -86,7 +94,11 @@ export class JobController implements Controller {
     return this.ctx.caches.jobs.list(namespace)
       .filter((j) => j.spec.queueRef.name === queue.metadata.name)
       .map((j) => {
-        const reserved = this.reservedSlots.get(keyOf(j));
+        const key = keyOf(j);
+        // A reservation ends once the cache itself shows the slot (or the end): only then can every other job's
+        // decision see it. Ending it on a live read would let the lagging cache hand the same slot out again.
+        if (j.status?.slot !== undefined || isTerminal(j.status?.phase)) this.reservedSlots.delete(key);
+        const reserved = this.reservedSlots.get(key);
         return { job: j, hasPod: this.ctx.caches.pods.get(j.metadata.name ?? "", namespace) !== undefined, ...(reserved !== undefined ? { reserved } : {}) };
       });
   }
@@ -99,7 +111,6 @@ export class JobController implements Controller {
       switch (action) {
         case "createPod": {
           if (!queue || status.slot === undefined) break;
-          this.reservedSlots.set(key, status.slot);
           const created = await this.createPod(queue, job, status.slot);
           if ("rejected" in created) {
             this.reservedSlots.delete(key);
@@ -117,6 +128,13 @@ export class JobController implements Controller {
           stored = status;
           await this.deletePod(job);
           break;
+        case "finishInBuildkite": {
+          const reported = await this.reportToBuildkite(job, status);
+          if (reported === "later") return { requeueAfterMs: 5_000 };
+          status = { ...status, conditions: setCondition(status.conditions, reported, job.metadata.generation, this.ctx.clock.now()) };
+          events.push({ type: reported.status === "True" ? "Normal" : "Warning", reason: reported.reason, message: reported.message });
+          break;
+        }
         case "deleteJob":
           await deleteCustomObject(this.ctx.clients, BUILDKITE_JOB, job.metadata.namespace ?? "", job.metadata.name ?? "").catch(ignoreNotFound);
           this.ctx.logger.info("Deleted finished job after its TTL", { namespace: job.metadata.namespace, job: job.metadata.name });
@@ -125,7 +143,41 @@ export class JobController implements Controller {
     }
     await this.writeStatus(job, stored, status);
     for (const e of events) this.ctx.recorder.record(job, e.type, e.reason, e.message);
+    this.notify(job, job.status ?? {}, status);
     return plan.requeueAfterMs !== undefined ? { requeueAfterMs: plan.requeueAfterMs } : undefined;
+  }
+
+  /**
+   * Tells Buildkite (`finish`, exit -1) that a job could not run and why, so it does not sit reserved until it lapses
+   * and runs nowhere. "later" when the queue's stack is not registered (yet): the job is looked at again.
+   */
+  private async reportToBuildkite(job: BuildkiteJob, status: BuildkiteJobStatus): Promise<ConditionUpdate | "later"> {
+    const stack = this.ctx.stacks.stack(`${job.metadata.namespace ?? ""}/${job.spec.queueRef.name}`);
+    if (!stack) return "later";
+    const where = `BuildkiteJob ${job.metadata.namespace ?? ""}/${job.metadata.name ?? ""}`;
+    const detail = `${status.message ?? "The job could not run."} (${where}, reason ${status.reason ?? "unknown"})`;
+    try {
+      await stack.client.finish(stack.key, job.spec.uuid, detail);
+      this.ctx.logger.info("Told Buildkite a job could not run", { namespace: job.metadata.namespace, job: job.metadata.name, reason: status.reason });
+      return { type: REPORTED, status: "True", reason: "Finished", message: "Buildkite was told the job could not run, with the reason above." };
+    } catch (err) {
+      // A refusal (the job already finished or was canceled there) is final; anything retryable is tried again.
+      if (err instanceof BuildkiteApiError && !err.retryable) {
+        return { type: REPORTED, status: "False", reason: "FinishRefused", message: `Buildkite refused to finish the job: ${err.message}` };
+      }
+      throw err;
+    }
+  }
+
+  /** Timeline notifications at the moments a person waits on: a free slot, the pod created, placed on a node. */
+  private notify(job: BuildkiteJob, before: BuildkiteJobStatus, after: BuildkiteJobStatus): void {
+    if (job.metadata.annotations?.[ANNOTATIONS.stack] === undefined) return;
+    const stack = this.ctx.stacks.stack(`${job.metadata.namespace ?? ""}/${job.spec.queueRef.name}`);
+    if (!stack) return;
+    const uuid = job.spec.uuid;
+    if (after.reason === "WaitingForSlot" && before.reason !== "WaitingForSlot") stack.notifier.add(uuid, after.message ?? "Waiting for a free slot.");
+    if (after.podUID !== undefined && before.podUID === undefined) stack.notifier.add(uuid, `Created pod ${after.podName ?? ""} (${after.shape ?? ""}) in namespace ${job.metadata.namespace ?? ""}.`);
+    if (after.nodeName !== undefined && before.nodeName === undefined) stack.notifier.add(uuid, `Pod placed on node ${after.nodeName}.`);
   }
 
   private async createPod(queue: BuildkiteQueue, job: BuildkiteJob, slot: number): Promise<{ pod: V1Pod } | { rejected: string }> {

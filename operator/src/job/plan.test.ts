@@ -3,7 +3,8 @@ import { expect } from "chai";
 import { jobFixture, queueFixture } from "../../../test/support/fixtures.js";
 import type { BuildkiteJob, BuildkiteJobStatus } from "../api/generated/buildkite-job.js";
 import type { BuildkiteQueue } from "../api/generated/buildkite-queue.js";
-import { planJob } from "./plan.js";
+import { ANNOTATIONS } from "../api/keys.js";
+import { needsReport, planJob, REPORTED } from "./plan.js";
 
 const now = new Date("2026-03-01T12:00:00Z");
 const readyQueue = (): BuildkiteQueue => {
@@ -103,5 +104,67 @@ describe("planJob", () => {
     expect(kept.requeueAfterMs).to.equal(2600 * 1000);
     const expired = planJob({ job: jobWith({ phase: "Succeeded", finishedAt: new Date(now.getTime() - 3600 * 1000).toISOString() }), queue: readyQueue(), pod: undefined, slot: free }, now);
     expect(expired.actions).to.deep.equal(["deleteJob"]);
+  });
+
+  describe("with Buildkite", () => {
+    const fromStack = (status: BuildkiteJobStatus = {}, state?: string): BuildkiteJob => {
+      const j = jobWith(status);
+      j.metadata.annotations = { [ANNOTATIONS.stack]: "bk-op-x", ...(state ? { [ANNOTATIONS.buildkiteState]: state } : {}) };
+      return j;
+    };
+    const pending = { phase: "Pending", conditions: [{ type: "PodScheduled", status: "True" }] };
+
+    it("cancels a job Buildkite canceled before it had a pod, without creating one", () => {
+      const plan = planJob({ job: fromStack({ phase: "Pending" }, "canceled"), queue: readyQueue(), pod: undefined, slot: free }, now);
+      expect(plan.actions).to.deep.equal([]);
+      expect(plan.status).to.include({ phase: "Canceled", reason: "CanceledInBuildkite" });
+    });
+
+    it("cancels a job whose pod has not started and deletes the pod; an expired one likewise", () => {
+      for (const [state, reason] of [["canceled", "CanceledInBuildkite"], ["expired", "ExpiredInBuildkite"], ["timed_out", "TimedOutInBuildkite"]] as const) {
+        const job = fromStack({ phase: "Starting", podUID: "pod-uid" }, state);
+        const plan = planJob({ job, queue: readyQueue(), pod: podOf(job, pending, "node-1"), slot: free }, now);
+        expect(plan.actions, state).to.deep.equal(["deletePod"]);
+        expect(plan.status, state).to.include({ phase: "Canceled", reason });
+      }
+    });
+
+    it("lets the agent handle a cancel once the pod runs, then records the job as Canceled with its exit code", () => {
+      const job = fromStack({ phase: "Running", podUID: "pod-uid" }, "canceling");
+      const running = planJob({ job, queue: readyQueue(), pod: podOf(job, { phase: "Running" }, "node-1"), slot: free }, now);
+      expect(running.actions).to.deep.equal([]);
+      expect(running.status.phase).to.equal("Running");
+      const ended = planJob({ job, queue: readyQueue(), pod: podOf(job, { phase: "Failed", ...terminated(143) }, "node-1"), slot: free }, now);
+      expect(ended.actions).to.deep.equal(["deletePod"]);
+      expect(ended.status).to.include({ phase: "Canceled", reason: "CanceledInBuildkite", exitCode: 143 });
+    });
+
+    it("fails a job whose image cannot be pulled past the grace, and reports it to Buildkite once", () => {
+      const job = fromStack({ phase: "Starting", podUID: "pod-uid" });
+      const pod = podOf(job, { phase: "Pending", containerStatuses: [{ name: "agent", image: "i", imageID: "", ready: false, restartCount: 0, state: { waiting: { reason: "ImagePullBackOff" } } }] }, "node-1");
+      (pod.metadata ??= {}).creationTimestamp = new Date(now.getTime() - 300_000);
+      const plan = planJob({ job, queue: readyQueue(), pod, slot: free, timeouts: { pendingTimeoutSeconds: 600, startGraceSeconds: 120 } }, now);
+      expect(plan.actions).to.deep.equal(["deletePod"]);
+      expect(plan.status).to.include({ phase: "Failed", reason: "ImagePullFailed" });
+      const failed = fromStack(plan.status);
+      expect(planJob({ job: failed, queue: readyQueue(), pod: undefined, slot: free }, now).actions).to.deep.equal(["finishInBuildkite"]);
+      failed.status = { ...plan.status, conditions: [{ type: REPORTED, status: "True", reason: "Finished", message: "", lastTransitionTime: now.toISOString() }] };
+      expect(planJob({ job: failed, queue: readyQueue(), pod: undefined, slot: free }, now).actions).to.deep.equal([]);
+    });
+
+    it("reports a pod deleted before it started, but not a job whose command ran or one created by hand", () => {
+      const gone = planJob({ job: fromStack({ phase: "Starting", podUID: "pod-uid", podName: "p" }), queue: readyQueue(), pod: undefined, slot: free }, now);
+      expect(gone.status).to.include({ phase: "Failed", reason: "PodDeletedBeforeStart" });
+      expect(needsReport(fromStack(gone.status))).to.equal(true);
+      expect(needsReport(fromStack({ phase: "Failed", reason: "NonZeroExit" }))).to.equal(false);
+      expect(needsReport(jobWith({ phase: "Failed", reason: "PodRejected" }))).to.equal(false);
+    });
+
+    it("looks again when a pod that has not started reaches its deadline", () => {
+      const job = fromStack({ phase: "Pending", podUID: "pod-uid" });
+      const pod = podOf(job, pending);
+      (pod.metadata ??= {}).creationTimestamp = now;
+      expect(planJob({ job, queue: readyQueue(), pod, slot: free }, now).requeueAfterMs).to.equal(600_000);
+    });
   });
 });

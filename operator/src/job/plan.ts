@@ -2,9 +2,11 @@ import type { V1Pod } from "@kubernetes/client-node";
 import { setCondition, type ConditionUpdate } from "../api/conditions.js";
 import type { BuildkiteJob, BuildkiteJobStatus } from "../api/generated/buildkite-job.js";
 import type { BuildkiteQueue } from "../api/generated/buildkite-queue.js";
+import { ANNOTATIONS } from "../api/keys.js";
 import { concurrency, shapeResources } from "../api/shapes.js";
 import { isTerminal, podOutcome } from "./phase.js";
 import type { SlotDecision } from "./slots.js";
+import { DEFAULT_START_TIMEOUTS, stuckPod, type StartTimeouts } from "./stuck.js";
 
 /** What the job controller saw for one BuildkiteJob (from the caches, confirmed live where it matters). */
 export interface JobObservation {
@@ -14,9 +16,24 @@ export interface JobObservation {
   pod: V1Pod | undefined;
   /** Whether a concurrency slot is free for the job (only consulted when its pod is to be created). */
   slot: SlotDecision;
+  /** When a pod that has not started counts as stuck (default {@link DEFAULT_START_TIMEOUTS}). */
+  timeouts?: StartTimeouts;
 }
 
-export type JobAction = "createPod" | "deletePod" | "deleteJob";
+export type JobAction = "createPod" | "deletePod" | "deleteJob" | "finishInBuildkite";
+
+/** Failures where the job's command never ran: Buildkite is told with `finish`, or the job would wait there forever. */
+export const NEVER_RAN: ReadonlySet<string> = new Set([
+  "PodRejected", "ImagePullFailed", "ContainerConfigError", "Unschedulable", "PendingTimeout", "PodDeletedBeforeStart",
+]);
+
+/** The condition that records that Buildkite was told about a job that could not run. */
+export const REPORTED = "ReportedToBuildkite";
+
+/** Buildkite states (set on the job by the job source) after which a job that has not started must not start. */
+const STOP_BEFORE_START = new Set(["canceled", "expired", "skipped", "broken", "timed_out"]);
+/** Buildkite states that make a finished pod's job Canceled rather than Failed. */
+const CANCELED = new Set(["canceling", "canceled"]);
 
 export interface JobEvent {
   type: "Normal" | "Warning";
@@ -55,21 +72,35 @@ export function planJob(obs: JobObservation, now: Date): JobPlan {
   const gen = job.metadata.generation;
   const events: JobEvent[] = [];
 
+  const taken = job.metadata.annotations?.[ANNOTATIONS.buildkiteState];
   if (isTerminal(current.phase)) {
-    if (pod) return { status: current, actions: ["deletePod"], events };
+    const actions: JobAction[] = [];
+    if (pod) actions.push("deletePod");
+    if (needsReport(job)) actions.push("finishInBuildkite");
+    if (actions.length > 0) return { status: current, actions, events };
     const ttl = queue?.spec.jobTTLSecondsAfterFinished ?? DEFAULT_TTL_SECONDS;
     const finished = Date.parse(current.finishedAt ?? "") || now.getTime();
     const remaining = finished + ttl * 1000 - now.getTime();
     return remaining <= 0 ? { status: current, actions: ["deleteJob"], events } : { status: current, actions: [], events, requeueAfterMs: remaining };
   }
 
+  let recheck: number | undefined;
   if (pod) {
     const ownerUid = pod.metadata?.ownerReferences?.find((o) => o.controller)?.uid;
     if (ownerUid !== job.metadata.uid) {
       // A pod of the same name from an earlier BuildkiteJob that is still going away: never adopt it.
       return { status: { ...current, phase: "Pending", reason: "WaitingForOldPod", message: `Waiting for an earlier pod named ${pod.metadata?.name ?? ""} to be deleted.` }, actions: [], events, requeueAfterMs: 2_000 };
     }
-    const outcome = podOutcome(pod, queue?.spec.maxJobDurationSeconds);
+    let outcome = podOutcome(pod, queue?.spec.maxJobDurationSeconds);
+    if (taken !== undefined && STOP_BEFORE_START.has(taken) && outcome.phase !== "Running" && !isTerminal(outcome.phase)) {
+      outcome = { ...outcome, phase: "Canceled", ...takenBack(taken, "its pod was deleted") };
+    } else if (taken !== undefined && CANCELED.has(taken) && isTerminal(outcome.phase)) {
+      outcome = { ...outcome, phase: "Canceled", reason: "CanceledInBuildkite", message: `The job was canceled in Buildkite while running; the agent stopped it${outcome.exitCode !== undefined ? ` (exit ${outcome.exitCode})` : ""}.` };
+    } else if (outcome.phase === "Pending" || outcome.phase === "Starting") {
+      const stuck = stuckPod(pod, queue, obs.timeouts ?? DEFAULT_START_TIMEOUTS, now);
+      if ("reason" in stuck) outcome = { ...outcome, phase: "Failed", reason: stuck.reason, message: stuck.message };
+      else recheck = stuck.recheckAfterMs;
+    }
     const terminal = isTerminal(outcome.phase);
     const status: BuildkiteJobStatus = {
       ...current,
@@ -80,14 +111,23 @@ export function planJob(obs: JobObservation, now: Date): JobPlan {
       ...(gen !== undefined ? { observedGeneration: gen } : {}),
     };
     if (outcome.phase !== current.phase) events.push(phaseEvent(outcome.phase, outcome.reason, outcome.message));
-    return { status, actions: terminal ? ["deletePod"] : [], events };
+    return { status, actions: terminal ? ["deletePod"] : [], events, ...(recheck !== undefined ? { requeueAfterMs: recheck } : {}) };
   }
 
   if (current.podUID) {
     // The job had a pod, and a live read confirmed it is gone before the job ended: fail loudly, never re-run.
-    const message = `The pod ${current.podName ?? ""} was deleted before the job finished; the job was not run again. Retry it in Buildkite if needed.`;
-    events.push({ type: "Warning", reason: "PodDeleted", message });
-    return { status: { ...current, phase: "Failed", reason: "PodDeleted", message, finishedAt: now.toISOString() }, actions: [], events };
+    const beforeStart = current.phase === "Pending" || current.phase === "Starting";
+    const reason = beforeStart ? "PodDeletedBeforeStart" : "PodDeleted";
+    const message = `The pod ${current.podName ?? ""} was deleted before the job ${beforeStart ? "started" : "finished"}; the job was not run again. Retry it in Buildkite if needed.`;
+    events.push({ type: "Warning", reason, message });
+    return { status: { ...current, phase: "Failed", reason, message, finishedAt: now.toISOString() }, actions: [], events };
+  }
+
+  if (taken !== undefined && STOP_BEFORE_START.has(taken)) {
+    // Buildkite took the job back before it had a pod: it never runs here.
+    const status: BuildkiteJobStatus = { ...current, phase: "Canceled", ...takenBack(taken, "no pod was created"), finishedAt: now.toISOString() };
+    events.push({ type: "Normal", reason: status.reason ?? "", message: status.message ?? "" });
+    return { status, actions: [], events };
   }
 
   if (!queue) {
@@ -106,6 +146,22 @@ export function planJob(obs: JobObservation, now: Date): JobPlan {
     status: { ...current, phase: "Pending", shape: queue.spec.instanceShape, slot: slot.slot, reason: "CreatingPod", message: `Creating the pod (${describeShape(queue)}).`, conditions },
     actions: ["createPod"],
     events: [{ type: "Normal", reason: "CreatingPod", message: `Creating a ${queue.spec.instanceShape} pod for job ${job.spec.uuid}.` }],
+  };
+}
+
+/** Whether the job is one the stack must still report to Buildkite as unable to run. */
+export function needsReport(job: BuildkiteJob): boolean {
+  const status = job.status ?? {};
+  return job.metadata.annotations?.[ANNOTATIONS.stack] !== undefined
+    && NEVER_RAN.has(status.reason ?? "")
+    && !status.conditions?.some((c) => c.type === REPORTED);
+}
+
+function takenBack(state: string, what: string): { reason: string; message: string } {
+  const word = state.replace(/_(.)/g, (_m: string, c: string) => c.toUpperCase());
+  return {
+    reason: `${word.charAt(0).toUpperCase()}${word.slice(1)}InBuildkite`,
+    message: `Buildkite reports the job ${state.replace(/_/g, " ")} before it started here; ${what}.`,
   };
 }
 

@@ -2,6 +2,7 @@ import type { V1NetworkPolicy, V1PersistentVolumeClaim, V1Pod, V1ServiceAccount 
 import type { Logger } from "winston";
 import type { BuildkiteJob } from "../api/generated/buildkite-job.js";
 import type { BuildkiteQueue } from "../api/generated/buildkite-queue.js";
+import type { StackDirectory } from "../buildkite/stack-directory.js";
 import type { Clock } from "./clock.js";
 import type { EventRecorder } from "./event-recorder.js";
 import type { KubeClients } from "./resources.js";
@@ -30,6 +31,8 @@ export interface ControllerContext {
   clock: Clock;
   logger: Logger;
   recorder: EventRecorder;
+  /** Each queue's Buildkite stack, for reporting on its jobs. */
+  stacks: StackDirectory;
 }
 
 /** A level-based controller: informer callbacks map objects to keys; `reconcile(key)` makes the world match. */

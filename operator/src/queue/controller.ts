@@ -36,7 +36,9 @@ export class QueueController implements Controller {
     const secret = await this.secretState(queue);
     const unfinished = this.ctx.caches.jobs.list(namespace).filter((j) => j.spec.queueRef.name === name && !isTerminal(j.status?.phase));
     const activeJobs = unfinished.filter((j) => j.status?.slot !== undefined).length;
-    const observation: QueueObservation = { queue, activeJobs, waitingJobs: unfinished.length - activeJobs, secret, ...(childError ? { childError } : {}) };
+    const observation: QueueObservation = {
+      queue, activeJobs, waitingJobs: unfinished.length - activeJobs, secret, buildkite: this.ctx.stacks.conditions(key), ...(childError ? { childError } : {}),
+    };
     const status = planQueueStatus(observation, this.ctx.clock.now());
     if (!isDeepStrictEqual(status, queue.status ?? {})) {
       await patchStatus(this.ctx.clients, BUILDKITE_QUEUE, namespace, name, status);

@@ -14,6 +14,8 @@ export interface QueueObservation {
   secret: "present" | "missing" | "missingKey";
   /** A child object the API server refused, with its message (e.g. a StorageClass that does not exist). */
   childError?: { kind: string; name: string; message: string };
+  /** The queue's Buildkite conditions from its job source (Registered, Dispatching). */
+  buildkite?: readonly ConditionUpdate[];
 }
 
 /** The status a queue should have. Pure; written only when it differs from what is stored. */
@@ -45,6 +47,6 @@ export function planQueueStatus(obs: QueueObservation, now: Date): BuildkiteQueu
     slots: `${obs.activeJobs}/${total}`,
     arch: shapeResources(queue.spec.instanceShape).arch,
     serviceAccountName: serviceAccountName(queue),
-    conditions: setCondition(queue.status?.conditions, ready, gen, now),
+    conditions: [ready, ...(obs.buildkite ?? [])].reduce((list, c) => setCondition(list, c, gen, now), queue.status?.conditions ?? []),
   };
 }

@@ -1,0 +1,108 @@
+import { expect } from "chai";
+import { jobFixture, queueFixture } from "../../../test/support/fixtures.js";
+import type { BuildkiteJob, BuildkiteJobStatus } from "../api/generated/buildkite-job.js";
+import { ANNOTATIONS } from "../api/keys.js";
+import { jobResourceName } from "../api/names.js";
+import type { JobState, ScheduledJob } from "../buildkite/types.js";
+import { chooseReservations, jobResourceFor, reservationsToExtend, takenBack } from "./dispatch.js";
+
+let seq = 0;
+const scheduled = (priority: number, at = `2026-03-01T12:00:${String(10 + seq).padStart(2, "0")}Z`): ScheduledJob => {
+  seq++;
+  const id = `00000000-0000-4000-8000-${String(seq).padStart(12, "0")}`;
+  return {
+    id, priority, agent_query_rules: ["queue=q"], scheduled_at: at,
+    pipeline: { slug: "p", uuid: "pu" }, build: { uuid: "bu", number: 7, branch: "main" }, step: { key: null },
+  };
+};
+const job = (uuid: string, status: BuildkiteJobStatus = {}, annotations: Record<string, string> = {}): BuildkiteJob => {
+  const j = jobFixture(uuid);
+  j.metadata.annotations = annotations;
+  j.status = status;
+  return j;
+};
+
+describe("chooseReservations", () => {
+  it("takes only as many jobs as there are free slots, highest priority first, then the earliest scheduled", () => {
+    const low = scheduled(1);
+    const high = scheduled(9);
+    const midEarly = scheduled(5, "2026-03-01T11:00:00Z");
+    const midLate = scheduled(5, "2026-03-01T11:30:00Z");
+    const d = chooseReservations({ scheduled: [low, high, midLate, midEarly], existing: new Set(), unfinished: 1, concurrency: 4, paused: false });
+    expect(d.take.map((j) => j.id)).to.deep.equal([high.id, midEarly.id, midLate.id]);
+    expect(d.reclaim).to.deep.equal([]);
+  });
+
+  it("takes nothing when every slot is held, and never a negative number", () => {
+    const d = chooseReservations({ scheduled: [scheduled(1)], existing: new Set(), unfinished: 6, concurrency: 4, paused: false });
+    expect(d.take).to.deep.equal([]);
+  });
+
+  it("takes nothing new while paused, but reclaims jobs that already have a BuildkiteJob", () => {
+    const mine = scheduled(1);
+    const d = chooseReservations({ scheduled: [mine, scheduled(2)], existing: new Set([jobResourceName(mine.id)]), unfinished: 0, concurrency: 4, paused: true });
+    expect(d).to.deep.equal({ take: [], reclaim: [mine.id] });
+  });
+
+  it("never takes a job again that already has a BuildkiteJob here (its reservation lapsed)", () => {
+    const mine = scheduled(9);
+    const other = scheduled(1);
+    const d = chooseReservations({ scheduled: [mine, other], existing: new Set([jobResourceName(mine.id)]), unfinished: 1, concurrency: 2, paused: false });
+    expect(d.take.map((j) => j.id)).to.deep.equal([other.id]);
+    expect(d.reclaim).to.deep.equal([mine.id]);
+  });
+});
+
+describe("reservationsToExtend", () => {
+  const now = Date.parse("2026-03-01T12:00:00Z");
+  it("extends jobs not started whose last reservation is older than a third of the expiry, or unknown", () => {
+    const jobs = [
+      job("a0000000-0000-4000-8000-000000000001", { phase: "Pending" }),
+      job("a0000000-0000-4000-8000-000000000002", { phase: "Starting" }),
+      job("a0000000-0000-4000-8000-000000000003", { phase: "Pending" }),
+    ];
+    const last = new Map([["a0000000-0000-4000-8000-000000000001", now - 301_000], ["a0000000-0000-4000-8000-000000000003", now - 100_000]]);
+    expect(reservationsToExtend(jobs, last, now, 900)).to.deep.equal(["a0000000-0000-4000-8000-000000000001", "a0000000-0000-4000-8000-000000000002"]);
+  });
+
+  it("leaves alone jobs whose agent may have started, and finished jobs", () => {
+    const jobs = [
+      job("a0000000-0000-4000-8000-000000000001", { phase: "Running" }),
+      job("a0000000-0000-4000-8000-000000000002", { phase: "Starting", startedAt: "2026-03-01T11:59:00Z" }),
+      job("a0000000-0000-4000-8000-000000000003", { phase: "Failed" }),
+    ];
+    expect(reservationsToExtend(jobs, new Map(), now, 900)).to.deep.equal([]);
+  });
+});
+
+describe("takenBack", () => {
+  const uuid = "a0000000-0000-4000-8000-000000000001";
+  const cases: [JobState, boolean][] = [
+    ["canceled", true], ["canceling", true], ["expired", true], ["timed_out", true], ["skipped", true], ["broken", true],
+    ["scheduled", false], ["reserved", false], ["accepted", false], ["running", false], ["finished", false],
+  ];
+  for (const [state, marked] of cases) {
+    it(`${marked ? "marks" : "does not mark"} a job Buildkite reports ${state}`, () => {
+      expect(takenBack([job(uuid)], new Map([[uuid, state]]))).to.deep.equal(marked ? [{ name: jobResourceName(uuid), state }] : []);
+    });
+  }
+  it("marks a job once per state, and skips jobs Buildkite did not mention", () => {
+    const marked = job(uuid, {}, { [ANNOTATIONS.buildkiteState]: "canceled" });
+    expect(takenBack([marked, job("a0000000-0000-4000-8000-000000000002")], new Map([[uuid, "canceled"]]))).to.deep.equal([]);
+  });
+});
+
+describe("jobResourceFor", () => {
+  it("names the BuildkiteJob after the uuid, owns it by the queue and copies what kubectl should show", () => {
+    const queue = queueFixture();
+    const s = scheduled(3);
+    const bkj = jobResourceFor(queue, { ...s, step: { key: "build" } }, "bk-op-stack");
+    expect(bkj.metadata.name).to.equal(jobResourceName(s.id));
+    expect(bkj.metadata.annotations).to.deep.equal({ [ANNOTATIONS.stack]: "bk-op-stack" });
+    expect(bkj.metadata.ownerReferences?.[0]).to.include({ kind: "BuildkiteQueue", name: queue.metadata.name, uid: queue.metadata.uid, controller: true });
+    expect(bkj.spec).to.deep.equal({
+      queueRef: { name: queue.metadata.name }, uuid: s.id, priority: 3, scheduledAt: s.scheduled_at,
+      agentQueryRules: ["queue=q"], pipelineSlug: "p", buildNumber: 7, stepKey: "build",
+    });
+  });
+});

@@ -1,0 +1,106 @@
+import type { BuildkiteJob } from "../api/generated/buildkite-job.js";
+import type { BuildkiteQueue } from "../api/generated/buildkite-queue.js";
+import { ANNOTATIONS, LABELS, MANAGED_BY } from "../api/keys.js";
+import { jobResourceName } from "../api/names.js";
+import type { JobState, ScheduledJob } from "../buildkite/types.js";
+import { isTerminal } from "../job/phase.js";
+
+/**
+ * Pure decisions of the job source: which scheduled jobs to reserve, which reservations to extend, and which jobs
+ * Buildkite has taken back. The shell in `job-source.ts` gathers the inputs from the caches and the Stacks API.
+ */
+
+/** Highest priority first; among equals the job scheduled earlier (then the uuid, so the order is total). */
+export function byPriority(a: ScheduledJob, b: ScheduledJob): number {
+  return b.priority - a.priority || a.scheduled_at.localeCompare(b.scheduled_at) || a.id.localeCompare(b.id);
+}
+
+export interface ReserveDecision {
+  /** New jobs to reserve and turn into BuildkiteJobs, in the order they should start. */
+  take: ScheduledJob[];
+  /** Jobs back in `scheduled` that already have a BuildkiteJob here (their reservation lapsed): reserve them again. */
+  reclaim: string[];
+}
+
+/**
+ * Chooses what to reserve from one listing. A queue runs at most `concurrency` jobs; every BuildkiteJob that is not
+ * terminal counts from the moment it exists, so only `concurrency − unfinished` new jobs are taken, highest priority
+ * first; the rest stay scheduled in Buildkite, where another stack (or this one, later) may take them.
+ */
+export function chooseReservations(input: {
+  scheduled: readonly ScheduledJob[];
+  /** Names of this queue's BuildkiteJobs, finished or not (a finished one must not be created again). */
+  existing: ReadonlySet<string>;
+  /** This queue's BuildkiteJobs that are not terminal, including ones created but not yet in the cache. */
+  unfinished: number;
+  concurrency: number;
+  paused: boolean;
+}): ReserveDecision {
+  const reclaim: string[] = [];
+  const fresh: ScheduledJob[] = [];
+  for (const job of input.scheduled) {
+    if (input.existing.has(jobResourceName(job.id))) reclaim.push(job.id);
+    else fresh.push(job);
+  }
+  if (input.paused) return { take: [], reclaim };
+  const free = Math.max(0, input.concurrency - input.unfinished);
+  return { take: [...fresh].sort(byPriority).slice(0, free), reclaim };
+}
+
+/** Whether the agent in the job's pod may already hold the job (after which Buildkite, not the stack, owns it). */
+export const agentMayHaveStarted = (job: BuildkiteJob): boolean =>
+  job.status?.startedAt !== undefined || job.status?.phase === "Running";
+
+/**
+ * Reservations to extend now: jobs whose pods have not started, last reserved more than a third of the expiry ago
+ * (or never by this process, e.g. after a restart). Extending an already accepted job is harmless (`not_reserved`).
+ */
+export function reservationsToExtend(jobs: readonly BuildkiteJob[], lastReservedMs: ReadonlyMap<string, number>, nowMs: number, expirySeconds: number): string[] {
+  const due = nowMs - (expirySeconds * 1000) / 3;
+  return jobs
+    .filter((j) => !isTerminal(j.status?.phase) && !agentMayHaveStarted(j) && (lastReservedMs.get(j.spec.uuid) ?? -Infinity) <= due)
+    .map((j) => j.spec.uuid);
+}
+
+/** Buildkite states that mean the job is no longer the stack's to run (§3.2). `finished` is missing on purpose: it
+ * may be the pod's own agent that finished it before the pod's status caught up. */
+const TAKEN_BACK: ReadonlySet<JobState> = new Set<JobState>(["canceling", "canceled", "expired", "skipped", "broken", "timed_out"]);
+
+/** Jobs to mark with the state Buildkite reports, for the job controller to act on (once per job and state). */
+export function takenBack(jobs: readonly BuildkiteJob[], states: ReadonlyMap<string, JobState>): { name: string; state: JobState }[] {
+  const marks: { name: string; state: JobState }[] = [];
+  for (const job of jobs) {
+    const state = states.get(job.spec.uuid);
+    if (state === undefined || !TAKEN_BACK.has(state)) continue;
+    if (job.metadata.annotations?.[ANNOTATIONS.buildkiteState] === state) continue;
+    marks.push({ name: job.metadata.name ?? "", state });
+  }
+  return marks;
+}
+
+/** The BuildkiteJob for a reserved job: named after its uuid, owned by its queue (deleted with it). */
+export function jobResourceFor(queue: BuildkiteQueue, job: ScheduledJob, stackKey: string): BuildkiteJob {
+  return {
+    apiVersion: "buildkite.com/v1alpha1",
+    kind: "BuildkiteJob",
+    metadata: {
+      name: jobResourceName(job.id),
+      namespace: queue.metadata.namespace ?? "",
+      labels: { [LABELS.managedBy]: MANAGED_BY, [LABELS.queue]: queue.metadata.name ?? "", [LABELS.jobUuid]: job.id.toLowerCase() },
+      annotations: { [ANNOTATIONS.stack]: stackKey },
+      ownerReferences: [{
+        apiVersion: queue.apiVersion, kind: queue.kind, name: queue.metadata.name ?? "", uid: queue.metadata.uid ?? "", controller: true, blockOwnerDeletion: false,
+      }],
+    },
+    spec: {
+      queueRef: { name: queue.metadata.name ?? "" },
+      uuid: job.id,
+      priority: job.priority,
+      scheduledAt: job.scheduled_at,
+      agentQueryRules: job.agent_query_rules,
+      pipelineSlug: job.pipeline.slug,
+      buildNumber: job.build.number,
+      ...(job.step.key !== null ? { stepKey: job.step.key } : {}),
+    },
+  };
+}

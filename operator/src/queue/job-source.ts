@@ -1,0 +1,331 @@
+import { createHash } from "node:crypto";
+import type { ConditionUpdate } from "../api/conditions.js";
+import { BUILDKITE_JOB, type BuildkiteJob } from "../api/generated/buildkite-job.js";
+import type { BuildkiteQueue } from "../api/generated/buildkite-queue.js";
+import { ANNOTATIONS } from "../api/keys.js";
+import { concurrency } from "../api/shapes.js";
+import { BuildkiteApiError } from "../buildkite/errors.js";
+import { NotificationBatcher } from "../buildkite/notifier.js";
+import type { QueueStack } from "../buildkite/stack-directory.js";
+import { stackKey, StacksClient } from "../buildkite/stacks-client.js";
+import type { RequestReport } from "../buildkite/transport.js";
+import { isTerminal } from "../job/phase.js";
+import type { Timer } from "../kube/clock.js";
+import type { ControllerContext } from "../kube/controller.js";
+import { apiMessage, isAlreadyExists, isForbidden, isInvalid, isNotFound } from "../kube/field-manager.js";
+import { splitKey } from "../kube/resources.js";
+import { chooseReservations, jobResourceFor, reservationsToExtend, takenBack } from "./dispatch.js";
+
+/** How the job sources talk to Buildkite; one set for the whole operator. */
+export interface JobSourceSettings {
+  /** Identifies this Kubernetes cluster in stack keys, so two clusters never share a stack. */
+  clusterId: string;
+  /** How often scheduled jobs are listed (default 1000 ms). */
+  pollIntervalMs: number;
+  /** How often jobs not yet started are checked for cancellation (default 5000 ms). */
+  stateCheckIntervalMs: number;
+  /** Reservation length asked of Buildkite; reservations are extended at a third of it (default 900 s). */
+  reservationExpirySeconds: number;
+  /** The longest wait between attempts after failures (default 30000 ms). */
+  maxBackoffMs: number;
+  /** Attempts per Stacks API call (default 5). */
+  maxAttempts?: number;
+  onRequest?: (r: RequestReport) => void;
+}
+
+export const DEFAULT_JOB_SOURCE_SETTINGS: Omit<JobSourceSettings, "clusterId"> = {
+  pollIntervalMs: 1_000,
+  stateCheckIntervalMs: 5_000,
+  reservationExpirySeconds: 900,
+  maxBackoffMs: 30_000,
+};
+
+/** A failure with the condition reason and message a person reads on the queue. */
+class SourceError extends Error {
+  constructor(readonly reason: string, message: string, readonly phase: "Registered" | "Dispatching") {
+    super(message);
+  }
+}
+
+interface Connection extends QueueStack {
+  fingerprint: string;
+  client: StacksClient;
+  notifier: NotificationBatcher;
+  /** The queue key Buildkite echoed at registration; listing uses it (§1.4 S1). */
+  queueKey: string;
+}
+
+/**
+ * The job source of one BuildkiteQueue: registers its stack, lists scheduled jobs every poll, reserves only as many
+ * as the queue has free slots (highest priority first), creates their BuildkiteJobs, extends reservations of jobs
+ * whose pods have not started, and marks jobs Buildkite took back. Runs on its own timer with its own backoff, so
+ * one queue's failures never hold up another's.
+ */
+export class QueueJobSource {
+  private timer: Timer | undefined;
+  private cycle: Promise<void> = Promise.resolve();
+  private stopped = false;
+  private connection: Connection | undefined;
+  private failures = 0;
+  private lastStateCheckMs = -Infinity;
+  private registered: ConditionUpdate = { type: "Registered", status: "Unknown", reason: "Connecting", message: "Registering a stack with Buildkite." };
+  private dispatching: ConditionUpdate = { type: "Dispatching", status: "Unknown", reason: "Connecting", message: "Not listing jobs until the stack is registered." };
+  /** When each job was last reserved by this process (for extensions). */
+  private readonly lastReservedMs = new Map<string, number>();
+  /** BuildkiteJobs created but maybe not in the cache yet, by name, with when: counted as taking a slot. */
+  private readonly recentlyCreated = new Map<string, number>();
+
+  constructor(
+    readonly key: string,
+    readonly uid: string,
+    private readonly ctx: ControllerContext,
+    private readonly settings: JobSourceSettings,
+    /** Called when the queue's Buildkite conditions change, so its status is written. */
+    private readonly onChange: (queueKey: string) => void,
+  ) {}
+
+  start(): void {
+    this.schedule(0);
+  }
+
+  /** The registered stack, for reporting on this queue's jobs. */
+  stack(): QueueStack | undefined {
+    return this.connection;
+  }
+
+  conditions(): ConditionUpdate[] {
+    return [this.registered, this.dispatching];
+  }
+
+  /** Stops polling after the cycle in progress; `deregister` frees the stack in Buildkite (the queue was deleted). */
+  async stop(deregister: boolean): Promise<void> {
+    this.stopped = true;
+    this.timer?.cancel();
+    await this.cycle;
+    const conn = this.connection;
+    this.connection = undefined;
+    if (!conn) return;
+    await conn.notifier.stop();
+    if (!deregister) return;
+    try {
+      await conn.client.deregister(conn.key);
+    } catch (err) {
+      // Best effort: an unreachable Buildkite only leaves a disconnected stack behind.
+      this.ctx.logger.warn("Could not deregister the Buildkite stack", { stack: conn.key, queue: this.key, error: errorText(err) });
+    }
+  }
+
+  private schedule(delayMs: number): void {
+    if (this.stopped) return;
+    this.timer = this.ctx.clock.setTimer(delayMs, () => {
+      this.cycle = this.runCycle();
+    });
+  }
+
+  private async runCycle(): Promise<void> {
+    let delay = this.settings.pollIntervalMs;
+    try {
+      await this.once();
+      this.failures = 0;
+    } catch (err) {
+      this.failures++;
+      delay = Math.min(this.settings.maxBackoffMs, this.settings.pollIntervalMs * 2 ** Math.min(this.failures, 10));
+      this.fail(err, delay);
+    }
+    this.schedule(delay);
+  }
+
+  private async once(): Promise<void> {
+    const { namespace, name } = splitKey(this.key);
+    const queue = this.ctx.caches.queues.get(name, namespace);
+    if (!queue || queue.metadata.deletionTimestamp) return;
+    const conn = await this.connect(queue);
+    const jobs = this.ctx.caches.jobs.list(namespace).filter((j) => j.spec.queueRef.name === name);
+    await this.dispatch(queue, conn, jobs);
+    await this.extend(conn, jobs);
+    if (this.ctx.clock.nowMs() - this.lastStateCheckMs >= this.settings.stateCheckIntervalMs) {
+      this.lastStateCheckMs = this.ctx.clock.nowMs();
+      await this.checkStates(conn, jobs);
+    }
+  }
+
+  /** Reads the token, checks it and registers the stack, unless the token and endpoint are unchanged since. */
+  private async connect(queue: BuildkiteQueue): Promise<Connection> {
+    const token = await this.readToken(queue);
+    const fingerprint = createHash("sha256").update(JSON.stringify([queue.spec.endpoint, queue.spec.queue, token])).digest("hex");
+    if (this.connection?.fingerprint === fingerprint) return this.connection;
+    await this.connection?.notifier.stop();
+    this.connection = undefined;
+    const { logger, clock } = this.ctx;
+    const client = new StacksClient({
+      endpoint: queue.spec.endpoint, token, clock, logger,
+      ...(this.settings.maxAttempts !== undefined ? { maxAttempts: this.settings.maxAttempts } : {}),
+      ...(this.settings.onRequest ? { onRequest: this.settings.onRequest } : {}),
+    });
+    const key = stackKey({ clusterId: this.settings.clusterId, namespace: queue.metadata.namespace ?? "", queue: queue.metadata.name ?? "" });
+    const identity = await client.identity().catch((err: unknown) => { throw registrationError(err, queue); });
+    if (!identity.cluster_uuid) {
+      throw new SourceError("UnclusteredToken", `The token in Secret ${queue.spec.agentTokenSecretRef.name} is not a cluster agent token; the Stacks API needs one (bkct_…) from the cluster that holds queue ${queue.spec.queue}.`, "Registered");
+    }
+    const stack = await client.register(key, queue.spec.queue, {
+      namespace: queue.metadata.namespace ?? "", queue: queue.metadata.name ?? "", shape: queue.spec.instanceShape,
+    }).catch((err: unknown) => { throw registrationError(err, queue); });
+    const notifier = new NotificationBatcher({ client, stackKey: key, clock, logger });
+    this.connection = { fingerprint, client, notifier, key, queueKey: stack.cluster_queue_key };
+    this.setCondition({
+      type: "Registered", status: "True", reason: "Registered",
+      message: `Registered as Buildkite stack ${key} for queue ${stack.cluster_queue_key} of cluster ${identity.cluster_name ?? identity.cluster_uuid}.`,
+    }, queue);
+    return this.connection;
+  }
+
+  private async readToken(queue: BuildkiteQueue): Promise<string> {
+    const ref = queue.spec.agentTokenSecretRef;
+    const namespace = queue.metadata.namespace ?? "";
+    try {
+      const secret = await this.ctx.clients.core.readNamespacedSecret({ name: ref.name, namespace });
+      const encoded = secret.data?.[ref.key];
+      const token = encoded !== undefined ? Buffer.from(encoded, "base64").toString("utf8").trim() : "";
+      if (token === "") throw new SourceError("AgentTokenSecretKeyMissing", `Secret ${ref.name} has no key "${ref.key}" holding the agent token.`, "Registered");
+      return token;
+    } catch (err) {
+      if (isNotFound(err)) throw new SourceError("AgentTokenSecretMissing", `Secret ${ref.name} not found in namespace ${namespace}; no jobs are taken from Buildkite until it exists.`, "Registered");
+      throw err;
+    }
+  }
+
+  /** Lists scheduled jobs and reserves as many as there are free slots, then creates their BuildkiteJobs. */
+  private async dispatch(queue: BuildkiteQueue, conn: Connection, jobs: readonly BuildkiteJob[]): Promise<void> {
+    const listed = await conn.client.scheduledJobs(conn.key, conn.queueKey).catch((err: unknown) => { throw dispatchError(err, "list scheduled jobs"); });
+    const now = this.ctx.clock.nowMs();
+    const names = new Set(jobs.map((j) => j.metadata.name ?? ""));
+    for (const [name, at] of this.recentlyCreated) if (names.has(name) || now - at > 60_000) this.recentlyCreated.delete(name);
+    const unfinished = jobs.filter((j) => !isTerminal(j.status?.phase)).length + this.recentlyCreated.size;
+    const paused = queue.spec.paused ? "spec" : listed.paused ? "buildkite" : undefined;
+    const total = concurrency(queue.spec);
+    const decision = chooseReservations({
+      scheduled: listed.jobs, existing: new Set([...names, ...this.recentlyCreated.keys()]), unfinished, concurrency: total, paused: paused !== undefined,
+    });
+    this.setCondition(paused === undefined
+      ? { type: "Dispatching", status: "True", reason: "Dispatching", message: `Taking up to ${total} jobs at once from Buildkite queue ${conn.queueKey}.` }
+      : { type: "Dispatching", status: "False", reason: paused === "spec" ? "PausedInSpec" : "PausedInBuildkite",
+        message: paused === "spec" ? "spec.paused is true: no new jobs are taken; set it to false to resume." : `Queue ${conn.queueKey} is paused in Buildkite: no new jobs are taken until it is resumed there.` }, queue);
+    const uuids = [...decision.take.map((j) => j.id), ...decision.reclaim];
+    if (uuids.length === 0) return;
+    const result = await conn.client.reserve(conn.key, uuids, this.settings.reservationExpirySeconds).catch((err: unknown) => { throw dispatchError(err, "reserve jobs"); });
+    const reserved = new Set(result.reserved);
+    for (const uuid of reserved) this.lastReservedMs.set(uuid, now);
+    for (const job of decision.take) {
+      if (!reserved.has(job.id)) continue;
+      await this.createJob(queue, conn, jobResourceFor(queue, job, conn.key));
+    }
+  }
+
+  private async createJob(queue: BuildkiteQueue, conn: Connection, body: BuildkiteJob): Promise<void> {
+    const { group, version, plural } = BUILDKITE_JOB;
+    const namespace = body.metadata.namespace ?? "";
+    const name = body.metadata.name ?? "";
+    try {
+      await this.ctx.clients.custom.createNamespacedCustomObject({ group, version, plural, namespace, body });
+      this.recentlyCreated.set(name, this.ctx.clock.nowMs());
+      conn.notifier.add(body.spec.uuid, `Reserved by Kubernetes queue ${namespace}/${queue.metadata.name ?? ""}; starting a ${queue.spec.instanceShape} pod.`);
+      this.ctx.logger.info("Took job from Buildkite", { namespace, queue: queue.metadata.name, job: name, priority: body.spec.priority });
+    } catch (err) {
+      // Another operator (or an earlier poll whose answer was lost) already made it: same job, same name.
+      if (isAlreadyExists(err)) return;
+      if (isForbidden(err) || isInvalid(err)) {
+        // Not retried: the reservation lapses and Buildkite offers the job again, by when the cause may be fixed.
+        const message = `Could not create BuildkiteJob ${name}: ${apiMessage(err)}`;
+        this.ctx.recorder.record(queue, "Warning", "JobNotCreated", message);
+        this.ctx.logger.warn(message, { namespace, queue: queue.metadata.name });
+        return;
+      }
+      throw err;
+    }
+  }
+
+  /** Extends the reservations of jobs whose pods have not started before they lapse. */
+  private async extend(conn: Connection, jobs: readonly BuildkiteJob[]): Promise<void> {
+    const ours = jobs.filter((j) => j.metadata.annotations?.[ANNOTATIONS.stack] === conn.key);
+    const live = new Set(ours.filter((j) => !isTerminal(j.status?.phase)).map((j) => j.spec.uuid));
+    for (const uuid of this.lastReservedMs.keys()) if (!live.has(uuid)) this.lastReservedMs.delete(uuid);
+    const due = reservationsToExtend(ours, this.lastReservedMs, this.ctx.clock.nowMs(), this.settings.reservationExpirySeconds);
+    if (due.length === 0) return;
+    await conn.client.reserve(conn.key, due, this.settings.reservationExpirySeconds).catch((err: unknown) => { throw dispatchError(err, "extend reservations"); });
+    for (const uuid of due) this.lastReservedMs.set(uuid, this.ctx.clock.nowMs());
+  }
+
+  /** Asks Buildkite for the state of every unfinished job and marks those it took back (canceled, expired, …). */
+  private async checkStates(conn: Connection, jobs: readonly BuildkiteJob[]): Promise<void> {
+    const unfinished = jobs.filter((j) => !isTerminal(j.status?.phase) && j.metadata.annotations?.[ANNOTATIONS.stack] === conn.key);
+    if (unfinished.length === 0) return;
+    const states = await conn.client.getStates(conn.key, unfinished.map((j) => j.spec.uuid)).catch((err: unknown) => { throw dispatchError(err, "check job states"); });
+    const { group, version, plural } = BUILDKITE_JOB;
+    for (const mark of takenBack(unfinished, states)) {
+      const namespace = splitKey(this.key).namespace;
+      await this.ctx.clients.custom.patchNamespacedCustomObject({
+        group, version, plural, namespace, name: mark.name, body: { metadata: { annotations: { [ANNOTATIONS.buildkiteState]: mark.state } } },
+      }).catch((err: unknown) => { if (!isNotFound(err)) throw err; });
+      this.ctx.logger.info("Buildkite took a job back", { namespace, job: mark.name, state: mark.state });
+    }
+  }
+
+  private fail(err: unknown, retryInMs: number): void {
+    const { namespace, name } = splitKey(this.key);
+    const queue = this.ctx.caches.queues.get(name, namespace);
+    const retry = ` Retrying in ${Math.round(retryInMs / 1000)} s.`;
+    if (err instanceof SourceError) {
+      if (err.phase === "Registered") {
+        this.connection = undefined;
+        this.setCondition({ type: "Registered", status: "False", reason: err.reason, message: err.message + retry }, queue);
+        this.setCondition({ type: "Dispatching", status: "False", reason: "NotRegistered", message: "No jobs are taken until the stack is registered." }, queue);
+      } else {
+        this.setCondition({ type: "Dispatching", status: "False", reason: err.reason, message: err.message + retry }, queue);
+      }
+      if (err.reason === "AgentTokenRejected") this.connection = undefined;
+      return;
+    }
+    this.ctx.logger.warn("Job source failed", { namespace, queue: name, error: errorText(err) });
+    this.setCondition({ type: "Dispatching", status: "False", reason: "Error", message: errorText(err) + retry }, queue);
+  }
+
+  /** Updates one condition; a change of status or reason is an Event and a status write. */
+  private setCondition(update: ConditionUpdate, queue: BuildkiteQueue | undefined): void {
+    const current = update.type === "Registered" ? this.registered : this.dispatching;
+    if (current.status === update.status && current.reason === update.reason && current.message === update.message) return;
+    if (update.type === "Registered") this.registered = update;
+    else this.dispatching = update;
+    if (queue && (current.status !== update.status || current.reason !== update.reason)) {
+      this.ctx.recorder.record(queue, update.status === "False" ? "Warning" : "Normal", update.reason, update.message);
+    }
+    this.onChange(this.key);
+  }
+}
+
+/** Turns a failed token check or registration into what to fix. */
+function registrationError(err: unknown, queue: BuildkiteQueue): unknown {
+  if (!(err instanceof BuildkiteApiError)) return err;
+  const secret = queue.spec.agentTokenSecretRef.name;
+  const server = err.serverMessage ? ` (Buildkite: ${err.serverMessage})` : "";
+  switch (err.status) {
+    case 401:
+      return new SourceError("AgentTokenRejected", `Buildkite rejected the agent token in Secret ${secret}${server}; put a valid cluster agent token (bkct_…) in it.`, "Registered");
+    case 403:
+      return new SourceError("Forbidden", `Buildkite refused to register the stack${server}; the organisation may be at its stack limit, or the token lacks a permission.`, "Registered");
+    case 404:
+      return new SourceError("QueueNotFound", `Buildkite does not know queue ${queue.spec.queue} in the token's cluster${server}; create it there or fix spec.queue.`, "Registered");
+    default:
+      return new SourceError(err.status === undefined || err.retryable ? "BuildkiteUnavailable" : "Rejected", `${err.message}; check spec.endpoint (${queue.spec.endpoint}).`, "Registered");
+  }
+}
+
+function dispatchError(err: unknown, what: string): unknown {
+  if (!(err instanceof BuildkiteApiError)) return err;
+  if (err.status === 401) return new SourceError("AgentTokenRejected", `Buildkite rejected the agent token while trying to ${what}: ${err.message}.`, "Registered");
+  if (err.status === 429) return new SourceError("RateLimited", `Buildkite kept rate-limiting requests to ${what}: ${err.message}.`, "Dispatching");
+  return new SourceError(err.retryable ? "BuildkiteUnavailable" : "Rejected", `Could not ${what}: ${err.message}.`, "Dispatching");
+}
+
+function errorText(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}

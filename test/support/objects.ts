@@ -20,8 +20,12 @@ export class TestObjects {
     this.custom = kc.makeApiClient(CustomObjectsApi);
   }
 
-  async createTokenSecret(name = "bk-agent-token"): Promise<void> {
-    await this.core.createNamespacedSecret({ namespace: this.namespace, body: { metadata: { name }, stringData: { token: "test-agent-token" } } });
+  async createTokenSecret(name = "bk-agent-token", token = "test-agent-token"): Promise<void> {
+    await this.core.createNamespacedSecret({ namespace: this.namespace, body: { metadata: { name }, stringData: { token } } });
+  }
+
+  async replaceTokenSecret(name: string, token: string): Promise<void> {
+    await this.core.replaceNamespacedSecret({ name, namespace: this.namespace, body: { metadata: { name }, stringData: { token } } });
   }
 
   async createQueue(name: string, spec: Record<string, unknown> = {}): Promise<void> {

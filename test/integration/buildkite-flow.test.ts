@@ -1,0 +1,173 @@
+import { expect } from "chai";
+import { jobResourceName } from "../../operator/src/api/names.js";
+import type { Operator } from "../../operator/src/operator.js";
+import { BuildkiteScenario, TOKEN_SECRET } from "../support/buildkite-scenario.js";
+import { eventually } from "../support/eventually.js";
+import { testCluster } from "../support/global-cluster.js";
+import { startTestOperator } from "../support/operator.js";
+
+const FAST = { pollIntervalMs: 250, stateCheckIntervalMs: 500 };
+
+describe("Buildkite jobs flow from the Stacks API through BuildkiteJobs to pods run by the real agent", function () {
+  this.timeout(180_000);
+  let s: BuildkiteScenario;
+  let operator: Operator | undefined;
+
+  before(async () => {
+    const kc = testCluster().kubeConfig();
+    s = await BuildkiteScenario.start(kc, "bk-flow");
+    operator = await startTestOperator(kc, "buildkite-flow", { buildkite: FAST });
+  });
+  after(async () => {
+    await operator?.stop();
+    await s.stop();
+  });
+
+  it("registers a custom stack per queue and runs a job: exit 3 and its log reach Buildkite, the BuildkiteJob is Failed with exit 3, the pod is deleted", async () => {
+    await s.queue("happy", "real", { instanceShape: "LINUX_ARM64_2X4", maxVCPU: 4 });
+    const message = await s.condition("happy", "Registered", "True");
+    expect(message).to.match(/^Registered as Buildkite stack bk-op-bk-flow-[0-9a-f-]+happy-[0-9a-f]{16} for queue happy/);
+    expect(s.fake.stacks().find((st) => st.cluster_queue_key === "happy")).to.include({ type: "custom", state: "connected" });
+
+    const uuid = s.fake.seedJob({ queue_key: "happy", command: "echo marker-7f3a; exit 3" });
+    const done = await s.buildkiteState(uuid, "finished");
+    expect(done.exit_status).to.equal(3);
+    expect(done.log).to.include("marker-7f3a");
+    const job = await s.jobPhase(uuid, "Failed");
+    expect(job.status).to.include({ exitCode: 3, reason: "NonZeroExit", shape: "LINUX_ARM64_2X4" });
+    expect(job.metadata.ownerReferences?.[0]).to.include({ kind: "BuildkiteQueue", name: "happy" });
+    await s.podGone(uuid);
+    const run = s.runner.runs().find((r) => r.uuid === uuid);
+    expect(run?.exitCode).to.equal(3);
+    const timeline = done.notifications.map((n) => n.detail);
+    expect(timeline.some((d) => d.startsWith(`Created pod ${jobResourceName(uuid)} (LINUX_ARM64_2X4)`)), timeline.join(" | ")).to.equal(true);
+    expect(timeline.some((d) => d.startsWith("Pod placed on node ")), timeline.join(" | ")).to.equal(true);
+  });
+
+  it("cancels a job canceled in Buildkite before its pod started: the pod is deleted and the job is Canceled", async () => {
+    await s.queue("cancel-early", "hold");
+    const uuid = s.fake.seedJob({ queue_key: "cancel-early" });
+    await s.jobPhase(uuid, "Starting");
+    s.fake.cancel(uuid);
+    const job = await s.jobPhase(uuid, "Canceled");
+    expect(job.status).to.include({ reason: "CanceledInBuildkite" });
+    await s.podGone(uuid);
+    expect(s.fake.job(uuid).state).to.equal("canceled");
+  });
+
+  it("lets the agent stop a job canceled while running; the job ends Canceled and its pod is deleted", async () => {
+    await s.queue("cancel-running", "real");
+    const uuid = s.fake.seedJob({ queue_key: "cancel-running", command: "echo started; sleep 60" });
+    await s.buildkiteState(uuid, "running");
+    s.fake.cancel(uuid);
+    await s.buildkiteState(uuid, "canceled");
+    const job = await s.jobPhase(uuid, "Canceled");
+    expect(job.status?.reason).to.equal("CanceledInBuildkite");
+    await s.podGone(uuid);
+  });
+
+  it("starts nothing on a paused queue (paused in the spec or in Buildkite) and resumes when unpaused", async () => {
+    await s.queue("paused", "real", { paused: true });
+    await s.condition("paused", "Dispatching", "False", "PausedInSpec");
+    const uuid = s.fake.seedJob({ queue_key: "paused", command: "exit 0" });
+    const listsBefore = s.fake.requests().filter((r) => r.route === "stacks.scheduled-jobs").length;
+    await eventually(() => {
+      expect(s.fake.requests().filter((r) => r.route === "stacks.scheduled-jobs").length).to.be.greaterThan(listsBefore + 3);
+      return Promise.resolve();
+    }, { what: "a few more polls" });
+    expect(await s.jobsOf("paused")).to.deep.equal([]);
+    expect(s.fake.job(uuid).state).to.equal("scheduled");
+
+    s.fake.pauseQueue("paused");
+    await s.t.patchQueueSpec("paused", { paused: false });
+    await s.condition("paused", "Dispatching", "False", "PausedInBuildkite");
+    expect(s.fake.job(uuid).state).to.equal("scheduled");
+
+    s.fake.resumeQueue("paused");
+    await s.buildkiteState(uuid, "finished");
+    await s.condition("paused", "Dispatching", "True", "Dispatching");
+  });
+
+  it("backs off through a storm of 429s on listing and loses nothing", async () => {
+    await s.queue("storm", "real");
+    await s.condition("storm", "Registered", "True");
+    s.fake.injectFault({ route: "stacks.scheduled-jobs", status: 429, count: 12, retry_after: 1 });
+    const uuids = [1, 2, 3].map(() => s.fake.seedJob({ queue_key: "storm", command: "exit 0" }));
+    for (const uuid of uuids) await s.buildkiteState(uuid, "finished", 90_000);
+    const throttled = s.fake.requests().filter((r) => r.route === "stacks.scheduled-jobs" && r.status === 429);
+    expect(throttled.length).to.equal(12);
+    for (const uuid of uuids) expect(s.acquisitions().get(uuid), uuid).to.equal(1);
+    expect((await s.jobsOf("storm")).map((j) => j.status?.phase)).to.deep.equal(["Succeeded", "Succeeded", "Succeeded"]);
+  });
+
+  it("runs 30 jobs on a LINUX_AMD64_4X16 queue with maxVCPU 16: never more than 4 at once, reserved in priority order, each once", async () => {
+    const uuids = Array.from({ length: 30 }, (_, i) => s.fake.seedJob({ queue_key: "thirty", command: "sleep 0.3", priority: (i * 7) % 10 }));
+    let most = 0;
+    const sampling = { on: true };
+    const sampler = (async () => {
+      while (sampling.on) {
+        const active = (await s.jobsOf("thirty")).filter((j) => !["Succeeded", "Failed", "Canceled", "TimedOut"].includes(j.status?.phase ?? "")).length;
+        most = Math.max(most, active);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    })();
+    try {
+      await s.queue("thirty", "real", { instanceShape: "LINUX_AMD64_4X16", maxVCPU: 16 });
+      for (const uuid of uuids) await s.buildkiteState(uuid, "finished", 150_000);
+    } finally {
+      sampling.on = false;
+      await sampler;
+    }
+    expect(most, "most unfinished BuildkiteJobs at once").to.be.within(1, 4);
+    const overlap = maxOverlap(s.runner.runs().filter((r) => r.uuid !== undefined && uuids.includes(r.uuid)));
+    expect(overlap, "most agents running at once").to.be.within(1, 4);
+    for (const uuid of uuids) expect(s.acquisitions().get(uuid), uuid).to.equal(1);
+    const priority = new Map(uuids.map((u) => [u, s.fake.job(u).priority]));
+    const order = s.reservationOrder().filter((u) => priority.has(u)).map((u) => priority.get(u) ?? -1);
+    expect(order).to.have.length(30);
+    expect(order, "priorities in the order jobs were reserved").to.deep.equal([...order].sort((a, b) => b - a));
+    const q = await s.t.queue("thirty");
+    expect(q?.status).to.include({ concurrency: 4, active: 0 });
+  });
+
+  it("never runs a job twice with two operators on one queue", async () => {
+    const second = await startTestOperator(s.kc, "buildkite-flow-second", { buildkite: FAST });
+    try {
+      await s.queue("twice", "real", { maxVCPU: 32 });
+      const uuids = Array.from({ length: 6 }, () => s.fake.seedJob({ queue_key: "twice", command: "sleep 0.2" }));
+      for (const uuid of uuids) await s.buildkiteState(uuid, "finished", 90_000);
+      for (const uuid of uuids) expect(s.acquisitions().get(uuid), uuid).to.equal(1);
+      const runs = s.runner.runs().filter((r) => r.uuid !== undefined && uuids.includes(r.uuid));
+      expect(runs.map((r) => r.uuid).sort()).to.deep.equal([...uuids].sort());
+      expect(await s.jobsOf("twice")).to.have.length(6);
+    } finally {
+      await second.stop();
+    }
+  });
+
+  it("shows a rejected agent token on the queue with what to fix, and recovers when the Secret is fixed", async () => {
+    await s.t.createTokenSecret("wrong-token", "bkct_not_a_real_token");
+    await s.queue("bad-token", "real", { agentTokenSecretRef: { name: "wrong-token", key: "token" } });
+    const message = await s.condition("bad-token", "Registered", "False", "AgentTokenRejected");
+    expect(message).to.include("Secret wrong-token").and.include("cluster agent token");
+    expect(message).to.not.include("bkct_not_a_real_token");
+    const events = await s.t.events("bad-token");
+    expect(events.some((e) => e.reason === "AgentTokenRejected" && e.type === "Warning")).to.equal(true);
+    await s.t.replaceTokenSecret("wrong-token", s.fake.agentToken);
+    await s.condition("bad-token", "Registered", "True", undefined, 60_000);
+    expect(TOKEN_SECRET).to.not.equal("wrong-token");
+  });
+});
+
+/** The most runs whose [start, finish] intervals overlap at one moment. */
+function maxOverlap(runs: readonly { startedAt: Date; finishedAt: Date | undefined }[]): number {
+  const edges = runs.flatMap((r) => [[r.startedAt.getTime(), 1], [(r.finishedAt ?? new Date()).getTime(), -1]] as const)
+    .sort((a, b) => a[0] - b[0] || a[1] - b[1]);
+  let now = 0;
+  let most = 0;
+  for (const [, delta] of edges) {
+    now += delta;
+    most = Math.max(most, now);
+  }
+  return most;
+}

@@ -40,7 +40,7 @@ describe("buildPod", () => {
   it("runs the agent for exactly this job", () => {
     const agent = agentOf(buildPod(queueFixture(), job));
     expect(agent.name).to.equal("agent");
-    expect([...(agent.command ?? []), ...(agent.args ?? [])]).to.deep.equal(["buildkite-agent", "start", "--acquire-job", job.spec.uuid]);
+    expect([...(agent.command ?? []), ...(agent.args ?? [])]).to.deep.equal(["buildkite-agent", "start", "--acquire-job", job.spec.uuid, "--reflect-exit-status"]);
   });
 
   it("passes endpoint, queue tag and the token from the queue's Secret by reference", () => {

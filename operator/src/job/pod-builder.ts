@@ -61,7 +61,8 @@ export function buildPod(queue: BuildkiteQueue, job: BuildkiteJob, slot = 0): V1
     name: "agent",
     image: spec.agentImage,
     command: ["buildkite-agent"],
-    args: ["start", "--acquire-job", job.spec.uuid],
+    // --reflect-exit-status: the container exits with the job's exit status, so the pod (and kubectl) shows it.
+    args: ["start", "--acquire-job", job.spec.uuid, "--reflect-exit-status"],
     env,
     resources: { requests: resources, limits: resources },
     securityContext: { allowPrivilegeEscalation: false, capabilities: { drop: ["ALL"] }, runAsNonRoot: true },

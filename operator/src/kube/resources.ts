@@ -27,6 +27,14 @@ export async function patchStatus(clients: KubeClients, crd: Crd, namespace: str
   );
 }
 
+/** Sets annotations on a custom resource with a JSON merge patch (other annotations are kept). */
+export async function annotate(clients: KubeClients, crd: Crd, namespace: string, name: string, annotations: Record<string, string>): Promise<void> {
+  await clients.custom.patchNamespacedCustomObject(
+    { group: crd.group, version: crd.version, plural: crd.plural, namespace, name, body: { metadata: { annotations } }, fieldManager: FIELD_MANAGER },
+    setHeaderOptions("Content-Type", PatchStrategy.MergePatch),
+  );
+}
+
 /** Deletes a custom resource; a 404 means it is already gone, which is what was wanted. */
 export async function deleteCustomObject(clients: KubeClients, crd: Crd, namespace: string, name: string): Promise<void> {
   await clients.custom.deleteNamespacedCustomObject({ group: crd.group, version: crd.version, plural: crd.plural, namespace, name });

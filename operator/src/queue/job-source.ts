@@ -13,7 +13,7 @@ import { isTerminal } from "../job/phase.js";
 import type { Timer } from "../kube/clock.js";
 import type { ControllerContext } from "../kube/controller.js";
 import { apiMessage, isAlreadyExists, isForbidden, isInvalid, isNotFound } from "../kube/field-manager.js";
-import { splitKey } from "../kube/resources.js";
+import { annotate, splitKey } from "../kube/resources.js";
 import { chooseReservations, jobResourceFor, reservationsToExtend, takenBack } from "./dispatch.js";
 
 /** How the job sources talk to Buildkite; one set for the whole operator. */
@@ -260,12 +260,10 @@ export class QueueJobSource {
     const unfinished = jobs.filter((j) => !isTerminal(j.status?.phase) && j.metadata.annotations?.[ANNOTATIONS.stack] === conn.key);
     if (unfinished.length === 0) return;
     const states = await conn.client.getStates(conn.key, unfinished.map((j) => j.spec.uuid)).catch((err: unknown) => { throw dispatchError(err, "check job states"); });
-    const { group, version, plural } = BUILDKITE_JOB;
     for (const mark of takenBack(unfinished, states)) {
       const namespace = splitKey(this.key).namespace;
-      await this.ctx.clients.custom.patchNamespacedCustomObject({
-        group, version, plural, namespace, name: mark.name, body: { metadata: { annotations: { [ANNOTATIONS.buildkiteState]: mark.state } } },
-      }).catch((err: unknown) => { if (!isNotFound(err)) throw err; });
+      await annotate(this.ctx.clients, BUILDKITE_JOB, namespace, mark.name, { [ANNOTATIONS.buildkiteState]: mark.state })
+        .catch((err: unknown) => { if (!isNotFound(err)) throw err; });
       this.ctx.logger.info("Buildkite took a job back", { namespace, job: mark.name, state: mark.state });
     }
   }
@@ -327,5 +325,5 @@ function dispatchError(err: unknown, what: string): unknown {
 }
 
 function errorText(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
+  return err instanceof BuildkiteApiError || err instanceof SourceError ? err.message : apiMessage(err);
 }

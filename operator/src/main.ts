@@ -1,6 +1,9 @@
 import { KubeConfig } from "@kubernetes/client-node";
+import { Registry } from "prom-client";
 import { ConfigError, parseConfig } from "./config/config.js";
+import { hostname } from "node:os";
 import { createLogger } from "./observability/logger.js";
+import { HttpServer } from "./observability/server.js";
 import { Operator } from "./operator.js";
 
 /** Wiring only: configuration → logger → clients → controllers → graceful shutdown. */
@@ -20,17 +23,30 @@ async function main(): Promise<void> {
   // In a pod: the ServiceAccount's token; elsewhere: $KUBECONFIG or ~/.kube/config.
   const kubeConfig = new KubeConfig();
   kubeConfig.loadFromDefault();
+  // Served from the start, so liveness holds while the caches fill and /readyz says what is still missing.
+  const registry = new Registry();
+  const started: { operator?: Operator } = {};
+  const http = await HttpServer.start({ port: config.httpPort, registry, notReady: () => started.operator ? started.operator.notReady() : "starting: caches are filling", logger });
   const operator = await Operator.start({
-    kubeConfig, logger, workers: config.workers,
+    kubeConfig, logger, workers: config.workers, registry,
     buildkite: {
       pollIntervalMs: config.pollIntervalMs, stateCheckIntervalMs: config.stateCheckIntervalMs, reservationExpirySeconds: config.reservationExpirySeconds,
       ...(config.clusterId !== undefined ? { clusterId: config.clusterId } : {}),
     },
     timeouts: { pendingTimeoutSeconds: config.pendingTimeoutSeconds, startGraceSeconds: config.startGraceSeconds },
+    ...(config.leaderElect ? {
+      leaderElection: {
+        namespace: config.leaseNamespace, name: config.leaseName, identity: process.env.POD_NAME ?? `${hostname()}-${process.pid}`,
+        leaseDurationMs: config.leaseDurationSeconds * 1000,
+        // Exiting is the clean way back: the pod restarts and campaigns again with empty caches and no stale work.
+        onLost: () => { logger.error("Lost the leader lease; exiting to restart clean"); process.exit(1); },
+      },
+    } : {}),
   });
+  started.operator = operator;
   const shutdown = (signal: NodeJS.Signals): void => {
     logger.info("Stopping operator", { signal });
-    void operator.stop().finally(() => {
+    void Promise.all([operator.stop(), http.close()]).finally(() => {
       logger.info("Stopped operator", { signal });
       logger.on("finish", () => process.exit(0));
       logger.end();

@@ -1,4 +1,4 @@
-import { CoreV1Api, CustomObjectsApi, KubernetesObjectApi, type KubeConfig, type KubernetesObject } from "@kubernetes/client-node";
+import { CoordinationV1Api, CoreV1Api, CustomObjectsApi, KubernetesObjectApi, type KubeConfig, type KubernetesObject } from "@kubernetes/client-node";
 import type { Logger } from "winston";
 import type { BuildkiteJob } from "./api/generated/buildkite-job.js";
 import { LABELS } from "./api/keys.js";
@@ -8,7 +8,10 @@ import { realClock, type Clock } from "./kube/clock.js";
 import type { Controller, ControllerContext } from "./kube/controller.js";
 import { EventRecorder } from "./kube/event-recorder.js";
 import { createInformers, type InformerSet } from "./kube/informers.js";
+import { LeaderElector } from "./kube/leader-election.js";
 import { keyOf } from "./kube/resources.js";
+import { Metrics } from "./observability/metrics.js";
+import type { Registry } from "prom-client";
 import { WorkQueue } from "./kube/work-queue.js";
 import { QueueController } from "./queue/controller.js";
 import { DEFAULT_JOB_SOURCE_SETTINGS, type JobSourceSettings } from "./queue/job-source.js";
@@ -31,18 +34,38 @@ export interface OperatorOptions {
   buildkite?: false | (Partial<JobSourceSettings>);
   /** When a job pod that has not started counts as stuck. */
   timeouts?: Partial<StartTimeouts>;
+  /** Only the replica holding this lease acts. */
+  leaderElection?: LeaderElectionSettings;
+  /** Where the metrics are registered (default a fresh registry); `/metrics` serves it. */
+  registry?: Registry;
+}
+
+/** Leader election settings; without them every replica acts (fine for one replica, and for tests). */
+export interface LeaderElectionSettings {
+  namespace: string;
+  name: string;
+  identity: string;
+  leaseDurationMs?: number;
+  /** Called when this replica loses the lease after leading: `main.ts` exits so the pod restarts clean. */
+  onLost?: () => void;
 }
 
 /**
- * The running operator: informers feeding two controllers through their work queues. Started by `main.ts`, and
- * in-process by the integration tests.
+ * The running operator: informers feeding two controllers through their work queues, and a job source per queue.
+ * Informers run on every replica (a standby is warm and ready); controllers and job sources run only on the leader.
+ * Started by `main.ts`, and in-process by the integration tests.
  */
 export class Operator {
+  private acting = false;
+
   private constructor(
     private readonly informers: InformerSet,
-    private readonly queues: WorkQueue[],
+    private readonly work: { queue: WorkQueue; start(workers: number): void }[],
+    private readonly workers: number,
     private readonly recorder: EventRecorder,
     private readonly sources: JobSources | undefined,
+    private readonly elector: LeaderElector | undefined,
+    readonly metrics: Metrics,
     private readonly logger: Logger,
   ) {}
 
@@ -52,50 +75,100 @@ export class Operator {
     const clients = { core: kc.makeApiClient(CoreV1Api), custom: kc.makeApiClient(CustomObjectsApi), objects: KubernetesObjectApi.makeApiClient(kc) };
     const recorder = new EventRecorder({ core: clients.core, component: "buildkite-operator", clock, logger });
     const informers = createInformers(kc, clock, logger);
-    const base: ControllerContext = { clients, caches: informers.caches, clock, logger, recorder, stacks: NO_STACKS };
+    const work: { queue: WorkQueue; start(workers: number): void }[] = [];
+    const metrics = new Metrics(options.registry, {
+      workQueues: () => work.map((w) => ({ name: w.queue.name, value: () => w.queue.length })),
+      informerRestarts: () => informers.all.map((i) => ({ name: i.name, value: () => i.restarts })),
+    });
+    const base: ControllerContext = { clients, caches: informers.caches, clock, logger, recorder, metrics, stacks: NO_STACKS };
     // The queue work queue exists before the job sources, which enqueue a queue when its Buildkite conditions change.
     let enqueueQueue: (key: string) => void = () => undefined;
     const sources = options.buildkite === false ? undefined : new JobSources(base, {
       ...DEFAULT_JOB_SOURCE_SETTINGS,
       clusterId: options.buildkite?.clusterId ?? await clusterUid(clients.core),
+      onRequest: (r) => { metrics.apiRequest(r); },
       ...options.buildkite,
     }, (key) => { enqueueQueue(key); });
     const ctx: ControllerContext = { ...base, stacks: sources ?? NO_STACKS };
-    const queueWork = workQueueFor(new QueueController(ctx), clock, logger);
+    const queueWork = workQueueFor(new QueueController(ctx), clock, logger, metrics);
     enqueueQueue = (key) => { queueWork.queue.add(key); };
-    const jobWork = workQueueFor(new JobController(ctx, { ...DEFAULT_START_TIMEOUTS, ...options.timeouts }), clock, logger);
+    const jobWork = workQueueFor(new JobController(ctx, { ...DEFAULT_START_TIMEOUTS, ...options.timeouts }), clock, logger, metrics);
+    work.push(queueWork, jobWork);
     wire(informers, queueWork.queue, jobWork.queue);
-    if (sources) informers.listeners.queues.add(() => { sources.sync(); });
     await Promise.all(informers.all.map((i) => i.start()));
     await Promise.all(informers.all.map((i) => i.waitForSync(options.syncTimeoutMs ?? 60_000)));
-    const workers = options.workers ?? 4;
-    queueWork.start(workers);
-    jobWork.start(workers);
-    sources?.sync();
-    logger.info("Started controllers", { workers, buildkite: sources !== undefined });
-    return new Operator(informers, [queueWork.queue, jobWork.queue], recorder, sources, logger);
+    const le = options.leaderElection;
+    const elector = le ? new LeaderElector({
+      client: kc.makeApiClient(CoordinationV1Api), namespace: le.namespace, name: le.name, identity: le.identity, clock, logger,
+      ...(le.leaseDurationMs !== undefined ? { leaseDurationMs: le.leaseDurationMs } : {}),
+    }) : undefined;
+    const operator = new Operator(informers, work, options.workers ?? 4, recorder, sources, elector, metrics, logger);
+    if (sources) informers.listeners.queues.add(() => { if (operator.acting) sources.sync(); });
+    if (elector) {
+      metrics.setLeader(false);
+      logger.info("Waiting for the leader lease", { lease: `${le?.namespace ?? ""}/${le?.name ?? ""}`, identity: le?.identity });
+      elector.start({
+        onStartedLeading: () => { operator.act(); },
+        onStoppedLeading: () => {
+          metrics.setLeader(false);
+          void operator.stopActing().finally(() => le?.onLost?.());
+        },
+      });
+    } else {
+      operator.act();
+    }
+    return operator;
   }
 
-  /** Ready when every informer has synced and is not stale (feeds /readyz). */
-  healthy(): boolean {
-    return this.informers.all.every((i) => i.healthy());
+  /** Whether this replica runs the controllers (it leads, or runs without leader election). */
+  get leading(): boolean {
+    return this.acting;
   }
 
-  /** Stops taking work, lets in-flight reconciles finish, stops the informers and flushes pending Events. */
-  async stop(): Promise<void> {
+  private act(): void {
+    if (this.acting) return;
+    this.acting = true;
+    this.metrics.setLeader(true);
+    for (const w of this.work) w.start(this.workers);
+    this.sources?.sync();
+    this.logger.info("Started controllers", { workers: this.workers, buildkite: this.sources !== undefined });
+  }
+
+  private async stopActing(): Promise<void> {
+    if (!this.acting) return;
+    this.acting = false;
     await this.sources?.stop();
-    await Promise.all(this.queues.map((q) => q.shutdown()));
+    await Promise.all(this.work.map((w) => w.queue.shutdown()));
+  }
+
+  /** Undefined when ready: every informer synced and fresh (feeds /readyz); otherwise why not. */
+  notReady(): string | undefined {
+    const unhealthy = this.informers.all.filter((i) => !i.healthy()).map((i) => i.name);
+    return unhealthy.length === 0 ? undefined : `informers not synced or stale: ${unhealthy.join(", ")}`;
+  }
+
+  /** Ready when every informer has synced and is not stale. */
+  healthy(): boolean {
+    return this.notReady() === undefined;
+  }
+
+  /** Stops taking work, lets in-flight reconciles finish, gives up the lease, stops the informers, flushes Events. */
+  async stop(): Promise<void> {
+    await this.stopActing();
+    await Promise.all(this.work.map((w) => w.queue.shutdown()));
+    await this.elector?.stop();
     await Promise.all(this.informers.all.map((i) => i.stop()));
     await this.recorder.flush();
     this.logger.info("Stopped controllers");
   }
 }
 
-function workQueueFor(controller: Controller, clock: Clock, logger: Logger): { queue: WorkQueue; start(workers: number): void } {
+function workQueueFor(controller: Controller, clock: Clock, logger: Logger, metrics: Metrics): { queue: WorkQueue; start(workers: number): void } {
   const queue = new WorkQueue({
     name: controller.name,
     clock,
-    onDone: ({ key, error, retries }) => {
+    onDone: ({ key, error, retries, durationMs }) => {
+      metrics.reconciled(controller.name, durationMs, error !== undefined);
       if (error !== undefined) {
         logger.warn("Reconcile failed; retrying with backoff", { controller: controller.name, key, retries, error: describeError(error) });
       }

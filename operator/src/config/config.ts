@@ -12,6 +12,13 @@ export interface OperatorConfig {
   reservationExpirySeconds: number;
   pendingTimeoutSeconds: number;
   startGraceSeconds: number;
+  /** Port of /healthz, /readyz and /metrics. */
+  httpPort: number;
+  /** Only the replica holding the lease acts. */
+  leaderElect: boolean;
+  leaseNamespace: string;
+  leaseName: string;
+  leaseDurationSeconds: number;
 }
 
 /** Numeric flags: name, field, default, minimum, maximum. */
@@ -22,6 +29,8 @@ const NUMBERS = [
   ["reservation-expiry-seconds", "reservationExpirySeconds", 900, 1, 3_600],
   ["pending-timeout-seconds", "pendingTimeoutSeconds", 600, 1, 86_400],
   ["start-grace-seconds", "startGraceSeconds", 120, 1, 86_400],
+  ["http-port", "httpPort", 8080, 0, 65_535],
+  ["lease-duration-seconds", "leaseDurationSeconds", 15, 2, 300],
 ] as const;
 
 const envName = (flag: string): string => `BK_OPERATOR_${flag.toUpperCase().replace(/-/g, "_")}`;
@@ -47,12 +56,12 @@ export function parseConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Op
       flags.set(arg.slice(2, eq), arg.slice(eq + 1));
     } else {
       const value = argv[i + 1];
-      if (value === undefined || value.startsWith("--")) throw new ConfigError(`flag ${arg} needs a value`);
+      if (value === undefined || value.startsWith("--")) throw new ConfigError(`flag ${arg} needs a value, e.g. ${arg}=<value>`);
       flags.set(arg.slice(2), value);
       i++;
     }
   }
-  const known = new Set(["log-level", "cluster-id", ...NUMBERS.map(([flag]) => flag)]);
+  const known = new Set(["log-level", "cluster-id", "leader-elect", "lease-namespace", "lease-name", ...NUMBERS.map(([flag]) => flag)]);
   for (const name of flags.keys()) {
     if (!known.has(name)) throw new ConfigError(`unknown flag --${name}; known flags: ${[...known].map((k) => `--${k}`).join(", ")}`);
   }
@@ -60,8 +69,16 @@ export function parseConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Op
   if (!isLogLevel(logLevel)) {
     throw new ConfigError(`--log-level must be one of ${LOG_LEVELS.join(", ")}, got "${logLevel}"`);
   }
+  const leaderElect = flags.get("leader-elect") ?? env[envName("leader-elect")] ?? "true";
+  if (leaderElect !== "true" && leaderElect !== "false") throw new ConfigError(`--leader-elect must be true or false, got "${leaderElect}"`);
+  const leaseNamespace = flags.get("lease-namespace") ?? env[envName("lease-namespace")] ?? env.POD_NAMESPACE ?? "default";
+  const leaseName = flags.get("lease-name") ?? env[envName("lease-name")] ?? "buildkite-operator";
+  for (const [flag, value] of [["lease-namespace", leaseNamespace], ["lease-name", leaseName]] as const) {
+    if (!/^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/.test(value)) throw new ConfigError(`--${flag} must be a Kubernetes name (lowercase letters, digits, "-" and "."), got "${value}"`);
+  }
   const config: OperatorConfig = {
     logLevel, workers: 4, pollIntervalMs: 0, stateCheckIntervalMs: 0, reservationExpirySeconds: 0, pendingTimeoutSeconds: 0, startGraceSeconds: 0,
+    httpPort: 8080, leaderElect: leaderElect === "true", leaseNamespace, leaseName, leaseDurationSeconds: 15,
   };
   for (const [flag, field, fallback, min, max] of NUMBERS) {
     const raw = flags.get(flag) ?? env[envName(flag)];

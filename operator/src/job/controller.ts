@@ -144,6 +144,7 @@ export class JobController implements Controller {
     await this.writeStatus(job, stored, status);
     for (const e of events) this.ctx.recorder.record(job, e.type, e.reason, e.message);
     this.notify(job, job.status ?? {}, status);
+    this.ctx.metrics.jobStatusChanged(job, job.status ?? {}, status);
     return plan.requeueAfterMs !== undefined ? { requeueAfterMs: plan.requeueAfterMs } : undefined;
   }
 

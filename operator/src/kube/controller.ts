@@ -3,6 +3,7 @@ import type { Logger } from "winston";
 import type { BuildkiteJob } from "../api/generated/buildkite-job.js";
 import type { BuildkiteQueue } from "../api/generated/buildkite-queue.js";
 import type { StackDirectory } from "../buildkite/stack-directory.js";
+import type { Metrics } from "../observability/metrics.js";
 import type { Clock } from "./clock.js";
 import type { EventRecorder } from "./event-recorder.js";
 import type { KubeClients } from "./resources.js";
@@ -31,6 +32,7 @@ export interface ControllerContext {
   clock: Clock;
   logger: Logger;
   recorder: EventRecorder;
+  metrics: Metrics;
   /** Each queue's Buildkite stack, for reporting on its jobs. */
   stacks: StackDirectory;
 }

@@ -81,6 +81,10 @@ export class SupervisedInformer<T extends KubernetesObject> {
     return this.synced && this.options.clock.nowMs() - (this.lastHeardMs ?? 0) >= this.staleAfterMs;
   }
 
+  get name(): string {
+    return this.options.name;
+  }
+
   /** Informers replaced after an error or after going stale (quiet relists excluded): for a restarts metric. */
   get restarts(): number {
     return this.restartCount;

@@ -51,6 +51,10 @@ export class WorkQueue {
   }
 
   /** Keys waiting to be handled (not counting delayed ones). */
+  get name(): string {
+    return this.options.name;
+  }
+
   get length(): number {
     return this.queued.size;
   }

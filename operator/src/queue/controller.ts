@@ -31,7 +31,10 @@ export class QueueController implements Controller {
     const { namespace, name } = splitKey(key);
     const queue = this.ctx.caches.queues.get(name, namespace);
     // Gone: the garbage collector removes its children through their ownerReferences.
-    if (!queue) return;
+    if (!queue) {
+      this.ctx.metrics.queueDeleted(key);
+      return;
+    }
     const childError = await this.applyChildren(queue);
     const secret = await this.secretState(queue);
     const unfinished = this.ctx.caches.jobs.list(namespace).filter((j) => j.spec.queueRef.name === name && !isTerminal(j.status?.phase));
@@ -40,6 +43,7 @@ export class QueueController implements Controller {
       queue, activeJobs, waitingJobs: unfinished.length - activeJobs, secret, buildkite: this.ctx.stacks.conditions(key), ...(childError ? { childError } : {}),
     };
     const status = planQueueStatus(observation, this.ctx.clock.now());
+    this.ctx.metrics.slots(key, activeJobs, status.concurrency ?? 0);
     if (!isDeepStrictEqual(status, queue.status ?? {})) {
       await patchStatus(this.ctx.clients, BUILDKITE_QUEUE, namespace, name, status);
       this.recordReadyChange(queue, status.conditions);

@@ -228,6 +228,7 @@ export class QueueJobSource {
     try {
       await this.ctx.clients.custom.createNamespacedCustomObject({ group, version, plural, namespace, body });
       this.recentlyCreated.set(name, this.ctx.clock.nowMs());
+      this.ctx.metrics.jobDispatched(this.key, queue.spec.instanceShape);
       conn.notifier.add(body.spec.uuid, `Reserved by Kubernetes queue ${namespace}/${queue.metadata.name ?? ""}; starting a ${queue.spec.instanceShape} pod.`);
       this.ctx.logger.info("Took job from Buildkite", { namespace, queue: queue.metadata.name, job: name, priority: body.spec.priority });
     } catch (err) {

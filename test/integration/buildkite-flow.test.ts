@@ -1,5 +1,5 @@
 import { expect } from "chai";
-import { jobResourceName } from "../../operator/src/api/names.js";
+import { jobResourceName, jobTokenSecretName } from "../../operator/src/api/names.js";
 import type { Operator } from "../../operator/src/operator.js";
 import { BuildkiteScenario, TOKEN_SECRET } from "../support/buildkite-scenario.js";
 import { eventually } from "../support/eventually.js";
@@ -39,9 +39,26 @@ describe("Buildkite jobs flow from the Stacks API through BuildkiteJobs to pods 
     await s.podGone(uuid);
     const run = s.runner.runs().find((r) => r.uuid === uuid);
     expect(run?.exitCode).to.equal(3);
+    // The pod held a token for its one job, in a Secret its BuildkiteJob owns, never the queue's agent token.
+    const registrations = s.fake.requests().filter((r) => r.route === "agent.register" && r.status < 300);
+    expect(registrations.map((r) => r.token_class)).to.include("jat").and.not.include("agent");
+    const secret = await s.t.core.readNamespacedSecret({ name: jobTokenSecretName(uuid), namespace: s.t.namespace });
+    expect(secret.metadata?.ownerReferences?.[0]).to.include({ kind: "BuildkiteJob", name: jobResourceName(uuid), uid: job.metadata.uid });
+    expect((await s.t.queue("happy"))?.status?.conditions?.find((c) => c.type === "JobTokens")).to.include({ status: "True", reason: "Issued" });
     const timeline = done.notifications.map((n) => n.detail);
     expect(timeline.some((d) => d.startsWith(`Created pod ${jobResourceName(uuid)} (LINUX_ARM64_2X4)`)), timeline.join(" | ")).to.equal(true);
     expect(timeline.some((d) => d.startsWith("Pod placed on node ")), timeline.join(" | ")).to.equal(true);
+  });
+
+  it("falls back to the queue's agent token where Buildkite refuses job tokens, and says so on the queue", async () => {
+    s.fake.injectFault({ route: "stacks.job-acquisition-tokens", status: 404, count: 1, body: { message: "Not Found" } });
+    await s.queue("fallback", "real");
+    const uuid = s.fake.seedJob({ queue_key: "fallback", command: "exit 0" });
+    await s.buildkiteState(uuid, "finished");
+    const message = await s.condition("fallback", "JobTokens", "False", "FallbackToAgentToken");
+    expect(message).to.include("job pods use the queue's agent token");
+    const job = await s.jobPhase(uuid, "Succeeded");
+    expect(job.metadata.annotations ?? {}).to.not.have.property("buildkite.com/agent-token-secret");
   });
 
   it("cancels a job canceled in Buildkite before its pod started: the pod is deleted and the job is Canceled", async () => {

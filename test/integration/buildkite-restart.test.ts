@@ -7,7 +7,7 @@ import { testCluster } from "../support/global-cluster.js";
 import { OperatorProcess } from "../support/operator-process.js";
 import { RUNNER_ANNOTATION } from "../support/pod-runner.js";
 
-const FLAGS = ["--poll-interval-ms=250", "--state-check-interval-ms=500", "--reservation-expiry-seconds=3"];
+const FAST = ["--poll-interval-ms=250", "--state-check-interval-ms=500", "--reservation-expiry-seconds=3", "--lease-duration-seconds=3"];
 const TERMINAL = ["Succeeded", "Failed", "Canceled", "TimedOut"];
 
 describe("Reservations and restarts: the operator process killed mid-run loses no job and runs none twice", function () {
@@ -15,8 +15,11 @@ describe("Reservations and restarts: the operator process killed mid-run loses n
   let s: BuildkiteScenario;
   let operator: OperatorProcess | undefined;
 
+  let FLAGS: string[];
   before(async () => {
     s = await BuildkiteScenario.start(testCluster().kubeConfig(), "bk-restart");
+    // A replacement operator waits for the killed one's lease to lapse, as a new pod of the Deployment would.
+    FLAGS = [...FAST, `--lease-namespace=${s.t.namespace}`];
   });
   after(async () => {
     await operator?.stop();

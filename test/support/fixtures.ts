@@ -16,6 +16,7 @@ export function queueFixture(spec: Partial<BuildkiteQueueSpec> = {}, name = "lin
       agentImage: "buildkite/agent:3",
       maxJobDurationSeconds: 28800,
       paused: false,
+      jobTokens: "Preferred",
       jobTTLSecondsAfterFinished: 3600,
       network: { denyMetadata: true, egress: "Internet" },
       ...spec,

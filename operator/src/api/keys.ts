@@ -21,6 +21,8 @@ export const ANNOTATIONS = {
   irsaRoleArn: "eks.amazonaws.com/role-arn",
   /** On a BuildkiteJob taken from the Stacks API: the stack that reserved it (and so reports on it to Buildkite). */
   stack: "buildkite.com/stack",
+  /** On a BuildkiteJob: the Secret holding its job acquisition token (the pod uses it instead of the queue's token). */
+  agentTokenSecret: "buildkite.com/agent-token-secret",
   /** On a BuildkiteJob: the state Buildkite reported when it took the job back (canceled, expired, …). */
   buildkiteState: "buildkite.com/buildkite-state",
 } as const;

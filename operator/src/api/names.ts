@@ -19,3 +19,6 @@ export const cacheClaimName = (queue: Named, cache: string, slot: number): strin
 
 /** The BuildkiteJob of a Buildkite job UUID: one name per job, so a second create of the same job is refused. */
 export const jobResourceName = (uuid: string): string => `bkj-${uuid.toLowerCase()}`;
+
+/** The Secret with the job acquisition token of one job, owned by its BuildkiteJob. */
+export const jobTokenSecretName = (uuid: string): string => `bkj-${uuid.toLowerCase()}-token`;

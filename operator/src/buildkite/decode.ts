@@ -1,5 +1,5 @@
 import type {
-  BatchReserveResponse, JobDetails, JobStatesResponse, NotificationsResponse, ScheduledJobsPage, Stack, TokenIdentity,
+  BatchReserveResponse, JobAcquisitionTokensResponse, JobDetails, JobStatesResponse, NotificationsResponse, ScheduledJobsPage, Stack, TokenIdentity,
 } from "./types.js";
 
 /**
@@ -64,4 +64,11 @@ export function decodeNotifications(body: unknown): NotificationsResponse | unde
   const ok = errors.every((e) => isRecord(e) && typeof e.error === "string" && Array.isArray(e.indexes)
     && e.indexes.every((i) => typeof i === "number"));
   return ok ? { errors: errors as NotificationsResponse["errors"] } : undefined;
+}
+
+export function decodeJobTokens(body: unknown): JobAcquisitionTokensResponse | undefined {
+  if (!isRecord(body) || !Array.isArray(body.job_acquisition_tokens)) return undefined;
+  const ok = body.job_acquisition_tokens.every((t) => isRecord(t) && typeof t.job_uuid === "string" && typeof t.job_acquisition_token === "string");
+  const notIssued = body.not_issued ?? [];
+  return ok && isStringArray(notIssued) ? { job_acquisition_tokens: body.job_acquisition_tokens as JobAcquisitionTokensResponse["job_acquisition_tokens"], not_issued: notIssued } : undefined;
 }

@@ -1,7 +1,7 @@
 import type { Logger } from "winston";
 import type { Clock } from "../kube/clock.js";
 import {
-  decodeIdentity, decodeJob, decodeNotifications, decodeReserve, decodeScheduledJobsPage, decodeStack, decodeStates,
+  decodeIdentity, decodeJob, decodeJobTokens, decodeNotifications, decodeReserve, decodeScheduledJobsPage, decodeStack, decodeStates,
 } from "./decode.js";
 import { Transport, type RequestReport } from "./transport.js";
 import { isJobState, type JobDetails, type JobState, type ScheduledJob, type Stack, type StackNotification, type TokenIdentity } from "./types.js";
@@ -193,6 +193,24 @@ export class StacksClient {
       endpoint: "finish-job", method: "POST", path: `stacks/${escapeSegment(key)}/jobs/${escapeSegment(uuid)}/finish`,
       body: { exit_status: exitStatus, detail: cropUtf8(detail, MAX_FINISH_DETAIL_BYTES) },
     });
+  }
+
+  /**
+   * `POST /stacks/{key}/job-acquisition-tokens` in chunks of 1000 (§1.4 S9): a token per reserved job that can acquire
+   * only that job. Jobs in `notIssued` must not be started with a job token. Tokens are secrets: never logged.
+   */
+  async issueJobTokens(key: string, uuids: string[], lifetimeSeconds?: number): Promise<{ tokens: Map<string, { token: string; expiresAt: string }>; notIssued: string[] }> {
+    const tokens = new Map<string, { token: string; expiresAt: string }>();
+    const notIssued: string[] = [];
+    for (const batch of chunks(uuids, MAX_BATCH)) {
+      const body = await this.http.json({
+        endpoint: "job-acquisition-tokens", method: "POST", path: `stacks/${escapeSegment(key)}/job-acquisition-tokens`,
+        body: { job_uuids: batch, ...(lifetimeSeconds === undefined ? {} : { token_lifetime_seconds: lifetimeSeconds }) },
+      }, decodeJobTokens);
+      for (const t of body.job_acquisition_tokens) tokens.set(t.job_uuid, { token: t.job_acquisition_token, expiresAt: t.expires_at });
+      notIssued.push(...body.not_issued);
+    }
+    return { tokens, notIssued };
   }
 
   /**

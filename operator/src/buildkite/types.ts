@@ -17,7 +17,8 @@ export type EndpointScope =
   | "show-job"
   | "batch-load-job-states"
   | "finish-job"
-  | "stack-notification";
+  | "stack-notification"
+  | "job-acquisition-tokens";
 
 /** Every job state Buildkite documents (§3.1); `reserved` exists only for Stacks API clients. */
 export const JOB_STATES = [
@@ -118,4 +119,9 @@ export interface StackNotification {
 /** `POST …/notifications` (S8): partial success, with the indexes of the refused items per reason. */
 export interface NotificationsResponse {
   errors: { error: string; indexes: number[] }[];
+}
+
+export interface JobAcquisitionTokensResponse {
+  job_acquisition_tokens: { job_uuid: string; job_acquisition_token: string; expires_at: string }[];
+  not_issued: string[];
 }

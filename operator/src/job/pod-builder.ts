@@ -22,11 +22,13 @@ export function buildPod(queue: BuildkiteQueue, job: BuildkiteJob, slot = 0): V1
   const name = job.metadata.name ?? "";
   const resources = { cpu: String(shape.vcpu), memory: shape.memory, "ephemeral-storage": shape.disk };
   const template = spec.podTemplate ?? {};
+  const jobToken = job.metadata.annotations?.[ANNOTATIONS.agentTokenSecret];
 
   const volumes: V1Volume[] = [{ name: "workspace", emptyDir: { sizeLimit: shape.disk } }];
   const mounts: V1VolumeMount[] = [{ name: "workspace", mountPath: WORKSPACE_DIR }];
   const env: V1EnvVar[] = [
-    { name: "BUILDKITE_AGENT_TOKEN", valueFrom: { secretKeyRef: { name: spec.agentTokenSecretRef.name, key: spec.agentTokenSecretRef.key } } },
+    // The job's own acquisition token when it has one (it can acquire this job only), else the queue's agent token.
+    { name: "BUILDKITE_AGENT_TOKEN", valueFrom: { secretKeyRef: jobToken !== undefined ? { name: jobToken, key: "token" } : { name: spec.agentTokenSecretRef.name, key: spec.agentTokenSecretRef.key } } },
     { name: "BUILDKITE_AGENT_ENDPOINT", value: spec.endpoint },
     { name: "BUILDKITE_AGENT_TAGS", value: `queue=${spec.queue}` },
     { name: "BUILDKITE_AGENT_NAME", valueFrom: { fieldRef: { fieldPath: "metadata.name" } } },

@@ -65,6 +65,12 @@ describe("reservationsToExtend", () => {
     expect(reservationsToExtend(jobs, last, now, 900)).to.deep.equal(["a0000000-0000-4000-8000-000000000001", "a0000000-0000-4000-8000-000000000002"]);
   });
 
+  it("keeps extending a started pod's job while Buildkite still reports it reserved (its agent is still registering)", () => {
+    const jobs = [job("a0000000-0000-4000-8000-000000000001", { phase: "Running" }), job("a0000000-0000-4000-8000-000000000002", { phase: "Running" })];
+    const states = new Map<string, JobState>([["a0000000-0000-4000-8000-000000000001", "reserved"], ["a0000000-0000-4000-8000-000000000002", "running"]]);
+    expect(reservationsToExtend(jobs, new Map(), now, 900, states)).to.deep.equal(["a0000000-0000-4000-8000-000000000001"]);
+  });
+
   it("leaves alone jobs whose agent may have started, and finished jobs", () => {
     const jobs = [
       job("a0000000-0000-4000-8000-000000000001", { phase: "Running" }),

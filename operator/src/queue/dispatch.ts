@@ -31,6 +31,8 @@ export function chooseReservations(input: {
   scheduled: readonly ScheduledJob[];
   /** Names of this queue's BuildkiteJobs, finished or not (a finished one must not be created again). */
   existing: ReadonlySet<string>;
+  /** Names of those that are terminal: their job is neither taken nor reclaimed (it ran, or it was given up on). */
+  finished?: ReadonlySet<string>;
   /** This queue's BuildkiteJobs that are not terminal, including ones created but not yet in the cache. */
   unfinished: number;
   concurrency: number;
@@ -39,7 +41,9 @@ export function chooseReservations(input: {
   const reclaim: string[] = [];
   const fresh: ScheduledJob[] = [];
   for (const job of input.scheduled) {
-    if (input.existing.has(jobResourceName(job.id))) reclaim.push(job.id);
+    const name = jobResourceName(job.id);
+    if (input.finished?.has(name) === true) continue;
+    if (input.existing.has(name)) reclaim.push(job.id);
     else fresh.push(job);
   }
   if (input.paused) return { take: [], reclaim };
@@ -52,13 +56,17 @@ export const agentMayHaveStarted = (job: BuildkiteJob): boolean =>
   job.status?.startedAt !== undefined || job.status?.phase === "Running";
 
 /**
- * Reservations to extend now: jobs whose pods have not started, last reserved more than a third of the expiry ago
- * (or never by this process, e.g. after a restart). Extending an already accepted job is harmless (`not_reserved`).
+ * Reservations to extend now: jobs no agent has acquired yet, last reserved more than a third of the expiry ago (or
+ * never by this process, e.g. after a restart). A job counts as not acquired while its pod has not started, or while
+ * Buildkite last reported it `reserved` (a running pod's agent may still be registering). Extending an already
+ * accepted job is harmless (`not_reserved`).
  */
-export function reservationsToExtend(jobs: readonly BuildkiteJob[], lastReservedMs: ReadonlyMap<string, number>, nowMs: number, expirySeconds: number): string[] {
+export function reservationsToExtend(jobs: readonly BuildkiteJob[], lastReservedMs: ReadonlyMap<string, number>, nowMs: number, expirySeconds: number,
+  states: ReadonlyMap<string, JobState> = new Map()): string[] {
   const due = nowMs - (expirySeconds * 1000) / 3;
   return jobs
-    .filter((j) => !isTerminal(j.status?.phase) && !agentMayHaveStarted(j) && (lastReservedMs.get(j.spec.uuid) ?? -Infinity) <= due)
+    .filter((j) => !isTerminal(j.status?.phase) && (!agentMayHaveStarted(j) || states.get(j.spec.uuid) === "reserved"))
+    .filter((j) => (lastReservedMs.get(j.spec.uuid) ?? -Infinity) <= due)
     .map((j) => j.spec.uuid);
 }
 
@@ -79,7 +87,7 @@ export function takenBack(jobs: readonly BuildkiteJob[], states: ReadonlyMap<str
 }
 
 /** The BuildkiteJob for a reserved job: named after its uuid, owned by its queue (deleted with it). */
-export function jobResourceFor(queue: BuildkiteQueue, job: ScheduledJob, stackKey: string): BuildkiteJob {
+export function jobResourceFor(queue: BuildkiteQueue, job: ScheduledJob, stackKey: string, tokenSecret?: string): BuildkiteJob {
   return {
     apiVersion: "buildkite.com/v1alpha1",
     kind: "BuildkiteJob",
@@ -87,7 +95,7 @@ export function jobResourceFor(queue: BuildkiteQueue, job: ScheduledJob, stackKe
       name: jobResourceName(job.id),
       namespace: queue.metadata.namespace ?? "",
       labels: { [LABELS.managedBy]: MANAGED_BY, [LABELS.queue]: queue.metadata.name ?? "", [LABELS.jobUuid]: job.id.toLowerCase() },
-      annotations: { [ANNOTATIONS.stack]: stackKey },
+      annotations: { [ANNOTATIONS.stack]: stackKey, ...(tokenSecret !== undefined ? { [ANNOTATIONS.agentTokenSecret]: tokenSecret } : {}) },
       ownerReferences: [{
         apiVersion: queue.apiVersion, kind: queue.kind, name: queue.metadata.name ?? "", uid: queue.metadata.uid ?? "", controller: true, blockOwnerDeletion: false,
       }],

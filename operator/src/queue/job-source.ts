@@ -3,18 +3,21 @@ import type { ConditionUpdate } from "../api/conditions.js";
 import { BUILDKITE_JOB, type BuildkiteJob } from "../api/generated/buildkite-job.js";
 import type { BuildkiteQueue } from "../api/generated/buildkite-queue.js";
 import { ANNOTATIONS } from "../api/keys.js";
+import { jobTokenSecretName } from "../api/names.js";
 import { concurrency } from "../api/shapes.js";
 import { BuildkiteApiError } from "../buildkite/errors.js";
 import { NotificationBatcher } from "../buildkite/notifier.js";
 import type { QueueStack } from "../buildkite/stack-directory.js";
 import { stackKey, StacksClient } from "../buildkite/stacks-client.js";
 import type { RequestReport } from "../buildkite/transport.js";
+import type { JobState } from "../buildkite/types.js";
 import { isTerminal } from "../job/phase.js";
 import type { Timer } from "../kube/clock.js";
 import type { ControllerContext } from "../kube/controller.js";
 import { apiMessage, isAlreadyExists, isForbidden, isInvalid, isNotFound } from "../kube/field-manager.js";
 import { annotate, splitKey } from "../kube/resources.js";
 import { chooseReservations, jobResourceFor, reservationsToExtend, takenBack } from "./dispatch.js";
+import { dispatchError, errorText, registrationError, SourceError, writeTokenSecret } from "./source-support.js";
 
 /** How the job sources talk to Buildkite; one set for the whole operator. */
 export interface JobSourceSettings {
@@ -33,19 +36,17 @@ export interface JobSourceSettings {
   onRequest?: (r: RequestReport) => void;
 }
 
+/** Asked-for lifetime of job acquisition tokens; Buildkite cuts it short when the reservation ends. */
+const JOB_TOKEN_LIFETIME_SECONDS = 3600;
+/** After Buildkite refuses to issue job tokens, how long before asking again. */
+const JOB_TOKEN_RETRY_MS = 600_000;
+
 export const DEFAULT_JOB_SOURCE_SETTINGS: Omit<JobSourceSettings, "clusterId"> = {
   pollIntervalMs: 1_000,
   stateCheckIntervalMs: 5_000,
   reservationExpirySeconds: 900,
   maxBackoffMs: 30_000,
 };
-
-/** A failure with the condition reason and message a person reads on the queue. */
-class SourceError extends Error {
-  constructor(readonly reason: string, message: string, readonly phase: "Registered" | "Dispatching") {
-    super(message);
-  }
-}
 
 interface Connection extends QueueStack {
   fingerprint: string;
@@ -68,10 +69,16 @@ export class QueueJobSource {
   private connection: Connection | undefined;
   private failures = 0;
   private lastStateCheckMs = -Infinity;
-  private registered: ConditionUpdate = { type: "Registered", status: "Unknown", reason: "Connecting", message: "Registering a stack with Buildkite." };
-  private dispatching: ConditionUpdate = { type: "Dispatching", status: "Unknown", reason: "Connecting", message: "Not listing jobs until the stack is registered." };
+  private readonly conds = new Map<string, ConditionUpdate>([
+    ["Registered", { type: "Registered", status: "Unknown", reason: "Connecting", message: "Registering a stack with Buildkite." }],
+    ["Dispatching", { type: "Dispatching", status: "Unknown", reason: "Connecting", message: "Not listing jobs until the stack is registered." }],
+  ]);
+  /** Until when job acquisition tokens count as unavailable (after Buildkite refused to issue them). */
+  private jobTokensRefusedUntilMs = -Infinity;
   /** When each job was last reserved by this process (for extensions). */
   private readonly lastReservedMs = new Map<string, number>();
+  /** Buildkite's states of the unfinished jobs at the last check. */
+  private lastStates: ReadonlyMap<string, JobState> = new Map();
   /** BuildkiteJobs created but maybe not in the cache yet, by name, with when: counted as taking a slot. */
   private readonly recentlyCreated = new Map<string, number>();
 
@@ -94,7 +101,7 @@ export class QueueJobSource {
   }
 
   conditions(): ConditionUpdate[] {
-    return [this.registered, this.dispatching];
+    return [...this.conds.values()];
   }
 
   /** Stops polling after the cycle in progress; `deregister` frees the stack in Buildkite (the queue was deleted). */
@@ -142,7 +149,7 @@ export class QueueJobSource {
     const conn = await this.connect(queue);
     const jobs = this.ctx.caches.jobs.list(namespace).filter((j) => j.spec.queueRef.name === name);
     await this.dispatch(queue, conn, jobs);
-    await this.extend(conn, jobs);
+    await this.extend(queue, conn, jobs);
     if (this.ctx.clock.nowMs() - this.lastStateCheckMs >= this.settings.stateCheckIntervalMs) {
       this.lastStateCheckMs = this.ctx.clock.nowMs();
       await this.checkStates(conn, jobs);
@@ -203,8 +210,9 @@ export class QueueJobSource {
     const unfinished = jobs.filter((j) => !isTerminal(j.status?.phase)).length + this.recentlyCreated.size;
     const paused = queue.spec.paused ? "spec" : listed.paused ? "buildkite" : undefined;
     const total = concurrency(queue.spec);
+    const finished = new Set(jobs.filter((j) => isTerminal(j.status?.phase)).map((j) => j.metadata.name ?? ""));
     const decision = chooseReservations({
-      scheduled: listed.jobs, existing: new Set([...names, ...this.recentlyCreated.keys()]), unfinished, concurrency: total, paused: paused !== undefined,
+      scheduled: listed.jobs, existing: new Set([...names, ...this.recentlyCreated.keys()]), finished, unfinished, concurrency: total, paused: paused !== undefined,
     });
     this.setCondition(paused === undefined
       ? { type: "Dispatching", status: "True", reason: "Dispatching", message: `Taking up to ${total} jobs at once from Buildkite queue ${conn.queueKey}.` }
@@ -215,45 +223,91 @@ export class QueueJobSource {
     const result = await conn.client.reserve(conn.key, uuids, this.settings.reservationExpirySeconds).catch((err: unknown) => { throw dispatchError(err, "reserve jobs"); });
     const reserved = new Set(result.reserved);
     for (const uuid of reserved) this.lastReservedMs.set(uuid, now);
-    for (const job of decision.take) {
-      if (!reserved.has(job.id)) continue;
-      await this.createJob(queue, conn, jobResourceFor(queue, job, conn.key));
+    const taken = decision.take.filter((j) => reserved.has(j.id));
+    const reclaimed = jobs.filter((j) => decision.reclaim.includes(j.spec.uuid) && reserved.has(j.spec.uuid));
+    const tokens = await this.jobTokens(queue, conn, [...taken.map((j) => j.id), ...reclaimed.map((j) => j.spec.uuid)]);
+    for (const job of taken) {
+      const token = tokens.get(job.id);
+      // Without its token a Required job is not started here; its reservation lapses and Buildkite offers it again.
+      if (token === undefined && queue.spec.jobTokens === "Required") continue;
+      const created = await this.createJob(queue, conn, jobResourceFor(queue, job, conn.key, token !== undefined ? jobTokenSecretName(job.id) : undefined));
+      if (created && token !== undefined) await writeTokenSecret(this.ctx.clients, created, token);
+    }
+    for (const job of reclaimed) {
+      const token = tokens.get(job.spec.uuid);
+      if (token !== undefined && job.metadata.annotations?.[ANNOTATIONS.agentTokenSecret] !== undefined) await writeTokenSecret(this.ctx.clients, job, token);
     }
   }
 
-  private async createJob(queue: BuildkiteQueue, conn: Connection, body: BuildkiteJob): Promise<void> {
+  /**
+   * Job acquisition tokens for reserved jobs (each can acquire only its own job), unless the queue disables them. When
+   * Buildkite refuses to issue them, the queue says so and, unless they are Required, pods use the queue's token.
+   */
+  private async jobTokens(queue: BuildkiteQueue, conn: Connection, uuids: string[]): Promise<Map<string, string>> {
+    const mode = queue.spec.jobTokens;
+    if (mode === "Disabled") {
+      this.setCondition({ type: "JobTokens", status: "False", reason: "Disabled", message: "spec.jobTokens is Disabled: job pods use the queue's agent token." }, queue);
+      return new Map();
+    }
+    if (uuids.length === 0 || this.ctx.clock.nowMs() < this.jobTokensRefusedUntilMs) return new Map();
+    try {
+      const issued = await conn.client.issueJobTokens(conn.key, uuids, JOB_TOKEN_LIFETIME_SECONDS);
+      this.setCondition({ type: "JobTokens", status: "True", reason: "Issued", message: "Each job pod gets a job acquisition token that can acquire its one job only." }, queue);
+      return new Map([...issued.tokens].map(([uuid, t]) => [uuid, t.token]));
+    } catch (err) {
+      if (!(err instanceof BuildkiteApiError) || err.retryable) throw err;
+      this.jobTokensRefusedUntilMs = this.ctx.clock.nowMs() + JOB_TOKEN_RETRY_MS;
+      this.setCondition(mode === "Required"
+        ? { type: "JobTokens", status: "False", reason: "JobTokensRefused", message: `Buildkite did not issue job acquisition tokens (${err.message}); spec.jobTokens is Required, so no job is taken. Asking again in ${JOB_TOKEN_RETRY_MS / 60_000} minutes.` }
+        : { type: "JobTokens", status: "False", reason: "FallbackToAgentToken", message: `Buildkite did not issue job acquisition tokens (${err.message}); job pods use the queue's agent token instead. Asking again in ${JOB_TOKEN_RETRY_MS / 60_000} minutes.` }, queue);
+      return new Map();
+    }
+  }
+
+  /** Creates the BuildkiteJob; returns it as created, or undefined when it already existed or was refused. */
+  private async createJob(queue: BuildkiteQueue, conn: Connection, body: BuildkiteJob): Promise<BuildkiteJob | undefined> {
     const { group, version, plural } = BUILDKITE_JOB;
     const namespace = body.metadata.namespace ?? "";
     const name = body.metadata.name ?? "";
     try {
-      await this.ctx.clients.custom.createNamespacedCustomObject({ group, version, plural, namespace, body });
+      const created = await this.ctx.clients.custom.createNamespacedCustomObject({ group, version, plural, namespace, body }) as BuildkiteJob;
       this.recentlyCreated.set(name, this.ctx.clock.nowMs());
       this.ctx.metrics.jobDispatched(this.key, queue.spec.instanceShape);
       conn.notifier.add(body.spec.uuid, `Reserved by Kubernetes queue ${namespace}/${queue.metadata.name ?? ""}; starting a ${queue.spec.instanceShape} pod.`);
       this.ctx.logger.info("Took job from Buildkite", { namespace, queue: queue.metadata.name, job: name, priority: body.spec.priority });
+      return created;
     } catch (err) {
       // Another operator (or an earlier poll whose answer was lost) already made it: same job, same name.
-      if (isAlreadyExists(err)) return;
+      if (isAlreadyExists(err)) return undefined;
       if (isForbidden(err) || isInvalid(err)) {
         // Not retried: the reservation lapses and Buildkite offers the job again, by when the cause may be fixed.
         const message = `Could not create BuildkiteJob ${name}: ${apiMessage(err)}`;
         this.ctx.recorder.record(queue, "Warning", "JobNotCreated", message);
         this.ctx.logger.warn(message, { namespace, queue: queue.metadata.name });
-        return;
+        return undefined;
       }
       throw err;
     }
   }
 
   /** Extends the reservations of jobs whose pods have not started before they lapse. */
-  private async extend(conn: Connection, jobs: readonly BuildkiteJob[]): Promise<void> {
+  private async extend(queue: BuildkiteQueue | undefined, conn: Connection, jobs: readonly BuildkiteJob[]): Promise<void> {
     const ours = jobs.filter((j) => j.metadata.annotations?.[ANNOTATIONS.stack] === conn.key);
     const live = new Set(ours.filter((j) => !isTerminal(j.status?.phase)).map((j) => j.spec.uuid));
     for (const uuid of this.lastReservedMs.keys()) if (!live.has(uuid)) this.lastReservedMs.delete(uuid);
-    const due = reservationsToExtend(ours, this.lastReservedMs, this.ctx.clock.nowMs(), this.settings.reservationExpirySeconds);
+    const due = reservationsToExtend(ours, this.lastReservedMs, this.ctx.clock.nowMs(), this.settings.reservationExpirySeconds, this.lastStates);
     if (due.length === 0) return;
-    await conn.client.reserve(conn.key, due, this.settings.reservationExpirySeconds).catch((err: unknown) => { throw dispatchError(err, "extend reservations"); });
+    const result = await conn.client.reserve(conn.key, due, this.settings.reservationExpirySeconds).catch((err: unknown) => { throw dispatchError(err, "extend reservations"); });
     for (const uuid of due) this.lastReservedMs.set(uuid, this.ctx.clock.nowMs());
+    // A job token dies with the reservation it was issued under: pods still waiting to start get a fresh one.
+    const reserved = new Set(result.reserved);
+    const waiting = ours.filter((j) => reserved.has(j.spec.uuid) && j.metadata.annotations?.[ANNOTATIONS.agentTokenSecret] !== undefined);
+    if (waiting.length === 0 || !queue) return;
+    const tokens = await this.jobTokens(queue, conn, waiting.map((j) => j.spec.uuid));
+    for (const job of waiting) {
+      const token = tokens.get(job.spec.uuid);
+      if (token !== undefined) await writeTokenSecret(this.ctx.clients, job, token);
+    }
   }
 
   /** Asks Buildkite for the state of every unfinished job and marks those it took back (canceled, expired, …). */
@@ -261,6 +315,7 @@ export class QueueJobSource {
     const unfinished = jobs.filter((j) => !isTerminal(j.status?.phase) && j.metadata.annotations?.[ANNOTATIONS.stack] === conn.key);
     if (unfinished.length === 0) return;
     const states = await conn.client.getStates(conn.key, unfinished.map((j) => j.spec.uuid)).catch((err: unknown) => { throw dispatchError(err, "check job states"); });
+    this.lastStates = states;
     for (const mark of takenBack(unfinished, states)) {
       const namespace = splitKey(this.key).namespace;
       await annotate(this.ctx.clients, BUILDKITE_JOB, namespace, mark.name, { [ANNOTATIONS.buildkiteState]: mark.state })
@@ -290,41 +345,12 @@ export class QueueJobSource {
 
   /** Updates one condition; a change of status or reason is an Event and a status write. */
   private setCondition(update: ConditionUpdate, queue: BuildkiteQueue | undefined): void {
-    const current = update.type === "Registered" ? this.registered : this.dispatching;
-    if (current.status === update.status && current.reason === update.reason && current.message === update.message) return;
-    if (update.type === "Registered") this.registered = update;
-    else this.dispatching = update;
-    if (queue && (current.status !== update.status || current.reason !== update.reason)) {
+    const current = this.conds.get(update.type);
+    if (current?.status === update.status && current.reason === update.reason && current.message === update.message) return;
+    this.conds.set(update.type, update);
+    if (queue && (current?.status !== update.status || current.reason !== update.reason)) {
       this.ctx.recorder.record(queue, update.status === "False" ? "Warning" : "Normal", update.reason, update.message);
     }
     this.onChange(this.key);
   }
-}
-
-/** Turns a failed token check or registration into what to fix. */
-function registrationError(err: unknown, queue: BuildkiteQueue): unknown {
-  if (!(err instanceof BuildkiteApiError)) return err;
-  const secret = queue.spec.agentTokenSecretRef.name;
-  const server = err.serverMessage ? ` (Buildkite: ${err.serverMessage})` : "";
-  switch (err.status) {
-    case 401:
-      return new SourceError("AgentTokenRejected", `Buildkite rejected the agent token in Secret ${secret}${server}; put a valid cluster agent token (bkct_…) in it.`, "Registered");
-    case 403:
-      return new SourceError("Forbidden", `Buildkite refused to register the stack${server}; the organisation may be at its stack limit, or the token lacks a permission.`, "Registered");
-    case 404:
-      return new SourceError("QueueNotFound", `Buildkite does not know queue ${queue.spec.queue} in the token's cluster${server}; create it there or fix spec.queue.`, "Registered");
-    default:
-      return new SourceError(err.status === undefined || err.retryable ? "BuildkiteUnavailable" : "Rejected", `${err.message}; check spec.endpoint (${queue.spec.endpoint}).`, "Registered");
-  }
-}
-
-function dispatchError(err: unknown, what: string): unknown {
-  if (!(err instanceof BuildkiteApiError)) return err;
-  if (err.status === 401) return new SourceError("AgentTokenRejected", `Buildkite rejected the agent token while trying to ${what}: ${err.message}.`, "Registered");
-  if (err.status === 429) return new SourceError("RateLimited", `Buildkite kept rate-limiting requests to ${what}: ${err.message}.`, "Dispatching");
-  return new SourceError(err.retryable ? "BuildkiteUnavailable" : "Rejected", `Could not ${what}: ${err.message}.`, "Dispatching");
-}
-
-function errorText(err: unknown): string {
-  return err instanceof BuildkiteApiError || err instanceof SourceError ? err.message : apiMessage(err);
 }

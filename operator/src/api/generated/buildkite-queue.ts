@@ -30,6 +30,8 @@ export interface BuildkiteQueueSpec {
   maxJobDurationSeconds: number;
   /** While true no new job is taken from Buildkite; running jobs finish. */
   paused: boolean;
+  /** Whether each job pod gets a job acquisition token valid for its one job instead of the queue's agent token. Preferred falls back to the agent token (with a condition) where Buildkite does not issue job tokens; Required takes no job without one; Disabled always uses the agent token. */
+  jobTokens: "Preferred" | "Required" | "Disabled";
   /** How long a finished BuildkiteJob is kept (for kubectl get bkj); 0 to 7 days. */
   jobTTLSecondsAfterFinished: number;
   /** AWS credentials for the job pods through IRSA (a projected ServiceAccount token). */

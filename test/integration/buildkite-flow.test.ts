@@ -61,6 +61,31 @@ describe("Buildkite jobs flow from the Stacks API through BuildkiteJobs to pods 
     expect(job.metadata.annotations ?? {}).to.not.have.property("buildkite.com/agent-token-secret");
   });
 
+  it("admits each job pod under Pod Security restricted with no API token, host path or docker socket, and the agent token only in the agent container", async () => {
+    await s.queue("isolated", "hold", { aws: { roleArn: "arn:aws:iam::123456789012:role/ci", region: "eu-west-1" } });
+    const uuid = s.fake.seedJob({ queue_key: "isolated" });
+    await s.jobPhase(uuid, "Starting");
+    const pod = await s.t.pod(jobResourceName(uuid));
+    const spec = pod?.spec;
+    expect(spec?.automountServiceAccountToken).to.equal(false);
+    expect(spec?.hostNetwork ?? false).to.equal(false);
+    expect(spec?.hostPID ?? false).to.equal(false);
+    expect(spec?.volumes?.filter((v) => v.hostPath !== undefined)).to.deep.equal([]);
+    const mounts = spec?.containers.flatMap((c) => c.volumeMounts ?? []) ?? [];
+    expect(mounts.map((m) => m.mountPath)).to.not.include.members(["/var/run/docker.sock", "/var/run/secrets/kubernetes.io/serviceaccount"]);
+    // The only projected token is IRSA's, for STS's audience, not the API server's.
+    const projected = spec?.volumes?.flatMap((v) => v.projected?.sources ?? []) ?? [];
+    expect(projected.map((p) => p.serviceAccountToken?.audience)).to.deep.equal(["sts.amazonaws.com"]);
+    expect(spec?.containers.map((c) => c.name)).to.deep.equal(["agent"]);
+    const withToken = spec?.containers.filter((c) => c.env?.some((e) => e.name === "BUILDKITE_AGENT_TOKEN")).map((c) => c.name);
+    expect(withToken).to.deep.equal(["agent"]);
+    const tokenRef = spec?.containers[0]?.env?.find((e) => e.name === "BUILDKITE_AGENT_TOKEN")?.valueFrom?.secretKeyRef;
+    expect(tokenRef?.name).to.equal(jobTokenSecretName(uuid));
+    expect(spec?.containers[0]?.securityContext).to.deep.include({ allowPrivilegeEscalation: false, runAsNonRoot: true, capabilities: { drop: ["ALL"] } });
+    s.fake.cancel(uuid);
+    await s.jobPhase(uuid, "Canceled");
+  });
+
   it("cancels a job canceled in Buildkite before its pod started: the pod is deleted and the job is Canceled", async () => {
     await s.queue("cancel-early", "hold");
     const uuid = s.fake.seedJob({ queue_key: "cancel-early" });

@@ -1,4 +1,4 @@
-import { CoordinationV1Api, CoreV1Api, CustomObjectsApi, KubernetesObjectApi, type KubeConfig, type KubernetesObject } from "@kubernetes/client-node";
+import { CoordinationV1Api, CoreV1Api, CustomObjectsApi, KubeConfig, KubernetesObjectApi, type KubernetesObject } from "@kubernetes/client-node";
 import type { Logger } from "winston";
 import type { BuildkiteJob } from "./api/generated/buildkite-job.js";
 import { LABELS } from "./api/keys.js";
@@ -70,7 +70,10 @@ export class Operator {
   ) {}
 
   static async start(options: OperatorOptions): Promise<Operator> {
-    const { kubeConfig: kc, logger } = options;
+    const { logger } = options;
+    // A copy, so counting its requests does not touch the caller's KubeConfig.
+    const kc = new KubeConfig();
+    kc.loadFromOptions({ clusters: options.kubeConfig.clusters, users: options.kubeConfig.users, contexts: options.kubeConfig.contexts, currentContext: options.kubeConfig.currentContext });
     const clock = options.clock ?? realClock;
     const clients = { core: kc.makeApiClient(CoreV1Api), custom: kc.makeApiClient(CustomObjectsApi), objects: KubernetesObjectApi.makeApiClient(kc) };
     const recorder = new EventRecorder({ core: clients.core, component: "buildkite-operator", clock, logger });
@@ -80,6 +83,7 @@ export class Operator {
       workQueues: () => work.map((w) => ({ name: w.queue.name, value: () => w.queue.length })),
       informerRestarts: () => informers.all.map((i) => ({ name: i.name, value: () => i.restarts })),
     });
+    countRequests(kc, metrics);
     const base: ControllerContext = { clients, caches: informers.caches, clock, logger, recorder, metrics, stacks: NO_STACKS };
     // The queue work queue exists before the job sources, which enqueue a queue when its Buildkite conditions change.
     let enqueueQueue: (key: string) => void = () => undefined;
@@ -209,6 +213,15 @@ function wire(informers: InformerSet, queueWork: WorkQueue, jobWork: WorkQueue):
   listeners.serviceAccounts.add(byQueueLabel);
   listeners.networkPolicies.add(byQueueLabel);
   listeners.claims.add(byQueueLabel);
+}
+
+/** Counts every Kubernetes API request (each passes through the KubeConfig's authentication) in the metrics. */
+function countRequests(kc: KubeConfig, metrics: Metrics): void {
+  const authenticate = kc.applySecurityAuthentication.bind(kc);
+  kc.applySecurityAuthentication = async (context) => {
+    metrics.kubernetesRequest(context.getHttpMethod());
+    await authenticate(context);
+  };
 }
 
 /** The uid of the kube-system namespace: stable for a cluster's life and different in every cluster. */

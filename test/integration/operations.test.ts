@@ -95,6 +95,7 @@ describe("Operations: leader election, metrics, health and logs of the operator 
       expect(page).to.match(/^buildkite_operator_workqueue_depth\{controller="buildkitejob"\} \d+$/m);
       expect(page).to.match(/^buildkite_operator_informer_restarts\{informer="pods"\} \d+$/m);
       expect(sample(page, "buildkite_operator_leader")).to.equal(1);
+      expect(sample(page, "buildkite_operator_kubernetes_requests_total", { method: "POST" }), "Kubernetes creates").to.be.at.least(4);
     }, { what: "the metrics to show both jobs" });
   });
 

@@ -35,6 +35,7 @@ export class Metrics {
   private readonly reconcileDuration: Histogram<"controller">;
   private readonly leader: Gauge;
   private readonly credentialsReady: Gauge<"queue">;
+  private readonly kubeRequests: Counter<"method">;
 
   constructor(registry = new Registry(), options: { workQueues?: () => Sampled[]; informerRestarts?: () => Sampled[]; processMetrics?: boolean } = {}) {
     this.registry = registry;
@@ -53,6 +54,7 @@ export class Metrics {
     this.reconcileDuration = new Histogram({ name: `${PREFIX}reconcile_duration_seconds`, help: "Reconcile duration by controller.", labelNames: ["controller"], buckets: API_BUCKETS, registers: r });
     this.leader = new Gauge({ name: `${PREFIX}leader`, help: "1 while this replica holds the leader lease (or runs without leader election).", registers: r });
     this.credentialsReady = new Gauge({ name: `${PREFIX}credentials_ready`, help: "1 when the queue's AWS role was assumed at the last check, 0 when it failed.", labelNames: ["queue"], registers: r });
+    this.kubeRequests = new Counter({ name: `${PREFIX}kubernetes_requests_total`, help: "Requests to the Kubernetes API (lists, watches and writes) by HTTP method.", labelNames: ["method"], registers: r });
     const sampled = (name: string, help: string, label: string, source: (() => Sampled[]) | undefined): void => {
       new Gauge({
         name, help, labelNames: [label], registers: r,
@@ -111,6 +113,10 @@ export class Metrics {
   reconciled(controller: string, durationMs: number, failed: boolean): void {
     this.reconciles.inc({ controller, result: failed ? "error" : "success" });
     this.reconcileDuration.observe({ controller }, durationMs / 1000);
+  }
+
+  kubernetesRequest(method: string): void {
+    this.kubeRequests.inc({ method });
   }
 
   setLeader(leading: boolean): void {

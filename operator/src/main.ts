@@ -34,6 +34,7 @@ async function main(): Promise<void> {
       ...(config.clusterId !== undefined ? { clusterId: config.clusterId } : {}),
     },
     timeouts: { pendingTimeoutSeconds: config.pendingTimeoutSeconds, startGraceSeconds: config.startGraceSeconds },
+    credentials: { recheckIntervalMs: config.credentialsRecheckSeconds * 1000, ...(config.stsEndpoint !== undefined ? { stsEndpoint: config.stsEndpoint } : {}) },
     ...(config.leaderElect ? {
       leaderElection: {
         namespace: config.leaseNamespace, name: config.leaseName, identity: process.env.POD_NAME ?? `${hostname()}-${process.pid}`,

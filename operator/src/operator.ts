@@ -13,6 +13,7 @@ import { keyOf } from "./kube/resources.js";
 import { Metrics } from "./observability/metrics.js";
 import type { Registry } from "prom-client";
 import { WorkQueue } from "./kube/work-queue.js";
+import { CredentialsPreflight, DEFAULT_CREDENTIALS_SETTINGS, type CredentialsSettings } from "./aws/credentials-preflight.js";
 import { QueueController } from "./queue/controller.js";
 import { DEFAULT_JOB_SOURCE_SETTINGS, type JobSourceSettings } from "./queue/job-source.js";
 import { JobSources } from "./queue/job-sources.js";
@@ -34,6 +35,8 @@ export interface OperatorOptions {
   buildkite?: false | (Partial<JobSourceSettings>);
   /** When a job pod that has not started counts as stuck. */
   timeouts?: Partial<StartTimeouts>;
+  /** The AWS credentials preflight (STS endpoint, re-check interval). */
+  credentials?: Partial<CredentialsSettings>;
   /** Only the replica holding this lease acts. */
   leaderElection?: LeaderElectionSettings;
   /** Where the metrics are registered (default a fresh registry); `/metrics` serves it. */
@@ -64,6 +67,7 @@ export class Operator {
     private readonly workers: number,
     private readonly recorder: EventRecorder,
     private readonly sources: JobSources | undefined,
+    private readonly credentials: CredentialsPreflight,
     private readonly elector: LeaderElector | undefined,
     readonly metrics: Metrics,
     private readonly logger: Logger,
@@ -93,7 +97,8 @@ export class Operator {
       onRequest: (r) => { metrics.apiRequest(r); },
       ...options.buildkite,
     }, (key) => { enqueueQueue(key); });
-    const ctx: ControllerContext = { ...base, stacks: sources ?? NO_STACKS };
+    const credentials = new CredentialsPreflight(base, { ...DEFAULT_CREDENTIALS_SETTINGS, ...options.credentials }, (key) => { enqueueQueue(key); });
+    const ctx: ControllerContext = { ...base, stacks: sources ?? NO_STACKS, credentials };
     const queueWork = workQueueFor(new QueueController(ctx), clock, logger, metrics);
     enqueueQueue = (key) => { queueWork.queue.add(key); };
     const jobWork = workQueueFor(new JobController(ctx, { ...DEFAULT_START_TIMEOUTS, ...options.timeouts }), clock, logger, metrics);
@@ -106,8 +111,12 @@ export class Operator {
       client: kc.makeApiClient(CoordinationV1Api), namespace: le.namespace, name: le.name, identity: le.identity, clock, logger,
       ...(le.leaseDurationMs !== undefined ? { leaseDurationMs: le.leaseDurationMs } : {}),
     }) : undefined;
-    const operator = new Operator(informers, work, options.workers ?? 4, recorder, sources, elector, metrics, logger);
-    if (sources) informers.listeners.queues.add(() => { if (operator.acting) sources.sync(); });
+    const operator = new Operator(informers, work, options.workers ?? 4, recorder, sources, credentials, elector, metrics, logger);
+    informers.listeners.queues.add(() => {
+      if (!operator.acting) return;
+      sources?.sync();
+      credentials.sync();
+    });
     if (elector) {
       metrics.setLeader(false);
       logger.info("Waiting for the leader lease", { lease: `${le?.namespace ?? ""}/${le?.name ?? ""}`, identity: le?.identity });
@@ -135,6 +144,7 @@ export class Operator {
     this.metrics.setLeader(true);
     for (const w of this.work) w.start(this.workers);
     this.sources?.sync();
+    this.credentials.sync();
     this.logger.info("Started controllers", { workers: this.workers, buildkite: this.sources !== undefined });
   }
 
@@ -142,6 +152,7 @@ export class Operator {
     if (!this.acting) return;
     this.acting = false;
     await this.sources?.stop();
+    await this.credentials.stop();
     await Promise.all(this.work.map((w) => w.queue.shutdown()));
   }
 

@@ -19,6 +19,9 @@ export interface OperatorConfig {
   leaseNamespace: string;
   leaseName: string;
   leaseDurationSeconds: number;
+  /** STS endpoint for the credentials preflight; default: the regional endpoint of each queue's region. */
+  stsEndpoint?: string;
+  credentialsRecheckSeconds: number;
 }
 
 /** Numeric flags: name, field, default, minimum, maximum. */
@@ -31,6 +34,7 @@ const NUMBERS = [
   ["start-grace-seconds", "startGraceSeconds", 120, 1, 86_400],
   ["http-port", "httpPort", 8080, 0, 65_535],
   ["lease-duration-seconds", "leaseDurationSeconds", 15, 2, 300],
+  ["credentials-recheck-seconds", "credentialsRecheckSeconds", 300, 10, 86_400],
 ] as const;
 
 const envName = (flag: string): string => `BK_OPERATOR_${flag.toUpperCase().replace(/-/g, "_")}`;
@@ -61,7 +65,7 @@ export function parseConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Op
       i++;
     }
   }
-  const known = new Set(["log-level", "cluster-id", "leader-elect", "lease-namespace", "lease-name", ...NUMBERS.map(([flag]) => flag)]);
+  const known = new Set(["log-level", "cluster-id", "sts-endpoint", "leader-elect", "lease-namespace", "lease-name", ...NUMBERS.map(([flag]) => flag)]);
   for (const name of flags.keys()) {
     if (!known.has(name)) throw new ConfigError(`unknown flag --${name}; known flags: ${[...known].map((k) => `--${k}`).join(", ")}`);
   }
@@ -78,8 +82,13 @@ export function parseConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Op
   }
   const config: OperatorConfig = {
     logLevel, workers: 4, pollIntervalMs: 0, stateCheckIntervalMs: 0, reservationExpirySeconds: 0, pendingTimeoutSeconds: 0, startGraceSeconds: 0,
-    httpPort: 8080, leaderElect: leaderElect === "true", leaseNamespace, leaseName, leaseDurationSeconds: 15,
+    httpPort: 8080, leaderElect: leaderElect === "true", leaseNamespace, leaseName, leaseDurationSeconds: 15, credentialsRecheckSeconds: 300,
   };
+  const sts = flags.get("sts-endpoint") ?? env[envName("sts-endpoint")];
+  if (sts !== undefined) {
+    if (!/^https?:\/\/[^\s/]+(\/.*)?$/.test(sts)) throw new ConfigError(`--sts-endpoint must be an http(s) URL such as https://sts.us-east-1.amazonaws.com, got "${sts}"`);
+    config.stsEndpoint = sts;
+  }
   for (const [flag, field, fallback, min, max] of NUMBERS) {
     const raw = flags.get(flag) ?? env[envName(flag)];
     const value = raw === undefined ? fallback : Number(raw);

@@ -177,7 +177,12 @@ export class JobController implements Controller {
     if (!stack) return;
     const uuid = job.spec.uuid;
     if (after.reason === "WaitingForSlot" && before.reason !== "WaitingForSlot") stack.notifier.add(uuid, after.message ?? "Waiting for a free slot.");
-    if (after.podUID !== undefined && before.podUID === undefined) stack.notifier.add(uuid, `Created pod ${after.podName ?? ""} (${after.shape ?? ""}) in namespace ${job.metadata.namespace ?? ""}.`);
+    if (after.podUID !== undefined && before.podUID === undefined) {
+      stack.notifier.add(uuid, `Created pod ${after.podName ?? ""} (${after.shape ?? ""}) in namespace ${job.metadata.namespace ?? ""}.`);
+      // Silent permission failures are the worst kind: a job whose role is broken says so where people look.
+      const broken = this.ctx.credentials?.timelineMessage(`${job.metadata.namespace ?? ""}/${job.spec.queueRef.name}`);
+      if (broken !== undefined) stack.notifier.add(uuid, broken);
+    }
     if (after.nodeName !== undefined && before.nodeName === undefined) stack.notifier.add(uuid, `Pod placed on node ${after.nodeName}.`);
   }
 

@@ -87,6 +87,8 @@ describe("buildPod", () => {
     expect(envOf(pod)).to.include({
       AWS_ROLE_ARN: aws.roleArn, AWS_WEB_IDENTITY_TOKEN_FILE: `${IRSA_TOKEN_DIR}/token`, AWS_REGION: "eu-west-1", AWS_STS_REGIONAL_ENDPOINTS: "regional",
     });
+    expect(envOf(pod)).to.not.have.property("AWS_ENDPOINT_URL_STS");
+    expect(envOf(buildPod(queueFixture({ aws: { ...aws, stsEndpoint: "https://sts.example.internal" } }), job))).to.include({ AWS_ENDPOINT_URL_STS: "https://sts.example.internal" });
     expect(pod.spec?.volumes?.find((v) => v.name === "aws-iam-token")?.projected?.sources).to.deep.equal(
       [{ serviceAccountToken: { audience: "sts.amazonaws.com", expirationSeconds: 3600, path: "token" } }]);
     expect(agentOf(pod).volumeMounts).to.deep.include({ name: "aws-iam-token", mountPath: IRSA_TOKEN_DIR, readOnly: true });

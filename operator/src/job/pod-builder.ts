@@ -50,6 +50,7 @@ export function buildPod(queue: BuildkiteQueue, job: BuildkiteJob, slot = 0): V1
       { name: "AWS_REGION", value: spec.aws.region },
       { name: "AWS_DEFAULT_REGION", value: spec.aws.region },
       { name: "AWS_STS_REGIONAL_ENDPOINTS", value: "regional" },
+      ...(spec.aws.stsEndpoint !== undefined ? [{ name: "AWS_ENDPOINT_URL_STS", value: spec.aws.stsEndpoint }] : []),
     );
   }
 

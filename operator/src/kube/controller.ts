@@ -2,6 +2,7 @@ import type { V1NetworkPolicy, V1PersistentVolumeClaim, V1Pod, V1ServiceAccount 
 import type { Logger } from "winston";
 import type { BuildkiteJob } from "../api/generated/buildkite-job.js";
 import type { BuildkiteQueue } from "../api/generated/buildkite-queue.js";
+import type { ConditionUpdate } from "../api/conditions.js";
 import type { StackDirectory } from "../buildkite/stack-directory.js";
 import type { Metrics } from "../observability/metrics.js";
 import type { Clock } from "./clock.js";
@@ -35,6 +36,15 @@ export interface ControllerContext {
   metrics: Metrics;
   /** Each queue's Buildkite stack, for reporting on its jobs. */
   stacks: StackDirectory;
+  /** Each queue's AWS credentials check (CredentialsReady), when the operator runs one. */
+  credentials?: QueueCredentials;
+}
+
+/** What the controllers read of the credentials preflight. */
+export interface QueueCredentials {
+  conditions(queueKey: string): ConditionUpdate[];
+  /** One line for the Buildkite timeline of the queue's jobs while its credentials are broken. */
+  timelineMessage(queueKey: string): string | undefined;
 }
 
 /** A level-based controller: informer callbacks map objects to keys; `reconcile(key)` makes the world match. */

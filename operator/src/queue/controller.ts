@@ -40,7 +40,7 @@ export class QueueController implements Controller {
     const unfinished = this.ctx.caches.jobs.list(namespace).filter((j) => j.spec.queueRef.name === name && !isTerminal(j.status?.phase));
     const activeJobs = unfinished.filter((j) => j.status?.slot !== undefined).length;
     const observation: QueueObservation = {
-      queue, activeJobs, waitingJobs: unfinished.length - activeJobs, secret, buildkite: this.ctx.stacks.conditions(key), ...(childError ? { childError } : {}),
+      queue, activeJobs, waitingJobs: unfinished.length - activeJobs, secret, buildkite: [...this.ctx.stacks.conditions(key), ...this.ctx.credentials?.conditions(key) ?? []], ...(childError ? { childError } : {}),
     };
     const status = planQueueStatus(observation, this.ctx.clock.now());
     this.ctx.metrics.slots(key, activeJobs, status.concurrency ?? 0);

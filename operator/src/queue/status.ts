@@ -1,4 +1,4 @@
-import { setCondition, type ConditionUpdate } from "../api/conditions.js";
+import { setCondition, type Condition, type ConditionUpdate } from "../api/conditions.js";
 import type { BuildkiteQueue, BuildkiteQueueStatus } from "../api/generated/buildkite-queue.js";
 import { serviceAccountName } from "../api/names.js";
 import { concurrency, shapeResources } from "../api/shapes.js";
@@ -16,6 +16,12 @@ export interface QueueObservation {
   childError?: { kind: string; name: string; message: string };
   /** The queue's Buildkite conditions from its job source (Registered, Dispatching). */
   buildkite?: readonly ConditionUpdate[];
+}
+
+/** Conditions kept from the stored status: a CredentialsReady stays only while something still reports it. */
+function withoutStale(queue: BuildkiteQueue, reported: readonly ConditionUpdate[]): Condition[] {
+  const stored = queue.status?.conditions ?? [];
+  return stored.filter((c) => c.type !== "CredentialsReady" || reported.some((r) => r.type === c.type));
 }
 
 /** The status a queue should have. Pure; written only when it differs from what is stored. */
@@ -47,6 +53,6 @@ export function planQueueStatus(obs: QueueObservation, now: Date): BuildkiteQueu
     slots: `${obs.activeJobs}/${total}`,
     arch: shapeResources(queue.spec.instanceShape).arch,
     serviceAccountName: serviceAccountName(queue),
-    conditions: [ready, ...(obs.buildkite ?? [])].reduce((list, c) => setCondition(list, c, gen, now), queue.status?.conditions ?? []),
+    conditions: [ready, ...(obs.buildkite ?? [])].reduce((list, c) => setCondition(list, c, gen, now), withoutStale(queue, obs.buildkite ?? [])),
   };
 }

@@ -58,6 +58,8 @@ export interface BuildkiteQueueSpecAws {
   roleArn: string;
   /** AWS region for STS and the jobs, e.g. us-east-1. */
   region: string;
+  /** An STS endpoint instead of the region's public one (a VPC endpoint, a FIPS endpoint); the job pods get it as AWS_ENDPOINT_URL_STS and the credentials check uses it too. */
+  stsEndpoint?: string;
   /** Audience of the projected token; must match the IAM OIDC provider's client ID. */
   audience: string;
   /** Lifetime of the projected token (600 s to 1 day); the kubelet refreshes it. */

@@ -2,6 +2,7 @@ import { readFileSync, readdirSync, writeFileSync, mkdirSync, existsSync } from 
 import { join } from "node:path";
 import { parse } from "yaml";
 import { repoRoot } from "../test/support/binaries.js";
+import { referenceDoc, type DocCrd } from "./reference-doc.js";
 
 /**
  * Generates the TypeScript types of the custom resources from `crds/*.yaml` (the source of truth) into
@@ -99,19 +100,25 @@ function main(): void {
   const crdDir = join(repoRoot, "crds");
   const outDir = join(repoRoot, "operator", "src", "api", "generated");
   const drift: string[] = [];
-  for (const file of readdirSync(crdDir).filter((f) => f.endsWith(".yaml")).sort()) {
-    const crd = parse(readFileSync(join(crdDir, file), "utf8")) as Crd;
-    const kebab = crd.spec.names.kind.replace(/([a-z])([A-Z])/g, "$1-$2").toLowerCase();
-    const target = join(outDir, `${kebab}.ts`);
-    const content = generate(file, crd);
+  const docs: { file: string; crd: DocCrd }[] = [];
+  const emit = (target: string, content: string, from: string): void => {
     if (check) {
-      if (!existsSync(target) || readFileSync(target, "utf8") !== content) drift.push(`${target} (from crds/${file})`);
+      if (!existsSync(target) || readFileSync(target, "utf8") !== content) drift.push(`${target} (from ${from})`);
     } else {
-      mkdirSync(outDir, { recursive: true });
       writeFileSync(target, content);
       console.log(`generated ${target}`);
     }
+  };
+  for (const file of readdirSync(crdDir).filter((f) => f.endsWith(".yaml")).sort()) {
+    const crd = parse(readFileSync(join(crdDir, file), "utf8")) as Crd;
+    docs.push({ file, crd: crd });
+    const kebab = crd.spec.names.kind.replace(/([a-z])([A-Z])/g, "$1-$2").toLowerCase();
+    const target = join(outDir, `${kebab}.ts`);
+    mkdirSync(outDir, { recursive: true });
+    emit(target, generate(file, crd), `crds/${file}`);
   }
+  mkdirSync(join(repoRoot, "docs"), { recursive: true });
+  emit(join(repoRoot, "docs", "reference.md"), referenceDoc(docs), "crds/");
   if (drift.length > 0) {
     console.error(`Generated files are out of date with crds/:\n  ${drift.join("\n  ")}\nRun \`npm run generate\` and commit the result.`);
     process.exit(1);

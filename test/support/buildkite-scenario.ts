@@ -37,9 +37,10 @@ export class BuildkiteScenario {
 
   /**
    * A BuildkiteQueue served by the fake. `pods: "real"` runs its pods with the real agent; `"hold"` leaves them placed
-   * but never started (nothing plays kubelet for them), as a pod waiting on its image would be.
+   * but never started (nothing plays kubelet for them), as a pod waiting on its image would be; `"fast"` leaves them
+   * to the fast runner (the agent API calls without the agent).
    */
-  async queue(name: string, pods: "real" | "hold", spec: Record<string, unknown> = {}): Promise<void> {
+  async queue(name: string, pods: "real" | "hold" | "fast", spec: Record<string, unknown> = {}): Promise<void> {
     await this.t.createQueue(name, {
       queue: name, endpoint: this.fake.agentEndpoint, agentTokenSecretRef: { name: TOKEN_SECRET, key: "token" },
       podTemplate: { annotations: { [RUNNER_ANNOTATION]: pods } }, ...spec,

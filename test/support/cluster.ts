@@ -34,7 +34,18 @@ export class LocalCluster {
     readonly processes: ProcessGroup,
     readonly keepDir: boolean,
     private readonly forgetCleanup: () => void,
+    private readonly restartInfo: { etcdUrl: string; port: number },
   ) {}
+
+  /**
+   * Stops kube-apiserver (every watch and request fails meanwhile), keeps it down for `downMs`, and starts it again
+   * on the same address: what a control-plane upgrade or crash looks like to the operator.
+   */
+  async restartApiServer(downMs = 0): Promise<void> {
+    await this.processes.get("kube-apiserver")?.stop(2_000);
+    if (downMs > 0) await new Promise((r) => setTimeout(r, downMs));
+    await startApiServer(this.dir, this.processes, this.pki, this.restartInfo.etcdUrl, this.restartInfo.port);
+  }
 
   /** Starts every component, registers the nodes and waits until they are Ready. Prints the time to ready. */
   static async start(options: ClusterOptions = {}): Promise<LocalCluster> {
@@ -50,7 +61,8 @@ export class LocalCluster {
       const apiserver = await startApiServer(dir, processes, pki, etcd.url);
       const kubeconfigPath = await writeKubeconfig(join(dir, "kubeconfig"), apiserver.url,
         { ca: pki.caCert, cert: pki.adminCert, key: pki.adminKey });
-      const cluster = new LocalCluster(dir, pki, apiserver.url, kubeconfigPath, [], processes, keep, forgetCleanup);
+      const restart = { etcdUrl: etcd.url, port: apiserver.port };
+      const cluster = new LocalCluster(dir, pki, apiserver.url, kubeconfigPath, [], processes, keep, forgetCleanup, restart);
       const core = cluster.kubeConfig().makeApiClient(CoreV1Api);
       const [, nodeNames] = await Promise.all([
         startControllers(dir, processes, pki, kubeconfigPath),
@@ -61,7 +73,7 @@ export class LocalCluster {
         }),
         cluster.publishIssuerDiscovery(),
       ]);
-      const ready = new LocalCluster(dir, pki, apiserver.url, kubeconfigPath, nodeNames, processes, keep, forgetCleanup);
+      const ready = new LocalCluster(dir, pki, apiserver.url, kubeconfigPath, nodeNames, processes, keep, forgetCleanup, restart);
       await ready.waitForNodesReady(core);
       log(`local cluster ready in ${((Date.now() - started) / 1000).toFixed(1)} s: ${nodeNames.length} nodes, kubeconfig ${kubeconfigPath}`);
       return ready;

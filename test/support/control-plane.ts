@@ -30,8 +30,8 @@ export async function startEtcd(dir: string, group: ProcessGroup): Promise<{ pro
 }
 
 /** Starts kube-apiserver with RBAC, PodSecurity and a discoverable ServiceAccount issuer; waits for /readyz. */
-export async function startApiServer(dir: string, group: ProcessGroup, pki: Pki, etcdUrl: string): Promise<{ process: ManagedProcess; url: string }> {
-  const port = await freePort();
+export async function startApiServer(dir: string, group: ProcessGroup, pki: Pki, etcdUrl: string, samePort?: number): Promise<{ process: ManagedProcess; url: string; port: number }> {
+  const port = samePort ?? await freePort();
   const url = `https://127.0.0.1:${port}`;
   const apiserver = group.start({
     name: "kube-apiserver",
@@ -57,7 +57,7 @@ export async function startApiServer(dir: string, group: ProcessGroup, pki: Pki,
   const tls = { ca: pki.caCert, cert: pki.adminCert, key: pki.adminKey };
   await apiserver.waitReady(async () => (await httpGet(`${url}/readyz`, tls)).status === 200, READY_TIMEOUT_MS,
     "Check that etcd is reachable and the certificates were generated.");
-  return { process: apiserver, url };
+  return { process: apiserver, url, port };
 }
 
 /** Starts kube-controller-manager (garbage collector, ServiceAccounts, …) and kube-scheduler; waits for /healthz. */

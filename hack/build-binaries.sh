@@ -4,7 +4,9 @@
 # (${BK_OPERATOR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/buildkite-operator}), so a fresh clone on a warm machine takes
 # seconds and a new pin rebuilds only what changed. Every binary's own --version output is checked against its pin.
 #
-# Usage: hack/build-binaries.sh [name ...]   (default: all)
+# Usage: hack/build-binaries.sh [--with-peers] [name ...]
+#   no names: everything the tests and the demo need; --with-peers adds the benchmark peers (agent-stack-k8s), which
+#   nothing else needs and `npm test` never builds. `hack/build-binaries.sh agent-stack-k8s` builds only that peer.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=versions.env
@@ -99,7 +101,53 @@ go_install() { # go_install NAME MODULE_PKG VERSION LDFLAGS
   local rc=$?; rm -rf "$tmp"; return $rc
 }
 
-want=("$@"); [ ${#want[@]} -gt 0 ] || want=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok helm buildkite-agent)
+# agent-stack-k8s (benchmark peer). Its source comes from the Go module proxy when the proxy serves the pinned
+# pseudo-version; where it does not (some proxies refuse the module), from a git clone named by AGENT_STACK_K8S_SRC
+# that contains the pinned commit. Either way the tree is checked out once per pin under $cache/src. Like the agent it
+# imports drjosh.dev/zzglob, so the same replace applies; -mod=mod lets go.sum take the replacement's hash.
+agent_stack_k8s_source() {
+  local module=github.com/buildkite/agent-stack-k8s/v2 version=$AGENT_STACK_K8S_VERSION
+  local commit=${version##*-} dir="$cache/src/agent-stack-k8s-$version" modzip
+  if [ ! -f "$dir/.ready" ]; then
+    rm -rf "$dir"; mkdir -p "$dir"
+    modzip=$(go mod download -json "$module@$version" 2>/dev/null | sed -n 's/.*"Dir": "\(.*\)".*/\1/p') || true
+    if [ -n "$modzip" ] && [ -f "$modzip/go.mod" ]; then
+      { cp -R "$modzip/." "$dir/" && chmod -R u+w "$dir"; } || die "could not copy $modzip"
+    elif [ -n "${AGENT_STACK_K8S_SRC:-}" ]; then
+      git -C "$AGENT_STACK_K8S_SRC" rev-parse -q --verify "$commit^{commit}" >/dev/null \
+        || die "AGENT_STACK_K8S_SRC=$AGENT_STACK_K8S_SRC has no commit $commit (the pin $version)"
+      git -C "$AGENT_STACK_K8S_SRC" archive "$commit" | tar -x -C "$dir" || die "could not export $commit from $AGENT_STACK_K8S_SRC"
+    else
+      rm -rf "$dir"
+      die "the Go module proxy does not serve $module@$version here. Set AGENT_STACK_K8S_SRC to a git clone of
+  github.com/buildkite/agent-stack-k8s that contains commit $commit (tag $AGENT_STACK_K8S_RELEASE) and re-run."
+    fi
+    grep -q "^module $module\$" "$dir/go.mod" || die "$dir/go.mod is not module $module"
+    (cd "$dir" && go mod edit -replace drjosh.dev/zzglob=github.com/DrJosh9000/zzglob@v0.4.3) || die "editing $dir/go.mod failed"
+    touch "$dir/.ready"
+  fi
+  echo "$dir"
+}
+
+go_build_agent_stack_k8s() {
+  local dir; dir=$(agent_stack_k8s_source) || return 1
+  (cd "$dir" && go build -mod=mod -trimpath -o "$cache/bin/agent-stack-k8s-$AGENT_STACK_K8S_VERSION" \
+    -ldflags "-s -w -X github.com/buildkite/agent-stack-k8s/v2/internal/version.version=$AGENT_STACK_K8S_RELEASE" .)
+}
+
+defaults=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok helm buildkite-agent)
+peers=(agent-stack-k8s)
+want=()
+for arg in "$@"; do
+  case $arg in
+    --with-peers) want+=("${peers[@]}") ;;
+    -*) die "unknown option '$arg' (known: --with-peers)" ;;
+    *) want+=("$arg") ;;
+  esac
+done
+# No names (only --with-peers, or nothing): the default set, plus the peers when asked.
+named=0; for arg in "$@"; do [ "$arg" = --with-peers ] || named=1; done
+[ $named -eq 1 ] || want=("${defaults[@]}" "${want[@]}")
 for name in "${want[@]}"; do
   case $name in
     etcd) VERSION_ARGS=(--version)
@@ -114,6 +162,8 @@ for name in "${want[@]}"; do
       build helm "$HELM_VERSION" "^$HELM_VERSION" go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" ;;
     buildkite-agent) VERSION_ARGS=(--version)
       build buildkite-agent "$BUILDKITE_AGENT_VERSION" "version ${BUILDKITE_AGENT_VERSION#v}" go_build_agent ;;
-    *) die "unknown component '$name' (known: etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kwok helm buildkite-agent)" ;;
+    agent-stack-k8s) VERSION_ARGS=(version)
+      build agent-stack-k8s "$AGENT_STACK_K8S_VERSION" "^$AGENT_STACK_K8S_RELEASE\$" go_build_agent_stack_k8s ;;
+    *) die "unknown component '$name' (known: etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kwok helm buildkite-agent agent-stack-k8s)" ;;
   esac
 done

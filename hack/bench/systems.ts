@@ -1,0 +1,120 @@
+import { CoreV1Api, CustomObjectsApi, type KubeConfig } from "@kubernetes/client-node";
+import { spawn } from "node:child_process";
+import { once } from "node:events";
+import { createWriteStream } from "node:fs";
+import { join } from "node:path";
+import type { BuildkiteQueue } from "../../operator/src/api/generated/buildkite-queue.js";
+import type { FakeBuildkite } from "../../test/fake-buildkite/server.js";
+import { repoRoot } from "../../test/support/binaries.js";
+import { httpGet } from "../../test/support/https-probe.js";
+import { freePort } from "../../test/support/ports.js";
+import { startAgentStackK8s } from "./peer-agent-stack-k8s.js";
+
+/** One Buildkite queue of a scenario: its key, shape and how many jobs may run at once. */
+export interface BenchQueue {
+  key: string;
+  shape: BuildkiteQueue["spec"]["instanceShape"];
+  slots: number;
+  vcpu: number;
+}
+
+export interface BenchContext {
+  kc: KubeConfig;
+  kubeconfigPath: string;
+  namespace: string;
+  fake: FakeBuildkite;
+  queues: readonly BenchQueue[];
+  dir: string;
+  /** Whether the pods are annotated for the fast runner (ours) or adopted by it (the peer's). */
+  runnerMode: "fast" | "hold";
+}
+
+/** A running system under test. */
+export interface RunningSystem {
+  /** The system's processes (their memory and CPU are summed). */
+  pids: number[];
+  stop(): Promise<void>;
+  /** Kubernetes API requests the system made, when it counts them. */
+  kubernetesRequests(): Promise<number | undefined>;
+}
+
+export interface SystemUnderTest {
+  name: string;
+  /** Whether the fast runner must adopt pods it cannot annotate. */
+  adoptPods: boolean;
+  start(ctx: BenchContext): Promise<RunningSystem>;
+}
+
+const GROUP = { group: "buildkite.com", version: "v1alpha1" };
+
+async function waitFor(what: string, timeoutMs: number, check: () => Promise<boolean> | boolean): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`benchmark: timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+/** This project's operator, as its own process (so its memory and CPU can be read). */
+export const OURS: SystemUnderTest = {
+  name: "buildkite-operator",
+  adoptPods: false,
+  async start(ctx) {
+    const core = ctx.kc.makeApiClient(CoreV1Api);
+    const custom = ctx.kc.makeApiClient(CustomObjectsApi);
+    await core.createNamespacedSecret({ namespace: ctx.namespace, body: { metadata: { name: "bk-agent-token" }, stringData: { token: ctx.fake.agentToken } } });
+    const port = await freePort();
+    const log = createWriteStream(join(ctx.dir, "operator.log"));
+    const child = spawn("setpriv", ["--pdeathsig", "SIGKILL", "--", process.execPath, join(repoRoot, "dist/operator/src/main.js"),
+      "--leader-elect=false", `--http-port=${port}`, "--log-level=warn", "--workers=8"], {
+      env: { PATH: process.env.PATH ?? "/usr/bin:/bin", KUBECONFIG: ctx.kubeconfigPath }, stdio: ["ignore", "pipe", "pipe"],
+    });
+    child.stdout.pipe(log);
+    child.stderr.pipe(log);
+    const exited = once(child, "exit");
+    await waitFor("the operator's /readyz", 60_000, async () => (await httpGet(`http://127.0.0.1:${port}/readyz`).catch(() => ({ status: 0 }))).status === 200);
+    for (const q of ctx.queues) {
+      await custom.createNamespacedCustomObject({ ...GROUP, plural: "buildkitequeues", namespace: ctx.namespace, body: {
+        apiVersion: "buildkite.com/v1alpha1", kind: "BuildkiteQueue", metadata: { name: q.key },
+        spec: {
+          queue: q.key, endpoint: ctx.fake.agentEndpoint, agentTokenSecretRef: { name: "bk-agent-token", key: "token" },
+          instanceShape: q.shape, maxVCPU: q.slots * q.vcpu, jobTTLSecondsAfterFinished: 3600,
+          podTemplate: { annotations: { "kwok.test/runner": ctx.runnerMode } },
+        },
+      } });
+    }
+    await waitFor("every queue registered with Buildkite", 60_000, async () => {
+      const list = await custom.listNamespacedCustomObject({ ...GROUP, plural: "buildkitequeues", namespace: ctx.namespace }) as { items: BuildkiteQueue[] };
+      return list.items.length === ctx.queues.length && list.items.every((q) => q.status?.conditions?.some((c) => c.type === "Registered" && c.status === "True"));
+    });
+    return {
+      pids: [child.pid ?? 0],
+      async stop() {
+        child.kill("SIGTERM");
+        await exited;
+      },
+      async kubernetesRequests() {
+        const page = (await httpGet(`http://127.0.0.1:${port}/metrics`)).body;
+        return page.split("\n").filter((l) => l.startsWith("buildkite_operator_kubernetes_requests_total{"))
+          .reduce((sum, l) => sum + Number(l.split(" ").at(-1)), 0);
+      },
+    };
+  },
+};
+
+/** Buildkite's agent-stack-k8s: one controller process per queue, as it is deployed. */
+export const AGENT_STACK_K8S: SystemUnderTest = {
+  name: "agent-stack-k8s",
+  adoptPods: true,
+  async start(ctx) {
+    const peers = await Promise.all(ctx.queues.map((q) => startAgentStackK8s({
+      kubeconfigPath: ctx.kubeconfigPath, namespace: ctx.namespace, agentEndpoint: ctx.fake.agentEndpoint, agentToken: ctx.fake.agentToken,
+      queue: q.key, maxInFlight: q.slots, logFile: join(ctx.dir, `agent-stack-k8s-${q.key}.log`),
+    })));
+    return {
+      pids: peers.map((p) => p.pid),
+      async stop() { await Promise.all(peers.map((p) => p.stop())); },
+      kubernetesRequests: () => Promise.resolve(undefined),
+    };
+  },
+};

@@ -1,0 +1,179 @@
+import type { V1Container, V1ContainerStatus, V1EnvVar, V1Pod, V1PodCondition } from "@kubernetes/client-node";
+import { RUNNER_ANNOTATION } from "./pod-runner.js";
+
+/**
+ * The pure half of {@link FastRunner}: which pods it takes, what their agent container asks for, what the agent's
+ * exit code is, and the pod status a kubelet would write. No I/O here; Secrets are read through a callback.
+ */
+
+/** The annotation value that hands a pod to the fast runner (KWOK's stages skip any pod with the key). */
+export const FAST_RUNNER = "fast";
+/** The pod and host IP reported for annotated pods, as pod-runner.ts reports them. */
+const LOCAL_IP = "127.0.0.1";
+
+/**
+ * Whether the runner should take `pod` now. Annotated `fast`: once bound. With `adoptAll`, an unannotated pod too,
+ * once KWOK has made it Running; never one whose restartPolicy is Always (a Deployment's or DaemonSet's pod: a real
+ * kubelet never lets its containers end, so marking it Succeeded would be a lie the controller fights).
+ */
+export function takes(pod: V1Pod, adoptAll: boolean): boolean {
+  const phase = pod.status?.phase;
+  if (pod.spec?.nodeName === undefined || pod.metadata?.deletionTimestamp !== undefined) return false;
+  if (phase === "Succeeded" || phase === "Failed") return false;
+  const runner = pod.metadata?.annotations?.[RUNNER_ANNOTATION];
+  if (runner === FAST_RUNNER) return true;
+  return adoptAll && runner === undefined && phase === "Running" && (pod.spec.restartPolicy ?? "Always") !== "Always";
+}
+
+/** Whether the runner itself must write Running (KWOK skips annotated pods) or only the terminal status. */
+export const ownsStart = (pod: V1Pod): boolean => pod.metadata?.annotations?.[RUNNER_ANNOTATION] === FAST_RUNNER;
+
+/** What the pod's agent would start with, its env resolved as the kubelet resolves it. */
+export interface AgentLaunch {
+  /** The container running `buildkite-agent start`; undefined if the pod has none (no job to take). */
+  readonly container: string | undefined;
+  readonly uuid: string | undefined;
+  readonly token: string | undefined;
+  readonly endpoint: string;
+  readonly tags: string[];
+  readonly name: string;
+  /** `--reflect-exit-status`: the container exits with the job's status rather than 0. */
+  readonly reflect: boolean;
+}
+
+/** Reads one key of a Secret in the pod's namespace; undefined if the Secret or key does not exist. */
+export type SecretReader = (name: string, key: string) => Promise<string | undefined>;
+
+/** Raised when the kubelet could not start the container either (CreateContainerConfigError): retried later. */
+export class PodConfigError extends Error {
+  override name = "PodConfigError";
+}
+
+const WANTED = ["BUILDKITE_AGENT_TOKEN", "BUILDKITE_AGENT_ENDPOINT", "BUILDKITE_AGENT_TAGS", "BUILDKITE_AGENT_ACQUIRE_JOB", "BUILDKITE_AGENT_NAME", "BUILDKITE_AGENT_REFLECT_EXIT_STATUS"];
+
+/**
+ * Finds the agent container, the first with `--acquire-job <uuid>` (this operator's pods) or the env
+ * `BUILDKITE_AGENT_ACQUIRE_JOB` (agent-stack-k8s's), and resolves the env the agent reads.
+ */
+export async function agentLaunch(pod: V1Pod, defaultEndpoint: string, readSecret: SecretReader): Promise<AgentLaunch> {
+  const containers = pod.spec?.containers ?? [];
+  const podName = pod.metadata?.name ?? "";
+  const none: AgentLaunch = { container: undefined, uuid: undefined, token: undefined, endpoint: defaultEndpoint, tags: [], name: podName, reflect: false };
+  const container = containers.find((c) => flag(c.args ?? [], "--acquire-job") !== undefined || c.env?.some((e) => e.name === "BUILDKITE_AGENT_ACQUIRE_JOB"));
+  if (!container) return none;
+  const vars = await resolveEnv(pod, container, readSecret);
+  const args = (container.args ?? []).map((a) => expand(a, vars));
+  const uuid = flag(args, "--acquire-job") ?? vars.get("BUILDKITE_AGENT_ACQUIRE_JOB");
+  const tags = (flag(args, "--tags") ?? vars.get("BUILDKITE_AGENT_TAGS") ?? "").split(",").map((t) => t.trim()).filter((t) => t !== "");
+  return {
+    container: container.name,
+    uuid: uuid === "" ? undefined : uuid,
+    token: flag(args, "--token") ?? vars.get("BUILDKITE_AGENT_TOKEN"),
+    endpoint: flag(args, "--endpoint") ?? vars.get("BUILDKITE_AGENT_ENDPOINT") ?? defaultEndpoint,
+    tags,
+    name: vars.get("BUILDKITE_AGENT_NAME") ?? podName,
+    reflect: args.includes("--reflect-exit-status") || vars.get("BUILDKITE_AGENT_REFLECT_EXIT_STATUS") === "true",
+  };
+}
+
+/** `--name value` or `--name=value`. */
+function flag(args: readonly string[], name: string): string | undefined {
+  const i = args.indexOf(name);
+  if (i >= 0) return args[i + 1];
+  return args.find((a) => a.startsWith(`${name}=`))?.slice(name.length + 1);
+}
+
+/** Kubernetes' `$(VAR)` expansion: variables defined so far are replaced, `$$` escapes, anything else stays. */
+function expand(text: string, vars: ReadonlyMap<string, string>): string {
+  return text.replace(/\$\$|\$\(([^)]*)\)/g, (match, name?: string) => (match === "$$" ? "$" : vars.get(name ?? "") ?? match));
+}
+
+/** The container's env in order; only the agent's variables are resolved, so other Secrets are never read. */
+async function resolveEnv(pod: V1Pod, container: V1Container, readSecret: SecretReader): Promise<Map<string, string>> {
+  const vars = new Map<string, string>();
+  for (const env of container.env ?? []) {
+    if (env.valueFrom === undefined) vars.set(env.name, expand(env.value ?? "", vars));
+    else if (WANTED.includes(env.name)) {
+      const value = await valueFrom(pod, env, readSecret);
+      if (value !== undefined) vars.set(env.name, value);
+    }
+  }
+  return vars;
+}
+
+async function valueFrom(pod: V1Pod, env: V1EnvVar, readSecret: SecretReader): Promise<string | undefined> {
+  const { fieldRef, secretKeyRef: ref } = env.valueFrom ?? {};
+  if (fieldRef) {
+    const meta = pod.metadata ?? {};
+    const fields: Record<string, string | undefined> = { "metadata.name": meta.name, "metadata.namespace": meta.namespace, "metadata.uid": meta.uid, "spec.nodeName": pod.spec?.nodeName };
+    return fields[fieldRef.fieldPath];
+  }
+  if (!ref) throw new PodConfigError(`env ${env.name}: only value, fieldRef and secretKeyRef are supported`);
+  const value = await readSecret(ref.name ?? "", ref.key);
+  if (value === undefined && ref.optional !== true) throw new PodConfigError(`env ${env.name}: Secret ${ref.name ?? ""} or its key ${ref.key} does not exist`);
+  return value;
+}
+
+/** How the agent's attempt at the job ended, before it is mapped to an exit code. */
+export type AgentOutcome =
+  | { kind: "ran"; jobExit: number }
+  | { kind: "register-refused" }
+  | { kind: "acquire-rejected" }
+  | { kind: "acquire-refused" }
+  | { kind: "locked" }
+  | { kind: "errored" }
+  | { kind: "no-job" };
+
+/**
+ * The agent process's exit code (buildkite-agent 3.138.1, checked against the fake): 27 for a 422 on acquire, 1 for
+ * a refused register (bad token), 0 for other acquire refusals (404 wrong queue or unknown job, 401, 403): the
+ * agent logs them and exits cleanly. 28 for a job still locked when retries run out is the agent's documented
+ * intent (§2.3 step 12), not observed. A job that ran gives 0, or its status with --reflect-exit-status (−1, a
+ * signalled job, becomes 255).
+ */
+export function agentExitCode(outcome: AgentOutcome, reflect: boolean): number {
+  switch (outcome.kind) {
+    case "ran": return reflect ? outcome.jobExit & 0xff : 0;
+    case "register-refused":
+    case "errored": return 1;
+    case "acquire-rejected": return 27;
+    case "locked": return 28;
+    case "acquire-refused":
+    case "no-job": return 0;
+  }
+}
+
+/** Strategic-merge status patch (by uid: a replacement pod of the same name is never written) for Running. */
+export function runningPatch(pod: V1Pod, startedAt: Date): object {
+  const containerStatuses: V1ContainerStatus[] = (pod.spec?.containers ?? []).map((c) => ({
+    name: c.name, image: c.image ?? "", imageID: "", ready: true, started: true, restartCount: 0, state: { running: { startedAt } },
+  }));
+  const conditions = ["PodReadyToStartContainers", "PodScheduled", "Initialized", "ContainersReady", "Ready"].map((type) => condition(pod, type, "True"));
+  return {
+    metadata: { uid: pod.metadata?.uid },
+    status: { phase: "Running", hostIP: LOCAL_IP, hostIPs: [{ ip: LOCAL_IP }], podIP: LOCAL_IP, podIPs: [{ ip: LOCAL_IP }], startTime: startedAt, conditions, containerStatuses },
+  };
+}
+
+/**
+ * The terminal status patch. The agent container exits with `agentExit`; the pod's other containers (agent-stack-k8s's
+ * command containers) with the job's own status if it ran, else with the agent's. Phase as the kubelet derives it
+ * for restartPolicy Never: Succeeded only if every container exited 0.
+ */
+export function terminatedPatch(pod: V1Pod, agentContainer: string | undefined, agentExit: number, jobExit: number | undefined, startedAt: Date, finishedAt: Date): object {
+  const containerStatuses: V1ContainerStatus[] = (pod.spec?.containers ?? []).map((c) => {
+    const exitCode = c.name === agentContainer || jobExit === undefined ? agentExit : jobExit & 0xff;
+    const terminated = { exitCode, reason: exitCode === 0 ? "Completed" : "Error", startedAt, finishedAt };
+    return { name: c.name, image: c.image ?? "", imageID: "", ready: false, started: false, restartCount: 0, state: { terminated } };
+  });
+  const phase = containerStatuses.every((s) => s.state?.terminated?.exitCode === 0) ? "Succeeded" : "Failed";
+  const conditions = ["ContainersReady", "Ready"].map((type) => condition(pod, type, "False", "PodCompleted"));
+  return { metadata: { uid: pod.metadata?.uid }, status: { phase, conditions, containerStatuses } };
+}
+
+/** A condition that keeps its lastTransitionTime while its status stays. */
+function condition(pod: V1Pod, type: string, status: "True" | "False", reason?: string): V1PodCondition {
+  const prev = pod.status?.conditions?.find((c) => c.type === type);
+  const lastTransitionTime = prev?.status === status ? prev.lastTransitionTime ?? new Date() : new Date();
+  return { type, status, lastTransitionTime, ...(reason === undefined ? {} : { reason }) };
+}

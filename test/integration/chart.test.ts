@@ -1,0 +1,236 @@
+import { ApiextensionsV1Api, AppsV1Api, CoordinationV1Api, NetworkingV1Api, type KubeConfig, type V1PolicyRule, type V1PodSpec } from "@kubernetes/client-node";
+import { expect } from "chai";
+import { join } from "node:path";
+import { parseAllDocuments } from "yaml";
+import { serviceAccountName } from "../../operator/src/api/names.js";
+import { FakeBuildkite } from "../fake-buildkite/server.js";
+import {
+  CHART_DIR, rbacDenialsIn, helm, HelmError, pinnedKubernetesVersion, releaseObjects, startOperatorAs, writeServiceAccountKubeconfig,
+} from "../support/chart.js";
+import { eventually } from "../support/eventually.js";
+import { testCluster, testNamespace } from "../support/global-cluster.js";
+import { httpGet } from "../support/https-probe.js";
+import type { ManagedProcess } from "../support/managed-process.js";
+import { TestObjects } from "../support/objects.js";
+import { freePort } from "../support/ports.js";
+
+const RESTRICTED = { "pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/enforce-version": "latest" };
+const CRDS = ["buildkitequeues.buildkite.com", "buildkitejobs.buildkite.com"];
+
+/** The ClusterRole the operator needs, verb for verb (issue 7): a verb added or dropped must be a deliberate change. */
+const CLUSTER_RULES: V1PolicyRule[] = [
+  { apiGroups: ["buildkite.com"], resources: ["buildkitequeues"], verbs: ["get", "list", "watch"] },
+  { apiGroups: ["buildkite.com"], resources: ["buildkitequeues/status"], verbs: ["patch"] },
+  { apiGroups: ["buildkite.com"], resources: ["buildkitejobs"], verbs: ["get", "list", "watch", "create", "patch", "delete"] },
+  { apiGroups: ["buildkite.com"], resources: ["buildkitejobs/status"], verbs: ["patch"] },
+  { apiGroups: [""], resources: ["pods"], verbs: ["get", "list", "watch", "create", "delete"] },
+  { apiGroups: [""], resources: ["secrets"], verbs: ["get", "create", "delete"] },
+  { apiGroups: [""], resources: ["serviceaccounts"], verbs: ["get", "list", "watch", "create", "patch"] },
+  { apiGroups: [""], resources: ["serviceaccounts/token"], verbs: ["create"] },
+  { apiGroups: [""], resources: ["persistentvolumeclaims"], verbs: ["get", "list", "watch", "create", "patch", "delete"] },
+  { apiGroups: ["networking.k8s.io"], resources: ["networkpolicies"], verbs: ["get", "list", "watch", "create", "patch"] },
+  { apiGroups: [""], resources: ["events"], verbs: ["create", "patch"] },
+  { apiGroups: [""], resources: ["namespaces"], resourceNames: ["kube-system"], verbs: ["get"] },
+];
+
+interface Manifest {
+  kind: string;
+  metadata: { name: string };
+  [key: string]: unknown;
+}
+
+async function render(...args: string[]): Promise<Manifest[]> {
+  const out = await helm(["template", "bk", CHART_DIR, "--namespace", "buildkite", "--kube-version", pinnedKubernetesVersion(), ...args]);
+  return parseAllDocuments(out).map((d) => d.toJS() as Manifest | null).filter((m): m is Manifest => m !== null);
+}
+
+const byKind = (manifests: Manifest[], kind: string): Manifest[] => manifests.filter((m) => m.kind === kind);
+
+/** What helm says when the values are refused (empty if they were accepted). */
+async function refusal(...set: string[]): Promise<string> {
+  try {
+    await render(...set);
+    return "";
+  } catch (err) {
+    if (err instanceof HelmError) return err.output;
+    throw err;
+  }
+}
+
+describe("Helm chart: lint, template and values schema", function () {
+  this.timeout(60_000);
+
+  it("passes helm lint --strict, with the optional monitors on and off", async () => {
+    await helm(["lint", "--strict", CHART_DIR]);
+    await helm(["lint", "--strict", CHART_DIR, "--set", "metrics.podMonitor.enabled=true", "--set", "metrics.serviceMonitor.enabled=true"]);
+  });
+
+  it("renders a Pod Security restricted Deployment with probes, resources and the operator's flags", async () => {
+    const [deployment] = byKind(await render(), "Deployment");
+    const spec = (deployment as unknown as { spec: { replicas: number; template: { spec: V1PodSpec } } }).spec;
+    expect(spec.replicas).to.equal(2);
+    const pod = spec.template.spec;
+    expect(pod.securityContext).to.deep.include({ runAsNonRoot: true, seccompProfile: { type: "RuntimeDefault" } });
+    const [c] = pod.containers;
+    expect(c?.securityContext).to.deep.equal({
+      allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, runAsNonRoot: true, capabilities: { drop: ["ALL"] }, seccompProfile: { type: "RuntimeDefault" },
+    });
+    expect(c?.livenessProbe?.httpGet).to.deep.equal({ path: "/healthz", port: "http" });
+    expect(c?.readinessProbe?.httpGet).to.deep.equal({ path: "/readyz", port: "http" });
+    expect(c?.ports).to.deep.equal([{ name: "http", containerPort: 8080, protocol: "TCP" }]);
+    expect(c?.resources).to.deep.equal({ requests: { cpu: "100m", memory: "128Mi" }, limits: { cpu: "1", memory: "512Mi" } });
+    expect(c?.env?.[0]).to.deep.equal({ name: "POD_NAMESPACE", valueFrom: { fieldRef: { fieldPath: "metadata.namespace" } } });
+    expect(c?.args).to.include.members(["--http-port=8080", "--leader-elect=true", "--lease-namespace=buildkite", "--lease-name=buildkite-operator", "--log-level=info"]);
+  });
+
+  it("renders least-privilege RBAC: exactly the operator's verbs cluster-wide, and the leader Lease in its namespace", async () => {
+    const manifests = await render();
+    const [clusterRole] = byKind(manifests, "ClusterRole");
+    expect(clusterRole?.rules).to.deep.equal(CLUSTER_RULES);
+    const [role] = byKind(manifests, "Role");
+    expect(role?.rules).to.deep.equal([
+      { apiGroups: ["coordination.k8s.io"], resources: ["leases"], verbs: ["create"] },
+      { apiGroups: ["coordination.k8s.io"], resources: ["leases"], resourceNames: ["buildkite-operator"], verbs: ["get", "update"] },
+    ]);
+    expect(byKind(manifests, "ClusterRoleBinding")).to.have.length(1);
+    expect(byKind(manifests, "RoleBinding")).to.have.length(1);
+  });
+
+  it("renders the metrics Service and the Grafana dashboard; PodMonitor and ServiceMonitor only when turned on", async () => {
+    const defaults = await render();
+    expect(byKind(defaults, "Service").map((m) => m.metadata.name)).to.deep.equal(["bk-buildkite-operator"]);
+    const [dashboard] = byKind(defaults, "ConfigMap");
+    expect((dashboard?.metadata as { labels?: Record<string, string> }).labels).to.include({ grafana_dashboard: "1" });
+    const json = JSON.parse((dashboard?.data as Record<string, string>)["buildkite-operator.json"] ?? "{}") as { panels: { title: string }[] };
+    expect(json.panels.map((p) => p.title)).to.include.members(["Jobs dispatched", "Jobs completed by result", "Queue wait", "Dispatch latency",
+      "Slots used / total", "Requests by endpoint and status", "Reconcile errors", "Work-queue depth", "Informer restarts", "Leader"]);
+    expect(byKind(defaults, "PodMonitor").length + byKind(defaults, "ServiceMonitor").length).to.equal(0);
+    const monitored = await render("--set", "metrics.podMonitor.enabled=true", "--set", "metrics.serviceMonitor.enabled=true");
+    expect(byKind(monitored, "PodMonitor")).to.have.length(1);
+    expect(byKind(monitored, "ServiceMonitor")).to.have.length(1);
+  });
+
+  it("ships the CRDs of crds/ in the chart's crds/ (installed by Helm, never deleted by it)", async () => {
+    const out = await helm(["show", "crds", CHART_DIR]);
+    const names = parseAllDocuments(out).map((d) => (d.toJS() as Manifest | null)?.metadata.name).filter(Boolean);
+    expect(names.sort()).to.deep.equal([...CRDS].sort());
+  });
+
+  it("refuses bad values with the schema's message, naming the value", async () => {
+    expect(await refusal("--set", "replicaCount=0")).to.include("at '/replicaCount': minimum: got 0, want 1");
+    expect(await refusal("--set", "logLevel=loud")).to.include("at '/logLevel': value must be one of 'error', 'warn', 'info', 'debug'");
+    expect(await refusal("--set", "resources.limits.memory=lots")).to.include("at '/resources/limits/memory': 'lots' does not match pattern");
+    expect(await refusal("--set-json", "image.repository=42")).to.include("at '/image/repository': got number, want string");
+    expect(await refusal("--set", "replicas=3"), "a misspelt value").to.include("additional properties 'replicas' not allowed");
+    expect(await refusal("--set", "logLevel=debug")).to.equal("");
+  });
+});
+
+describe("Helm chart installed: the operator runs as the chart's ServiceAccount, and uninstall leaves only the CRDs", function () {
+  this.timeout(180_000);
+  const release = "bk-chart";
+  let kc: KubeConfig;
+  let releaseNs: string;
+  let t: TestObjects;
+  let fake: FakeBuildkite;
+  let operator: ManagedProcess | undefined;
+  let logFile: string;
+
+  before(async () => {
+    kc = testCluster().kubeConfig();
+    releaseNs = await testNamespace(kc, "chart", RESTRICTED);
+    t = new TestObjects(kc, await testNamespace(kc, "chart-jobs", RESTRICTED));
+    fake = await FakeBuildkite.start();
+    logFile = join(testCluster().dir, "operator-chart.log");
+  });
+  after(async () => {
+    await operator?.stop();
+    await fake.stop();
+    await helm(["uninstall", release, "--namespace", releaseNs, "--ignore-not-found"], testCluster().kubeconfigPath).catch(() => undefined);
+    await t.core.deleteNamespace({ name: releaseNs });
+    await t.core.deleteNamespace({ name: t.namespace });
+  });
+
+  it("installs the chart; its Deployment's pods pass Pod Security restricted admission", async () => {
+    const installed = await helm(["install", release, CHART_DIR, "--namespace", releaseNs], testCluster().kubeconfigPath);
+    // NOTES.txt tells what to do next: the token Secret, then a queue.
+    expect(installed).to.include(`kubectl -n ${releaseNs} rollout status deployment/bk-chart-buildkite-operator`)
+      .and.include("kubectl create secret generic bk-agent-token").and.include("kind: BuildkiteQueue")
+      .and.include("`helm uninstall` keeps them");
+    const ext = kc.makeApiClient(ApiextensionsV1Api);
+    for (const name of CRDS) await ext.readCustomResourceDefinition({ name });
+    expect(await releaseObjects(kc, release, releaseNs)).to.deep.equal([
+      "ClusterRole/bk-chart-buildkite-operator", "ClusterRoleBinding/bk-chart-buildkite-operator", "ConfigMap/bk-chart-buildkite-operator-dashboard",
+      "Deployment/bk-chart-buildkite-operator", "Role/bk-chart-buildkite-operator", "RoleBinding/bk-chart-buildkite-operator",
+      "Service/bk-chart-buildkite-operator", "ServiceAccount/bk-chart-buildkite-operator",
+    ]);
+    // A pod that breaks "restricted" is refused at creation: the ReplicaSet then reports FailedCreate and has no pods.
+    const apps = kc.makeApiClient(AppsV1Api);
+    await eventually(async () => {
+      const pods = await t.core.listNamespacedPod({ namespace: releaseNs, labelSelector: `app.kubernetes.io/instance=${release}` });
+      const sets = await apps.listNamespacedReplicaSet({ namespace: releaseNs });
+      const failures = sets.items.flatMap((rs) => rs.status?.conditions ?? []).map((c) => c.message);
+      expect(pods.items, `operator pods (ReplicaSet conditions: ${JSON.stringify(failures)})`).to.have.length(2);
+    }, { what: "the Deployment's two pods to be admitted" });
+  });
+
+  it("runs a job to completion with only the chart's RBAC and leader election, without a single RBAC denial", async () => {
+    const sa = { namespace: releaseNs, name: "bk-chart-buildkite-operator" };
+    const kubeconfig = await writeServiceAccountKubeconfig(kc, join(testCluster().dir, "chart-operator.kubeconfig"), sa, testCluster().server, testCluster().pki.caCert);
+    const port = await freePort();
+    operator = startOperatorAs(kubeconfig, logFile, [
+      "--leader-elect=true", `--lease-namespace=${releaseNs}`, "--lease-name=buildkite-operator",
+      `--http-port=${port}`, "--poll-interval-ms=250", "--state-check-interval-ms=500",
+    ]);
+    const failed = (what: string): string => `${what}; RBAC denials in ${logFile}:\n${rbacDenialsIn(logFile).slice(0, 10).join("\n")}`;
+    await eventually(async () => {
+      expect((await httpGet(`http://127.0.0.1:${port}/readyz`)).status, failed("/readyz")).to.equal(200);
+    }, { what: "the operator's /readyz" });
+    const leases = kc.makeApiClient(CoordinationV1Api);
+    await eventually(async () => {
+      const lease = await leases.readNamespacedLease({ name: "buildkite-operator", namespace: releaseNs });
+      expect(lease.spec?.holderIdentity, "the Lease holder").to.be.a("string").and.not.equal("");
+      expect((await httpGet(`http://127.0.0.1:${port}/metrics`)).body).to.match(/^buildkite_operator_leader 1$/m);
+    }, { what: "the operator to take the leader Lease" });
+
+    await t.createTokenSecret("bk-agent-token", fake.agentToken);
+    await t.createQueue("chart", { endpoint: fake.agentEndpoint, instanceShape: "LINUX_AMD64_2X4", maxVCPU: 4 });
+    await eventually(async () => {
+      const q = await t.queue("chart");
+      expect(q?.status?.conditions?.find((c) => c.type === "Ready"), failed(`queue status ${JSON.stringify(q?.status)}`)).to.include({ status: "True" });
+    }, { what: "queue chart Ready" });
+    const networking = kc.makeApiClient(NetworkingV1Api);
+    const queue = await t.queue("chart");
+    if (!queue) throw new Error("queue chart is gone");
+    await t.core.readNamespacedServiceAccount({ name: serviceAccountName(queue), namespace: t.namespace });
+    expect((await networking.listNamespacedNetworkPolicy({ namespace: t.namespace })).items, "the queue's NetworkPolicy").to.have.length(1);
+
+    const name = await t.createJob("chart");
+    await t.jobWhen(name, "Running", (j) => { expect(j.status?.phase, failed(JSON.stringify(j.status))).to.equal("Running"); });
+    await t.exitPod(name, 0);
+    const done = await t.jobWhen(name, "Succeeded", (j) => { expect(j.status?.phase).to.equal("Succeeded"); });
+    expect(done.status).to.include({ exitCode: 0, reason: "Completed" });
+    await eventually(async () => { expect(await t.pod(name), "the job's pod").to.equal(undefined); }, { what: "the finished pod to be deleted" });
+    await eventually(async () => {
+      expect((await t.events(name)).map((e) => e.reason)).to.include("CreatingPod");
+    }, { what: "the operator's Events on the job" });
+
+    // Still the leader it became (a leader that cannot renew exits), and it hands the Lease back on a graceful stop.
+    expect(operator.running, operator.failure("exited before the test stopped it").message).to.equal(true);
+    await operator.stop(20_000);
+    const released = await leases.readNamespacedLease({ name: "buildkite-operator", namespace: releaseNs });
+    expect(released.spec?.holderIdentity, `the Lease after a graceful stop; the operator's last lines:\n${operator.tail()}`).to.equal("");
+    expect(rbacDenialsIn(logFile), "RBAC denials in the operator's log: a verb missing from the chart's roles").to.deep.equal([]);
+  });
+
+  it("uninstalls every object of the release and keeps the CRDs (and so every queue and job)", async () => {
+    await helm(["uninstall", release, "--namespace", releaseNs, "--wait"], testCluster().kubeconfigPath);
+    await eventually(async () => { expect(await releaseObjects(kc, release, releaseNs)).to.deep.equal([]); }, { what: "the release's objects to be gone" });
+    const ext = kc.makeApiClient(ApiextensionsV1Api);
+    for (const name of CRDS) {
+      const crd = await ext.readCustomResourceDefinition({ name });
+      expect(crd.metadata?.deletionTimestamp, `CRD ${name}`).to.equal(undefined);
+    }
+    expect(await t.queue("chart"), "the queue, kept with its CRD").to.not.equal(undefined);
+  });
+});

@@ -11,7 +11,7 @@ import { apiMessage, isConflict, isForbidden, isInvalid, isNotFound } from "../k
 import { deleteCustomObject, keyOf, patchStatus, splitKey } from "../kube/resources.js";
 import type { ReconcileResult } from "../kube/work-queue.js";
 import { isTerminal } from "./phase.js";
-import { planJob, REPORTED, type JobPlan } from "./plan.js";
+import { neverAcquired, planJob, REPORTED, type JobPlan } from "./plan.js";
 import { buildPod } from "./pod-builder.js";
 import { decideSlot, type SlotView } from "./slots.js";
 import { DEFAULT_START_TIMEOUTS, type StartTimeouts } from "./stuck.js";
@@ -156,7 +156,9 @@ export class JobController implements Controller {
     const stack = this.ctx.stacks.stack(`${job.metadata.namespace ?? ""}/${job.spec.queueRef.name}`);
     if (!stack) return "later";
     const where = `BuildkiteJob ${job.metadata.namespace ?? ""}/${job.metadata.name ?? ""}`;
-    const detail = `${status.message ?? "The job could not run."} (${where}, reason ${status.reason ?? "unknown"})`;
+    const detail = neverAcquired(job)
+      ? `The job's pod ended (${status.reason ?? "unknown"}: ${status.message ?? ""}) before its agent acquired the job, so it was not run; check the pod's agent token and logs (${where}).`
+      : `${status.message ?? "The job could not run."} (${where}, reason ${status.reason ?? "unknown"})`;
     try {
       await stack.client.finish(stack.key, job.spec.uuid, detail);
       this.ctx.logger.info("Told Buildkite a job could not run", { namespace: job.metadata.namespace, job: job.metadata.name, reason: status.reason });

@@ -152,9 +152,16 @@ export function planJob(obs: JobObservation, now: Date): JobPlan {
 /** Whether the job is one the stack must still report to Buildkite as unable to run. */
 export function needsReport(job: BuildkiteJob): boolean {
   const status = job.status ?? {};
-  return job.metadata.annotations?.[ANNOTATIONS.stack] !== undefined
-    && NEVER_RAN.has(status.reason ?? "")
+  const annotations = job.metadata.annotations ?? {};
+  return annotations[ANNOTATIONS.stack] !== undefined
+    && (NEVER_RAN.has(status.reason ?? "") || neverAcquired(job))
     && !status.conditions?.some((c) => c.type === REPORTED);
+}
+
+/** A job whose pod ended while Buildkite still had the job waiting: its agent never acquired it. */
+export function neverAcquired(job: BuildkiteJob): boolean {
+  const state = job.metadata.annotations?.[ANNOTATIONS.buildkiteState];
+  return (state === "scheduled" || state === "reserved") && isTerminal(job.status?.phase) && job.status?.phase !== "Canceled";
 }
 
 function takenBack(state: string, what: string): { reason: string; message: string } {

@@ -4,7 +4,7 @@ import type { BuildkiteJob, BuildkiteJobStatus } from "../api/generated/buildkit
 import { ANNOTATIONS } from "../api/keys.js";
 import { jobResourceName } from "../api/names.js";
 import type { JobState, ScheduledJob } from "../buildkite/types.js";
-import { chooseReservations, jobResourceFor, reservationsToExtend, takenBack } from "./dispatch.js";
+import { chooseReservations, jobResourceFor, recentlyEnded, reservationsToExtend, stranded, takenBack } from "./dispatch.js";
 
 let seq = 0;
 const scheduled = (priority: number, at = `2026-03-01T12:00:${String(10 + seq).padStart(2, "0")}Z`): ScheduledJob => {
@@ -110,5 +110,31 @@ describe("jobResourceFor", () => {
       queueRef: { name: queue.metadata.name }, uuid: s.id, priority: 3, scheduledAt: s.scheduled_at,
       agentQueryRules: ["queue=q"], pipelineSlug: "p", buildNumber: 7, stepKey: "build",
     });
+  });
+});
+
+describe("stranded", () => {
+  const uuid = "a0000000-0000-4000-8000-000000000001";
+  it("marks a job whose pod ended while Buildkite still has it waiting (its agent never acquired it)", () => {
+    for (const phase of ["Succeeded", "Failed", "TimedOut"] as const) {
+      expect(stranded([job(uuid, { phase })], new Map([[uuid, "reserved"]])), phase).to.deep.equal([{ name: jobResourceName(uuid), state: "reserved" }]);
+    }
+    expect(stranded([job(uuid, { phase: "Failed" })], new Map([[uuid, "scheduled"]]))).to.have.length(1);
+  });
+
+  it("leaves alone jobs the agent acquired, canceled jobs, running jobs and jobs already marked or reported", () => {
+    expect(stranded([job(uuid, { phase: "Succeeded" })], new Map([[uuid, "finished"]]))).to.deep.equal([]);
+    expect(stranded([job(uuid, { phase: "Canceled" })], new Map([[uuid, "reserved"]]))).to.deep.equal([]);
+    expect(stranded([job(uuid, { phase: "Running" })], new Map([[uuid, "reserved"]]))).to.deep.equal([]);
+    expect(stranded([job(uuid, { phase: "Failed" }, { [ANNOTATIONS.buildkiteState]: "reserved" })], new Map([[uuid, "reserved"]]))).to.deep.equal([]);
+    const reported = job(uuid, { phase: "Failed", conditions: [{ type: "ReportedToBuildkite", status: "True", reason: "Finished", message: "", lastTransitionTime: "" }] });
+    expect(stranded([reported], new Map([[uuid, "reserved"]]))).to.deep.equal([]);
+  });
+
+  it("checks only jobs that ended in the last 15 minutes", () => {
+    const now = Date.parse("2026-03-01T12:00:00Z");
+    const fresh = job(uuid, { phase: "Failed", finishedAt: "2026-03-01T11:50:00Z" });
+    const old = job("a0000000-0000-4000-8000-000000000002", { phase: "Failed", finishedAt: "2026-03-01T11:40:00Z" });
+    expect(recentlyEnded([fresh, old, job("a0000000-0000-4000-8000-000000000003", { phase: "Running" })], now)).to.deep.equal([fresh]);
   });
 });

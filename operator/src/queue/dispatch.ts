@@ -112,3 +112,30 @@ export function jobResourceFor(queue: BuildkiteQueue, job: ScheduledJob, stackKe
     },
   };
 }
+
+/** How long after its end a job is still checked for having been left waiting in Buildkite. */
+export const STRANDED_WINDOW_MS = 15 * 60_000;
+
+/**
+ * Jobs whose pod ended but whose Buildkite job is still `scheduled` or `reserved`: the agent never acquired it (a
+ * token that expired, an agent that exited early). Marked so the job controller tells Buildkite with `finish`, instead
+ * of leaving the job waiting behind a BuildkiteJob that will never run it. Canceled jobs and jobs already reported or
+ * marked are skipped.
+ */
+export function stranded(jobs: readonly BuildkiteJob[], states: ReadonlyMap<string, JobState>): { name: string; state: JobState }[] {
+  return jobs.flatMap((job) => {
+    const state = states.get(job.spec.uuid);
+    if ((state !== "scheduled" && state !== "reserved") || !isTerminal(job.status?.phase) || job.status?.phase === "Canceled") return [];
+    if (job.metadata.annotations?.[ANNOTATIONS.buildkiteState] !== undefined) return [];
+    if (job.status?.conditions?.some((c) => c.type === "ReportedToBuildkite") === true) return [];
+    return [{ name: job.metadata.name ?? "", state }];
+  });
+}
+
+/** Terminal jobs recent enough to check for {@link stranded}. */
+export function recentlyEnded(jobs: readonly BuildkiteJob[], nowMs: number): BuildkiteJob[] {
+  return jobs.filter((j) => isTerminal(j.status?.phase) && j.status?.phase !== "Canceled"
+    && nowMs - (Date.parse(j.status?.finishedAt ?? "") || nowMs) < STRANDED_WINDOW_MS
+    && j.metadata.annotations?.[ANNOTATIONS.buildkiteState] === undefined
+    && j.status?.conditions?.some((c) => c.type === "ReportedToBuildkite") !== true);
+}

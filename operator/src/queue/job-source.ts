@@ -16,7 +16,7 @@ import type { Timer } from "../kube/clock.js";
 import type { ControllerContext } from "../kube/controller.js";
 import { apiMessage, isAlreadyExists, isForbidden, isInvalid, isNotFound } from "../kube/field-manager.js";
 import { annotate, splitKey } from "../kube/resources.js";
-import { chooseReservations, jobResourceFor, reservationsToExtend, takenBack } from "./dispatch.js";
+import { chooseReservations, jobResourceFor, recentlyEnded, reservationsToExtend, stranded, takenBack } from "./dispatch.js";
 import { dispatchError, errorText, registrationError, SourceError, writeTokenSecret } from "./source-support.js";
 
 /** How the job sources talk to Buildkite; one set for the whole operator. */
@@ -312,15 +312,17 @@ export class QueueJobSource {
 
   /** Asks Buildkite for the state of every unfinished job and marks those it took back (canceled, expired, …). */
   private async checkStates(conn: Connection, jobs: readonly BuildkiteJob[]): Promise<void> {
-    const unfinished = jobs.filter((j) => !isTerminal(j.status?.phase) && j.metadata.annotations?.[ANNOTATIONS.stack] === conn.key);
-    if (unfinished.length === 0) return;
-    const states = await conn.client.getStates(conn.key, unfinished.map((j) => j.spec.uuid)).catch((err: unknown) => { throw dispatchError(err, "check job states"); });
+    const ours = jobs.filter((j) => j.metadata.annotations?.[ANNOTATIONS.stack] === conn.key);
+    const unfinished = ours.filter((j) => !isTerminal(j.status?.phase));
+    const ended = recentlyEnded(ours, this.ctx.clock.nowMs());
+    if (unfinished.length === 0 && ended.length === 0) return;
+    const states = await conn.client.getStates(conn.key, [...unfinished, ...ended].map((j) => j.spec.uuid)).catch((err: unknown) => { throw dispatchError(err, "check job states"); });
     this.lastStates = states;
-    for (const mark of takenBack(unfinished, states)) {
+    for (const mark of [...takenBack(unfinished, states), ...stranded(ended, states)]) {
       const namespace = splitKey(this.key).namespace;
       await annotate(this.ctx.clients, BUILDKITE_JOB, namespace, mark.name, { [ANNOTATIONS.buildkiteState]: mark.state })
         .catch((err: unknown) => { if (!isNotFound(err)) throw err; });
-      this.ctx.logger.info("Buildkite took a job back", { namespace, job: mark.name, state: mark.state });
+      this.ctx.logger.info("Marked a job with its Buildkite state", { namespace, job: mark.name, state: mark.state });
     }
   }
 

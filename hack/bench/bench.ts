@@ -53,8 +53,8 @@ function parse(argv: readonly string[]): Options {
 const ms = (n: number): string => (Number.isNaN(n) ? "–" : n < 1000 ? `${Math.round(n)} ms` : `${(n / 1000).toFixed(2)} s`);
 
 function table(results: readonly Result[]): string {
-  const head = "| System | Scenario | Jobs | Wall | Pods/s | sched→created p50 / p95 / p99 | sched→running p50 / p95 / p99 | Max RSS | CPU | Buildkite calls/job | Kubernetes calls/job | Duplicates | Left over |";
-  const rows = results.map((r) => `| ${r.system} | ${r.scenario} | ${r.jobs} | ${r.seconds.toFixed(1)} s | ${r.podsPerSecond.toFixed(1)} | ${r.createdMs.map(ms).join(" / ")} | ${r.runningMs.map(ms).join(" / ")} | ${r.maxRssMb.toFixed(0)} MB | ${r.cpuCores.toFixed(2)} cores | ${r.buildkiteCallsPerJob.toFixed(2)} | ${r.kubernetesCallsPerJob === undefined ? "not counted" : r.kubernetesCallsPerJob.toFixed(1)} | ${r.duplicates} | ${r.leftovers} |`);
+  const head = "| System | Scenario | Jobs | Wall | Pods/s | sched→created p50 / p95 / p99 | sched→running p50 / p95 / p99 | Max RSS (heap used at end) | CPU | Buildkite calls/job | Kubernetes calls/job | Duplicates | Left over |";
+  const rows = results.map((r) => `| ${r.system} | ${r.scenario} | ${r.jobs} | ${r.seconds.toFixed(1)} s | ${r.podsPerSecond.toFixed(1)} | ${r.createdMs.map(ms).join(" / ")} | ${r.runningMs.map(ms).join(" / ")} | ${r.maxRssMb.toFixed(0)} MB${r.heapUsedMb === undefined ? "" : ` (${r.heapUsedMb.toFixed(0)} MB)`} | ${r.cpuCores.toFixed(2)} cores | ${r.buildkiteCallsPerJob.toFixed(2)} | ${r.kubernetesCallsPerJob === undefined ? "not counted" : r.kubernetesCallsPerJob.toFixed(1)} | ${r.duplicates} | ${r.leftovers} |`);
   return [head, "|---|---|---|---|---|---|---|---|---|---|---|---|---|", ...rows].join("\n");
 }
 

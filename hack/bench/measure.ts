@@ -38,9 +38,10 @@ export async function watchPods(kc: KubeConfig, namespace: string, list: () => P
   };
   informer.on("add", seen);
   informer.on("update", seen);
-  informer.on("error", () => { setTimeout(() => { void informer.start(); }, 500); });
+  const state = { stopped: false };
+  informer.on("error", () => { setTimeout(() => { if (!state.stopped) void informer.start(); }, 500); });
   await informer.start();
-  return { times, stop: () => informer.stop() };
+  return { times, stop: async () => { state.stopped = true; await informer.stop(); } };
 }
 
 /** p-th percentile (0–100) of `values` in ms, nearest rank. */

@@ -27,6 +27,7 @@ export interface Result {
   createdMs: [number, number, number];
   runningMs: [number, number, number];
   maxRssMb: number;
+  heapUsedMb: number | undefined;
   cpuCores: number;
   buildkiteCallsPerJob: number;
   kubernetesCallsPerJob: number | undefined;
@@ -62,6 +63,7 @@ export async function runScenario(system: SystemUnderTest, scenario: Scenario, d
   const fake = await FakeBuildkite.start();
   const namespace = "bench";
   let runner: FastRunner | undefined;
+  let pods: Awaited<ReturnType<typeof watchPods>> | undefined;
   let running: Awaited<ReturnType<SystemUnderTest["start"]>> | undefined;
   try {
     await installCrds(kc);
@@ -69,7 +71,8 @@ export async function runScenario(system: SystemUnderTest, scenario: Scenario, d
     await core.createNamespace({ body: { metadata: { name: namespace } } });
     const queues = queuesFor(scenario);
     const ctx: BenchContext = { kc, kubeconfigPath: cluster.kubeconfigPath, namespace, fake, queues, dir, runnerMode: scenario.kind === "inflight" ? "hold" : "fast" };
-    const pods = await watchPods(kc, namespace, () => core.listNamespacedPod({ namespace }));
+    const watched = await watchPods(kc, namespace, () => core.listNamespacedPod({ namespace }));
+    pods = watched;
     if (scenario.kind !== "inflight") {
       runner = await FastRunner.start({ kubeConfig: kc, namespaces: [namespace], fakeEndpoint: fake.agentEndpoint, adoptAll: system.adoptPods, concurrency: 64 });
     }
@@ -80,22 +83,23 @@ export async function runScenario(system: SystemUnderTest, scenario: Scenario, d
     const uuids = await seed(fake, scenario, queues);
     const deadline = started + deadlineMs;
     const target = scenario.kind === "inflight"
-      ? () => pods.times.running.size >= uuids.length
+      ? () => watched.times.running.size >= uuids.length
       : () => uuids.every((u) => fake.job(u).state === "finished");
     while (!target()) {
-      if (Date.now() > deadline) throw new Error(`${system.name}: ${describe(scenario)} did not complete within ${deadlineMs / 1000} s (${pods.times.created.size} pods created, ${uuids.filter((u) => fake.job(u).state === "finished").length} finished)`);
+      if (Date.now() > deadline) throw new Error(`${system.name}: ${describe(scenario)} did not complete within ${deadlineMs / 1000} s (${watched.times.created.size} pods created, ${uuids.filter((u) => fake.job(u).state === "finished").length} finished)`);
       await new Promise((r) => setTimeout(r, 250));
     }
     const seconds = (Date.now() - started) / 1000;
     const usage = sampler.stop();
     const kubeCalls = await running.kubernetesRequests();
-    const createdTimes = uuids.map((u) => pods.times.created.get(u)).filter((t) => t !== undefined);
+    const heapUsedMb = await running.heapUsedMb();
+    const createdTimes = uuids.map((u) => watched.times.created.get(u)).filter((t) => t !== undefined);
     const lags = (times: Map<string, number>): number[] => uuids.flatMap((u) => {
       const at = times.get(u);
       return at === undefined ? [] : [at - Date.parse(fake.job(u).scheduled_at)];
     });
-    const created = lags(pods.times.created);
-    const runningLags = lags(pods.times.running);
+    const created = lags(watched.times.created);
+    const runningLags = lags(watched.times.running);
     const acquires = new Map<string, number>();
     let buildkiteCalls = 0;
     for (const r of fake.requests()) {
@@ -105,21 +109,21 @@ export async function runScenario(system: SystemUnderTest, scenario: Scenario, d
         acquires.set(uuid, (acquires.get(uuid) ?? 0) + 1);
       }
     }
-    const duplicates = [...acquires.values()].filter((n) => n > 1).length + [...pods.times.podsPerJob.values()].filter((s) => s.size > 1).length;
+    const duplicates = [...acquires.values()].filter((n) => n > 1).length + [...watched.times.podsPerJob.values()].filter((s) => s.size > 1).length;
     const leftovers = scenario.kind === "inflight" ? "n/a (held)" : await leftoversAfter(kc, namespace, 30_000);
-    await pods.stop();
     const spread = createdTimes.length > 1 ? (Math.max(...createdTimes) - Math.min(...createdTimes)) / 1000 : seconds;
     return {
       system: system.name, scenario: describe(scenario), jobs: uuids.length, seconds,
       podsPerSecond: createdTimes.length / Math.max(spread, 0.001),
       createdMs: [percentile(created, 50), percentile(created, 95), percentile(created, 99)],
       runningMs: [percentile(runningLags, 50), percentile(runningLags, 95), percentile(runningLags, 99)],
-      maxRssMb: usage.maxRssMb, cpuCores: usage.cpuCores,
+      maxRssMb: usage.maxRssMb, heapUsedMb, cpuCores: usage.cpuCores,
       buildkiteCallsPerJob: buildkiteCalls / uuids.length,
       kubernetesCallsPerJob: kubeCalls === undefined ? undefined : kubeCalls / uuids.length,
       duplicates, leftovers,
     };
   } finally {
+    await pods?.stop().catch(() => undefined);
     await running?.stop().catch(() => undefined);
     await runner?.stop().catch(() => undefined);
     await fake.stop().catch(() => undefined);

@@ -36,6 +36,8 @@ export interface RunningSystem {
   stop(): Promise<void>;
   /** Kubernetes API requests the system made, when it counts them. */
   kubernetesRequests(): Promise<number | undefined>;
+  /** V8 heap in use (MB), when the system reports it. */
+  heapUsedMb(): Promise<number | undefined>;
 }
 
 export interface SystemUnderTest {
@@ -98,6 +100,11 @@ export const OURS: SystemUnderTest = {
         return page.split("\n").filter((l) => l.startsWith("buildkite_operator_kubernetes_requests_total{"))
           .reduce((sum, l) => sum + Number(l.split(" ").at(-1)), 0);
       },
+      async heapUsedMb() {
+        const page = (await httpGet(`http://127.0.0.1:${port}/metrics`)).body;
+        const line = page.split("\n").find((l) => l.startsWith("buildkite_operator_nodejs_heap_size_used_bytes "));
+        return line === undefined ? undefined : Number(line.split(" ").at(-1)) / 2 ** 20;
+      },
     };
   },
 };
@@ -115,6 +122,7 @@ export const AGENT_STACK_K8S: SystemUnderTest = {
       pids: peers.map((p) => p.pid),
       async stop() { await Promise.all(peers.map((p) => p.stop())); },
       kubernetesRequests: () => Promise.resolve(undefined),
+      heapUsedMb: () => Promise.resolve(undefined),
     };
   },
 };

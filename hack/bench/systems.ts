@@ -68,7 +68,7 @@ export const OURS: SystemUnderTest = {
     const port = await freePort();
     const log = createWriteStream(join(ctx.dir, "operator.log"));
     const child = spawn("setpriv", ["--pdeathsig", "SIGKILL", "--", process.execPath, join(repoRoot, "dist/operator/src/main.js"),
-      "--leader-elect=false", `--http-port=${port}`, "--log-level=warn", "--workers=8"], {
+      "--leader-elect=false", `--http-port=${port}`, "--log-level=warn"], {
       env: { PATH: process.env.PATH ?? "/usr/bin:/bin", KUBECONFIG: ctx.kubeconfigPath }, stdio: ["ignore", "pipe", "pipe"],
     });
     child.stdout.pipe(log);

@@ -88,6 +88,7 @@ export class Operator {
       informerRestarts: () => informers.all.map((i) => ({ name: i.name, value: () => i.restarts })),
     });
     countRequests(kc, metrics);
+    reuseConnections(kc);
     const base: ControllerContext = { clients, caches: informers.caches, clock, logger, recorder, metrics, stacks: NO_STACKS };
     // The queue work queue exists before the job sources, which enqueue a queue when its Buildkite conditions change.
     let enqueueQueue: (key: string) => void = () => undefined;
@@ -111,7 +112,7 @@ export class Operator {
       client: kc.makeApiClient(CoordinationV1Api), namespace: le.namespace, name: le.name, identity: le.identity, clock, logger,
       ...(le.leaseDurationMs !== undefined ? { leaseDurationMs: le.leaseDurationMs } : {}),
     }) : undefined;
-    const operator = new Operator(informers, work, options.workers ?? 4, recorder, sources, credentials, elector, metrics, logger);
+    const operator = new Operator(informers, work, options.workers ?? 16, recorder, sources, credentials, elector, metrics, logger);
     informers.listeners.queues.add(() => {
       if (!operator.acting) return;
       sources?.sync();
@@ -233,6 +234,19 @@ function countRequests(kc: KubeConfig, metrics: Metrics): void {
     metrics.kubernetesRequest(context.getHttpMethod());
     await authenticate(context);
   };
+}
+
+/**
+ * client-node 2.x builds a new undici Agent for every request, so every request opens (and TLS-handshakes) a new
+ * connection: most of the operator's CPU, and the API server's, went there under load. One dispatcher per KubeConfig
+ * (one cluster, one user) keeps connections alive. Client certificates are read once; bearer tokens are headers and
+ * still refresh per request.
+ */
+function reuseConnections(kc: KubeConfig): void {
+  const patched = kc as unknown as { createDispatcher(cluster: unknown, options: unknown): unknown };
+  const create = patched.createDispatcher.bind(kc);
+  let shared: unknown;
+  patched.createDispatcher = (cluster, options) => (shared ??= create(cluster, options));
 }
 
 /** The uid of the kube-system namespace: stable for a cluster's life and different in every cluster. */

@@ -18,7 +18,7 @@ describe("parseConfig", () => {
   });
 
   it("reads the Buildkite and timeout settings with their defaults, from flags or the environment", () => {
-    expect(parseConfig([], {})).to.deep.include({ workers: 4, pollIntervalMs: 1000, stateCheckIntervalMs: 5000, reservationExpirySeconds: 900, pendingTimeoutSeconds: 600, startGraceSeconds: 120 });
+    expect(parseConfig([], {})).to.deep.include({ workers: 16, pollIntervalMs: 1000, stateCheckIntervalMs: 5000, reservationExpirySeconds: 900, pendingTimeoutSeconds: 600, startGraceSeconds: 120 });
     const c = parseConfig(["--poll-interval-ms=250", "--cluster-id", "prod-eu"], { BK_OPERATOR_PENDING_TIMEOUT_SECONDS: "30" });
     expect(c).to.deep.include({ pollIntervalMs: 250, clusterId: "prod-eu", pendingTimeoutSeconds: 30 });
   });

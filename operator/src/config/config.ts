@@ -26,7 +26,7 @@ export interface OperatorConfig {
 
 /** Numeric flags: name, field, default, minimum, maximum. */
 const NUMBERS = [
-  ["workers", "workers", 4, 1, 64],
+  ["workers", "workers", 16, 1, 64],
   ["poll-interval-ms", "pollIntervalMs", 1_000, 100, 60_000],
   ["state-check-interval-ms", "stateCheckIntervalMs", 5_000, 100, 300_000],
   ["reservation-expiry-seconds", "reservationExpirySeconds", 900, 1, 3_600],
@@ -81,7 +81,7 @@ export function parseConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Op
     if (!/^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/.test(value)) throw new ConfigError(`--${flag} must be a Kubernetes name (lowercase letters, digits, "-" and "."), got "${value}"`);
   }
   const config: OperatorConfig = {
-    logLevel, workers: 4, pollIntervalMs: 0, stateCheckIntervalMs: 0, reservationExpirySeconds: 0, pendingTimeoutSeconds: 0, startGraceSeconds: 0,
+    logLevel, workers: 16, pollIntervalMs: 0, stateCheckIntervalMs: 0, reservationExpirySeconds: 0, pendingTimeoutSeconds: 0, startGraceSeconds: 0,
     httpPort: 8080, leaderElect: leaderElect === "true", leaseNamespace, leaseName, leaseDurationSeconds: 15, credentialsRecheckSeconds: 300,
   };
   const sts = flags.get("sts-endpoint") ?? env[envName("sts-endpoint")];

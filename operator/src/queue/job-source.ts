@@ -17,7 +17,7 @@ import type { ControllerContext } from "../kube/controller.js";
 import { apiMessage, isAlreadyExists, isForbidden, isInvalid, isNotFound } from "../kube/field-manager.js";
 import { annotate, splitKey } from "../kube/resources.js";
 import { chooseReservations, jobResourceFor, recentlyEnded, reservationsToExtend, stranded, takenBack } from "./dispatch.js";
-import { dispatchError, errorText, registrationError, SourceError, writeTokenSecret } from "./source-support.js";
+import { dispatchError, eachLimited, errorText, registrationError, SourceError, writeTokenSecret } from "./source-support.js";
 
 /** How the job sources talk to Buildkite; one set for the whole operator. */
 export interface JobSourceSettings {
@@ -36,6 +36,8 @@ export interface JobSourceSettings {
   onRequest?: (r: RequestReport) => void;
 }
 
+/** Kubernetes writes in flight at once per queue when a poll takes many jobs. */
+const CREATE_CONCURRENCY = 16;
 /** Asked-for lifetime of job acquisition tokens; Buildkite cuts it short when the reservation ends. */
 const JOB_TOKEN_LIFETIME_SECONDS = 3600;
 /** After Buildkite refuses to issue job tokens, how long before asking again. */
@@ -226,17 +228,19 @@ export class QueueJobSource {
     const taken = decision.take.filter((j) => reserved.has(j.id));
     const reclaimed = jobs.filter((j) => decision.reclaim.includes(j.spec.uuid) && reserved.has(j.spec.uuid));
     const tokens = await this.jobTokens(queue, conn, [...taken.map((j) => j.id), ...reclaimed.map((j) => j.spec.uuid)]);
-    for (const job of taken) {
+    // Every job taken has a free slot, so creating them side by side changes no order that matters; one by one, a
+    // burst of hundreds would wait on as many round trips.
+    await eachLimited(taken, CREATE_CONCURRENCY, async (job) => {
       const token = tokens.get(job.id);
       // Without its token a Required job is not started here; its reservation lapses and Buildkite offers it again.
-      if (token === undefined && queue.spec.jobTokens === "Required") continue;
+      if (token === undefined && queue.spec.jobTokens === "Required") return;
       const created = await this.createJob(queue, conn, jobResourceFor(queue, job, conn.key, token !== undefined ? jobTokenSecretName(job.id) : undefined));
       if (created && token !== undefined) await writeTokenSecret(this.ctx.clients, created, token);
-    }
-    for (const job of reclaimed) {
+    });
+    await eachLimited(reclaimed, CREATE_CONCURRENCY, async (job) => {
       const token = tokens.get(job.spec.uuid);
       if (token !== undefined && job.metadata.annotations?.[ANNOTATIONS.agentTokenSecret] !== undefined) await writeTokenSecret(this.ctx.clients, job, token);
-    }
+    });
   }
 
   /**
@@ -304,10 +308,10 @@ export class QueueJobSource {
     const waiting = ours.filter((j) => reserved.has(j.spec.uuid) && j.metadata.annotations?.[ANNOTATIONS.agentTokenSecret] !== undefined);
     if (waiting.length === 0 || !queue) return;
     const tokens = await this.jobTokens(queue, conn, waiting.map((j) => j.spec.uuid));
-    for (const job of waiting) {
+    await eachLimited(waiting, CREATE_CONCURRENCY, async (job) => {
       const token = tokens.get(job.spec.uuid);
       if (token !== undefined) await writeTokenSecret(this.ctx.clients, job, token);
-    }
+    });
   }
 
   /** Asks Buildkite for the state of every unfinished job and marks those it took back (canceled, expired, …). */

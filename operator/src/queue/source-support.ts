@@ -65,3 +65,15 @@ export function dispatchError(err: unknown, what: string): unknown {
 export function errorText(err: unknown): string {
   return err instanceof BuildkiteApiError || err instanceof SourceError ? err.message : apiMessage(err);
 }
+
+/** Runs `fn` over `items` with at most `limit` calls in flight, started in order; rejects with the first failure. */
+export async function eachLimited<T>(items: readonly T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < items.length) {
+      const item = items[next++] as T;
+      await fn(item);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+}

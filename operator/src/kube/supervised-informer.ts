@@ -159,6 +159,7 @@ export class SupervisedInformer<T extends KubernetesObject> {
     // informer is still the current one.
     const mine = (): boolean => generation === this.generation && this.running;
     const changed = (obj: T): void => {
+      trim(obj);
       // Before its list completes, an informer's adds are the list itself: they are replayed in one go on sync.
       if (!mine() || this.cache !== informer) return;
       this.heard();
@@ -194,7 +195,10 @@ export class SupervisedInformer<T extends KubernetesObject> {
         if (informer.get(old.metadata?.name ?? "", old.metadata?.namespace) === undefined) this.options.onChange(old);
       }
     }
-    for (const obj of informer.list()) this.options.onChange(obj);
+    for (const obj of informer.list()) {
+      trim(obj);
+      this.options.onChange(obj);
+    }
   }
 
   private heard(): void {
@@ -266,3 +270,11 @@ export class SupervisedInformer<T extends KubernetesObject> {
   }
 }
 
+/**
+ * Drops `metadata.managedFields` from a cached object (the object the cache holds, so the cache shrinks): nothing
+ * reads them, and with several field managers they are often the largest part of an object. controller-runtime
+ * trims them the same way.
+ */
+function trim(obj: KubernetesObject): void {
+  if (obj.metadata?.managedFields !== undefined) delete obj.metadata.managedFields;
+}

@@ -110,7 +110,7 @@ describe("BuildkiteJob lifecycle (operator in-process, real control plane)", fun
     const high = await t.createJob("two", 9);
     await t.jobWhen(low, "WaitingForSlot", (j) => { expect(j.status?.reason).to.equal("WaitingForSlot"); });
     const highWaiting = await t.jobWhen(high, "WaitingForSlot", (j) => { expect(j.status?.reason).to.equal("WaitingForSlot"); });
-    expect(highWaiting.status?.message).to.equal("All 2 slots of queue two are in use; this job is number 1 in line (by priority, then age).");
+    expect(highWaiting.status?.message).to.equal("All 2 slots of queue two are in use; waiting jobs start by priority, then age.");
     expect((await t.queue("two"))?.status).to.include({ concurrency: 2 });
 
     await t.exitPod(first, 0);

@@ -29,11 +29,11 @@ describe("planJob", () => {
     expect(plan.status).to.include({ phase: "Pending", shape: "LINUX_AMD64_4X16", slot: 0 });
   });
 
-  it("keeps a job waiting, with its place in line, while every slot of its queue is in use", () => {
+  it("keeps a job waiting, saying why, while every slot of its queue is in use", () => {
     const plan = planJob({ job: jobWith(), queue: readyQueue(), pod: undefined, slot: { waiting: { position: 2, free: 0 } } }, now);
     expect(plan.actions).to.deep.equal([]);
     expect(plan.status).to.include({ phase: "Pending", reason: "WaitingForSlot" });
-    expect(plan.status.message).to.equal("All 4 slots of queue linux are in use; this job is number 2 in line (by priority, then age).");
+    expect(plan.status.message).to.equal("All 4 slots of queue linux are in use; waiting jobs start by priority, then age.");
   });
 
   it("waits with a condition when the queue does not exist, and when it is not ready", () => {

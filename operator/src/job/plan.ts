@@ -139,7 +139,9 @@ export function planJob(obs: JobObservation, now: Date): JobPlan {
 
   const conditions = setCondition(current.conditions, { type: "QueueReady", status: "True", reason: "QueueReady", message: "The queue is ready." }, gen, now);
   if ("waiting" in slot) {
-    const message = `All ${String(concurrency(queue.spec))} slots of queue ${queue.metadata.name ?? ""} are in use; this job is number ${String(slot.waiting.position)} in line (by priority, then age).`;
+    // No place in line in the message: it changes for every waiting job whenever one starts, and rewriting hundreds
+    // of statuses per start loaded the API server more than all the useful work together.
+    const message = `All ${String(concurrency(queue.spec))} slots of queue ${queue.metadata.name ?? ""} are in use; waiting jobs start by priority, then age.`;
     return { status: { ...current, phase: "Pending", shape: queue.spec.instanceShape, reason: "WaitingForSlot", message, conditions }, actions: [], events, requeueAfterMs: QUEUE_WAIT_REQUEUE_MS };
   }
   return {

@@ -70,7 +70,7 @@ export async function runScenario(system: SystemUnderTest, scenario: Scenario, d
     const core = kc.makeApiClient(CoreV1Api);
     await core.createNamespace({ body: { metadata: { name: namespace } } });
     const queues = queuesFor(scenario);
-    const ctx: BenchContext = { kc, kubeconfigPath: cluster.kubeconfigPath, namespace, fake, queues, dir, runnerMode: scenario.kind === "inflight" ? "hold" : "fast" };
+    const ctx: BenchContext = { kc, kubeconfigPath: cluster.kubeconfigPath, namespace, fake, queues, dir, runnerMode: scenario.kind === "inflight" ? "kwok" : "fast" };
     const watched = await watchPods(kc, namespace, () => core.listNamespacedPod({ namespace }));
     pods = watched;
     if (scenario.kind !== "inflight") {

@@ -25,8 +25,8 @@ export interface BenchContext {
   fake: FakeBuildkite;
   queues: readonly BenchQueue[];
   dir: string;
-  /** Whether the pods are annotated for the fast runner (ours) or adopted by it (the peer's). */
-  runnerMode: "fast" | "hold";
+  /** Who runs the pods: the fast runner (to completion), or KWOK alone (Running until the end, for in-flight). */
+  runnerMode: "fast" | "kwok";
 }
 
 /** A running system under test. */
@@ -81,7 +81,7 @@ export const OURS: SystemUnderTest = {
         spec: {
           queue: q.key, endpoint: ctx.fake.agentEndpoint, agentTokenSecretRef: { name: "bk-agent-token", key: "token" },
           instanceShape: q.shape, maxVCPU: q.slots * q.vcpu, jobTTLSecondsAfterFinished: 3600,
-          podTemplate: { annotations: { "kwok.test/runner": ctx.runnerMode } },
+          ...(ctx.runnerMode === "fast" ? { podTemplate: { annotations: { "kwok.test/runner": "fast" } } } : {}),
         },
       } });
     }

@@ -22,6 +22,7 @@ phase "generated files" npm run --silent verify
 phase "unit tests" npm run --silent test:unit
 phase "integration tests" npm run --silent test:integration
 phase "end-to-end tests" npm run --silent test:e2e
+phase "real-node tests" npm run --silent test:real-node
 printf '\n==== summary\n'
 printf '%s\n' "${report[@]}"
 printf '%-24s %4d s\n' "total" $((SECONDS - total))

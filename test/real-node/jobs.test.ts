@@ -104,11 +104,15 @@ describe("Buildkite jobs in real containers on a real node", function () {
     const timedOut = Date.now();
     expect(job.status).to.include({ reason: "DeadlineExceeded", nodeName: s.world.node.name });
     await s.podGone(uuid);
+    // The preStop SIGQUIT makes the agent cancel the job and report it at once, instead of Buildkite waiting for a
+    // lost agent: the job has ended there by the time the pod is gone.
     const record = await eventually(() => {
       const r = s.fake.job(uuid);
       expect(r.state).to.be.oneOf(["finished", "canceled", "timed_out"]);
       return Promise.resolve(r);
-    }, { timeoutMs: 120_000, what: "Buildkite to hear how the job ended" });
+    }, { timeoutMs: 15_000, what: "Buildkite to hear how the job ended" });
+    expect(record.signal_reason, "how the agent ended the job").to.equal("agent_stop");
+    expect(timedOut - running, "TimedOut soon after the 20 s deadline, not after the 60 s grace period").to.be.below(45_000);
     const t = (at: number): string => `${((at - running) / 1000).toFixed(1)} s`;
     process.stderr.write(`      (deadline 20 s: TimedOut ${t(timedOut)} after the job started; Buildkite ${record.state}, exit ${String(record.exit_status)}, after ${t(Date.now())})\n`);
   });

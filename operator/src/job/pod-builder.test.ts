@@ -41,6 +41,7 @@ describe("buildPod", () => {
     const agent = agentOf(buildPod(queueFixture(), job));
     expect(agent.name).to.equal("agent");
     expect([...(agent.command ?? []), ...(agent.args ?? [])]).to.deep.equal(["buildkite-agent", "start", "--acquire-job", job.spec.uuid, "--reflect-exit-status"]);
+    expect(agent.lifecycle?.preStop?.exec?.command, "SIGQUIT before SIGTERM: the agent cancels its job at once").to.deep.equal(["/bin/sh", "-c", "kill -QUIT 1"]);
   });
 
   it("passes endpoint, queue tag and the token from the queue's Secret by reference", () => {

@@ -71,6 +71,10 @@ export function buildPod(queue: BuildkiteQueue, job: BuildkiteJob, slot = 0): V1
     securityContext: { allowPrivilegeEscalation: false, capabilities: { drop: ["ALL"] }, runAsNonRoot: true },
     volumeMounts: mounts,
     workingDir: WORKSPACE_DIR,
+    // The agent takes SIGTERM as "finish the current job first", so a pod stopped for its deadline (or deleted by a
+    // person) would keep running the job until SIGKILL and leave Buildkite to notice a lost agent minutes later.
+    // SIGQUIT is the agent's ungraceful stop: it cancels the job and reports it at once.
+    lifecycle: { preStop: { exec: { command: ["/bin/sh", "-c", "kill -QUIT 1"] } } },
   };
 
   const pod: V1Pod = {

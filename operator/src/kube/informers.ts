@@ -44,10 +44,11 @@ export function createInformers(kc: KubeConfig, clock: Clock, logger: Logger): I
   const networking = kc.makeApiClient(NetworkingV1Api);
   const all: SupervisedInformer<KubernetesObject>[] = [];
 
-  function supervise<T extends KubernetesObject>(name: string, path: string, list: () => Promise<KubernetesListObject<T>>, labelSelector?: string): [SupervisedInformer<T>, Listeners<T>] {
+  function supervise<T extends KubernetesObject>(name: string, path: string, list: () => Promise<KubernetesListObject<T>>, labelSelector?: string,
+    slim?: (obj: T) => void): [SupervisedInformer<T>, Listeners<T>] {
     const listeners = new Listeners<T>();
     const informer = new SupervisedInformer<T>({
-      name, clock, logger, onChange: listeners.emit,
+      name, clock, logger, onChange: listeners.emit, ...(slim ? { slim } : {}),
       factory: () => makeInformer<T>(kc, path, list, labelSelector),
     });
     all.push(informer as unknown as SupervisedInformer<KubernetesObject>);
@@ -59,7 +60,7 @@ export function createInformers(kc: KubeConfig, clock: Clock, logger: Logger): I
 
   const [queues, queueListeners] = supervise<BuildkiteQueue>("buildkitequeues", crdPath(BUILDKITE_QUEUE), listCustom(BUILDKITE_QUEUE));
   const [jobs, jobListeners] = supervise<BuildkiteJob>("buildkitejobs", crdPath(BUILDKITE_JOB), listCustom(BUILDKITE_JOB));
-  const [pods, podListeners] = supervise<V1Pod>("pods", "/api/v1/pods", () => core.listPodForAllNamespaces({ labelSelector: JOB_PODS }), JOB_PODS);
+  const [pods, podListeners] = supervise<V1Pod>("pods", "/api/v1/pods", () => core.listPodForAllNamespaces({ labelSelector: JOB_PODS }), JOB_PODS, slimPod);
   const [serviceAccounts, saListeners] = supervise<V1ServiceAccount>("serviceaccounts", "/api/v1/serviceaccounts",
     () => core.listServiceAccountForAllNamespaces({ labelSelector: OWNED }), OWNED);
   const [networkPolicies, npListeners] = supervise<V1NetworkPolicy>("networkpolicies", "/apis/networking.k8s.io/v1/networkpolicies",
@@ -72,4 +73,28 @@ export function createInformers(kc: KubeConfig, clock: Clock, logger: Logger): I
     listeners: { queues: queueListeners, jobs: jobListeners, pods: podListeners, serviceAccounts: saListeners, networkPolicies: npListeners, claims: claimListeners },
     all,
   };
+}
+
+/**
+ * What the controllers read of a job pod is its identity, owner, node, image and status; its volumes, env and
+ * security settings (the bulk of the object) are the operator's own output and never read back, so the cache drops
+ * them. With thousands of jobs in flight this is most of the operator's memory.
+ */
+export function slimPod(pod: V1Pod): void {
+  const spec = pod.spec;
+  if (!spec) return;
+  delete spec.volumes;
+  delete spec.securityContext;
+  delete spec.tolerations;
+  delete spec.affinity;
+  for (const c of [...spec.containers, ...(spec.initContainers ?? [])]) {
+    delete c.env;
+    delete c.envFrom;
+    delete c.volumeMounts;
+    delete c.securityContext;
+    delete c.lifecycle;
+    delete c.args;
+    delete c.resources;
+  }
+  if (pod.metadata) delete pod.metadata.annotations;
 }

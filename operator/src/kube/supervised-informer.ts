@@ -19,6 +19,8 @@ export interface SupervisedInformerOptions<T extends KubernetesObject> {
   logger: Logger;
   /** Called for adds, updates and deletes alike, and for every object after each (re)list: controllers only enqueue keys. */
   onChange: (obj: T) => void;
+  /** Shrinks a cached object in place (drop fields no reader needs); runs once per object version. */
+  slim?: (obj: T) => void;
   /** First restart delay after an error; doubles per consecutive failure. Default 1 s. */
   baseBackoffMs?: number;
   /** Cap of the restart delay. Default 30 s. */
@@ -160,6 +162,7 @@ export class SupervisedInformer<T extends KubernetesObject> {
     const mine = (): boolean => generation === this.generation && this.running;
     const changed = (obj: T): void => {
       trim(obj);
+      this.options.slim?.(obj);
       // Before its list completes, an informer's adds are the list itself: they are replayed in one go on sync.
       if (!mine() || this.cache !== informer) return;
       this.heard();
@@ -197,6 +200,7 @@ export class SupervisedInformer<T extends KubernetesObject> {
     }
     for (const obj of informer.list()) {
       trim(obj);
+      this.options.slim?.(obj);
       this.options.onChange(obj);
     }
   }

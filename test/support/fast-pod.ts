@@ -1,4 +1,5 @@
 import type { V1Container, V1ContainerStatus, V1EnvVar, V1Pod, V1PodCondition } from "@kubernetes/client-node";
+import { expand } from "./kubelet-env.js";
 import { RUNNER_ANNOTATION } from "./pod-runner.js";
 
 /**
@@ -81,11 +82,6 @@ function flag(args: readonly string[], name: string): string | undefined {
   const i = args.indexOf(name);
   if (i >= 0) return args[i + 1];
   return args.find((a) => a.startsWith(`${name}=`))?.slice(name.length + 1);
-}
-
-/** Kubernetes' `$(VAR)` expansion: variables defined so far are replaced, `$$` escapes, anything else stays. */
-function expand(text: string, vars: ReadonlyMap<string, string>): string {
-  return text.replace(/\$\$|\$\(([^)]*)\)/g, (match, name?: string) => (match === "$$" ? "$" : vars.get(name ?? "") ?? match));
 }
 
 /** The container's env in order; only the agent's variables are resolved, so other Secrets are never read. */

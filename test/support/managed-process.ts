@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from "node:child_process";
-import { createWriteStream, existsSync, type WriteStream } from "node:fs";
+import { createWriteStream, existsSync, readdirSync, readFileSync, type WriteStream } from "node:fs";
 
 const TAIL_LINES = 25;
 
@@ -169,4 +169,22 @@ export class ProcessGroup {
   async stopAll(graceMs?: number): Promise<void> {
     for (const p of [...this.#byName.values()].reverse()) await p.stop(graceMs);
   }
+}
+
+/** Every process below `pid`, from /proc: a SIGKILL must reach the job's commands in their own process groups too. */
+export function descendants(pid: number): number[] {
+  const children = new Map<number, number[]>();
+  for (const entry of readdirSync("/proc").filter((e) => /^\d+$/.test(e))) {
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
+      const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+      children.set(ppid, [...(children.get(ppid) ?? []), Number(entry)]);
+    } catch { /* it exited while we looked */ }
+  }
+  const found: number[] = [];
+  for (let level = [pid]; level.length > 0;) {
+    level = level.flatMap((p) => children.get(p) ?? []);
+    found.push(...level);
+  }
+  return found;
 }

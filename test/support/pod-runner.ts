@@ -1,24 +1,19 @@
-/* eslint-disable max-lines -- one idea, a kubelet stand-in for one container: how the pod is watched, how its
-   container is started and stopped, and how its env and status are derived read best together. If it grows, the pure
-   env and status helpers at the bottom are the piece to split out. */
 import {
-  CoreV1Api, type KubeConfig, type V1Container, type V1ContainerState, type V1ContainerStatus, type V1EnvVar, type V1Pod,
-  type V1PodStatus, type V1Volume,
+  CoreV1Api, type KubeConfig, type V1Container, type V1Pod, type V1PodStatus, type V1Volume,
 } from "@kubernetes/client-node";
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { createWriteStream, existsSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { createWriteStream, existsSync, rmSync } from "node:fs";
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { constants, tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { isConflict, isNotFound } from "../../operator/src/kube/field-manager.js";
 import { hackBinary } from "./binaries.js";
+import { acquiredJob, containerStatus, expand, resolveEnv, runnable, setRunning, setTerminated } from "./kubelet-env.js";
 import { eventually } from "./eventually.js";
-import { onExit } from "./managed-process.js";
+import { descendants, onExit } from "./managed-process.js";
 
 /** Pods annotated `kwok.test/runner: real` are run by {@link PodRunner}; KWOK's stages skip any pod with this key. */
 export const RUNNER_ANNOTATION = "kwok.test/runner";
-/** The pod and host IP the runner reports: the agent runs on this machine. */
-const LOCAL_IP = "127.0.0.1";
 const POLL_MS = 200;
 /** unshare's arguments for a PID namespace that dies with the process started in it (its init). */
 const UNSHARE = ["--pid", "--fork", "--kill-child", "--"];
@@ -378,108 +373,4 @@ interface Launch {
 
 const asError = (err: unknown): Error => (err instanceof Error ? err : new Error(String(err)));
 
-function runnable(pod: V1Pod): boolean {
-  const phase = pod.status?.phase;
-  return pod.spec?.nodeName !== undefined && pod.metadata?.deletionTimestamp === undefined && phase !== "Succeeded" && phase !== "Failed";
-}
-
 const under = (path: string, root: string): boolean => path === root || path.startsWith(root.endsWith("/") ? root : `${root}/`);
-
-function acquiredJob(container: V1Container): string | undefined {
-  const args = container.args ?? [];
-  const i = args.indexOf("--acquire-job");
-  return i >= 0 ? args[i + 1] : args.find((a) => a.startsWith("--acquire-job="))?.slice("--acquire-job=".length);
-}
-
-/** Kubernetes' `$(VAR)` expansion: variables defined so far are replaced, `$$` escapes, anything else stays. */
-function expand(text: string, vars: ReadonlyMap<string, string>): string {
-  return text.replace(/\$\$|\$\(([^)]*)\)/g, (match, name?: string) => (match === "$$" ? "$" : vars.get(name ?? "") ?? match));
-}
-
-/** The container's env as the kubelet resolves it, in order: values (expanded), Secret keys, downward API fields. */
-async function resolveEnv(core: CoreV1Api, pod: V1Pod, container: V1Container): Promise<Map<string, string>> {
-  if (container.envFrom?.length) throw new Error("envFrom is not supported by the pod runner");
-  const vars = new Map<string, string>();
-  for (const env of container.env ?? []) {
-    const value = env.valueFrom ? await valueFrom(core, pod, env) : expand(env.value ?? "", vars);
-    if (value !== undefined) vars.set(env.name, value);
-  }
-  return vars;
-}
-
-async function valueFrom(core: CoreV1Api, pod: V1Pod, env: V1EnvVar): Promise<string | undefined> {
-  const { fieldRef, secretKeyRef: ref } = env.valueFrom ?? {};
-  if (fieldRef) return fieldValue(pod, fieldRef.fieldPath);
-  if (!ref) throw new Error(`env ${env.name}: only value, fieldRef and secretKeyRef are supported by the pod runner`);
-  const secret = `Secret ${pod.metadata?.namespace ?? ""}/${ref.name ?? ""}`;
-  let data: string | undefined;
-  try {
-    data = (await core.readNamespacedSecret({ name: ref.name ?? "", namespace: pod.metadata?.namespace ?? "" })).data?.[ref.key];
-  } catch (err) {
-    if (!isNotFound(err)) throw err;
-  }
-  if (data === undefined && ref.optional !== true) throw new Error(`env ${env.name}: ${secret} or its key ${ref.key} does not exist`);
-  return data === undefined ? undefined : Buffer.from(data, "base64").toString("utf8");
-}
-
-/** The downward API's `fieldRef` paths for env. */
-function fieldValue(pod: V1Pod, path: string): string {
-  const meta = pod.metadata ?? {};
-  const keyed = /^metadata\.(labels|annotations)\['(.+)'\]$/.exec(path);
-  if (keyed) return (keyed[1] === "labels" ? meta.labels : meta.annotations)?.[keyed[2] ?? ""] ?? "";
-  const fields: Record<string, string | undefined> = {
-    "metadata.name": meta.name, "metadata.namespace": meta.namespace, "metadata.uid": meta.uid,
-    "spec.nodeName": pod.spec?.nodeName, "spec.serviceAccountName": pod.spec?.serviceAccountName,
-    "status.podIP": LOCAL_IP, "status.hostIP": LOCAL_IP,
-  };
-  if (!(path in fields)) throw new Error(`fieldRef ${path} is not supported by the pod runner`);
-  return fields[path] ?? "";
-}
-
-function containerStatus(container: V1Container, state: V1ContainerState, ready = false): V1ContainerStatus {
-  return { name: container.name, image: container.image ?? "", imageID: "", ready, started: ready, restartCount: 0, state };
-}
-
-/** Sets the pod's conditions; one keeps its lastTransitionTime while its status stays. */
-function setConditions(status: V1PodStatus, next: [string, "True" | "False", string?][]): void {
-  const byType = new Map((status.conditions ?? []).map((c) => [c.type, c]));
-  for (const [type, value, reason] of next) {
-    const prev = byType.get(type);
-    const lastTransitionTime = prev?.status === value ? prev.lastTransitionTime ?? new Date() : new Date();
-    byType.set(type, { type, status: value, ...(reason === undefined ? {} : { reason }), lastTransitionTime });
-  }
-  status.conditions = [...byType.values()];
-}
-
-function setRunning(status: V1PodStatus, container: V1Container, run: Run): void {
-  Object.assign(status, { phase: "Running", hostIP: LOCAL_IP, hostIPs: [{ ip: LOCAL_IP }], podIP: LOCAL_IP, podIPs: [{ ip: LOCAL_IP }], startTime: run.startedAt });
-  setConditions(status, [["PodReadyToStartContainers", "True"], ["PodScheduled", "True"], ["Initialized", "True"], ["ContainersReady", "True"], ["Ready", "True"]]);
-  status.containerStatuses = [containerStatus(container, { running: { startedAt: run.startedAt } }, true)];
-}
-
-function setTerminated(status: V1PodStatus, container: V1Container, run: Run): void {
-  const exitCode = run.exitCode ?? 128;
-  status.phase = exitCode === 0 && !run.deadlineExceeded ? "Succeeded" : "Failed";
-  if (run.deadlineExceeded) Object.assign(status, { reason: "DeadlineExceeded", message: "Pod was active on the node longer than the specified deadline" });
-  setConditions(status, [["ContainersReady", "False", "PodCompleted"], ["Ready", "False", "PodCompleted"]]);
-  const terminated = { exitCode, reason: run.reason ?? "Error", startedAt: run.startedAt, finishedAt: run.finishedAt ?? new Date() };
-  status.containerStatuses = [containerStatus(container, { terminated })];
-}
-
-/** Every process below `pid`, from /proc: a SIGKILL must reach the job's commands in their own process groups too. */
-function descendants(pid: number): number[] {
-  const children = new Map<number, number[]>();
-  for (const entry of readdirSync("/proc").filter((e) => /^\d+$/.test(e))) {
-    try {
-      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
-      const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
-      children.set(ppid, [...(children.get(ppid) ?? []), Number(entry)]);
-    } catch { /* it exited while we looked */ }
-  }
-  const found: number[] = [];
-  for (let level = [pid]; level.length > 0;) {
-    level = level.flatMap((p) => children.get(p) ?? []);
-    found.push(...level);
-  }
-  return found;
-}

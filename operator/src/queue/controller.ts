@@ -24,6 +24,8 @@ const RECHECK_MS = 300_000;
  */
 export class QueueController implements Controller {
   readonly name = "buildkitequeue";
+  /** The last Secret check per queue. */
+  private readonly secrets = new Map<string, { ref: string; atMs: number; state: QueueObservation["secret"] }>();
 
   constructor(private readonly ctx: ControllerContext) {}
 
@@ -32,6 +34,7 @@ export class QueueController implements Controller {
     const queue = this.ctx.caches.queues.get(name, namespace);
     // Gone: the garbage collector removes its children through their ownerReferences.
     if (!queue) {
+      this.secrets.delete(key);
       this.ctx.metrics.queueDeleted(key);
       return;
     }
@@ -100,7 +103,19 @@ export class QueueController implements Controller {
     }
   }
 
+  /** The Secret's state, read at most every {@link SECRET_RETRY_MS} per queue: queues reconcile on every job change. */
   private async secretState(queue: BuildkiteQueue): Promise<QueueObservation["secret"]> {
+    const ref = queue.spec.agentTokenSecretRef;
+    const key = `${queue.metadata.namespace ?? ""}/${queue.metadata.name ?? ""}`;
+    const seen = this.secrets.get(key);
+    const now = this.ctx.clock.nowMs();
+    if (seen && seen.ref === JSON.stringify(ref) && now - seen.atMs < SECRET_RETRY_MS) return seen.state;
+    const state = await this.readSecretState(queue);
+    this.secrets.set(key, { ref: JSON.stringify(ref), atMs: now, state });
+    return state;
+  }
+
+  private async readSecretState(queue: BuildkiteQueue): Promise<QueueObservation["secret"]> {
     const ref = queue.spec.agentTokenSecretRef;
     try {
       const secret = await this.ctx.clients.core.readNamespacedSecret({ name: ref.name, namespace: queue.metadata.namespace ?? "" });

@@ -17,7 +17,7 @@ import type { ControllerContext } from "../kube/controller.js";
 import { apiMessage, isAlreadyExists, isForbidden, isInvalid, isNotFound } from "../kube/field-manager.js";
 import { annotate, splitKey } from "../kube/resources.js";
 import { chooseReservations, jobResourceFor, recentlyEnded, reservationsToExtend, stranded, takenBack } from "./dispatch.js";
-import { dispatchError, eachLimited, errorText, registrationError, SourceError, writeTokenSecret } from "./source-support.js";
+import { dispatchError, eachLimited, errorText, readAgentToken, registrationError, SourceError, writeTokenSecret } from "./source-support.js";
 
 /** How the job sources talk to Buildkite; one set for the whole operator. */
 export interface JobSourceSettings {
@@ -36,6 +36,8 @@ export interface JobSourceSettings {
   onRequest?: (r: RequestReport) => void;
 }
 
+/** How often a connected source reads its token Secret again, to notice a rotated token. */
+const TOKEN_RECHECK_MS = 30_000;
 /** Kubernetes writes in flight at once per queue when a poll takes many jobs. */
 const CREATE_CONCURRENCY = 16;
 /** Asked-for lifetime of job acquisition tokens; Buildkite cuts it short when the reservation ends. */
@@ -79,6 +81,8 @@ export class QueueJobSource {
   private jobTokensRefusedUntilMs = -Infinity;
   /** When each job was last reserved by this process (for extensions). */
   private readonly lastReservedMs = new Map<string, number>();
+  /** When the token Secret was last read, for which queue settings. */
+  private tokenCheck: { settings: string; atMs: number } | undefined;
   /** Buildkite's states of the unfinished jobs at the last check. */
   private lastStates: ReadonlyMap<string, JobState> = new Map();
   /** BuildkiteJobs created but maybe not in the cache yet, by name, with when: counted as taking a slot. */
@@ -160,7 +164,12 @@ export class QueueJobSource {
 
   /** Reads the token, checks it and registers the stack, unless the token and endpoint are unchanged since. */
   private async connect(queue: BuildkiteQueue): Promise<Connection> {
-    const token = await this.readToken(queue);
+    // The token Secret is read again only now and then (to pick up a rotated token), not on every poll.
+    const settings = JSON.stringify([queue.spec.endpoint, queue.spec.queue, queue.spec.agentTokenSecretRef]);
+    const now = this.ctx.clock.nowMs();
+    if (this.connection && this.tokenCheck?.settings === settings && now - this.tokenCheck.atMs < TOKEN_RECHECK_MS) return this.connection;
+    const token = await readAgentToken(this.ctx.clients, queue);
+    this.tokenCheck = { settings, atMs: now };
     const fingerprint = createHash("sha256").update(JSON.stringify([queue.spec.endpoint, queue.spec.queue, token])).digest("hex");
     if (this.connection?.fingerprint === fingerprint) return this.connection;
     await this.connection?.notifier.stop();
@@ -186,21 +195,6 @@ export class QueueJobSource {
       message: `Registered as Buildkite stack ${key} for queue ${stack.cluster_queue_key} of cluster ${identity.cluster_name ?? identity.cluster_uuid}.`,
     }, queue);
     return this.connection;
-  }
-
-  private async readToken(queue: BuildkiteQueue): Promise<string> {
-    const ref = queue.spec.agentTokenSecretRef;
-    const namespace = queue.metadata.namespace ?? "";
-    try {
-      const secret = await this.ctx.clients.core.readNamespacedSecret({ name: ref.name, namespace });
-      const encoded = secret.data?.[ref.key];
-      const token = encoded !== undefined ? Buffer.from(encoded, "base64").toString("utf8").trim() : "";
-      if (token === "") throw new SourceError("AgentTokenSecretKeyMissing", `Secret ${ref.name} has no key "${ref.key}" holding the agent token.`, "Registered");
-      return token;
-    } catch (err) {
-      if (isNotFound(err)) throw new SourceError("AgentTokenSecretMissing", `Secret ${ref.name} not found in namespace ${namespace}; no jobs are taken from Buildkite until it exists.`, "Registered");
-      throw err;
-    }
   }
 
   /** Lists scheduled jobs and reserves as many as there are free slots, then creates their BuildkiteJobs. */

@@ -4,7 +4,7 @@ import type { BuildkiteQueue } from "../api/generated/buildkite-queue.js";
 import { LABELS, MANAGED_BY } from "../api/keys.js";
 import { jobTokenSecretName } from "../api/names.js";
 import { BuildkiteApiError } from "../buildkite/errors.js";
-import { apiMessage, isAlreadyExists } from "../kube/field-manager.js";
+import { apiMessage, isAlreadyExists, isNotFound } from "../kube/field-manager.js";
 import type { KubeClients } from "../kube/resources.js";
 
 /** The job source's failures in words for the queue's conditions, and the job token Secret it writes. */
@@ -76,4 +76,20 @@ export async function eachLimited<T>(items: readonly T[], limit: number, fn: (it
     }
   };
   await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+}
+
+/** The queue's agent token from its Secret; a missing Secret or key is a SourceError that says what to create. */
+export async function readAgentToken(clients: KubeClients, queue: BuildkiteQueue): Promise<string> {
+  const ref = queue.spec.agentTokenSecretRef;
+  const namespace = queue.metadata.namespace ?? "";
+  try {
+    const secret = await clients.core.readNamespacedSecret({ name: ref.name, namespace });
+    const encoded = secret.data?.[ref.key];
+    const token = encoded !== undefined ? Buffer.from(encoded, "base64").toString("utf8").trim() : "";
+    if (token === "") throw new SourceError("AgentTokenSecretKeyMissing", `Secret ${ref.name} has no key "${ref.key}" holding the agent token.`, "Registered");
+    return token;
+  } catch (err) {
+    if (isNotFound(err)) throw new SourceError("AgentTokenSecretMissing", `Secret ${ref.name} not found in namespace ${namespace}; no jobs are taken from Buildkite until it exists.`, "Registered");
+    throw err;
+  }
 }

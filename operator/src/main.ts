@@ -29,6 +29,7 @@ async function main(): Promise<void> {
   const http = await HttpServer.start({ port: config.httpPort, registry, notReady: () => started.operator ? started.operator.notReady() : "starting: caches are filling", logger });
   const operator = await Operator.start({
     kubeConfig, logger, workers: config.workers, registry,
+    allowedEndpoints: config.allowedEndpoints, clusterDNS: config.clusterDNS, watchNamespaces: config.watchNamespaces,
     buildkite: {
       pollIntervalMs: config.pollIntervalMs, stateCheckIntervalMs: config.stateCheckIntervalMs, reservationExpirySeconds: config.reservationExpirySeconds,
       ...(config.clusterId !== undefined ? { clusterId: config.clusterId } : {}),

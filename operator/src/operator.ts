@@ -19,6 +19,7 @@ import { DEFAULT_JOB_SOURCE_SETTINGS, type JobSourceSettings } from "./queue/job
 import { JobSources } from "./queue/job-sources.js";
 import { NO_STACKS } from "./buildkite/stack-directory.js";
 import { DEFAULT_START_TIMEOUTS, type StartTimeouts } from "./job/stuck.js";
+import { BUILDKITE_AGENT_ENDPOINT, DEFAULT_CLUSTER_DNS, parseDnsPeer, type DnsPeer } from "./config/config.js";
 
 export interface OperatorOptions {
   kubeConfig: KubeConfig;
@@ -41,6 +42,12 @@ export interface OperatorOptions {
   leaderElection?: LeaderElectionSettings;
   /** Where the metrics are registered (default a fresh registry); `/metrics` serves it. */
   registry?: Registry;
+  /** Agent API endpoints a queue may send its token to (default Buildkite's, {@link BUILDKITE_AGENT_ENDPOINT}). */
+  allowedEndpoints?: readonly string[];
+  /** The resolvers job pods may query when their queue names none (default kube-system's kube-dns pods). */
+  clusterDNS?: DnsPeer;
+  /** Namespaces served and watched; empty or absent: every namespace. */
+  watchNamespaces?: readonly string[];
 }
 
 /** Leader election settings; without them every replica acts (fine for one replica, and for tests). */
@@ -100,7 +107,7 @@ export class Operator {
     }, (key) => { enqueueQueue(key); });
     const credentials = new CredentialsPreflight(base, { ...DEFAULT_CREDENTIALS_SETTINGS, ...options.credentials }, (key) => { enqueueQueue(key); });
     const ctx: ControllerContext = { ...base, stacks: sources ?? NO_STACKS, credentials };
-    const queueWork = workQueueFor(new QueueController(ctx), clock, logger, metrics);
+    const queueWork = workQueueFor(new QueueController(ctx, { clusterDNS: options.clusterDNS ?? parseDnsPeer(DEFAULT_CLUSTER_DNS) }), clock, logger, metrics);
     enqueueQueue = (key) => { queueWork.queue.add(key); };
     const jobWork = workQueueFor(new JobController(ctx, { ...DEFAULT_START_TIMEOUTS, ...options.timeouts }), clock, logger, metrics);
     work.push(queueWork, jobWork);

@@ -39,7 +39,7 @@ describe("CRD validation at admission", function () {
     const stored = await custom.getNamespacedCustomObject({ group, version, namespace: ns, plural: "buildkitequeues", name: "minimal" }) as { spec: Record<string, unknown> };
     expect(stored.spec).to.deep.include({
       endpoint: "https://agent.buildkite.com/v3", agentImage: "buildkite/agent:3", maxJobDurationSeconds: 28800, paused: false,
-      jobTTLSecondsAfterFinished: 3600, network: { denyMetadata: true, egress: "Internet" }, agentTokenSecretRef: { name: "bk-agent-token", key: "token" },
+      jobTTLSecondsAfterFinished: 3600, network: { denyMetadata: true, egress: "Internet" }, jobTokens: "Required", agentTokenSecretRef: { name: "bk-agent-token", key: "token" },
     });
   });
 
@@ -50,6 +50,12 @@ describe("CRD validation at admission", function () {
     ["a malformed region", { aws: { roleArn: "arn:aws:iam::123456789012:role/ci", region: "Virginia" } }, /aws.region must be an AWS region such as us-east-1/],
     ["a token lifetime out of range", { aws: { roleArn: "arn:aws:iam::123456789012:role/ci", region: "us-east-1", tokenExpirationSeconds: 60 } }, /aws.tokenExpirationSeconds must be between 600/],
     ["a CIDR that is not one", { network: { extraDeniedCIDRs: ["10.0.0.0/33"] } }, /network.extraDeniedCIDRs: 10.0.0.0\/33 is not a CIDR; write it like 10.0.0.0\/8/],
+    ["a denied range of every IPv4 address", { network: { extraDeniedCIDRs: ["0.0.0.0/0"] } }, /network.extraDeniedCIDRs: 0.0.0.0\/0 denies every address.*use network.egress: Restricted/],
+    ["a denied range of every IPv6 address", { network: { extraDeniedCIDRs: ["::/0"] } }, /network.extraDeniedCIDRs: ::\/0 denies every address.*use network.egress: Restricted/],
+    ["Restricted egress with no way out", { network: { egress: "Restricted" } }, /network.egress Restricted needs a proxy or at least one allowedDestinations entry/],
+    ["a proxy outside Restricted mode", { network: { proxy: { url: "http://proxy:3128", cidr: "192.0.2.9/32" } } }, /network.proxy and network.allowedDestinations apply only with network.egress Restricted/],
+    ["a proxy URL without a port", { network: { egress: "Restricted", proxy: { url: "http://proxy", cidr: "192.0.2.9/32" } } }, /network.proxy.url must be an http\(s\) URL with a port/],
+    ["a DNS resolver with nothing to select", { network: { dns: [{}] } }, /give a cidr, or a podSelector and\/or namespaceSelector/],
     ["a zero job duration", { maxJobDurationSeconds: 0 }, /maxJobDurationSeconds must be between 1 \(one second\) and 604800 \(seven days\)/],
     ["a job duration over 7 days", { maxJobDurationSeconds: 604801 }, /maxJobDurationSeconds must be between 1 \(one second\) and 604800/],
     ["a TTL over 7 days", { jobTTLSecondsAfterFinished: 700000 }, /jobTTLSecondsAfterFinished must be between 0 and 604800/],

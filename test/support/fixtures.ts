@@ -16,7 +16,7 @@ export function queueFixture(spec: Partial<BuildkiteQueueSpec> = {}, name = "lin
       agentImage: "buildkite/agent:3",
       maxJobDurationSeconds: 28800,
       paused: false,
-      jobTokens: "Preferred",
+      jobTokens: "Required",
       jobTTLSecondsAfterFinished: 3600,
       network: { denyMetadata: true, egress: "Internet" },
       ...spec,

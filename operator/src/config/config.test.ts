@@ -28,4 +28,19 @@ describe("parseConfig", () => {
     expect(() => parseConfig(["--poll-interval-ms=fast"], {})).to.throw(ConfigError, "from 100 to 60000");
     expect(() => parseConfig(["--cluster-id=a b"], {})).to.throw(ConfigError, "--cluster-id must be");
   });
+
+  it("sends tokens only to Buildkite unless told otherwise, allows DNS to kube-dns, and watches every namespace by default", () => {
+    expect(parseConfig([], {})).to.deep.include({
+      allowedEndpoints: ["https://agent.buildkite.com/v3"], watchNamespaces: [],
+      clusterDNS: { namespaceSelector: { "kubernetes.io/metadata.name": "kube-system" }, podSelector: { "k8s-app": "kube-dns" } },
+    });
+    const c = parseConfig(["--allowed-endpoints=https://agent.buildkite.com/v3/, http://bk.internal:8080/v3", "--cluster-dns=dns/app=coredns,tier=node", "--watch-namespaces=ci,ci-arm"], {});
+    expect(c).to.deep.include({
+      allowedEndpoints: ["https://agent.buildkite.com/v3", "http://bk.internal:8080/v3"], watchNamespaces: ["ci", "ci-arm"],
+      clusterDNS: { namespaceSelector: { "kubernetes.io/metadata.name": "dns" }, podSelector: { app: "coredns", tier: "node" } },
+    });
+    expect(() => parseConfig(["--cluster-dns=kube-dns"], {})).to.throw(ConfigError, "--cluster-dns must look like <namespace>/<label>=<value>");
+    expect(() => parseConfig(["--allowed-endpoints=agent.buildkite.com"], {})).to.throw(ConfigError, "--allowed-endpoints must be a comma-separated list of http(s) URLs");
+    expect(() => parseConfig(["--watch-namespaces=CI"], {})).to.throw(ConfigError, "--watch-namespaces must be");
+  });
 });

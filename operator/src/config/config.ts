@@ -22,7 +22,44 @@ export interface OperatorConfig {
   /** STS endpoint for the credentials preflight; default: the regional endpoint of each queue's region. */
   stsEndpoint?: string;
   credentialsRecheckSeconds: number;
+  /** Agent API endpoints a queue's `spec.endpoint` may name: the operator sends agent tokens nowhere else. */
+  allowedEndpoints: string[];
+  /** The resolvers job pods may query when a queue names none (`spec.network.dns`). */
+  clusterDNS: DnsPeer;
+  /** Namespaces whose queues the operator serves (and the only ones it watches); empty: every namespace. */
+  watchNamespaces: string[];
 }
+
+/** Pods that answer DNS, by the labels of their namespace and their own. */
+export interface DnsPeer {
+  namespaceSelector: Record<string, string>;
+  podSelector: Record<string, string>;
+}
+
+/** Buildkite's agent API: the only endpoint agent tokens go to unless the operator is configured otherwise. */
+export const BUILDKITE_AGENT_ENDPOINT = "https://agent.buildkite.com/v3";
+/** The cluster DNS of most distributions: the kube-dns (or CoreDNS, same label) pods of kube-system. */
+export const DEFAULT_CLUSTER_DNS = "kube-system/k8s-app=kube-dns";
+
+/** An endpoint in the one spelling used to compare it with the allowed ones (no trailing slash). */
+export const normalizeEndpoint = (url: string): string => url.trim().replace(/\/+$/, "");
+
+/** Parses `namespace/key=value[,key=value]` (e.g. `kube-system/k8s-app=kube-dns`) into label selectors. */
+export function parseDnsPeer(value: string): DnsPeer {
+  const slash = value.indexOf("/");
+  const namespace = value.slice(0, slash);
+  const labels = value.slice(slash + 1).split(",").map((pair) => pair.split("="));
+  const label = /^([a-z0-9.-]+\/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$/;
+  if (slash <= 0 || !isName(namespace) || labels.some((kv) => kv.length !== 2 || !label.test(kv[0] ?? "") || !/^[-A-Za-z0-9_.]{0,63}$/.test(kv[1] ?? ""))) {
+    throw new ConfigError(`--cluster-dns must look like <namespace>/<label>=<value>[,<label>=<value>], e.g. ${DEFAULT_CLUSTER_DNS}, got "${value}"`);
+  }
+  return {
+    namespaceSelector: { "kubernetes.io/metadata.name": namespace },
+    podSelector: Object.fromEntries(labels.map(([k, v]) => [k ?? "", v ?? ""])),
+  };
+}
+
+const isName = (value: string): boolean => /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/.test(value);
 
 /** Numeric flags: name, field, default, minimum, maximum. */
 const NUMBERS = [
@@ -65,7 +102,8 @@ export function parseConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Op
       i++;
     }
   }
-  const known = new Set(["log-level", "cluster-id", "sts-endpoint", "leader-elect", "lease-namespace", "lease-name", ...NUMBERS.map(([flag]) => flag)]);
+  const known = new Set(["log-level", "cluster-id", "sts-endpoint", "leader-elect", "lease-namespace", "lease-name", "allowed-endpoints", "cluster-dns",
+    "watch-namespaces", ...NUMBERS.map(([flag]) => flag)]);
   for (const name of flags.keys()) {
     if (!known.has(name)) throw new ConfigError(`unknown flag --${name}; known flags: ${[...known].map((k) => `--${k}`).join(", ")}`);
   }
@@ -83,7 +121,17 @@ export function parseConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Op
   const config: OperatorConfig = {
     logLevel, workers: 16, pollIntervalMs: 0, stateCheckIntervalMs: 0, reservationExpirySeconds: 0, pendingTimeoutSeconds: 0, startGraceSeconds: 0,
     httpPort: 8080, leaderElect: leaderElect === "true", leaseNamespace, leaseName, leaseDurationSeconds: 15, credentialsRecheckSeconds: 300,
+    allowedEndpoints: list(flags.get("allowed-endpoints") ?? env[envName("allowed-endpoints")] ?? BUILDKITE_AGENT_ENDPOINT).map(normalizeEndpoint),
+    clusterDNS: parseDnsPeer(flags.get("cluster-dns") ?? env[envName("cluster-dns")] ?? DEFAULT_CLUSTER_DNS),
+    watchNamespaces: list(flags.get("watch-namespaces") ?? env[envName("watch-namespaces")] ?? ""),
   };
+  for (const endpoint of config.allowedEndpoints) {
+    if (!/^https?:\/\/[^\s/]+(\/.*)?$/.test(endpoint)) throw new ConfigError(`--allowed-endpoints must be a comma-separated list of http(s) URLs such as ${BUILDKITE_AGENT_ENDPOINT}, got "${endpoint}"`);
+  }
+  if (config.allowedEndpoints.length === 0) throw new ConfigError(`--allowed-endpoints may not be empty; the default is ${BUILDKITE_AGENT_ENDPOINT}`);
+  for (const ns of config.watchNamespaces) {
+    if (!isName(ns)) throw new ConfigError(`--watch-namespaces must be a comma-separated list of namespace names, got "${ns}"`);
+  }
   const sts = flags.get("sts-endpoint") ?? env[envName("sts-endpoint")];
   if (sts !== undefined) {
     if (!/^https?:\/\/[^\s/]+(\/.*)?$/.test(sts)) throw new ConfigError(`--sts-endpoint must be an http(s) URL such as https://sts.us-east-1.amazonaws.com, got "${sts}"`);
@@ -103,4 +151,9 @@ export function parseConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Op
     config.clusterId = clusterId;
   }
   return config;
+}
+
+/** A comma-separated flag value as a list, blanks dropped. */
+function list(value: string): string[] {
+  return value.split(",").map((v) => v.trim()).filter((v) => v !== "");
 }

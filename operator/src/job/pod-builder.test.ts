@@ -96,8 +96,19 @@ describe("buildPod", () => {
     expect(pod.spec?.serviceAccountName).to.equal("bkq-linux");
   });
 
+  it("names the AWS role session after pipeline, build and job, within STS's 64 characters of [\\w+=,.@-]", () => {
+    const aws = { roleArn: "arn:aws:iam::123456789012:role/ci", region: "eu-west-1", audience: "sts.amazonaws.com", tokenExpirationSeconds: 3600 };
+    const named = { ...job, spec: { ...job.spec, pipelineSlug: "deploy-api", buildNumber: 42 } };
+    expect(envOf(buildPod(queueFixture({ aws }), named)).AWS_ROLE_SESSION_NAME).to.equal(`bk-deploy-api-42-${job.spec.uuid}`);
+    const long = { ...job, spec: { ...job.spec, pipelineSlug: "a-very-long-pipeline-slug/with spaces".repeat(3), buildNumber: 123456 } };
+    const name = String(envOf(buildPod(queueFixture({ aws }), long)).AWS_ROLE_SESSION_NAME);
+    expect(name).to.have.length.at.most(64);
+    expect(name).to.match(/^[\w+=,.@-]{2,64}$/);
+    expect(name.endsWith(`-123456-${job.spec.uuid}`)).to.equal(true);
+  });
+
   it("mounts the cache claims of its slot", () => {
-    const pod = buildPod(queueFixture({ cache: [{ name: "gomod", size: "20Gi", mountPath: "/cache/gomod" }] }), job, 2);
+    const pod = buildPod(queueFixture({ cache: [{ name: "gomod", size: "20Gi", mountPath: "/cache/gomod", scope: "Pipeline" }] }), job, 2);
     expect(pod.spec?.volumes).to.deep.include({ name: "cache-gomod", persistentVolumeClaim: { claimName: "bkq-linux-gomod-2" } });
     expect(agentOf(pod).volumeMounts).to.deep.include({ name: "cache-gomod", mountPath: "/cache/gomod" });
   });

@@ -3,6 +3,7 @@ import { createHash } from "node:crypto";
 import { ANNOTATIONS, LABELS, MANAGED_BY } from "../api/keys.js";
 import { cacheClaimName, serviceAccountName } from "../api/names.js";
 import { shapeResources } from "../api/shapes.js";
+import { proxyEnv } from "../queue/children.js";
 import type { BuildkiteJob } from "../api/generated/buildkite-job.js";
 import type { BuildkiteQueue } from "../api/generated/buildkite-queue.js";
 
@@ -50,6 +51,8 @@ export function buildPod(queue: BuildkiteQueue, job: BuildkiteJob, slot = 0): V1
       { name: "AWS_REGION", value: spec.aws.region },
       { name: "AWS_DEFAULT_REGION", value: spec.aws.region },
       { name: "AWS_STS_REGIONAL_ENDPOINTS", value: "regional" },
+      // CloudTrail names the session: which pipeline, build and job used the role.
+      { name: "AWS_ROLE_SESSION_NAME", value: roleSessionName(job) },
       ...(spec.aws.stsEndpoint !== undefined ? [{ name: "AWS_ENDPOINT_URL_STS", value: spec.aws.stsEndpoint }] : []),
     );
   }
@@ -58,6 +61,7 @@ export function buildPod(queue: BuildkiteQueue, job: BuildkiteJob, slot = 0): V1
     volumes.push({ name: `cache-${cache.name}`, persistentVolumeClaim: { claimName: cacheClaimName(queue, cache.name, slot) } });
     mounts.push({ name: `cache-${cache.name}`, mountPath: cache.mountPath });
   }
+  env.push(...proxyEnv(queue));
   env.push(...(template.env ?? []).map((e) => ({ name: e.name, value: e.value ?? "" })));
 
   const agent: V1Container = {
@@ -118,6 +122,20 @@ export function buildPod(queue: BuildkiteQueue, job: BuildkiteJob, slot = 0): V1
   };
   (pod.metadata ??= {}).annotations = { ...pod.metadata.annotations, [ANNOTATIONS.specHash]: specHash(pod) };
   return pod;
+}
+
+/** STS's limit on a role session name: 2 to 64 characters of `[\w+=,.@-]`. */
+const SESSION_NAME_MAX = 64;
+
+/**
+ * The AWS role session name of a job, `bk-<pipeline>-<build>-<job uuid>`, so CloudTrail shows which pipeline, build and
+ * job used the role. Characters STS refuses become "-"; the pipeline slug is cut first, so the job uuid stays whole.
+ */
+export function roleSessionName(job: BuildkiteJob): string {
+  const clean = (s: string): string => s.replace(/[^\w+=,.@-]/g, "-");
+  const tail = `-${String(job.spec.buildNumber ?? 0)}-${clean(job.spec.uuid)}`;
+  const pipeline = clean(job.spec.pipelineSlug ?? "job").slice(0, Math.max(0, SESSION_NAME_MAX - 3 - tail.length));
+  return `bk-${pipeline}${tail}`.slice(0, SESSION_NAME_MAX);
 }
 
 /** A short, stable hash of a pod's spec and labels, recorded on the pod (as actions-runner-controller does). */

@@ -1,7 +1,11 @@
 import { expect } from "chai";
 import { queueFixture } from "../../../test/support/fixtures.js";
-import { desiredCacheClaims, desiredNetworkPolicy, desiredServiceAccount } from "./children.js";
+import { DEFAULT_CLUSTER_DNS, parseDnsPeer } from "../config/config.js";
+import { desiredCacheClaims, desiredNetworkPolicy, desiredServiceAccount, proxyEnv } from "./children.js";
 import { planQueueStatus } from "./status.js";
+
+const DNS = parseDnsPeer(DEFAULT_CLUSTER_DNS);
+const KUBE_DNS = { namespaceSelector: { matchLabels: { "kubernetes.io/metadata.name": "kube-system" } }, podSelector: { matchLabels: { "k8s-app": "kube-dns" } } };
 
 describe("queue children", () => {
   it("gives the ServiceAccount the IRSA annotation only when aws is set, and never an automounted token", () => {
@@ -12,13 +16,13 @@ describe("queue children", () => {
     expect(sa.metadata?.ownerReferences?.[0]).to.include({ kind: "BuildkiteQueue", controller: true });
   });
 
-  it("denies metadata endpoints and extra CIDRs by family, allows DNS, and denies all ingress", () => {
-    const np = desiredNetworkPolicy(queueFixture({ network: { denyMetadata: true, egress: "Internet", extraDeniedCIDRs: ["10.0.0.0/8", "fd00::/8"] } }));
+  it("denies metadata endpoints and extra CIDRs by family, allows DNS to the cluster DNS only, and denies all ingress", () => {
+    const np = desiredNetworkPolicy(queueFixture({ network: { denyMetadata: true, egress: "Internet", extraDeniedCIDRs: ["10.0.0.0/8", "fd00::/8"] } }), DNS);
     expect(np.spec?.podSelector?.matchLabels).to.deep.equal({ "buildkite.com/queue": "linux", "app.kubernetes.io/component": "job" });
     expect(np.spec?.policyTypes).to.deep.equal(["Ingress", "Egress"]);
     expect(np.spec?.ingress).to.deep.equal([]);
     expect(np.spec?.egress).to.deep.equal([
-      { ports: [{ protocol: "UDP", port: 53 }, { protocol: "TCP", port: 53 }] },
+      { to: [KUBE_DNS], ports: [{ protocol: "UDP", port: 53 }, { protocol: "TCP", port: 53 }] },
       { to: [
         { ipBlock: { cidr: "0.0.0.0/0", except: ["169.254.169.254/32", "169.254.170.2/32", "169.254.170.23/32", "10.0.0.0/8"] } },
         { ipBlock: { cidr: "::/0", except: ["fd00:ec2::254/128", "fd00:ec2::23/128", "fd00::/8"] } },
@@ -26,15 +30,40 @@ describe("queue children", () => {
     ]);
   });
 
-  it("allows metadata when denyMetadata is false, and only DNS in DNSOnly mode", () => {
-    const open = desiredNetworkPolicy(queueFixture({ network: { denyMetadata: false, egress: "Internet" } }));
+  it("allows metadata when denyMetadata is false", () => {
+    const open = desiredNetworkPolicy(queueFixture({ network: { denyMetadata: false, egress: "Internet" } }), DNS);
     expect(open.spec?.egress?.[1]).to.deep.equal({ to: [{ ipBlock: { cidr: "0.0.0.0/0" } }, { ipBlock: { cidr: "::/0" } }] });
-    const dns = desiredNetworkPolicy(queueFixture({ network: { denyMetadata: true, egress: "DNSOnly" } }));
-    expect(dns.spec?.egress).to.have.length(1);
+  });
+
+  it("never lets port 53 reach an address outside the named resolvers (an internal resolver in extraDeniedCIDRs stays denied)", () => {
+    const np = desiredNetworkPolicy(queueFixture({ network: { denyMetadata: true, egress: "Internet", extraDeniedCIDRs: ["10.0.0.5/32"] } }), DNS);
+    for (const rule of np.spec?.egress ?? []) {
+      // Every rule that allows port 53 names where to; no rule allows port 53 to every address.
+      if (rule.ports?.some((p) => p.port === 53)) expect(rule.to).to.deep.equal([KUBE_DNS]);
+      else expect(JSON.stringify(rule.to)).to.contain("10.0.0.5/32");
+    }
+    const own = desiredNetworkPolicy(queueFixture({ network: { denyMetadata: true, egress: "Internet", dns: [{ cidr: "10.96.0.10/32" }] } }), DNS);
+    expect(own.spec?.egress?.[0]?.to).to.deep.equal([{ ipBlock: { cidr: "10.96.0.10/32" } }]);
+  });
+
+  it("in Restricted mode allows DNS, the named destinations and the proxy's port, nothing else, and sets the proxy env", () => {
+    const queue = queueFixture({ network: {
+      denyMetadata: true, egress: "Restricted",
+      allowedDestinations: [{ cidr: "192.0.2.10/32", ports: [{ port: 443, protocol: "TCP" }] }],
+      proxy: { url: "http://egress-proxy.ci.svc:3128", podSelector: { app: "egress-proxy" }, noProxy: [".internal"] },
+    } });
+    expect(desiredNetworkPolicy(queue, DNS).spec?.egress).to.deep.equal([
+      { to: [KUBE_DNS], ports: [{ protocol: "UDP", port: 53 }, { protocol: "TCP", port: 53 }] },
+      { to: [{ ipBlock: { cidr: "192.0.2.10/32" } }], ports: [{ protocol: "TCP", port: 443 }] },
+      { to: [{ podSelector: { matchLabels: { app: "egress-proxy" } } }], ports: [{ protocol: "TCP", port: 3128 }] },
+    ]);
+    const env = Object.fromEntries(proxyEnv(queue).map((e) => [e.name, e.value]));
+    expect(env).to.include({ HTTPS_PROXY: "http://egress-proxy.ci.svc:3128", http_proxy: "http://egress-proxy.ci.svc:3128", NO_PROXY: "localhost,127.0.0.1,::1,192.0.2.10/32,.internal" });
+    expect(proxyEnv(queueFixture())).to.deep.equal([]);
   });
 
   it("makes one cache claim per cache volume and slot", () => {
-    const claims = desiredCacheClaims(queueFixture({ cache: [{ name: "gomod", size: "20Gi", mountPath: "/c", storageClassName: "fast" }] }), 3);
+    const claims = desiredCacheClaims(queueFixture({ cache: [{ name: "gomod", size: "20Gi", mountPath: "/c", storageClassName: "fast", scope: "Pipeline" }] }), 3);
     expect(claims.map((c) => c.metadata?.name)).to.deep.equal(["bkq-linux-gomod-0", "bkq-linux-gomod-1", "bkq-linux-gomod-2"]);
     expect(claims[0]?.spec).to.deep.equal({ accessModes: ["ReadWriteOnce"], resources: { requests: { storage: "20Gi" } }, storageClassName: "fast" });
   });

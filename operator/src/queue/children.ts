@@ -1,7 +1,8 @@
-import type { V1NetworkPolicy, V1NetworkPolicyEgressRule, V1OwnerReference, V1PersistentVolumeClaim, V1ServiceAccount } from "@kubernetes/client-node";
+import type { V1NetworkPolicy, V1NetworkPolicyEgressRule, V1NetworkPolicyPeer, V1OwnerReference, V1PersistentVolumeClaim, V1ServiceAccount } from "@kubernetes/client-node";
 import { ANNOTATIONS, LABELS, MANAGED_BY } from "../api/keys.js";
 import { cacheClaimName, networkPolicyName, serviceAccountName } from "../api/names.js";
 import type { BuildkiteQueue } from "../api/generated/buildkite-queue.js";
+import type { DnsPeer } from "../config/config.js";
 
 /** Cloud metadata endpoints (AWS IMDS v4/v6, ECS task metadata and credentials, EKS Pod Identity) a job never reaches. */
 export const METADATA_CIDRS_V4 = ["169.254.169.254/32", "169.254.170.2/32", "169.254.170.23/32"] as const;
@@ -34,21 +35,52 @@ export function desiredServiceAccount(queue: BuildkiteQueue): V1ServiceAccount {
   };
 }
 
+/** What a NetworkPolicy peer selects: an address range, or pods (by their labels and their namespace's). */
+interface Peer {
+  cidr?: string;
+  namespaceSelector?: Record<string, string>;
+  podSelector?: Record<string, string>;
+}
+
+const toPeer = (p: Peer): V1NetworkPolicyPeer => p.cidr !== undefined
+  ? { ipBlock: { cidr: p.cidr } }
+  : {
+    ...(p.namespaceSelector ? { namespaceSelector: { matchLabels: p.namespaceSelector } } : {}),
+    podSelector: { matchLabels: p.podSelector ?? {} },
+  };
+
+/** The port of an http(s) URL (80 or 443 when it names none). */
+export function urlPort(url: string): number {
+  const parsed = new URL(url);
+  return parsed.port !== "" ? Number(parsed.port) : parsed.protocol === "https:" ? 443 : 80;
+}
+
 /**
- * The NetworkPolicy of a queue's job pods: no ingress at all; egress to DNS, and (mode Internet) to every address
- * except the cloud metadata endpoints (unless `denyMetadata: false`) and `extraDeniedCIDRs`.
+ * The NetworkPolicy of a queue's job pods: no ingress at all; DNS (TCP/UDP 53) only to the cluster's resolvers (the
+ * queue's `network.dns`, else `clusterDNS`), so port 53 is no tunnel to anywhere else; then either (Internet) every
+ * address except the cloud metadata endpoints (unless `denyMetadata: false`) and `extraDeniedCIDRs`, or (Restricted)
+ * only the `allowedDestinations` and the proxy's port.
  */
-export function desiredNetworkPolicy(queue: BuildkiteQueue): V1NetworkPolicy {
+export function desiredNetworkPolicy(queue: BuildkiteQueue, clusterDNS: DnsPeer): V1NetworkPolicy {
   const { network } = queue.spec;
-  const extra = network.extraDeniedCIDRs ?? [];
-  const deniedV4 = [...(network.denyMetadata ? METADATA_CIDRS_V4 : []), ...extra.filter((c) => !c.includes(":"))];
-  const deniedV6 = [...(network.denyMetadata ? METADATA_CIDRS_V6 : []), ...extra.filter((c) => c.includes(":"))];
-  const block = (cidr: string, except: string[]) => ({ ipBlock: { cidr, ...(except.length > 0 ? { except } : {}) } });
+  const resolvers: Peer[] = network.dns ?? [clusterDNS];
   const egress: V1NetworkPolicyEgressRule[] = [
-    // DNS to any resolver (cluster DNS, node-local caches); port 53 only.
-    { ports: [{ protocol: "UDP", port: 53 }, { protocol: "TCP", port: 53 }] },
+    { to: resolvers.map(toPeer), ports: [{ protocol: "UDP", port: 53 }, { protocol: "TCP", port: 53 }] },
   ];
-  if (network.egress === "Internet") egress.push({ to: [block("0.0.0.0/0", deniedV4), block("::/0", deniedV6)] });
+  if (network.egress === "Internet") {
+    const extra = network.extraDeniedCIDRs ?? [];
+    const deniedV4 = [...(network.denyMetadata ? METADATA_CIDRS_V4 : []), ...extra.filter((c) => !c.includes(":"))];
+    const deniedV6 = [...(network.denyMetadata ? METADATA_CIDRS_V6 : []), ...extra.filter((c) => c.includes(":"))];
+    const block = (cidr: string, except: string[]): V1NetworkPolicyPeer => ({ ipBlock: { cidr, ...(except.length > 0 ? { except } : {}) } });
+    egress.push({ to: [block("0.0.0.0/0", deniedV4), block("::/0", deniedV6)] });
+  } else {
+    for (const dest of network.allowedDestinations ?? []) {
+      const ports = (dest.ports ?? []).map((p) => ({ protocol: p.protocol, port: p.port }));
+      egress.push({ to: [{ ipBlock: { cidr: dest.cidr } }], ...(ports.length > 0 ? { ports } : {}) });
+    }
+    const proxy = network.proxy;
+    if (proxy) egress.push({ to: [toPeer(proxy)], ports: [{ protocol: "TCP", port: urlPort(proxy.url) }] });
+  }
   return {
     apiVersion: "networking.k8s.io/v1",
     kind: "NetworkPolicy",
@@ -60,6 +92,22 @@ export function desiredNetworkPolicy(queue: BuildkiteQueue): V1NetworkPolicy {
       egress,
     },
   };
+}
+
+/**
+ * The proxy settings of a Restricted queue's job pods (empty otherwise), in both spellings tools read. Localhost, the
+ * allowed destinations and the queue's `noProxy` bypass the proxy; everything else must go through it.
+ */
+export function proxyEnv(queue: BuildkiteQueue): { name: string; value: string }[] {
+  const { network } = queue.spec;
+  if (network.egress !== "Restricted" || !network.proxy) return [];
+  const noProxy = ["localhost", "127.0.0.1", "::1", ...(network.allowedDestinations ?? []).map((d) => d.cidr), ...(network.proxy.noProxy ?? [])].join(",");
+  const url = network.proxy.url;
+  return [
+    { name: "HTTPS_PROXY", value: url }, { name: "https_proxy", value: url },
+    { name: "HTTP_PROXY", value: url }, { name: "http_proxy", value: url },
+    { name: "NO_PROXY", value: noProxy }, { name: "no_proxy", value: noProxy },
+  ];
 }
 
 /** One ReadWriteOnce claim per cache volume and concurrency slot, so each concurrent job has its own. */

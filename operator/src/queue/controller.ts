@@ -5,6 +5,7 @@ import { findCondition } from "../api/conditions.js";
 import { BUILDKITE_QUEUE, type BuildkiteQueue } from "../api/generated/buildkite-queue.js";
 import { ANNOTATIONS, LABELS } from "../api/keys.js";
 import { concurrency } from "../api/shapes.js";
+import type { DnsPeer } from "../config/config.js";
 import type { Controller, ControllerContext, ReadCache } from "../kube/controller.js";
 import { apiMessage, isForbidden, isInvalid, isNotFound } from "../kube/field-manager.js";
 import { apply, patchStatus, splitKey } from "../kube/resources.js";
@@ -18,6 +19,12 @@ const SECRET_RETRY_MS = 10_000;
 /** A ready queue re-checks its Secret this often, so a deleted token shows up on the queue without a change. */
 const RECHECK_MS = 300_000;
 
+/** Operator-wide settings of the queue controller. */
+export interface QueueSettings {
+  /** The resolvers job pods may query when their queue names none. */
+  clusterDNS: DnsPeer;
+}
+
 /**
  * The BuildkiteQueue controller (Kubernetes side): keeps the queue's ServiceAccount, NetworkPolicy and cache claims
  * as its spec says, checks the agent token Secret, and writes conditions, concurrency and active count to status.
@@ -27,7 +34,7 @@ export class QueueController implements Controller {
   /** The last Secret check per queue. */
   private readonly secrets = new Map<string, { ref: string; atMs: number; state: QueueObservation["secret"] }>();
 
-  constructor(private readonly ctx: ControllerContext) {}
+  constructor(private readonly ctx: ControllerContext, private readonly settings: QueueSettings) {}
 
   async reconcile(key: string): Promise<ReconcileResult> {
     const { namespace, name } = splitKey(key);
@@ -60,7 +67,7 @@ export class QueueController implements Controller {
     const claims = desiredCacheClaims(queue, concurrency(queue.spec));
     const children: [KubernetesObject, ReadCache<KubernetesObject>][] = [
       [desiredServiceAccount(queue), caches.serviceAccounts],
-      [desiredNetworkPolicy(queue), caches.networkPolicies],
+      [desiredNetworkPolicy(queue, this.settings.clusterDNS), caches.networkPolicies],
       ...claims.map((c): [KubernetesObject, ReadCache<KubernetesObject>] => [c, caches.claims]),
     ];
     let refused: QueueObservation["childError"];

@@ -25,6 +25,7 @@ export interface BuildkiteJobSpec {
   agentQueryRules?: string[];
   pipelineSlug?: string;
   buildNumber?: number;
+  branch?: string;
   stepKey?: string;
   label?: string;
 }

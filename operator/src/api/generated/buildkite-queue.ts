@@ -30,15 +30,15 @@ export interface BuildkiteQueueSpec {
   maxJobDurationSeconds: number;
   /** While true no new job is taken from Buildkite; running jobs finish. */
   paused: boolean;
-  /** Whether each job pod gets a job acquisition token valid for its one job instead of the queue's agent token. Preferred falls back to the agent token (with a condition) where Buildkite does not issue job tokens; Required takes no job without one; Disabled always uses the agent token. */
-  jobTokens: "Preferred" | "Required" | "Disabled";
+  /** Which Buildkite token a job pod gets. Required (the default): only a job acquisition token that can acquire its one job; no job is reserved while Buildkite does not issue them. Preferred and Disabled are an explicit opt-in to the queue's cluster agent token in job pods (Preferred where Buildkite refuses job tokens for the whole queue, Disabled always): anyone who reads that token can register agents on every queue of the Buildkite cluster. */
+  jobTokens: "Required" | "Preferred" | "Disabled";
   /** How long a finished BuildkiteJob is kept (for kubectl get bkj); 0 to 7 days. */
   jobTTLSecondsAfterFinished: number;
   /** AWS credentials for the job pods through IRSA (a projected ServiceAccount token). */
   aws?: BuildkiteQueueSpecAws;
   /** Egress rules of the job pods (a NetworkPolicy). All ingress is denied. */
   network: BuildkiteQueueSpecNetwork;
-  /** Volumes that persist across jobs; one PersistentVolumeClaim per concurrency slot. */
+  /** Volumes that persist across jobs; one PersistentVolumeClaim per scope (pipeline or branch) and concurrency slot. */
   cache?: BuildkiteQueueSpecCacheItem[];
   /** A narrow, validated set of additions to every job pod. */
   podTemplate?: BuildkiteQueueSpecPodTemplate;
@@ -70,13 +70,50 @@ export interface BuildkiteQueueSpecAws {
 export interface BuildkiteQueueSpecNetwork {
   /** Deny cloud metadata endpoints (169.254.169.254, 169.254.170.2, 169.254.170.23, fd00:ec2::254, fd00:ec2::23). */
   denyMetadata: boolean;
-  /** Internet allows all egress but the denied ranges; DNSOnly allows only DNS. */
-  egress: "Internet" | "DNSOnly";
-  /** More ranges the jobs may not reach, e.g. 10.0.0.0/8. */
+  /** Internet allows all egress but the metadata endpoints and extraDeniedCIDRs. Restricted allows no general internet: only DNS, the allowedDestinations and the proxy (whose URL job pods get as HTTPS_PROXY and HTTP_PROXY). */
+  egress: "Internet" | "Restricted";
+  /** More ranges the jobs may not reach in Internet mode, e.g. 10.0.0.0/8. */
   extraDeniedCIDRs?: string[];
+  /** Resolvers the jobs may query on port 53 (TCP and UDP), and no others. Default: the operator's --cluster-dns (the kube-dns pods of kube-system). */
+  dns?: BuildkiteQueueSpecNetworkDnsItem[];
+  /** In Restricted mode, the only addresses (and ports) jobs may reach besides DNS and the proxy. */
+  allowedDestinations?: BuildkiteQueueSpecNetworkAllowedDestinationsItem[];
+  /** The HTTP(S) proxy of Restricted mode (e.g. a proxy Service's pods). Job pods get its URL as HTTPS_PROXY and HTTP_PROXY, and may reach it on the URL's port. */
+  proxy?: BuildkiteQueueSpecNetworkProxy;
+}
+
+export interface BuildkiteQueueSpecNetworkDnsItem {
+  cidr?: string;
+  /** Labels of the namespace (e.g. kubernetes.io/metadata.name=kube-system). */
+  namespaceSelector?: Record<string, string>;
+  /** Labels of the pods (in the queue's namespace unless namespaceSelector is set). */
+  podSelector?: Record<string, string>;
+}
+
+export interface BuildkiteQueueSpecNetworkAllowedDestinationsItem {
+  cidr: string;
+  /** Ports allowed at that address; empty allows every port. */
+  ports?: BuildkiteQueueSpecNetworkAllowedDestinationsItemPortsItem[];
+}
+
+export interface BuildkiteQueueSpecNetworkAllowedDestinationsItemPortsItem {
+  port: number;
+  protocol: "TCP" | "UDP";
+}
+
+/** The HTTP(S) proxy of Restricted mode (e.g. a proxy Service's pods). Job pods get its URL as HTTPS_PROXY and HTTP_PROXY, and may reach it on the URL's port. */
+export interface BuildkiteQueueSpecNetworkProxy {
+  url: string;
+  cidr?: string;
+  namespaceSelector?: Record<string, string>;
+  podSelector?: Record<string, string>;
+  /** More hosts or CIDRs that bypass the proxy (NO_PROXY); localhost and the allowedDestinations always do. */
+  noProxy?: string[];
 }
 
 export interface BuildkiteQueueSpecCacheItem {
+  /** Who shares the volume: Pipeline (the jobs of one pipeline) or Branch (of one pipeline and branch). A job never mounts another pipeline's cache. */
+  scope: "Pipeline" | "Branch";
   name: string;
   size: string;
   storageClassName?: string;

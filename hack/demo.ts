@@ -45,13 +45,14 @@ async function main(): Promise<void> {
 
   const fake = await FakeBuildkite.start();
   say(`A fake Buildkite answers at ${fake.url} (the Stacks API and the agent API).`);
-  await core.createNamespacedSecret({ namespace: NAMESPACE, body: { metadata: { name: "bk-agent-token" }, stringData: { token: fake.agentToken } } });
+  await core.createNamespacedSecret({ namespace: NAMESPACE, body: { metadata: { name: "bk-agent-token", labels: { "buildkite.com/agent-token": "true" } }, stringData: { token: fake.agentToken } } });
   // Nothing runs containers on KWOK nodes, so a stand-in kubelet runs each job pod's agent on this machine.
   const runner = await PodRunner.start({ kubeConfig: kc, namespace: NAMESPACE });
 
   const registry = new Registry();
   const logger = createLogger("warn");
-  const operator = await Operator.start({ kubeConfig: kc, logger, registry, buildkite: { pollIntervalMs: 500, stateCheckIntervalMs: 1000 } });
+  const operator = await Operator.start({ kubeConfig: kc, logger, registry, buildkite: { pollIntervalMs: 500, stateCheckIntervalMs: 1000 },
+    allowedEndpoints: [fake.agentEndpoint] });
   const http = await HttpServer.start({ port: 0, host: "127.0.0.1", registry, notReady: () => operator.notReady(), logger });
 
   for (const file of EXAMPLES) {

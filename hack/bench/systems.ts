@@ -64,11 +64,11 @@ export const OURS: SystemUnderTest = {
   async start(ctx) {
     const core = ctx.kc.makeApiClient(CoreV1Api);
     const custom = ctx.kc.makeApiClient(CustomObjectsApi);
-    await core.createNamespacedSecret({ namespace: ctx.namespace, body: { metadata: { name: "bk-agent-token" }, stringData: { token: ctx.fake.agentToken } } });
+    await core.createNamespacedSecret({ namespace: ctx.namespace, body: { metadata: { name: "bk-agent-token", labels: { "buildkite.com/agent-token": "true" } }, stringData: { token: ctx.fake.agentToken } } });
     const port = await freePort();
     const log = createWriteStream(join(ctx.dir, "operator.log"));
     const child = spawn("setpriv", ["--pdeathsig", "SIGKILL", "--", process.execPath, join(repoRoot, "dist/operator/src/main.js"),
-      "--leader-elect=false", `--http-port=${port}`, "--log-level=warn"], {
+      "--leader-elect=false", `--http-port=${port}`, "--log-level=warn", `--allowed-endpoints=${ctx.fake.agentEndpoint}`], {
       env: { PATH: process.env.PATH ?? "/usr/bin:/bin", KUBECONFIG: ctx.kubeconfigPath }, stdio: ["ignore", "pipe", "pipe"],
     });
     child.stdout.pipe(log);

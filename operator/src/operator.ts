@@ -19,7 +19,7 @@ import { DEFAULT_JOB_SOURCE_SETTINGS, type JobSourceSettings } from "./queue/job
 import { JobSources } from "./queue/job-sources.js";
 import { NO_STACKS } from "./buildkite/stack-directory.js";
 import { DEFAULT_START_TIMEOUTS, type StartTimeouts } from "./job/stuck.js";
-import { BUILDKITE_AGENT_ENDPOINT, DEFAULT_CLUSTER_DNS, parseDnsPeer, type DnsPeer } from "./config/config.js";
+import { BUILDKITE_AGENT_ENDPOINT, DEFAULT_CLUSTER_DNS, normalizeEndpoint, parseDnsPeer, type DnsPeer } from "./config/config.js";
 
 export interface OperatorOptions {
   kubeConfig: KubeConfig;
@@ -96,6 +96,7 @@ export class Operator {
     });
     countRequests(kc, metrics);
     reuseConnections(kc);
+    const allowedEndpoints = (options.allowedEndpoints ?? [BUILDKITE_AGENT_ENDPOINT]).map(normalizeEndpoint);
     const base: ControllerContext = { clients, caches: informers.caches, clock, logger, recorder, metrics, stacks: NO_STACKS };
     // The queue work queue exists before the job sources, which enqueue a queue when its Buildkite conditions change.
     let enqueueQueue: (key: string) => void = () => undefined;
@@ -104,10 +105,11 @@ export class Operator {
       clusterId: options.buildkite?.clusterId ?? await clusterUid(clients.core),
       onRequest: (r) => { metrics.apiRequest(r); },
       ...options.buildkite,
+      allowedEndpoints,
     }, (key) => { enqueueQueue(key); });
     const credentials = new CredentialsPreflight(base, { ...DEFAULT_CREDENTIALS_SETTINGS, ...options.credentials }, (key) => { enqueueQueue(key); });
     const ctx: ControllerContext = { ...base, stacks: sources ?? NO_STACKS, credentials };
-    const queueWork = workQueueFor(new QueueController(ctx, { clusterDNS: options.clusterDNS ?? parseDnsPeer(DEFAULT_CLUSTER_DNS) }), clock, logger, metrics);
+    const queueWork = workQueueFor(new QueueController(ctx, { clusterDNS: options.clusterDNS ?? parseDnsPeer(DEFAULT_CLUSTER_DNS), allowedEndpoints }), clock, logger, metrics);
     enqueueQueue = (key) => { queueWork.queue.add(key); };
     const jobWork = workQueueFor(new JobController(ctx, { ...DEFAULT_START_TIMEOUTS, ...options.timeouts }), clock, logger, metrics);
     work.push(queueWork, jobWork);

@@ -74,7 +74,8 @@ describe("The operator's container image: built without a registry, run as the c
       .withNetworkMode("host")
       .withBindMounts([{ source: kubeconfig, target: KUBECONFIG_IN_CONTAINER, mode: "ro" }])
       .withEnvironment({ KUBECONFIG: KUBECONFIG_IN_CONTAINER, POD_NAMESPACE: releaseNs })
-      .withCommand(["--log-level=debug", "--leader-elect=false", `--http-port=${port}`, "--poll-interval-ms=250", "--state-check-interval-ms=500"])
+      .withCommand(["--log-level=debug", "--leader-elect=false", `--http-port=${port}`, "--poll-interval-ms=250", "--state-check-interval-ms=500",
+        `--allowed-endpoints=${fake.agentEndpoint}`])
       .withLogConsumer((stream) => { stream.on("data", (chunk: Buffer | string) => logs.push(...chunk.toString().split("\n").filter(Boolean))); })
       .withWaitStrategy(Wait.forLogMessage(/Serving \/healthz/))
       .withStartupTimeout(60_000)

@@ -16,6 +16,7 @@ describe("Jobs that cannot run are failed and reported to Buildkite in words a p
     const kc = testCluster().kubeConfig();
     s = await BuildkiteScenario.start(kc, "bk-fail");
     operator = await startTestOperator(kc, "buildkite-failures", {
+      allowedEndpoints: [s.fake.agentEndpoint],
       buildkite: { pollIntervalMs: 250, stateCheckIntervalMs: 500 },
       timeouts: { pendingTimeoutSeconds: 4, startGraceSeconds: 1 },
     });

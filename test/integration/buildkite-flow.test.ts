@@ -1,12 +1,14 @@
+import { PatchStrategy, setHeaderOptions } from "@kubernetes/client-node";
 import { expect } from "chai";
 import { jobResourceName, jobTokenSecretName } from "../../operator/src/api/names.js";
 import type { Operator } from "../../operator/src/operator.js";
+import { FakeBuildkite } from "../fake-buildkite/server.js";
 import { BuildkiteScenario, TOKEN_SECRET } from "../support/buildkite-scenario.js";
 import { eventually } from "../support/eventually.js";
 import { testCluster } from "../support/global-cluster.js";
 import { startTestOperator } from "../support/operator.js";
 
-const FAST = { pollIntervalMs: 250, stateCheckIntervalMs: 500 };
+const FAST = { pollIntervalMs: 250, stateCheckIntervalMs: 500, jobTokenProbeMs: 3_000 };
 
 describe("Buildkite jobs flow from the Stacks API through BuildkiteJobs to pods run by the real agent", function () {
   this.timeout(180_000);
@@ -16,7 +18,7 @@ describe("Buildkite jobs flow from the Stacks API through BuildkiteJobs to pods 
   before(async () => {
     const kc = testCluster().kubeConfig();
     s = await BuildkiteScenario.start(kc, "bk-flow");
-    operator = await startTestOperator(kc, "buildkite-flow", { buildkite: FAST });
+    operator = await startTestOperator(kc, "buildkite-flow", { buildkite: FAST, allowedEndpoints: [s.fake.agentEndpoint] });
   });
   after(async () => {
     await operator?.stop();
@@ -50,9 +52,24 @@ describe("Buildkite jobs flow from the Stacks API through BuildkiteJobs to pods 
     expect(timeline.some((d) => d.startsWith("Pod placed on node ")), timeline.join(" | ")).to.equal(true);
   });
 
-  it("falls back to the queue's agent token where Buildkite refuses job tokens, and says so on the queue", async () => {
+  it("reserves nothing while Buildkite refuses job tokens (Required, the default), says so, and runs the job with its own token once they come", async () => {
     s.fake.injectFault({ route: "stacks.job-acquisition-tokens", status: 404, count: 1, body: { message: "Not Found" } });
-    await s.queue("fallback", "real");
+    const uuid = s.fake.seedJob({ queue_key: "required", command: "exit 0" });
+    await s.queue("required", "real");
+    const message = await s.condition("required", "JobTokens", "False", "JobTokensRefused");
+    expect(message).to.include("no job is reserved").and.include("spec.jobTokens: Preferred");
+    // Not reserved: the job stays offered to every stack instead of hiding behind a reservation nobody runs.
+    expect(s.fake.job(uuid).state, "the job's state in Buildkite while job tokens are refused").to.equal("scheduled");
+    expect(s.fake.requests().filter((r) => JSON.stringify(r.body ?? {}).includes(uuid) && r.route?.includes("reserve") === true), "reserve calls for the job").to.deep.equal([]);
+    await s.buildkiteState(uuid, "finished");
+    const job = await s.jobPhase(uuid, "Succeeded");
+    expect(job.metadata.annotations?.["buildkite.com/agent-token-secret"], "the job's own token Secret").to.equal(jobTokenSecretName(uuid));
+    await s.condition("required", "JobTokens", "True", "Issued");
+  });
+
+  it("falls back to the queue's agent token only when the queue opts in (Preferred), and says so on the queue", async () => {
+    s.fake.injectFault({ route: "stacks.job-acquisition-tokens", status: 404, count: 1, body: { message: "Not Found" } });
+    await s.queue("fallback", "real", { jobTokens: "Preferred" });
     const uuid = s.fake.seedJob({ queue_key: "fallback", command: "exit 0" });
     await s.buildkiteState(uuid, "finished");
     const message = await s.condition("fallback", "JobTokens", "False", "FallbackToAgentToken");
@@ -174,7 +191,7 @@ describe("Buildkite jobs flow from the Stacks API through BuildkiteJobs to pods 
   });
 
   it("never runs a job twice with two operators on one queue", async () => {
-    const second = await startTestOperator(s.kc, "buildkite-flow-second", { buildkite: FAST });
+    const second = await startTestOperator(s.kc, "buildkite-flow-second", { buildkite: FAST, allowedEndpoints: [s.fake.agentEndpoint] });
     try {
       await s.queue("twice", "real", { maxVCPU: 32 });
       const uuids = Array.from({ length: 6 }, () => s.fake.seedJob({ queue_key: "twice", command: "sleep 0.2" }));
@@ -199,6 +216,32 @@ describe("Buildkite jobs flow from the Stacks API through BuildkiteJobs to pods 
     await s.t.replaceTokenSecret("wrong-token", s.fake.agentToken);
     await s.condition("bad-token", "Registered", "True", undefined, 60_000);
     expect(TOKEN_SECRET).to.not.equal("wrong-token");
+  });
+
+  it("sends a Secret's value to no endpoint the operator was not configured for, and only from Secrets marked as agent tokens", async () => {
+    // Whoever may create a queue names the Secret and the endpoint: an attacker's server must never see a token.
+    const attacker = await FakeBuildkite.start();
+    try {
+      await s.queue("deputy-endpoint", "real", { endpoint: attacker.agentEndpoint });
+      const refused = await s.condition("deputy-endpoint", "Ready", "False", "EndpointNotAllowed");
+      expect(refused).to.include(attacker.agentEndpoint).and.include("--allowed-endpoints");
+      await s.condition("deputy-endpoint", "Registered", "False", "EndpointNotAllowed");
+      expect(attacker.requests(), "requests the attacker's server received").to.deep.equal([]);
+    } finally {
+      await attacker.stop();
+    }
+
+    // A Secret that is not marked as an agent token (here, some other credential of the namespace) is never read out.
+    await s.t.core.createNamespacedSecret({ namespace: s.t.namespace, body: { metadata: { name: "db-password" }, stringData: { token: s.fake.agentToken } } });
+    await s.queue("deputy-secret", "real", { agentTokenSecretRef: { name: "db-password", key: "token" } });
+    const unmarked = await s.condition("deputy-secret", "Ready", "False", "AgentTokenSecretNotMarked");
+    expect(unmarked).to.include(`kubectl label secret db-password -n ${s.t.namespace} buildkite.com/agent-token=true`);
+    await s.condition("deputy-secret", "Registered", "False", "AgentTokenSecretNotMarked");
+    expect(s.fake.stacks().filter((st) => st.cluster_queue_key === "deputy-secret"), "stacks registered with the unmarked Secret").to.deep.equal([]);
+    // Marked by a person, the same Secret is used.
+    await s.t.core.patchNamespacedSecret({ name: "db-password", namespace: s.t.namespace, body: { metadata: { labels: { "buildkite.com/agent-token": "true" } } } },
+      setHeaderOptions("Content-Type", PatchStrategy.MergePatch));
+    await s.condition("deputy-secret", "Registered", "True", undefined, 60_000);
   });
 });
 

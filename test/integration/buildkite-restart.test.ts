@@ -19,7 +19,7 @@ describe("Reservations and restarts: the operator process killed mid-run loses n
   before(async () => {
     s = await BuildkiteScenario.start(testCluster().kubeConfig(), "bk-restart");
     // A replacement operator waits for the killed one's lease to lapse, as a new pod of the Deployment would.
-    FLAGS = [...FAST, `--lease-namespace=${s.t.namespace}`];
+    FLAGS = [...FAST, `--lease-namespace=${s.t.namespace}`, `--allowed-endpoints=${s.fake.agentEndpoint}`];
   });
   after(async () => {
     await operator?.stop();

@@ -39,7 +39,7 @@ describe("Chaos: kills, API server restarts and Buildkite faults lose no job and
   const startOperator = async (name: string, flags: string[] = ["--leader-elect=false"]): Promise<void> => {
     port = await freePort();
     operator = OperatorProcess.start(name, ["--poll-interval-ms=250", "--state-check-interval-ms=500", "--reservation-expiry-seconds=15",
-      `--http-port=${port}`, ...flags]);
+      `--http-port=${port}`, `--allowed-endpoints=${s.fake.agentEndpoint}`, ...flags]);
     await eventually(async () => { expect((await httpGet(`http://127.0.0.1:${port}/readyz`)).status).to.equal(200); }, { what: `${name} ready` });
   };
   const finished = (uuids: readonly string[]): number => uuids.filter((u) => s.fake.job(u).state === "finished").length;

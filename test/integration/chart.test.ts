@@ -180,7 +180,7 @@ describe("Helm chart installed: the operator runs as the chart's ServiceAccount,
     const port = await freePort();
     operator = startOperatorAs(kubeconfig, logFile, [
       "--leader-elect=true", `--lease-namespace=${releaseNs}`, "--lease-name=buildkite-operator",
-      `--http-port=${port}`, "--poll-interval-ms=250", "--state-check-interval-ms=500",
+      `--http-port=${port}`, "--poll-interval-ms=250", "--state-check-interval-ms=500", `--allowed-endpoints=${fake.agentEndpoint}`,
     ]);
     const failed = (what: string): string => `${what}; RBAC denials in ${logFile}:\n${rbacDenialsIn(logFile).slice(0, 10).join("\n")}`;
     await eventually(async () => {

@@ -35,6 +35,7 @@ describe("AWS credentials through IRSA: checked before jobs need them, and obtai
     operator = await startTestOperator(kc, "credentials-flow", {
       buildkite: { pollIntervalMs: 250, stateCheckIntervalMs: 500 },
       credentials: { recheckIntervalMs: 60_000 },
+      allowedEndpoints: [s.fake.agentEndpoint],
     });
   });
   after(async () => {

@@ -70,7 +70,7 @@ describe("FastRunner: job pods run over the agent API (real control plane, fake 
     const fast = await runner(t);
     let operator: Operator | undefined;
     try {
-      operator = await startTestOperator(kc, "fast-runner", { buildkite: FAST });
+      operator = await startTestOperator(kc, "fast-runner", { buildkite: FAST, allowedEndpoints: [fake.agentEndpoint] });
       await t.createQueue("fast", {
         queue: "fast", endpoint: fake.agentEndpoint, agentTokenSecretRef: { name: "bk-token", key: "token" },
         instanceShape: "LINUX_AMD64_2X4", maxVCPU: 64, podTemplate: { annotations: { [RUNNER_ANNOTATION]: FAST_RUNNER } },

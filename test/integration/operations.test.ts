@@ -42,7 +42,7 @@ describe("Operations: leader election, metrics, health and logs of the operator 
 
   const start = async (name: string, extra: string[] = []): Promise<{ proc: OperatorProcess; port: number }> => {
     const port = await freePort();
-    const proc = OperatorProcess.start(name, [...FAST, `--http-port=${port}`, `--lease-namespace=${s.t.namespace}`, "--lease-duration-seconds=4", ...extra]);
+    const proc = OperatorProcess.start(name, [...FAST, `--http-port=${port}`, `--lease-namespace=${s.t.namespace}`, "--lease-duration-seconds=4", `--allowed-endpoints=${s.fake.agentEndpoint}`, ...extra]);
     processes.push(proc);
     await eventually(async () => { expect((await httpGet(`http://127.0.0.1:${port}/readyz`)).status).to.equal(200); }, { what: `${name} ready` });
     return { proc, port };

@@ -32,7 +32,7 @@ describe("PodRunner: job pods run by the real buildkite-agent (real control plan
     await installCrds(kc);
     t = new TestObjects(kc, await testNamespace(kc, "runner"));
     fake = await FakeBuildkite.start();
-    await t.core.createNamespacedSecret({ namespace: t.namespace, body: { metadata: { name: "bk-agent-token" }, stringData: { token: fake.agentToken } } });
+    await t.core.createNamespacedSecret({ namespace: t.namespace, body: { metadata: { name: "bk-agent-token", labels: { "buildkite.com/agent-token": "true" } }, stringData: { token: fake.agentToken } } });
     // The queue controller would make the queue's ServiceAccount; no operator runs here.
     await t.core.createNamespacedServiceAccount({ namespace: t.namespace, body: { metadata: { name: `bkq-${QUEUE}` } } });
     runner = await PodRunner.start({ kubeConfig: kc, namespace: t.namespace });
@@ -114,7 +114,7 @@ describe("PodRunner: job pods run by the real buildkite-agent (real control plan
       expect(p.status?.containerStatuses?.[0]?.state?.waiting?.reason).to.equal("CreateContainerConfigError");
     });
     expect(waiting.status?.containerStatuses?.[0]?.state?.waiting?.message).to.include("late-token");
-    await t.core.createNamespacedSecret({ namespace: t.namespace, body: { metadata: { name: "late-token" }, stringData: { token: fakeBuildkite().agentToken } } });
+    await t.core.createNamespacedSecret({ namespace: t.namespace, body: { metadata: { name: "late-token", labels: { "buildkite.com/agent-token": "true" } }, stringData: { token: fakeBuildkite().agentToken } } });
     const run = await podRunner().waitForRun(name, 60_000);
     expect(run, run.output).to.include({ uuid, exitCode: 0 });
     await podWhen(name, "Succeeded", (p) => { expect(p.status?.phase).to.equal("Succeeded"); });

@@ -34,7 +34,7 @@ export class RealNodeScenario {
     const fake = await FakeBuildkite.start({ host: world.node.gatewayIp });
     await t.createTokenSecret(TOKEN_SECRET, fake.agentToken);
     const logger = createLogger("debug", createWriteStream(join(world.cluster.dir, `operator-${prefix}.log`), { flags: "a" }));
-    const operator = await Operator.start({ kubeConfig: kc, logger, syncTimeoutMs: 20_000, buildkite: FAST });
+    const operator = await Operator.start({ kubeConfig: kc, logger, syncTimeoutMs: 20_000, buildkite: FAST, allowedEndpoints: [fake.agentEndpoint] });
     return new RealNodeScenario(world, t, fake, operator);
   }
 

@@ -21,11 +21,11 @@ export class TestObjects {
   }
 
   async createTokenSecret(name = "bk-agent-token", token = "test-agent-token"): Promise<void> {
-    await this.core.createNamespacedSecret({ namespace: this.namespace, body: { metadata: { name }, stringData: { token } } });
+    await this.core.createNamespacedSecret({ namespace: this.namespace, body: { metadata: { name, labels: { "buildkite.com/agent-token": "true" } }, stringData: { token } } });
   }
 
   async replaceTokenSecret(name: string, token: string): Promise<void> {
-    await this.core.replaceNamespacedSecret({ name, namespace: this.namespace, body: { metadata: { name }, stringData: { token } } });
+    await this.core.replaceNamespacedSecret({ name, namespace: this.namespace, body: { metadata: { name, labels: { "buildkite.com/agent-token": "true" } }, stringData: { token } } });
   }
 
   async createQueue(name: string, spec: Record<string, unknown> = {}): Promise<void> {

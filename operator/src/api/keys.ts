@@ -12,6 +12,11 @@ export const LABELS = {
   component: "app.kubernetes.io/component",
   /** Concurrency slot of a cache PVC. */
   slot: "buildkite.com/slot",
+  /**
+   * Put by a person on a Secret that holds a Buildkite agent token (value "true"): the operator sends a queue's
+   * token to Buildkite only from a Secret so marked, so a queue cannot make it send any other Secret anywhere.
+   */
+  agentToken: "buildkite.com/agent-token",
 } as const;
 
 export const ANNOTATIONS = {

@@ -12,6 +12,7 @@ import { apply, patchStatus, splitKey } from "../kube/resources.js";
 import type { ReconcileResult } from "../kube/work-queue.js";
 import { isTerminal } from "../job/phase.js";
 import { desiredCacheClaims, desiredNetworkPolicy, desiredServiceAccount } from "./children.js";
+import { endpointRefusal, isMarkedAgentToken } from "./source-support.js";
 import { planQueueStatus, type QueueObservation } from "./status.js";
 
 /** Secrets are read live (the operator does not watch Secrets); a missing one is looked for again this often. */
@@ -23,6 +24,8 @@ const RECHECK_MS = 300_000;
 export interface QueueSettings {
   /** The resolvers job pods may query when their queue names none. */
   clusterDNS: DnsPeer;
+  /** The only agent API endpoints a queue's token may be sent to. */
+  allowedEndpoints: readonly string[];
 }
 
 /**
@@ -50,7 +53,7 @@ export class QueueController implements Controller {
     const unfinished = this.ctx.caches.jobs.list(namespace).filter((j) => j.spec.queueRef.name === name && !isTerminal(j.status?.phase));
     const activeJobs = unfinished.filter((j) => j.status?.slot !== undefined).length;
     const observation: QueueObservation = {
-      queue, activeJobs, waitingJobs: unfinished.length - activeJobs, secret, buildkite: [...this.ctx.stacks.conditions(key), ...this.ctx.credentials?.conditions(key) ?? []], ...(childError ? { childError } : {}),
+      queue, activeJobs, waitingJobs: unfinished.length - activeJobs, secret, endpointRefused: endpointRefusal(queue, this.settings.allowedEndpoints), buildkite: [...this.ctx.stacks.conditions(key), ...this.ctx.credentials?.conditions(key) ?? []], ...(childError ? { childError } : {}),
     };
     const status = planQueueStatus(observation, this.ctx.clock.now());
     this.ctx.metrics.slots(key, activeJobs, status.concurrency ?? 0);
@@ -126,6 +129,7 @@ export class QueueController implements Controller {
     const ref = queue.spec.agentTokenSecretRef;
     try {
       const secret = await this.ctx.clients.core.readNamespacedSecret({ name: ref.name, namespace: queue.metadata.namespace ?? "" });
+      if (!isMarkedAgentToken(secret)) return "notMarked";
       // Only the key's presence is looked at; the token itself is never read into a log or a status.
       return secret.data?.[ref.key] !== undefined || secret.stringData?.[ref.key] !== undefined ? "present" : "missingKey";
     } catch (err) {

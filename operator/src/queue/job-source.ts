@@ -1,11 +1,11 @@
 import { createHash } from "node:crypto";
+import { BUILDKITE_AGENT_ENDPOINT } from "../config/config.js";
 import type { ConditionUpdate } from "../api/conditions.js";
 import { BUILDKITE_JOB, type BuildkiteJob } from "../api/generated/buildkite-job.js";
 import type { BuildkiteQueue } from "../api/generated/buildkite-queue.js";
 import { ANNOTATIONS } from "../api/keys.js";
-import { jobTokenSecretName } from "../api/names.js";
+import { jobResourceName, jobTokenSecretName } from "../api/names.js";
 import { concurrency } from "../api/shapes.js";
-import { BuildkiteApiError } from "../buildkite/errors.js";
 import { NotificationBatcher } from "../buildkite/notifier.js";
 import type { QueueStack } from "../buildkite/stack-directory.js";
 import { stackKey, StacksClient } from "../buildkite/stacks-client.js";
@@ -17,7 +17,8 @@ import type { ControllerContext } from "../kube/controller.js";
 import { apiMessage, isAlreadyExists, isForbidden, isInvalid, isNotFound } from "../kube/field-manager.js";
 import { annotate, splitKey } from "../kube/resources.js";
 import { chooseReservations, jobResourceFor, recentlyEnded, reservationsToExtend, stranded, takenBack } from "./dispatch.js";
-import { dispatchError, eachLimited, errorText, readAgentToken, registrationError, SourceError, writeTokenSecret } from "./source-support.js";
+import { JobTokens } from "./job-tokens.js";
+import { dispatchError, eachLimited, errorText, readAgentToken, registrationError, SourceError } from "./source-support.js";
 
 /** How the job sources talk to Buildkite; one set for the whole operator. */
 export interface JobSourceSettings {
@@ -31,25 +32,27 @@ export interface JobSourceSettings {
   reservationExpirySeconds: number;
   /** The longest wait between attempts after failures (default 30000 ms). */
   maxBackoffMs: number;
+  /** With job tokens Required, how soon after a refusal Buildkite is asked again before anything is reserved (default 60000 ms). */
+  jobTokenProbeMs: number;
   /** Attempts per Stacks API call (default 5). */
   maxAttempts?: number;
   onRequest?: (r: RequestReport) => void;
+  /** The only agent API endpoints the queue's token may be sent to. */
+  allowedEndpoints: readonly string[];
 }
 
 /** How often a connected source reads its token Secret again, to notice a rotated token. */
 const TOKEN_RECHECK_MS = 30_000;
 /** Kubernetes writes in flight at once per queue when a poll takes many jobs. */
 const CREATE_CONCURRENCY = 16;
-/** Asked-for lifetime of job acquisition tokens; Buildkite cuts it short when the reservation ends. */
-const JOB_TOKEN_LIFETIME_SECONDS = 3600;
-/** After Buildkite refuses to issue job tokens, how long before asking again. */
-const JOB_TOKEN_RETRY_MS = 600_000;
 
 export const DEFAULT_JOB_SOURCE_SETTINGS: Omit<JobSourceSettings, "clusterId"> = {
+  allowedEndpoints: [BUILDKITE_AGENT_ENDPOINT],
   pollIntervalMs: 1_000,
   stateCheckIntervalMs: 5_000,
   reservationExpirySeconds: 900,
   maxBackoffMs: 30_000,
+  jobTokenProbeMs: 60_000,
 };
 
 interface Connection extends QueueStack {
@@ -77,8 +80,8 @@ export class QueueJobSource {
     ["Registered", { type: "Registered", status: "Unknown", reason: "Connecting", message: "Registering a stack with Buildkite." }],
     ["Dispatching", { type: "Dispatching", status: "Unknown", reason: "Connecting", message: "Not listing jobs until the stack is registered." }],
   ]);
-  /** Until when job acquisition tokens count as unavailable (after Buildkite refused to issue them). */
-  private jobTokensRefusedUntilMs = -Infinity;
+  /** Job acquisition tokens: whether Buildkite issues them, and the jobs still waiting for theirs. */
+  private readonly tokens: JobTokens;
   /** When each job was last reserved by this process (for extensions). */
   private readonly lastReservedMs = new Map<string, number>();
   /** When the token Secret was last read, for which queue settings. */
@@ -95,7 +98,9 @@ export class QueueJobSource {
     private readonly settings: JobSourceSettings,
     /** Called when the queue's Buildkite conditions change, so its status is written. */
     private readonly onChange: (queueKey: string) => void,
-  ) {}
+  ) {
+    this.tokens = new JobTokens(ctx, settings.jobTokenProbeMs, (update, queue) => { this.setCondition(update, queue); });
+  }
 
   start(): void {
     this.schedule(0);
@@ -155,6 +160,7 @@ export class QueueJobSource {
     const conn = await this.connect(queue);
     const jobs = this.ctx.caches.jobs.list(namespace).filter((j) => j.spec.queueRef.name === name);
     await this.dispatch(queue, conn, jobs);
+    await this.retryAwaitingTokens(queue, conn, jobs);
     await this.extend(queue, conn, jobs);
     if (this.ctx.clock.nowMs() - this.lastStateCheckMs >= this.settings.stateCheckIntervalMs) {
       this.lastStateCheckMs = this.ctx.clock.nowMs();
@@ -168,7 +174,7 @@ export class QueueJobSource {
     const settings = JSON.stringify([queue.spec.endpoint, queue.spec.queue, queue.spec.agentTokenSecretRef]);
     const now = this.ctx.clock.nowMs();
     if (this.connection && this.tokenCheck?.settings === settings && now - this.tokenCheck.atMs < TOKEN_RECHECK_MS) return this.connection;
-    const token = await readAgentToken(this.ctx.clients, queue);
+    const token = await readAgentToken(this.ctx.clients, queue, this.settings.allowedEndpoints);
     this.tokenCheck = { settings, atMs: now };
     const fingerprint = createHash("sha256").update(JSON.stringify([queue.spec.endpoint, queue.spec.queue, token])).digest("hex");
     if (this.connection?.fingerprint === fingerprint) return this.connection;
@@ -214,52 +220,37 @@ export class QueueJobSource {
       ? { type: "Dispatching", status: "True", reason: "Dispatching", message: `Taking up to ${total} jobs at once from Buildkite queue ${conn.queueKey}.` }
       : { type: "Dispatching", status: "False", reason: paused === "spec" ? "PausedInSpec" : "PausedInBuildkite",
         message: paused === "spec" ? "spec.paused is true: no new jobs are taken; set it to false to resume." : `Queue ${conn.queueKey} is paused in Buildkite: no new jobs are taken until it is resumed there.` }, queue);
-    const uuids = [...decision.take.map((j) => j.id), ...decision.reclaim];
+    // A job reserved and then not run hides from every other stack for the whole reservation: with job tokens
+    // Required, nothing is reserved until Buildkite is known to issue them.
+    const take = decision.take.length > 0 && await this.tokens.mayReserve(queue, conn, decision.take[0]?.id ?? "") ? decision.take : [];
+    const uuids = [...take.map((j) => j.id), ...decision.reclaim];
     if (uuids.length === 0) return;
     const result = await conn.client.reserve(conn.key, uuids, this.settings.reservationExpirySeconds).catch((err: unknown) => { throw dispatchError(err, "reserve jobs"); });
     const reserved = new Set(result.reserved);
     for (const uuid of reserved) this.lastReservedMs.set(uuid, now);
-    const taken = decision.take.filter((j) => reserved.has(j.id));
+    const taken = take.filter((j) => reserved.has(j.id));
     const reclaimed = jobs.filter((j) => decision.reclaim.includes(j.spec.uuid) && reserved.has(j.spec.uuid));
-    const tokens = await this.jobTokens(queue, conn, [...taken.map((j) => j.id), ...reclaimed.map((j) => j.spec.uuid)]);
+    const issued = await this.tokens.issue(queue, conn, [...taken.map((j) => j.id), ...reclaimed.map((j) => j.spec.uuid)]);
     // Every job taken has a free slot, so creating them side by side changes no order that matters; one by one, a
-    // burst of hundreds would wait on as many round trips.
+    // burst of hundreds would wait on as many round trips. A reserved job is always recorded as a BuildkiteJob (it
+    // holds a slot and its reservation is extended): one whose token was not issued waits for it, never for the
+    // cluster token unless the queue opted in.
     await eachLimited(taken, CREATE_CONCURRENCY, async (job) => {
-      const token = tokens.get(job.id);
-      // Without its token a Required job is not started here; its reservation lapses and Buildkite offers it again.
-      if (token === undefined && queue.spec.jobTokens === "Required") return;
-      const created = await this.createJob(queue, conn, jobResourceFor(queue, job, conn.key, token !== undefined ? jobTokenSecretName(job.id) : undefined));
-      if (created && token !== undefined) await writeTokenSecret(this.ctx.clients, created, token);
+      const created = await this.createJob(queue, conn, jobResourceFor(queue, job, conn.key, issued.agentToken ? undefined : jobTokenSecretName(job.id)));
+      if (created && !issued.agentToken) await this.tokens.store(created, issued.tokens.get(job.id));
     });
     await eachLimited(reclaimed, CREATE_CONCURRENCY, async (job) => {
-      const token = tokens.get(job.spec.uuid);
-      if (token !== undefined && job.metadata.annotations?.[ANNOTATIONS.agentTokenSecret] !== undefined) await writeTokenSecret(this.ctx.clients, job, token);
+      if (job.metadata.annotations?.[ANNOTATIONS.agentTokenSecret] !== undefined) await this.tokens.store(job, issued.tokens.get(job.spec.uuid));
     });
   }
 
-  /**
-   * Job acquisition tokens for reserved jobs (each can acquire only its own job), unless the queue disables them. When
-   * Buildkite refuses to issue them, the queue says so and, unless they are Required, pods use the queue's token.
-   */
-  private async jobTokens(queue: BuildkiteQueue, conn: Connection, uuids: string[]): Promise<Map<string, string>> {
-    const mode = queue.spec.jobTokens;
-    if (mode === "Disabled") {
-      this.setCondition({ type: "JobTokens", status: "False", reason: "Disabled", message: "spec.jobTokens is Disabled: job pods use the queue's agent token." }, queue);
-      return new Map();
-    }
-    if (uuids.length === 0 || this.ctx.clock.nowMs() < this.jobTokensRefusedUntilMs) return new Map();
-    try {
-      const issued = await conn.client.issueJobTokens(conn.key, uuids, JOB_TOKEN_LIFETIME_SECONDS);
-      this.setCondition({ type: "JobTokens", status: "True", reason: "Issued", message: "Each job pod gets a job acquisition token that can acquire its one job only." }, queue);
-      return new Map([...issued.tokens].map(([uuid, t]) => [uuid, t.token]));
-    } catch (err) {
-      if (!(err instanceof BuildkiteApiError) || err.retryable) throw err;
-      this.jobTokensRefusedUntilMs = this.ctx.clock.nowMs() + JOB_TOKEN_RETRY_MS;
-      this.setCondition(mode === "Required"
-        ? { type: "JobTokens", status: "False", reason: "JobTokensRefused", message: `Buildkite did not issue job acquisition tokens (${err.message}); spec.jobTokens is Required, so no job is taken. Asking again in ${JOB_TOKEN_RETRY_MS / 60_000} minutes.` }
-        : { type: "JobTokens", status: "False", reason: "FallbackToAgentToken", message: `Buildkite did not issue job acquisition tokens (${err.message}); job pods use the queue's agent token instead. Asking again in ${JOB_TOKEN_RETRY_MS / 60_000} minutes.` }, queue);
-      return new Map();
-    }
+  /** Asks again for the tokens of reserved jobs that Buildkite did not issue one for (partial success, a refusal). */
+  private async retryAwaitingTokens(queue: BuildkiteQueue, conn: Connection, jobs: readonly BuildkiteJob[]): Promise<void> {
+    const waiting = this.tokens.awaiting(jobs, (uuid) => this.recentlyCreated.has(jobResourceName(uuid)));
+    if (waiting.length === 0) return;
+    const issued = await this.tokens.issue(queue, conn, waiting.map((j) => j.spec.uuid));
+    if (issued.agentToken) return;
+    await eachLimited(waiting, CREATE_CONCURRENCY, async (job) => { await this.tokens.store(job, issued.tokens.get(job.spec.uuid)); });
   }
 
   /** Creates the BuildkiteJob; returns it as created, or undefined when it already existed or was refused. */
@@ -301,11 +292,9 @@ export class QueueJobSource {
     const reserved = new Set(result.reserved);
     const waiting = ours.filter((j) => reserved.has(j.spec.uuid) && j.metadata.annotations?.[ANNOTATIONS.agentTokenSecret] !== undefined);
     if (waiting.length === 0 || !queue) return;
-    const tokens = await this.jobTokens(queue, conn, waiting.map((j) => j.spec.uuid));
-    await eachLimited(waiting, CREATE_CONCURRENCY, async (job) => {
-      const token = tokens.get(job.spec.uuid);
-      if (token !== undefined) await writeTokenSecret(this.ctx.clients, job, token);
-    });
+    const issued = await this.tokens.issue(queue, conn, waiting.map((j) => j.spec.uuid));
+    if (issued.agentToken) return;
+    await eachLimited(waiting, CREATE_CONCURRENCY, async (job) => { await this.tokens.store(job, issued.tokens.get(job.spec.uuid)); });
   }
 
   /** Asks Buildkite for the state of every unfinished job and marks those it took back (canceled, expired, …). */

@@ -2,6 +2,7 @@ import { setCondition, type Condition, type ConditionUpdate } from "../api/condi
 import type { BuildkiteQueue, BuildkiteQueueStatus } from "../api/generated/buildkite-queue.js";
 import { serviceAccountName } from "../api/names.js";
 import { concurrency, shapeResources } from "../api/shapes.js";
+import { notMarkedMessage } from "./source-support.js";
 
 /** What the queue controller found out while reconciling one queue. */
 export interface QueueObservation {
@@ -10,8 +11,10 @@ export interface QueueObservation {
   activeJobs: number;
   /** BuildkiteJobs of this queue waiting for a slot. */
   waitingJobs: number;
-  /** Whether the agent token Secret and its key exist. */
-  secret: "present" | "missing" | "missingKey";
+  /** Whether the agent token Secret and its key exist, and the Secret is marked as an agent token. */
+  secret: "present" | "missing" | "missingKey" | "notMarked";
+  /** Why the queue's endpoint may not be sent its token (not an allowed endpoint); undefined when it may. */
+  endpointRefused?: string | undefined;
   /** A child object the API server refused, with its message (e.g. a StorageClass that does not exist). */
   childError?: { kind: string; name: string; message: string };
   /** The queue's Buildkite conditions from its job source (Registered, Dispatching). */
@@ -32,9 +35,13 @@ export function planQueueStatus(obs: QueueObservation, now: Date): BuildkiteQueu
   const ref = queue.spec.agentTokenSecretRef;
   const ns = queue.metadata.namespace ?? "";
   let ready: ConditionUpdate;
-  if (obs.secret === "missing") {
+  if (obs.endpointRefused !== undefined) {
+    ready = { type: "Ready", status: "False", reason: "EndpointNotAllowed", message: obs.endpointRefused };
+  } else if (obs.secret === "missing") {
     ready = { type: "Ready", status: "False", reason: "AgentTokenSecretMissing",
       message: `Secret ${ref.name} not found in namespace ${ns}; create it: kubectl create secret generic ${ref.name} -n ${ns} --from-literal=${ref.key}=<agent token>` };
+  } else if (obs.secret === "notMarked") {
+    ready = { type: "Ready", status: "False", reason: "AgentTokenSecretNotMarked", message: notMarkedMessage(queue) };
   } else if (obs.secret === "missingKey") {
     ready = { type: "Ready", status: "False", reason: "AgentTokenSecretKeyMissing",
       message: `Secret ${ref.name} has no key "${ref.key}"; add it or set agentTokenSecretRef.key to the key that holds the token` };

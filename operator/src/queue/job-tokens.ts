@@ -1,0 +1,116 @@
+import type { ConditionUpdate } from "../api/conditions.js";
+import type { BuildkiteJob } from "../api/generated/buildkite-job.js";
+import type { BuildkiteQueue } from "../api/generated/buildkite-queue.js";
+import { BuildkiteApiError } from "../buildkite/errors.js";
+import type { StacksClient } from "../buildkite/stacks-client.js";
+import { isTerminal } from "../job/phase.js";
+import type { ControllerContext } from "../kube/controller.js";
+import { writeTokenSecret } from "./source-support.js";
+
+/** The queue's registered stack, as far as tokens go. */
+interface Stack {
+  client: Pick<StacksClient, "issueJobTokens">;
+  key: string;
+}
+
+/** Asked-for lifetime of job acquisition tokens; Buildkite cuts it short when the reservation ends. */
+const JOB_TOKEN_LIFETIME_SECONDS = 3600;
+/** After Buildkite refuses job tokens to a Preferred queue (whose pods then use the agent token), when to ask again. */
+const JOB_TOKEN_RETRY_MS = 600_000;
+
+/**
+ * The job acquisition tokens of one queue's jobs: whether Buildkite issues them, the tokens of reserved jobs (written
+ * to Secrets owned by their BuildkiteJobs), and the jobs still waiting for theirs. By default (`jobTokens: Required`)
+ * a job pod only ever gets its own job's token; the cluster agent token reaches a pod only where the queue opted in.
+ */
+export class JobTokens {
+  /** Until when job tokens count as refused (after Buildkite refused to issue them). */
+  private refusedUntilMs = -Infinity;
+  /** Whether Buildkite issued (or offered to issue) job tokens since the last refusal. */
+  private work = false;
+  /** Reserved jobs with a BuildkiteJob whose token Buildkite has not issued yet: asked for again every cycle. */
+  private readonly waiting = new Set<string>();
+
+  constructor(
+    private readonly ctx: Pick<ControllerContext, "clock" | "clients">,
+    /** With `Required`, how soon after a refusal Buildkite is asked again. */
+    private readonly probeMs: number,
+    private readonly setCondition: (update: ConditionUpdate, queue: BuildkiteQueue) => void,
+  ) {}
+
+  /** The unfinished jobs still waiting for a token; forgets those gone (unless `young`: created, not yet cached). */
+  awaiting(jobs: readonly BuildkiteJob[], young: (uuid: string) => boolean): BuildkiteJob[] {
+    if (this.waiting.size === 0) return [];
+    const waiting = jobs.filter((j) => this.waiting.has(j.spec.uuid) && !isTerminal(j.status?.phase));
+    const live = new Set(waiting.map((j) => j.spec.uuid));
+    for (const uuid of this.waiting) if (!live.has(uuid) && !young(uuid)) this.waiting.delete(uuid);
+    return waiting;
+  }
+
+  /** Writes a job's token Secret, or remembers that the job still waits for its token. */
+  async store(job: BuildkiteJob, token: string | undefined): Promise<void> {
+    if (token === undefined) {
+      this.waiting.add(job.spec.uuid);
+      return;
+    }
+    await writeTokenSecret(this.ctx.clients, job, token);
+    this.waiting.delete(job.spec.uuid);
+  }
+
+  /**
+   * Whether new jobs may be reserved as far as job tokens go. With `Required`, only once Buildkite is known to issue
+   * them: a probe asks for the token of one listed (not yet reserved) job, which Buildkite answers with `not_issued`
+   * when it supports job tokens, and with an error when it does not.
+   */
+  async mayReserve(queue: BuildkiteQueue, conn: Stack, candidate: string): Promise<boolean> {
+    if (queue.spec.jobTokens !== "Required" || this.work) return true;
+    if (this.ctx.clock.nowMs() < this.refusedUntilMs) return false;
+    try {
+      await conn.client.issueJobTokens(conn.key, [candidate], JOB_TOKEN_LIFETIME_SECONDS);
+      this.work = true;
+      return true;
+    } catch (err) {
+      if (!(err instanceof BuildkiteApiError) || err.retryable) throw err;
+      this.refuse(queue, err);
+      return false;
+    }
+  }
+
+  /**
+   * Job acquisition tokens for reserved jobs (each can acquire only its own job), unless the queue disables them.
+   * `agentToken` is true when the job pods are to use the queue's agent token instead: the queue opted in (Disabled,
+   * or Preferred while Buildkite refuses job tokens altogether). A job Buildkite did not issue a token for is simply
+   * absent from `tokens`; it never switches the queue to the agent token.
+   */
+  async issue(queue: BuildkiteQueue, conn: Stack, uuids: string[]): Promise<{ tokens: Map<string, string>; agentToken: boolean }> {
+    const mode = queue.spec.jobTokens;
+    if (mode === "Disabled") {
+      this.setCondition({ type: "JobTokens", status: "False", reason: "Disabled", message: "spec.jobTokens is Disabled: job pods get the queue's cluster agent token (an explicit opt-in)." }, queue);
+      return { tokens: new Map(), agentToken: true };
+    }
+    if (this.ctx.clock.nowMs() < this.refusedUntilMs) return { tokens: new Map(), agentToken: mode === "Preferred" };
+    if (uuids.length === 0) return { tokens: new Map(), agentToken: false };
+    try {
+      const issued = await conn.client.issueJobTokens(conn.key, uuids, JOB_TOKEN_LIFETIME_SECONDS);
+      this.work = true;
+      this.setCondition({ type: "JobTokens", status: "True", reason: "Issued", message: "Each job pod gets a job acquisition token that can acquire its one job only." }, queue);
+      return { tokens: new Map([...issued.tokens].map(([uuid, t]) => [uuid, t.token])), agentToken: false };
+    } catch (err) {
+      if (!(err instanceof BuildkiteApiError) || err.retryable) throw err;
+      this.refuse(queue, err);
+      return { tokens: new Map(), agentToken: mode === "Preferred" };
+    }
+  }
+
+  /** Buildkite refused to issue job tokens: the queue says what that means for its jobs, and asks again later. */
+  private refuse(queue: BuildkiteQueue, err: BuildkiteApiError): void {
+    this.work = false;
+    const preferred = queue.spec.jobTokens === "Preferred";
+    const retryMs = preferred ? JOB_TOKEN_RETRY_MS : this.probeMs;
+    this.refusedUntilMs = this.ctx.clock.nowMs() + retryMs;
+    const again = retryMs >= 60_000 ? `${String(Math.round(retryMs / 60_000))} minutes` : `${String(Math.round(retryMs / 1000))} s`;
+    this.setCondition(preferred
+      ? { type: "JobTokens", status: "False", reason: "FallbackToAgentToken", message: `Buildkite did not issue job acquisition tokens (${err.message}); as spec.jobTokens is Preferred, job pods get the queue's cluster agent token instead. Asking again in ${again}.` }
+      : { type: "JobTokens", status: "False", reason: "JobTokensRefused", message: `Buildkite did not issue job acquisition tokens (${err.message}), so no job is reserved: spec.jobTokens is Required. Asking again in ${again}. Check that the agent token may issue job tokens; spec.jobTokens: Preferred would let pods use the cluster agent token instead.` }, queue);
+  }
+}

@@ -34,10 +34,36 @@ function generatedFiles(): Map<string, string> {
   return files;
 }
 
+/**
+ * CEL features the CRDs may use, and the first Kubernetes minor whose API server accepts them in a new CRD (a library
+ * is usable in stored rules one release after it is added): the chart's kubeVersion must not promise less.
+ */
+const CEL_FEATURES: readonly [RegExp, number, string][] = [
+  [/\b(isCIDR|cidr|isIP|ip)\(/, 31, "the IP and CIDR libraries"],
+  [/\b(isQuantity|quantity)\(/, 29, "the quantity library"],
+  [/\breason: FieldValue|\bfieldPath:/, 29, "reason and fieldPath of validation rules"],
+  [/\bmessageExpression:/, 29, "messageExpression"],
+];
+
+/** The Kubernetes minor the CRDs need, and why. */
+function crdMinimumMinor(crdText: string): { minor: number; because: string[] } {
+  const used = CEL_FEATURES.filter(([pattern]) => pattern.test(crdText));
+  const minor = Math.max(0, ...used.map(([, m]) => m));
+  return { minor, because: used.filter(([, m]) => m === minor).map(([, , what]) => what) };
+}
+
 /** Consistency of the chart with the operator's code; each problem is one line saying what to fix. */
 function consistencyProblems(): string[] {
   const problems: string[] = [];
-  const chart = parse(readFileSync(join(CHART_DIR, "Chart.yaml"), "utf8")) as { appVersion?: string };
+  const chart = parse(readFileSync(join(CHART_DIR, "Chart.yaml"), "utf8")) as { appVersion?: string; kubeVersion?: string };
+  const crds = readdirSync(join(repoRoot, "crds")).map((f) => readFileSync(join(repoRoot, "crds", f), "utf8")).join("\n");
+  const needed = crdMinimumMinor(crds);
+  const promised = Number(/^>=\s*1\.(\d+)/.exec(chart.kubeVersion ?? "")?.[1] ?? 0);
+  if (promised !== needed.minor) {
+    problems.push(`Chart.yaml kubeVersion is "${chart.kubeVersion ?? ""}" but the CRDs need Kubernetes 1.${String(needed.minor)} (${needed.because.join(", ")}): set it to ">=1.${String(needed.minor)}.0-0" and say so in the README`);
+  }
+  const readme = readFileSync(join(repoRoot, "README.md"), "utf8");
+  if (!readme.includes(`Kubernetes 1.${String(needed.minor)} or newer`)) problems.push(`README.md must say the cluster needs "Kubernetes 1.${String(needed.minor)} or newer" (the CRDs' validation rules)`);
   const pkg = JSON.parse(readFileSync(join(repoRoot, "package.json"), "utf8")) as { version: string };
   if (chart.appVersion !== pkg.version) problems.push(`Chart.yaml appVersion is "${chart.appVersion ?? ""}" but package.json version is "${pkg.version}"`);
 

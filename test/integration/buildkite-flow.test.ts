@@ -73,7 +73,7 @@ describe("Buildkite jobs flow from the Stacks API through BuildkiteJobs to pods 
     const uuid = s.fake.seedJob({ queue_key: "fallback", command: "exit 0" });
     await s.buildkiteState(uuid, "finished");
     const message = await s.condition("fallback", "JobTokens", "False", "FallbackToAgentToken");
-    expect(message).to.include("job pods use the queue's agent token");
+    expect(message).to.include("job pods get the queue's cluster agent token");
     const job = await s.jobPhase(uuid, "Succeeded");
     expect(job.metadata.annotations ?? {}).to.not.have.property("buildkite.com/agent-token-secret");
   });

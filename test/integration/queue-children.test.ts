@@ -1,4 +1,4 @@
-import { NetworkingV1Api, type KubeConfig } from "@kubernetes/client-node";
+import { NetworkingV1Api, PatchStrategy, setHeaderOptions, type KubeConfig } from "@kubernetes/client-node";
 import { expect } from "chai";
 import { isNotFound } from "../../operator/src/kube/field-manager.js";
 import type { Operator } from "../../operator/src/operator.js";
@@ -17,6 +17,7 @@ async function gone(what: string, read: Promise<unknown>): Promise<void> {
   if (found) throw new Error(`${what} still exists`);
 }
 
+const KUBE_DNS = { namespaceSelector: { matchLabels: { "kubernetes.io/metadata.name": "kube-system" } }, podSelector: { matchLabels: { "k8s-app": "kube-dns" } } };
 const AWS = { roleArn: "arn:aws:iam::123456789012:role/ci-deploy", region: "eu-west-1" };
 
 describe("BuildkiteQueue children (operator in-process, real control plane and garbage collector)", function () {
@@ -50,7 +51,7 @@ describe("BuildkiteQueue children (operator in-process, real control plane and g
       expect(ready, JSON.stringify(q?.status)).to.include({ status: "False", reason: "AgentTokenSecretMissing" });
       return ready;
     }, { what: "Ready=False on a queue without its Secret" });
-    expect(waiting?.message).to.equal(`Secret bk-agent-token not found in namespace ${t.namespace}; create it: kubectl create secret generic bk-agent-token -n ${t.namespace} --from-literal=token=<agent token>`);
+    expect(waiting?.message).to.equal(`Secret bk-agent-token not found in namespace ${t.namespace}; create it: kubectl create secret generic bk-agent-token -n ${t.namespace} --from-literal=token=<agent token> && kubectl label secret bk-agent-token -n ${t.namespace} buildkite.com/agent-token=true`);
     await eventually(async () => { expect(await t.events("tokenless")).to.deep.include({ type: "Warning", reason: "AgentTokenSecretMissing", message: waiting?.message }); }, { what: "the warning Event" });
     const job = await t.createJob("tokenless");
     await t.jobWhen(job, "QueueNotReady", (j) => { expect(j.status?.reason).to.equal("QueueNotReady"); });
@@ -85,7 +86,7 @@ describe("BuildkiteQueue children (operator in-process, real control plane and g
     expect(np.spec?.policyTypes).to.deep.equal(["Ingress", "Egress"]);
     expect(np.spec?.ingress ?? []).to.deep.equal([]);
     expect(JSON.parse(JSON.stringify(np.spec?.egress))).to.deep.equal([
-      { ports: [{ protocol: "UDP", port: 53 }, { protocol: "TCP", port: 53 }] },
+      { to: [KUBE_DNS], ports: [{ protocol: "UDP", port: 53 }, { protocol: "TCP", port: 53 }] },
       { to: [
         { ipBlock: { cidr: "0.0.0.0/0", except: ["169.254.169.254/32", "169.254.170.2/32", "169.254.170.23/32", "10.0.0.0/8"] } },
         { ipBlock: { cidr: "::/0", except: ["fd00:ec2::254/128", "fd00:ec2::23/128", "fd00:1::/64"] } },
@@ -123,9 +124,44 @@ describe("BuildkiteQueue children (operator in-process, real control plane and g
     expect(aws?.spec?.automountServiceAccountToken).to.equal(false);
   });
 
-  it("puts back a child someone deleted", async () => {
+  it("puts back a NetworkPolicy edited by hand, and keeps one deleted by hand (still enforced) while the queue lives", async () => {
+    const policy = () => networking.readNamespacedNetworkPolicy({ name: "bkq-full", namespace: t.namespace });
+    const egress = JSON.parse(JSON.stringify((await policy()).spec?.egress)) as unknown;
+    // Opened up by hand: every address allowed, the metadata block gone.
+    await networking.patchNamespacedNetworkPolicy({ name: "bkq-full", namespace: t.namespace, body: { spec: { egress: [{}] } } },
+      setHeaderOptions("Content-Type", PatchStrategy.MergePatch));
+    await eventually(async () => { expect(JSON.parse(JSON.stringify((await policy()).spec?.egress))).to.deep.equal(egress); },
+      { what: "the NetworkPolicy to be restored" });
     await networking.deleteNamespacedNetworkPolicy({ name: "bkq-full", namespace: t.namespace });
-    await eventually(() => networking.readNamespacedNetworkPolicy({ name: "bkq-full", namespace: t.namespace }), { what: "the NetworkPolicy to be re-created" });
+    const kept = await policy();
+    expect(kept.metadata?.finalizers, "the NetworkPolicy's finalizer").to.deep.equal(["buildkite.com/job-pods"]);
+    expect(JSON.parse(JSON.stringify(kept.spec?.egress))).to.deep.equal(egress);
+  });
+
+  it("on deletion stops the queue's pods first, ends their jobs Canceled, and only then lets the NetworkPolicy go", async () => {
+    await t.createQueue("doomed", { instanceShape: "LINUX_AMD64_2X4", maxVCPU: 2 });
+    const job = await t.createJob("doomed");
+    await t.jobWhen(job, "Running", (j) => { expect(j.status?.phase).to.equal("Running"); });
+    const queue = await t.queue("doomed");
+    expect(queue?.metadata.finalizers).to.deep.equal(["buildkite.com/job-pods"]);
+    await t.custom.deleteNamespacedCustomObject({ group: "buildkite.com", version: "v1alpha1", namespace: t.namespace, plural: "buildkitequeues", name: "doomed" });
+    const phases = new Set<string>();
+    let podSeen = true;
+    await eventually(async () => {
+      const [pod, np, bkj] = await Promise.all([
+        t.pod(job),
+        networking.readNamespacedNetworkPolicy({ name: "bkq-doomed", namespace: t.namespace }).catch((err: unknown) => { if (isNotFound(err)) return undefined; throw err; }),
+        t.job(job),
+      ]);
+      if (bkj?.status?.phase) phases.add(`${bkj.status.phase}/${bkj.status.reason ?? ""}`);
+      podSeen = pod !== undefined;
+      // Checked on every look: a pod of the queue never runs without its policy.
+      if (pod) expect(np, "the NetworkPolicy while the job's pod exists").to.not.equal(undefined);
+      expect(await t.queue("doomed"), "the queue").to.equal(undefined);
+      expect(np, "the NetworkPolicy").to.equal(undefined);
+    }, { what: "the queue, its pods and its policy to be gone, in that order", timeoutMs: 45_000 });
+    expect(podSeen).to.equal(false);
+    expect([...phases]).to.include("Canceled/QueueDeleted");
   });
 
   it("lets the garbage collector remove every child when the queue is deleted", async () => {

@@ -30,6 +30,14 @@ export const ANNOTATIONS = {
   agentTokenSecret: "buildkite.com/agent-token-secret",
   /** On a BuildkiteJob: the state Buildkite reported when it took the job back (canceled, expired, …). */
   buildkiteState: "buildkite.com/buildkite-state",
+  /** On a BuildkiteJob: why it must stop now (its queue is being deleted); the job controller stops its pod. */
+  stop: "buildkite.com/stop",
 } as const;
+
+/**
+ * On a BuildkiteQueue and its NetworkPolicy: held until the queue's job pods are gone and its stack is deregistered,
+ * so deleting a queue never removes the isolation of pods still running.
+ */
+export const FINALIZER = "buildkite.com/job-pods";
 
 export const MANAGED_BY = "buildkite-operator";

@@ -1,4 +1,5 @@
 import type { ConditionUpdate } from "../api/conditions.js";
+import type { BuildkiteQueue } from "../api/generated/buildkite-queue.js";
 import type { NotificationBatcher } from "./notifier.js";
 import type { StacksClient } from "./stacks-client.js";
 
@@ -18,7 +19,12 @@ export interface StackDirectory {
   stack(queueKey: string): QueueStack | undefined;
   /** The queue's Buildkite conditions (Registered, Dispatching), for its status. */
   conditions(queueKey: string): ConditionUpdate[];
+  /**
+   * Stops the queue's job source for good and deregisters its stack (the queue is being deleted); resolves to why the
+   * stack could not be deregistered, or undefined when it was (or there was none). Throws when Buildkite may answer later.
+   */
+  release(queue: BuildkiteQueue): Promise<string | undefined>;
 }
 
 /** For an operator (or a test) that does not talk to Buildkite. */
-export const NO_STACKS: StackDirectory = { stack: () => undefined, conditions: () => [] };
+export const NO_STACKS: StackDirectory = { stack: () => undefined, conditions: () => [], release: () => Promise.resolve(undefined) };

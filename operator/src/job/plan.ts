@@ -84,6 +84,9 @@ export function planJob(obs: JobObservation, now: Date): JobPlan {
     return remaining <= 0 ? { status: current, actions: ["deleteJob"], events } : { status: current, actions: [], events, requeueAfterMs: remaining };
   }
 
+  const stop = job.metadata.annotations?.[ANNOTATIONS.stop];
+  if (stop !== undefined) return stopping(obs, stop, now);
+
   let recheck: number | undefined;
   if (pod) {
     const ownerUid = pod.metadata?.ownerReferences?.find((o) => o.controller)?.uid;
@@ -151,12 +154,41 @@ export function planJob(obs: JobObservation, now: Date): JobPlan {
   };
 }
 
+/** Reason of a job stopped because its queue was deleted. */
+export const QUEUE_DELETED = "QueueDeleted";
+
+/**
+ * A job told to stop (its queue is being deleted): its pod is deleted (the agent's preStop cancels a running job and
+ * reports it to Buildkite at once), and once the pod is gone the job ends Canceled. A job that never started is
+ * reported to Buildkite with `finish` (see {@link needsReport}).
+ */
+function stopping(obs: JobObservation, why: string, now: Date): JobPlan {
+  const { job, pod } = obs;
+  const current = job.status ?? {};
+  const outcome = pod ? podOutcome(pod, obs.queue?.spec.maxJobDurationSeconds) : undefined;
+  if (pod && outcome && !isTerminal(outcome.phase)) {
+    const status: BuildkiteJobStatus = { ...current, ...started(outcome.startedAt), reason: "Stopping", message: `Stopping the pod: ${why}` };
+    const events: JobEvent[] = current.reason === "Stopping" ? [] : [{ type: "Normal", reason: "Stopping", message: status.message ?? "" }];
+    return { status, actions: pod.metadata?.deletionTimestamp ? [] : ["deletePod"], events, requeueAfterMs: 2_000 };
+  }
+  const exit = outcome?.exitCode;
+  const status: BuildkiteJobStatus = {
+    ...current, ...started(outcome?.startedAt), phase: "Canceled", reason: QUEUE_DELETED, finishedAt: now.toISOString(),
+    message: `${why} ${current.podUID !== undefined ? `Its pod was stopped${exit !== undefined ? ` (exit ${String(exit)})` : ""}.` : "No pod was created."}`,
+    ...(exit !== undefined ? { exitCode: exit } : {}),
+  };
+  return { status, actions: pod ? ["deletePod"] : [], events: [{ type: "Normal", reason: QUEUE_DELETED, message: status.message ?? "" }] };
+}
+
+const started = (at: string | undefined): { startedAt?: string } => at !== undefined ? { startedAt: at } : {};
+
 /** Whether the job is one the stack must still report to Buildkite as unable to run. */
 export function needsReport(job: BuildkiteJob): boolean {
   const status = job.status ?? {};
   const annotations = job.metadata.annotations ?? {};
+  const stoppedBeforeStart = status.reason === QUEUE_DELETED && status.startedAt === undefined;
   return annotations[ANNOTATIONS.stack] !== undefined
-    && (NEVER_RAN.has(status.reason ?? "") || neverAcquired(job))
+    && (NEVER_RAN.has(status.reason ?? "") || neverAcquired(job) || stoppedBeforeStart)
     && !status.conditions?.some((c) => c.type === REPORTED);
 }
 

@@ -19,6 +19,19 @@ export async function apply<T extends KubernetesObject>(clients: KubeClients, ob
   return clients.objects.patch(object, undefined, undefined, FIELD_MANAGER, true, PatchStrategy.ServerSideApply);
 }
 
+/**
+ * Adds or removes one finalizer with a JSON merge patch of the whole list, guarded by the object's resourceVersion:
+ * a list changed meanwhile by someone else is a 409 Conflict (retried), never overwritten.
+ */
+export async function setFinalizer(clients: KubeClients, object: KubernetesObject, finalizer: string, present: boolean): Promise<void> {
+  const current = object.metadata?.finalizers ?? [];
+  if (current.includes(finalizer) === present) return;
+  const finalizers = present ? [...current, finalizer] : current.filter((f) => f !== finalizer);
+  const { name = "", namespace = "", resourceVersion = "" } = object.metadata ?? {};
+  await clients.objects.patch({ apiVersion: object.apiVersion ?? "", kind: object.kind ?? "", metadata: { name, namespace, resourceVersion, finalizers } },
+    undefined, undefined, FIELD_MANAGER, undefined, PatchStrategy.MergePatch);
+}
+
 /** Replaces the status of a custom resource with a JSON merge patch on the status subresource. */
 export async function patchStatus(clients: KubeClients, crd: Crd, namespace: string, name: string, status: object): Promise<void> {
   await clients.custom.patchNamespacedCustomObjectStatus(

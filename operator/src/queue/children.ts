@@ -1,5 +1,5 @@
 import type { V1NetworkPolicy, V1NetworkPolicyEgressRule, V1NetworkPolicyPeer, V1OwnerReference, V1PersistentVolumeClaim, V1ServiceAccount } from "@kubernetes/client-node";
-import { ANNOTATIONS, LABELS, MANAGED_BY } from "../api/keys.js";
+import { ANNOTATIONS, FINALIZER, LABELS, MANAGED_BY } from "../api/keys.js";
 import { cacheClaimName, networkPolicyName, serviceAccountName } from "../api/names.js";
 import type { BuildkiteQueue } from "../api/generated/buildkite-queue.js";
 import type { DnsPeer } from "../config/config.js";
@@ -84,7 +84,8 @@ export function desiredNetworkPolicy(queue: BuildkiteQueue, clusterDNS: DnsPeer)
   return {
     apiVersion: "networking.k8s.io/v1",
     kind: "NetworkPolicy",
-    metadata: { name: networkPolicyName(queue), namespace: queue.metadata.namespace ?? "", labels: labels(queue), ownerReferences: [owner(queue)] },
+    // The finalizer keeps the policy while pods it isolates may still run, however the queue or policy is deleted.
+    metadata: { name: networkPolicyName(queue), namespace: queue.metadata.namespace ?? "", labels: labels(queue), ownerReferences: [owner(queue)], finalizers: [FINALIZER] },
     spec: {
       podSelector: { matchLabels: { [LABELS.queue]: queue.metadata.name ?? "", [LABELS.component]: "job" } },
       policyTypes: ["Ingress", "Egress"],

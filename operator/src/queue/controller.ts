@@ -1,14 +1,16 @@
 import type { KubernetesObject } from "@kubernetes/client-node";
-import { createHash } from "node:crypto";
 import { isDeepStrictEqual } from "node:util";
-import { findCondition } from "../api/conditions.js";
+import { findCondition, setCondition } from "../api/conditions.js";
+import { BUILDKITE_JOB } from "../api/generated/buildkite-job.js";
+import { networkPolicyName } from "../api/names.js";
+import { needsReport } from "../job/plan.js";
 import { BUILDKITE_QUEUE, type BuildkiteQueue } from "../api/generated/buildkite-queue.js";
-import { ANNOTATIONS, LABELS } from "../api/keys.js";
+import { ANNOTATIONS, FINALIZER, LABELS } from "../api/keys.js";
 import { concurrency } from "../api/shapes.js";
 import type { DnsPeer } from "../config/config.js";
 import type { Controller, ControllerContext, ReadCache } from "../kube/controller.js";
 import { apiMessage, isForbidden, isInvalid, isNotFound } from "../kube/field-manager.js";
-import { apply, patchStatus, splitKey } from "../kube/resources.js";
+import { annotate, apply, patchStatus, setFinalizer, splitKey } from "../kube/resources.js";
 import type { ReconcileResult } from "../kube/work-queue.js";
 import { isTerminal } from "../job/phase.js";
 import { desiredCacheClaims, desiredNetworkPolicy, desiredServiceAccount } from "./children.js";
@@ -17,6 +19,8 @@ import { planQueueStatus, type QueueObservation } from "./status.js";
 
 /** Secrets are read live (the operator does not watch Secrets); a missing one is looked for again this often. */
 const SECRET_RETRY_MS = 10_000;
+/** How long a deleted queue waits for Buildkite to deregister its stack before letting go without it. */
+const DEREGISTER_DEADLINE_MS = 300_000;
 /** A ready queue re-checks its Secret this often, so a deleted token shows up on the queue without a change. */
 const RECHECK_MS = 300_000;
 
@@ -48,6 +52,9 @@ export class QueueController implements Controller {
       this.ctx.metrics.queueDeleted(key);
       return;
     }
+    if (queue.metadata.deletionTimestamp) return this.finalize(queue);
+    // Before any child exists: the finalizer is what keeps the NetworkPolicy until the queue's pods are gone.
+    await setFinalizer(this.ctx.clients, queue, FINALIZER, true);
     const childError = await this.applyChildren(queue);
     const secret = await this.secretState(queue);
     const unfinished = this.ctx.caches.jobs.list(namespace).filter((j) => j.spec.queueRef.name === name && !isTerminal(j.status?.phase));
@@ -62,6 +69,57 @@ export class QueueController implements Controller {
       this.recordReadyChange(queue, status.conditions);
     }
     return { requeueAfterMs: secret === "present" ? RECHECK_MS : SECRET_RETRY_MS };
+  }
+
+  /**
+   * A queue being deleted: takes no new job (its job source stops dispatching), stops every job's pod (their jobs are
+   * canceled in Buildkite: by the agent when running, with `finish` and a detail when not started), waits for the pods
+   * to be gone, deregisters the stack, and only then lets the NetworkPolicy and ServiceAccount go with the queue.
+   */
+  private async finalize(queue: BuildkiteQueue): Promise<ReconcileResult> {
+    if (!queue.metadata.finalizers?.includes(FINALIZER)) return undefined;
+    const namespace = queue.metadata.namespace ?? "";
+    const name = queue.metadata.name ?? "";
+    const key = `${namespace}/${name}`;
+    const jobs = this.ctx.caches.jobs.list(namespace).filter((j) => j.spec.queueRef.name === name);
+    const why = `BuildkiteQueue ${key} was deleted.`;
+    for (const job of jobs.filter((j) => !isTerminal(j.status?.phase) && j.metadata.annotations?.[ANNOTATIONS.stop] === undefined)) {
+      await annotate(this.ctx.clients, BUILDKITE_JOB, namespace, job.metadata.name ?? "", { [ANNOTATIONS.stop]: why }).catch((err: unknown) => {
+        if (!isNotFound(err)) throw err;
+      });
+    }
+    const pods = this.ctx.caches.pods.list(namespace).filter((p) => p.metadata?.labels?.[LABELS.queue] === name).length;
+    const unfinished = jobs.filter((j) => !isTerminal(j.status?.phase)).length;
+    // Reports to Buildkite are waited for while the stack is connected; without one (a deleted token) they cannot go.
+    const unreported = this.ctx.stacks.stack(key) ? jobs.filter(needsReport).length : 0;
+    if (pods + unfinished + unreported > 0) {
+      await this.writeDeleting(queue, `Stopping the queue's jobs before its NetworkPolicy goes: ${String(pods)} pods, ${String(unfinished)} jobs not ended, ${String(unreported)} not yet reported to Buildkite.`);
+      return { requeueAfterMs: 2_000 };
+    }
+    let problem: string | undefined;
+    try {
+      problem = await this.ctx.stacks.release(queue);
+    } catch (err) {
+      // Buildkite unreachable: retried with backoff, but a deletion does not wait on it for ever.
+      const since = Date.parse(queue.metadata.deletionTimestamp as unknown as string) || this.ctx.clock.nowMs();
+      if (this.ctx.clock.nowMs() - since < DEREGISTER_DEADLINE_MS) throw err;
+      problem = `Buildkite did not answer for ${String(DEREGISTER_DEADLINE_MS / 60_000)} minutes: ${apiMessage(err)}`;
+    }
+    if (problem !== undefined) {
+      this.ctx.recorder.record(queue, "Warning", "StackNotDeregistered", `${problem} The queue's stack may remain in Buildkite; remove it there.`);
+    }
+    const policy = this.ctx.caches.networkPolicies.get(networkPolicyName(queue), namespace);
+    if (policy) await setFinalizer(this.ctx.clients, policy, FINALIZER, false).catch((err: unknown) => { if (!isNotFound(err)) throw err; });
+    await setFinalizer(this.ctx.clients, queue, FINALIZER, false);
+    this.ctx.logger.info("Released deleted queue: its job pods are gone and its stack deregistered", { namespace, queue: name });
+    return undefined;
+  }
+
+  private async writeDeleting(queue: BuildkiteQueue, message: string): Promise<void> {
+    const ready = findCondition(queue.status?.conditions, "Ready");
+    if (ready?.reason === "Deleting" && ready.message === message) return;
+    const status = { ...queue.status, conditions: setCondition(queue.status?.conditions, { type: "Ready", status: "False", reason: "Deleting", message }, queue.metadata.generation, this.ctx.clock.now()) };
+    await patchStatus(this.ctx.clients, BUILDKITE_QUEUE, queue.metadata.namespace ?? "", queue.metadata.name ?? "", status);
   }
 
   /** Applies each child whose cached copy differs from the desired one; returns the first the API server refused. */
@@ -82,12 +140,14 @@ export class QueueController implements Controller {
     return refused;
   }
 
+  /**
+   * Applies a child unless the cached copy already holds everything desired: compared field by field, not by a hash
+   * the operator wrote, so a child edited by hand (a NetworkPolicy opened up) is put back as it should be.
+   */
   private async applyIfChanged(desired: KubernetesObject, cache: ReadCache<KubernetesObject>): Promise<QueueObservation["childError"]> {
     const meta = desired.metadata ?? {};
-    const hash = createHash("sha256").update(JSON.stringify(desired)).digest("hex").slice(0, 16);
-    meta.annotations = { ...meta.annotations, [ANNOTATIONS.specHash]: hash };
     const cached = cache.get(meta.name ?? "", meta.namespace);
-    if (cached?.metadata?.annotations?.[ANNOTATIONS.specHash] === hash) return undefined;
+    if (cached && covers(cached, desired)) return undefined;
     try {
       await apply(this.ctx.clients, desired);
       this.ctx.logger.info(`Applied ${desired.kind ?? "object"}`, { namespace: meta.namespace, name: meta.name, queue: meta.labels?.[LABELS.queue] });
@@ -147,3 +207,25 @@ export class QueueController implements Controller {
       { namespace: queue.metadata.namespace, queue: queue.metadata.name, reason: after.reason });
   }
 }
+
+/**
+ * Whether `actual` (as the API server serves it) holds every field of `desired`: objects may carry more keys (defaults,
+ * other managers' labels), lists must match item for item (an extra egress rule is drift), and an empty list or
+ * object counts as absent (the API server drops them).
+ */
+export function covers(actual: unknown, desired: unknown): boolean {
+  if (Array.isArray(desired)) {
+    const items = Array.isArray(actual) ? actual : [];
+    return items.length === desired.length && desired.every((d, i) => covers(items[i], d));
+  }
+  if (desired !== null && typeof desired === "object") {
+    const fields = Object.entries(desired as Record<string, unknown>);
+    if (actual === undefined || actual === null) return fields.every(([, v]) => isEmpty(v));
+    if (typeof actual !== "object") return false;
+    return fields.every(([k, v]) => covers((actual as Record<string, unknown>)[k], v));
+  }
+  return actual === desired || (desired === undefined);
+}
+
+const isEmpty = (v: unknown): boolean => v === undefined || (Array.isArray(v) && v.length === 0)
+  || (v !== null && typeof v === "object" && Object.values(v as Record<string, unknown>).every(isEmpty));

@@ -156,8 +156,10 @@ export class QueueJobSource {
   private async once(): Promise<void> {
     const { namespace, name } = splitKey(this.key);
     const queue = this.ctx.caches.queues.get(name, namespace);
-    if (!queue || queue.metadata.deletionTimestamp) return;
+    if (!queue) return;
     const conn = await this.connect(queue);
+    // A queue being deleted takes no new job; its stack stays registered so its jobs can still be reported on.
+    if (queue.metadata.deletionTimestamp) return;
     const jobs = this.ctx.caches.jobs.list(namespace).filter((j) => j.spec.queueRef.name === name);
     await this.dispatch(queue, conn, jobs);
     await this.retryAwaitingTokens(queue, conn, jobs);

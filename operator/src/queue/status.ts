@@ -2,6 +2,7 @@ import { setCondition, type Condition, type ConditionUpdate } from "../api/condi
 import type { BuildkiteQueue, BuildkiteQueueStatus } from "../api/generated/buildkite-queue.js";
 import { serviceAccountName } from "../api/names.js";
 import { concurrency, shapeResources } from "../api/shapes.js";
+import { LABELS } from "../api/keys.js";
 import { notMarkedMessage } from "./source-support.js";
 
 /** What the queue controller found out while reconciling one queue. */
@@ -39,7 +40,7 @@ export function planQueueStatus(obs: QueueObservation, now: Date): BuildkiteQueu
     ready = { type: "Ready", status: "False", reason: "EndpointNotAllowed", message: obs.endpointRefused };
   } else if (obs.secret === "missing") {
     ready = { type: "Ready", status: "False", reason: "AgentTokenSecretMissing",
-      message: `Secret ${ref.name} not found in namespace ${ns}; create it: kubectl create secret generic ${ref.name} -n ${ns} --from-literal=${ref.key}=<agent token>` };
+      message: `Secret ${ref.name} not found in namespace ${ns}; create it: kubectl create secret generic ${ref.name} -n ${ns} --from-literal=${ref.key}=<agent token> && kubectl label secret ${ref.name} -n ${ns} ${LABELS.agentToken}=true` };
   } else if (obs.secret === "notMarked") {
     ready = { type: "Ready", status: "False", reason: "AgentTokenSecretNotMarked", message: notMarkedMessage(queue) };
   } else if (obs.secret === "missingKey") {

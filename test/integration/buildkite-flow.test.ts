@@ -243,6 +243,23 @@ describe("Buildkite jobs flow from the Stacks API through BuildkiteJobs to pods 
       setHeaderOptions("Content-Type", PatchStrategy.MergePatch));
     await s.condition("deputy-secret", "Registered", "True", undefined, 60_000);
   });
+
+  it("finishes a deleted queue's work even when the operator was down at the delete: the waiting job is finished in Buildkite with why, the stack deregistered, then the queue goes", async () => {
+    await s.queue("doomed", "hold");
+    const uuid = s.fake.seedJob({ queue_key: "doomed" });
+    await s.jobPhase(uuid, "Starting");
+    await operator?.stop();
+    operator = undefined;
+    await s.t.custom.deleteNamespacedCustomObject({ group: "buildkite.com", version: "v1alpha1", namespace: s.t.namespace, plural: "buildkitequeues", name: "doomed" });
+    expect((await s.t.queue("doomed"))?.metadata.deletionTimestamp, "the queue, held by its finalizer").to.not.equal(undefined);
+    operator = await startTestOperator(s.kc, "buildkite-flow-after-delete", { buildkite: FAST, allowedEndpoints: [s.fake.agentEndpoint] });
+    const finished = await s.buildkiteState(uuid, "finished");
+    expect(finished.finish_detail).to.include(`BuildkiteQueue ${s.t.namespace}/doomed was deleted`);
+    await eventually(async () => {
+      expect(s.fake.stacks().find((st) => st.cluster_queue_key === "doomed")?.state, "the queue's stack").to.equal("disconnected");
+      expect(await s.t.queue("doomed"), "the queue").to.equal(undefined);
+    }, { what: "the stack deregistered and the queue gone", timeoutMs: 60_000 });
+  });
 });
 
 /** The most runs whose [start, finish] intervals overlap at one moment. */

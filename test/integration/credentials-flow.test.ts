@@ -8,6 +8,8 @@ import { repoRoot } from "../support/binaries.js";
 import { BuildkiteScenario } from "../support/buildkite-scenario.js";
 import { testCluster } from "../support/global-cluster.js";
 import { startTestOperator } from "../support/operator.js";
+import { jobResourceName } from "../../operator/src/api/names.js";
+import { roleSessionName } from "../../operator/src/job/pod-builder.js";
 
 const ROLE = "arn:aws:iam::123456789012:role/ci-deploy";
 
@@ -60,6 +62,12 @@ describe("AWS credentials through IRSA: checked before jobs need them, and obtai
     expect(done.exit_status).to.equal(0);
     const calls = sts.requests().filter((r) => r.roleArn === ROLE);
     expect(calls.length, "STS calls: the preflight's and the job's").to.be.at.least(2);
+    // CloudTrail shows the session name: the job's own SDK call names pipeline, build and job.
+    const job = await s.t.job(jobResourceName(uuid));
+    if (!job) throw new Error("the BuildkiteJob is gone");
+    const session = roleSessionName(job);
+    expect(session).to.match(new RegExp(`^bk-${job.spec.pipelineSlug ?? ""}-${String(job.spec.buildNumber ?? "")}-${uuid}$`));
+    expect(calls.map((c) => c.roleSessionName), "session names STS received").to.include(session);
   });
 
   it("says within seconds, before any job fails, that a role's trust policy does not allow the queue's ServiceAccount, and tells each job's timeline", async () => {

@@ -97,6 +97,30 @@ describe("planJob", () => {
     expect(plan.status.reason).to.equal("WaitingForOldPod");
   });
 
+  describe("when its queue is deleted (the stop annotation)", () => {
+    const stopped = (status: BuildkiteJobStatus = {}): BuildkiteJob => {
+      const j = jobWith(status);
+      j.metadata.annotations = { [ANNOTATIONS.stop]: "BuildkiteQueue ci/linux was deleted.", [ANNOTATIONS.stack]: "stack" };
+      return j;
+    };
+    it("deletes a running pod first, and keeps the job open until the pod is gone", () => {
+      const job = stopped({ phase: "Running", podUID: "pod-uid", podName: "p" });
+      const plan = planJob({ job, queue: readyQueue(), pod: podOf(job, { phase: "Running" }), slot: free }, now);
+      expect(plan.actions).to.deep.equal(["deletePod"]);
+      expect(plan.status).to.include({ phase: "Running", reason: "Stopping" });
+    });
+    it("ends the job Canceled once the pod is gone (never PodDeleted), and reports it to Buildkite only if it never started", () => {
+      const plan = planJob({ job: stopped({ phase: "Running", podUID: "pod-uid", podName: "p", startedAt: now.toISOString() }), queue: readyQueue(), pod: undefined, slot: free }, now);
+      expect(plan.status).to.include({ phase: "Canceled", reason: "QueueDeleted" });
+      expect(plan.status.message).to.equal("BuildkiteQueue ci/linux was deleted. Its pod was stopped.");
+      expect(needsReport({ ...stopped(), status: plan.status }), "a job whose agent ran").to.equal(false);
+      const waiting = planJob({ job: stopped({ phase: "Pending", reason: "WaitingForSlot" }), queue: readyQueue(), pod: undefined, slot: free }, now);
+      expect(waiting.actions).to.deep.equal([]);
+      expect(waiting.status).to.include({ phase: "Canceled", reason: "QueueDeleted" });
+      expect(needsReport({ ...stopped(), status: waiting.status }), "a job that never started").to.equal(true);
+    });
+  });
+
   it("keeps a finished job for its TTL, then deletes it", () => {
     const finishedAt = new Date(now.getTime() - 1000 * 1000).toISOString();
     const kept = planJob({ job: jobWith({ phase: "Succeeded", finishedAt }), queue: readyQueue(), pod: undefined, slot: free }, now);

@@ -2,6 +2,7 @@ import { expect } from "chai";
 import { queueFixture } from "../../../test/support/fixtures.js";
 import { DEFAULT_CLUSTER_DNS, parseDnsPeer } from "../config/config.js";
 import { desiredCacheClaims, desiredNetworkPolicy, desiredServiceAccount, proxyEnv } from "./children.js";
+import { covers } from "./controller.js";
 import { planQueueStatus } from "./status.js";
 
 const DNS = parseDnsPeer(DEFAULT_CLUSTER_DNS);
@@ -66,6 +67,30 @@ describe("queue children", () => {
     const claims = desiredCacheClaims(queueFixture({ cache: [{ name: "gomod", size: "20Gi", mountPath: "/c", storageClassName: "fast", scope: "Pipeline" }] }), 3);
     expect(claims.map((c) => c.metadata?.name)).to.deep.equal(["bkq-linux-gomod-0", "bkq-linux-gomod-1", "bkq-linux-gomod-2"]);
     expect(claims[0]?.spec).to.deep.equal({ accessModes: ["ReadWriteOnce"], resources: { requests: { storage: "20Gi" } }, storageClassName: "fast" });
+  });
+});
+
+describe("covers (drift of a child)", () => {
+  const desired = desiredNetworkPolicy(queueFixture(), DNS);
+  const served = (): Record<string, unknown> => {
+    // As the API server serves it: defaults and other managers' fields added, empty lists dropped.
+    const copy = JSON.parse(JSON.stringify(desired)) as { metadata: Record<string, unknown>; spec: Record<string, unknown> };
+    copy.metadata.resourceVersion = "7";
+    copy.metadata.labels = { ...(copy.metadata.labels as object), team: "ci" };
+    delete copy.spec.ingress;
+    return copy;
+  };
+  it("accepts what the API server adds, and sees a rule opened up, added or removed by hand", () => {
+    expect(covers(served(), desired)).to.equal(true);
+    const opened = served();
+    (opened.spec as { egress: unknown[] }).egress = [{}];
+    expect(covers(opened, desired)).to.equal(false);
+    const added = served();
+    (added.spec as { egress: unknown[] }).egress.push({});
+    expect(covers(added, desired)).to.equal(false);
+    const noFinalizer = served();
+    (noFinalizer.metadata as { finalizers: unknown[] }).finalizers = [];
+    expect(covers(noFinalizer, desired)).to.equal(false);
   });
 });
 

@@ -110,7 +110,7 @@ export class QueueController implements Controller {
     }
     const policy = this.ctx.caches.networkPolicies.get(networkPolicyName(queue), namespace);
     // Typed lists leave kind and apiVersion off their items, so the cached policy is named here.
-    if (policy) await setFinalizer(this.ctx.clients, { ...policy, apiVersion: "networking.k8s.io/v1", kind: "NetworkPolicy" }, FINALIZER, false).catch((err: unknown) => { if (!isNotFound(err)) throw err; });
+    if (policy) await setFinalizer(this.ctx.clients, { apiVersion: "networking.k8s.io/v1", kind: "NetworkPolicy", metadata: policy.metadata ?? {} }, FINALIZER, false).catch((err: unknown) => { if (!isNotFound(err)) throw err; });
     await setFinalizer(this.ctx.clients, queue, FINALIZER, false);
     this.ctx.logger.info("Released deleted queue: its job pods are gone and its stack deregistered", { namespace, queue: name });
     return undefined;

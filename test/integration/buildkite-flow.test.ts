@@ -67,6 +67,19 @@ describe("Buildkite jobs flow from the Stacks API through BuildkiteJobs to pods 
     await s.condition("required", "JobTokens", "True", "Issued");
   });
 
+  it("keeps a job whose token Buildkite did not issue waiting for it, never switching the queue to the cluster token", async () => {
+    const uuid = s.fake.seedJob({ queue_key: "odd-one", command: "exit 0" });
+    // The probe and the first issue both answer "not issued" for this job; the next asks succeed.
+    s.fake.injectFault({ route: "stacks.job-acquisition-tokens", status: 201, count: 2, body: { job_acquisition_tokens: [], not_issued: [uuid] } });
+    await s.queue("odd-one", "real");
+    await s.buildkiteState(uuid, "finished");
+    const job = await s.jobPhase(uuid, "Succeeded");
+    expect(job.metadata.annotations?.["buildkite.com/agent-token-secret"], "the job's own token Secret").to.equal(jobTokenSecretName(uuid));
+    const q = await s.t.queue("odd-one");
+    expect(q?.status?.conditions?.find((c) => c.type === "JobTokens"), "the queue's JobTokens").to.include({ status: "True", reason: "Issued" });
+    expect((await s.t.events("odd-one")).map((e) => e.reason), "the queue's Events").to.not.include("FallbackToAgentToken");
+  });
+
   it("falls back to the queue's agent token only when the queue opts in (Preferred), and says so on the queue", async () => {
     s.fake.injectFault({ route: "stacks.job-acquisition-tokens", status: 404, count: 1, body: { message: "Not Found" } });
     await s.queue("fallback", "real", { jobTokens: "Preferred" });

@@ -1,8 +1,13 @@
-import { ApiextensionsV1Api, AppsV1Api, CoordinationV1Api, NetworkingV1Api, type KubeConfig, type V1PolicyRule, type V1PodSpec } from "@kubernetes/client-node";
+import {
+  ApiextensionsV1Api, AppsV1Api, CoordinationV1Api, CoreV1Api, CustomObjectsApi, KubeConfig, KubernetesObjectApi, NetworkingV1Api,
+  type V1PolicyRule, type V1PodSpec,
+} from "@kubernetes/client-node";
 import { expect } from "chai";
 import { join } from "node:path";
 import { parseAllDocuments } from "yaml";
-import { serviceAccountName } from "../../operator/src/api/names.js";
+import { jobTokenSecretName, serviceAccountName } from "../../operator/src/api/names.js";
+import type { KubeClients } from "../../operator/src/kube/resources.js";
+import { writeTokenSecret } from "../../operator/src/queue/source-support.js";
 import { FakeBuildkite } from "../fake-buildkite/server.js";
 import {
   CHART_DIR, rbacDenialsIn, helm, HelmError, pinnedKubernetesVersion, releaseObjects, startOperatorAs, writeServiceAccountKubeconfig,
@@ -19,16 +24,16 @@ const CRDS = ["buildkitequeues.buildkite.com", "buildkitejobs.buildkite.com"];
 
 /** The ClusterRole the operator needs, verb for verb (issue 7): a verb added or dropped must be a deliberate change. */
 const CLUSTER_RULES: V1PolicyRule[] = [
-  { apiGroups: ["buildkite.com"], resources: ["buildkitequeues"], verbs: ["get", "list", "watch"] },
+  { apiGroups: ["buildkite.com"], resources: ["buildkitequeues"], verbs: ["list", "watch", "patch"] },
   { apiGroups: ["buildkite.com"], resources: ["buildkitequeues/status"], verbs: ["patch"] },
   { apiGroups: ["buildkite.com"], resources: ["buildkitejobs"], verbs: ["get", "list", "watch", "create", "patch", "delete"] },
   { apiGroups: ["buildkite.com"], resources: ["buildkitejobs/status"], verbs: ["patch"] },
   { apiGroups: [""], resources: ["pods"], verbs: ["get", "list", "watch", "create", "delete"] },
-  { apiGroups: [""], resources: ["secrets"], verbs: ["get", "create", "delete"] },
-  { apiGroups: [""], resources: ["serviceaccounts"], verbs: ["get", "list", "watch", "create", "patch"] },
+  { apiGroups: [""], resources: ["secrets"], verbs: ["get", "create", "update"] },
+  { apiGroups: [""], resources: ["serviceaccounts"], verbs: ["list", "watch", "create", "patch"] },
   { apiGroups: [""], resources: ["serviceaccounts/token"], verbs: ["create"] },
-  { apiGroups: [""], resources: ["persistentvolumeclaims"], verbs: ["get", "list", "watch", "create", "patch", "delete"] },
-  { apiGroups: ["networking.k8s.io"], resources: ["networkpolicies"], verbs: ["get", "list", "watch", "create", "patch"] },
+  { apiGroups: [""], resources: ["persistentvolumeclaims"], verbs: ["list", "watch", "create", "patch", "delete"] },
+  { apiGroups: ["networking.k8s.io"], resources: ["networkpolicies"], verbs: ["list", "watch", "create", "patch"] },
   { apiGroups: [""], resources: ["events"], verbs: ["create", "patch"] },
   { apiGroups: [""], resources: ["namespaces"], resourceNames: ["kube-system"], verbs: ["get"] },
 ];
@@ -136,6 +141,10 @@ describe("Helm chart installed: the operator runs as the chart's ServiceAccount,
   let operator: ManagedProcess | undefined;
   let logFile: string;
 
+  /** A kubeconfig that authenticates as the chart's ServiceAccount (a TokenRequest token, as in the operator's pod). */
+  const chartServiceAccountKubeconfig = (): Promise<string> => writeServiceAccountKubeconfig(kc, join(testCluster().dir, "chart-operator.kubeconfig"),
+    { namespace: releaseNs, name: "bk-chart-buildkite-operator" }, testCluster().server, testCluster().pki.caCert);
+
   before(async () => {
     kc = testCluster().kubeConfig();
     releaseNs = await testNamespace(kc, "chart", RESTRICTED);
@@ -175,8 +184,7 @@ describe("Helm chart installed: the operator runs as the chart's ServiceAccount,
   });
 
   it("runs a job to completion with only the chart's RBAC and leader election, without a single RBAC denial", async () => {
-    const sa = { namespace: releaseNs, name: "bk-chart-buildkite-operator" };
-    const kubeconfig = await writeServiceAccountKubeconfig(kc, join(testCluster().dir, "chart-operator.kubeconfig"), sa, testCluster().server, testCluster().pki.caCert);
+    const kubeconfig = await chartServiceAccountKubeconfig();
     const port = await freePort();
     operator = startOperatorAs(kubeconfig, logFile, [
       "--leader-elect=true", `--lease-namespace=${releaseNs}`, "--lease-name=buildkite-operator",
@@ -221,6 +229,27 @@ describe("Helm chart installed: the operator runs as the chart's ServiceAccount,
     const released = await leases.readNamespacedLease({ name: "buildkite-operator", namespace: releaseNs });
     expect(released.spec?.holderIdentity, `the Lease after a graceful stop; the operator's last lines:\n${operator.tail()}`).to.equal("");
     expect(rbacDenialsIn(logFile), "RBAC denials in the operator's log: a verb missing from the chart's roles").to.deep.equal([]);
+  });
+
+  it("refreshes a job's token Secret as the chart's ServiceAccount: created, then replaced with the new token", async () => {
+    const asOperator = new KubeConfig();
+    asOperator.loadFromFile(await chartServiceAccountKubeconfig());
+    const clients: KubeClients = {
+      core: asOperator.makeApiClient(CoreV1Api), custom: asOperator.makeApiClient(CustomObjectsApi), objects: KubernetesObjectApi.makeApiClient(asOperator),
+    };
+    // A real BuildkiteJob: the Secret is owned by it, and the garbage collector deletes what an owner it cannot find.
+    const name = await t.createJob("chart");
+    const job = await t.job(name);
+    if (!job) throw new Error(`job ${name} is gone`);
+    const token = async (): Promise<string> => {
+      const secret = await t.core.readNamespacedSecret({ name: jobTokenSecretName(job.spec.uuid), namespace: t.namespace });
+      return Buffer.from(secret.data?.token ?? "", "base64").toString("utf8");
+    };
+    await writeTokenSecret(clients, job, "job-token-1");
+    expect(await token(), "the Secret as first written (create)").to.equal("job-token-1");
+    // The Secret exists now: AlreadyExists, then a replace, which RBAC authorizes as `update`.
+    await writeTokenSecret(clients, job, "job-token-2");
+    expect(await token(), "the Secret after a refresh (replace)").to.equal("job-token-2");
   });
 
   it("uninstalls every object of the release and keeps the CRDs (and so every queue and job)", async () => {

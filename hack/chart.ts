@@ -16,7 +16,7 @@ import { dashboardMetrics, renderDashboard } from "./chart-dashboard.js";
  * `--check` regenerates in memory and fails when the files on disk differ (as hack/generate.ts does for the TS
  * types), when Chart.yaml's appVersion is not package.json's version, when values.schema.json's log levels are not
  * the operator's, or when the dashboard queries a metric the operator does not register; then it runs
- * `helm lint --strict` and `helm template` (default values, and with every optional object on).
+ * `helm lint --strict` and `helm template` (default values, with every optional object on, and in cluster-wide mode).
  */
 
 /** Every generated file of the chart: path relative to the chart → content. */
@@ -79,14 +79,17 @@ function consistencyProblems(): string[] {
   return problems;
 }
 
-/** `helm lint --strict` and `helm template` with default values and with every optional object on. */
+/** `helm lint --strict` and `helm template` with default values, with every optional object on, and cluster-wide. */
 async function helmChecks(): Promise<string[]> {
   if (!existsSync(hackBinary("helm"))) return [`${hackBinary("helm")} is missing; run bash hack/build-binaries.sh`];
   const everything = ["--set", "metrics.podMonitor.enabled=true", "--set", "metrics.serviceMonitor.enabled=true"];
   // helm template assumes an old Kubernetes unless told, older than the chart's kubeVersion allows.
   const template = ["template", "check", CHART_DIR, "--namespace", "buildkite", "--kube-version", pinnedKubernetesVersion()];
   const problems: string[] = [];
-  for (const args of [["lint", "--strict", CHART_DIR], ["lint", "--strict", CHART_DIR, ...everything], template, [...template, ...everything]]) {
+  // Cluster-wide mode renders other RBAC objects than the default namespaced mode.
+  const clusterWide = ["--set", "clusterWide=true"];
+  for (const args of [["lint", "--strict", CHART_DIR], ["lint", "--strict", CHART_DIR, ...everything], ["lint", "--strict", CHART_DIR, ...clusterWide],
+    template, [...template, ...everything], [...template, ...clusterWide]]) {
     await helm(args).catch((err: unknown) => { problems.push(err instanceof Error ? err.message : String(err)); });
   }
   return problems;

@@ -42,11 +42,14 @@ export interface OperatorOptions {
   leaderElection?: LeaderElectionSettings;
   /** Where the metrics are registered (default a fresh registry); `/metrics` serves it. */
   registry?: Registry;
-  /** Agent API endpoints a queue may send its token to (default Buildkite's, {@link BUILDKITE_AGENT_ENDPOINT}). */
+  /** Agent API endpoints a queue may send its token to (default Buildkite's, `BUILDKITE_AGENT_ENDPOINT` of config.ts). */
   allowedEndpoints?: readonly string[];
   /** The resolvers job pods may query when their queue names none (default kube-system's kube-dns pods). */
   clusterDNS?: DnsPeer;
-  /** Namespaces served and watched; empty or absent: every namespace. */
+  /**
+   * Namespaces served and watched, each by its own informers (a Role in each is enough); queues elsewhere are never
+   * seen. Empty or absent: every namespace, through cluster-wide informers (which need a ClusterRole).
+   */
   watchNamespaces?: readonly string[];
 }
 
@@ -72,6 +75,7 @@ export class Operator {
     private readonly informers: InformerSet,
     private readonly work: { queue: WorkQueue; start(workers: number): void }[],
     private readonly workers: number,
+    private readonly namespaces: string,
     private readonly recorder: EventRecorder,
     private readonly sources: JobSources | undefined,
     private readonly credentials: CredentialsPreflight,
@@ -88,7 +92,7 @@ export class Operator {
     const clock = options.clock ?? realClock;
     const clients = { core: kc.makeApiClient(CoreV1Api), custom: kc.makeApiClient(CustomObjectsApi), objects: KubernetesObjectApi.makeApiClient(kc) };
     const recorder = new EventRecorder({ core: clients.core, component: "buildkite-operator", clock, logger });
-    const informers = createInformers(kc, clock, logger);
+    const informers = createInformers(kc, clock, logger, options.watchNamespaces);
     const work: { queue: WorkQueue; start(workers: number): void }[] = [];
     const metrics = new Metrics(options.registry, {
       workQueues: () => work.map((w) => ({ name: w.queue.name, value: () => w.queue.length })),
@@ -121,7 +125,8 @@ export class Operator {
       client: kc.makeApiClient(CoordinationV1Api), namespace: le.namespace, name: le.name, identity: le.identity, clock, logger,
       ...(le.leaseDurationMs !== undefined ? { leaseDurationMs: le.leaseDurationMs } : {}),
     }) : undefined;
-    const operator = new Operator(informers, work, options.workers ?? 16, recorder, sources, credentials, elector, metrics, logger);
+    const namespaces = options.watchNamespaces?.length ? options.watchNamespaces.join(",") : "all";
+    const operator = new Operator(informers, work, options.workers ?? 16, namespaces, recorder, sources, credentials, elector, metrics, logger);
     informers.listeners.queues.add(() => {
       if (!operator.acting) return;
       sources?.sync();
@@ -155,7 +160,7 @@ export class Operator {
     for (const w of this.work) w.start(this.workers);
     this.sources?.sync();
     this.credentials.sync();
-    this.logger.info("Started controllers", { workers: this.workers, buildkite: this.sources !== undefined });
+    this.logger.info("Started controllers", { workers: this.workers, namespaces: this.namespaces, buildkite: this.sources !== undefined });
   }
 
   private async stopActing(): Promise<void> {

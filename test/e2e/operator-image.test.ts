@@ -41,6 +41,8 @@ describe("The operator's container image: built without a registry, run as the c
   let dir: string;
   let container: StartedTestContainer | undefined;
   let port: number;
+  /** The namespace the queue and its jobs live in: the chart's watchNamespaces, the operator's --watch-namespaces. */
+  let t: TestObjects;
   const logs: string[] = [];
 
   before(async () => {
@@ -63,9 +65,12 @@ describe("The operator's container image: built without a registry, run as the c
   });
 
   it("starts from the image with only the chart's RBAC, as uid 65532 on a read-only root, and answers /healthz and /readyz", async () => {
-    // The chart brings the CRDs (this cluster is fresh) and the ServiceAccount with its ClusterRole and Role.
+    // The chart brings the CRDs (this cluster is fresh) and the ServiceAccount with its Roles: in its default,
+    // namespaced mode, rights only in the jobs' namespace, which must exist first.
     const releaseNs = await testNamespace(kc, "operator", RESTRICTED);
-    await helm(["install", "bk", CHART_DIR, "--namespace", releaseNs, "--set", "replicaCount=1"], cluster.kubeconfigPath);
+    t = new TestObjects(kc, await testNamespace(kc, "image-jobs", RESTRICTED));
+    await helm(["install", "bk", CHART_DIR, "--namespace", releaseNs, "--set", "replicaCount=1", "--set-json", `watchNamespaces=["${t.namespace}"]`],
+      cluster.kubeconfigPath);
     const kubeconfig = await writeServiceAccountKubeconfig(kc, join(dir, "kubeconfig"), { namespace: releaseNs, name: "bk-buildkite-operator" },
       cluster.server, cluster.pki.caCert);
 
@@ -75,7 +80,7 @@ describe("The operator's container image: built without a registry, run as the c
       .withBindMounts([{ source: kubeconfig, target: KUBECONFIG_IN_CONTAINER, mode: "ro" }])
       .withEnvironment({ KUBECONFIG: KUBECONFIG_IN_CONTAINER, POD_NAMESPACE: releaseNs })
       .withCommand(["--log-level=debug", "--leader-elect=false", `--http-port=${port}`, "--poll-interval-ms=250", "--state-check-interval-ms=500",
-        `--allowed-endpoints=${fake.agentEndpoint}`])
+        `--allowed-endpoints=${fake.agentEndpoint}`, `--watch-namespaces=${t.namespace}`])
       .withLogConsumer((stream) => { stream.on("data", (chunk: Buffer | string) => logs.push(...chunk.toString().split("\n").filter(Boolean))); })
       .withWaitStrategy(Wait.forLogMessage(/Serving \/healthz/))
       .withStartupTimeout(60_000)
@@ -94,7 +99,6 @@ describe("The operator's container image: built without a registry, run as the c
 
   it("runs a job to completion: queue Ready, pod created, exit recorded, pod deleted", async function () {
     if (!container) this.skip();
-    const t = new TestObjects(kc, await testNamespace(kc, "image-jobs", RESTRICTED));
     await t.createTokenSecret("bk-agent-token", fake.agentToken);
     await t.createQueue("image", { endpoint: fake.agentEndpoint, instanceShape: "LINUX_ARM64_2X4", maxVCPU: 2 });
     await eventually(async () => {

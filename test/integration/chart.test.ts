@@ -1,11 +1,17 @@
-import { ApiextensionsV1Api, AppsV1Api, CoordinationV1Api, NetworkingV1Api, type KubeConfig, type V1PolicyRule, type V1PodSpec } from "@kubernetes/client-node";
+import {
+  ApiextensionsV1Api, AppsV1Api, AuthorizationV1Api, CoordinationV1Api, CoreV1Api, CustomObjectsApi, KubeConfig, KubernetesObjectApi, NetworkingV1Api,
+  type V1PodSpec,
+} from "@kubernetes/client-node";
 import { expect } from "chai";
 import { join } from "node:path";
 import { parseAllDocuments } from "yaml";
-import { serviceAccountName } from "../../operator/src/api/names.js";
+import { jobTokenSecretName, serviceAccountName } from "../../operator/src/api/names.js";
+import { isForbidden } from "../../operator/src/kube/field-manager.js";
+import type { KubeClients } from "../../operator/src/kube/resources.js";
+import { writeTokenSecret } from "../../operator/src/queue/source-support.js";
 import { FakeBuildkite } from "../fake-buildkite/server.js";
 import {
-  CHART_DIR, rbacDenialsIn, helm, HelmError, pinnedKubernetesVersion, releaseObjects, startOperatorAs, writeServiceAccountKubeconfig,
+  byKind, CHART_DIR, rbacDenialsIn, helm, releaseObjects, renderChart, startOperatorAs, valuesRefusal, writeServiceAccountKubeconfig, type ChartManifest,
 } from "../support/chart.js";
 import { eventually } from "../support/eventually.js";
 import { testCluster, testNamespace } from "../support/global-cluster.js";
@@ -17,46 +23,6 @@ import { freePort } from "../support/ports.js";
 const RESTRICTED = { "pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/enforce-version": "latest" };
 const CRDS = ["buildkitequeues.buildkite.com", "buildkitejobs.buildkite.com"];
 
-/** The ClusterRole the operator needs, verb for verb (issue 7): a verb added or dropped must be a deliberate change. */
-const CLUSTER_RULES: V1PolicyRule[] = [
-  { apiGroups: ["buildkite.com"], resources: ["buildkitequeues"], verbs: ["get", "list", "watch"] },
-  { apiGroups: ["buildkite.com"], resources: ["buildkitequeues/status"], verbs: ["patch"] },
-  { apiGroups: ["buildkite.com"], resources: ["buildkitejobs"], verbs: ["get", "list", "watch", "create", "patch", "delete"] },
-  { apiGroups: ["buildkite.com"], resources: ["buildkitejobs/status"], verbs: ["patch"] },
-  { apiGroups: [""], resources: ["pods"], verbs: ["get", "list", "watch", "create", "delete"] },
-  { apiGroups: [""], resources: ["secrets"], verbs: ["get", "create", "delete"] },
-  { apiGroups: [""], resources: ["serviceaccounts"], verbs: ["get", "list", "watch", "create", "patch"] },
-  { apiGroups: [""], resources: ["serviceaccounts/token"], verbs: ["create"] },
-  { apiGroups: [""], resources: ["persistentvolumeclaims"], verbs: ["get", "list", "watch", "create", "patch", "delete"] },
-  { apiGroups: ["networking.k8s.io"], resources: ["networkpolicies"], verbs: ["get", "list", "watch", "create", "patch"] },
-  { apiGroups: [""], resources: ["events"], verbs: ["create", "patch"] },
-  { apiGroups: [""], resources: ["namespaces"], resourceNames: ["kube-system"], verbs: ["get"] },
-];
-
-interface Manifest {
-  kind: string;
-  metadata: { name: string };
-  [key: string]: unknown;
-}
-
-async function render(...args: string[]): Promise<Manifest[]> {
-  const out = await helm(["template", "bk", CHART_DIR, "--namespace", "buildkite", "--kube-version", pinnedKubernetesVersion(), ...args]);
-  return parseAllDocuments(out).map((d) => d.toJS() as Manifest | null).filter((m): m is Manifest => m !== null);
-}
-
-const byKind = (manifests: Manifest[], kind: string): Manifest[] => manifests.filter((m) => m.kind === kind);
-
-/** What helm says when the values are refused (empty if they were accepted). */
-async function refusal(...set: string[]): Promise<string> {
-  try {
-    await render(...set);
-    return "";
-  } catch (err) {
-    if (err instanceof HelmError) return err.output;
-    throw err;
-  }
-}
-
 describe("Helm chart: lint, template and values schema", function () {
   this.timeout(60_000);
 
@@ -66,7 +32,7 @@ describe("Helm chart: lint, template and values schema", function () {
   });
 
   it("renders a Pod Security restricted Deployment with probes, resources and the operator's flags", async () => {
-    const [deployment] = byKind(await render(), "Deployment");
+    const [deployment] = byKind(await renderChart(), "Deployment");
     const spec = (deployment as unknown as { spec: { replicas: number; template: { spec: V1PodSpec } } }).spec;
     expect(spec.replicas).to.equal(2);
     const pod = spec.template.spec;
@@ -80,24 +46,12 @@ describe("Helm chart: lint, template and values schema", function () {
     expect(c?.ports).to.deep.equal([{ name: "http", containerPort: 8080, protocol: "TCP" }]);
     expect(c?.resources).to.deep.equal({ requests: { cpu: "100m", memory: "128Mi" }, limits: { cpu: "1", memory: "512Mi" } });
     expect(c?.env?.[0]).to.deep.equal({ name: "POD_NAMESPACE", valueFrom: { fieldRef: { fieldPath: "metadata.namespace" } } });
-    expect(c?.args).to.include.members(["--http-port=8080", "--leader-elect=true", "--lease-namespace=buildkite", "--lease-name=buildkite-operator", "--log-level=info"]);
-  });
-
-  it("renders least-privilege RBAC: exactly the operator's verbs cluster-wide, and the leader Lease in its namespace", async () => {
-    const manifests = await render();
-    const [clusterRole] = byKind(manifests, "ClusterRole");
-    expect(clusterRole?.rules).to.deep.equal(CLUSTER_RULES);
-    const [role] = byKind(manifests, "Role");
-    expect(role?.rules).to.deep.equal([
-      { apiGroups: ["coordination.k8s.io"], resources: ["leases"], verbs: ["create"] },
-      { apiGroups: ["coordination.k8s.io"], resources: ["leases"], resourceNames: ["buildkite-operator"], verbs: ["get", "update"] },
-    ]);
-    expect(byKind(manifests, "ClusterRoleBinding")).to.have.length(1);
-    expect(byKind(manifests, "RoleBinding")).to.have.length(1);
+    expect(c?.args).to.include.members(["--http-port=8080", "--leader-elect=true", "--lease-namespace=buildkite", "--lease-name=buildkite-operator", "--log-level=info",
+      "--watch-namespaces=ci"]);
   });
 
   it("renders the metrics Service and the Grafana dashboard; PodMonitor and ServiceMonitor only when turned on", async () => {
-    const defaults = await render();
+    const defaults = await renderChart();
     expect(byKind(defaults, "Service").map((m) => m.metadata.name)).to.deep.equal(["bk-buildkite-operator"]);
     const [dashboard] = byKind(defaults, "ConfigMap");
     expect((dashboard?.metadata as { labels?: Record<string, string> }).labels).to.include({ grafana_dashboard: "1" });
@@ -105,41 +59,54 @@ describe("Helm chart: lint, template and values schema", function () {
     expect(json.panels.map((p) => p.title)).to.include.members(["Jobs dispatched", "Jobs completed by result", "Queue wait", "Dispatch latency",
       "Slots used / total", "Requests by endpoint and status", "Reconcile errors", "Work-queue depth", "Informer restarts", "Leader"]);
     expect(byKind(defaults, "PodMonitor").length + byKind(defaults, "ServiceMonitor").length).to.equal(0);
-    const monitored = await render("--set", "metrics.podMonitor.enabled=true", "--set", "metrics.serviceMonitor.enabled=true");
+    const monitored = await renderChart("--set", "metrics.podMonitor.enabled=true", "--set", "metrics.serviceMonitor.enabled=true");
     expect(byKind(monitored, "PodMonitor")).to.have.length(1);
     expect(byKind(monitored, "ServiceMonitor")).to.have.length(1);
   });
 
   it("ships the CRDs of crds/ in the chart's crds/ (installed by Helm, never deleted by it)", async () => {
     const out = await helm(["show", "crds", CHART_DIR]);
-    const names = parseAllDocuments(out).map((d) => (d.toJS() as Manifest | null)?.metadata.name).filter(Boolean);
+    const names = parseAllDocuments(out).map((d) => (d.toJS() as ChartManifest | null)?.metadata.name).filter(Boolean);
     expect(names.sort()).to.deep.equal([...CRDS].sort());
   });
 
   it("refuses bad values with the schema's message, naming the value", async () => {
-    expect(await refusal("--set", "replicaCount=0")).to.include("at '/replicaCount': minimum: got 0, want 1");
-    expect(await refusal("--set", "logLevel=loud")).to.include("at '/logLevel': value must be one of 'error', 'warn', 'info', 'debug'");
-    expect(await refusal("--set", "resources.limits.memory=lots")).to.include("at '/resources/limits/memory': 'lots' does not match pattern");
-    expect(await refusal("--set-json", "image.repository=42")).to.include("at '/image/repository': got number, want string");
-    expect(await refusal("--set", "replicas=3"), "a misspelt value").to.include("additional properties 'replicas' not allowed");
-    expect(await refusal("--set", "logLevel=debug")).to.equal("");
+    expect(await valuesRefusal("--set", "replicaCount=0")).to.include("at '/replicaCount': minimum: got 0, want 1");
+    expect(await valuesRefusal("--set", "logLevel=loud")).to.include("at '/logLevel': value must be one of 'error', 'warn', 'info', 'debug'");
+    expect(await valuesRefusal("--set", "resources.limits.memory=lots")).to.include("at '/resources/limits/memory': 'lots' does not match pattern");
+    expect(await valuesRefusal("--set-json", "image.repository=42")).to.include("at '/image/repository': got number, want string");
+    expect(await valuesRefusal("--set", "replicas=3"), "a misspelt value").to.include("additional properties 'replicas' not allowed");
+    expect(await valuesRefusal("--set", "logLevel=debug")).to.equal("");
   });
 });
 
-describe("Helm chart installed: the operator runs as the chart's ServiceAccount, and uninstall leaves only the CRDs", function () {
+describe("Helm chart installed: the operator runs as the chart's ServiceAccount in the namespace it watches, and uninstall leaves only the CRDs", function () {
   this.timeout(180_000);
   const release = "bk-chart";
   let kc: KubeConfig;
   let releaseNs: string;
+  /** Where the queue and its jobs live: the chart's watchNamespaces. */
   let t: TestObjects;
+  /** A namespace the chart does not list. */
+  let otherNs: string;
   let fake: FakeBuildkite;
   let operator: ManagedProcess | undefined;
   let logFile: string;
+
+  /** A kubeconfig that authenticates as the chart's ServiceAccount (a TokenRequest token, as in the operator's pod). */
+  const chartServiceAccountKubeconfig = (): Promise<string> => writeServiceAccountKubeconfig(kc, join(testCluster().dir, "chart-operator.kubeconfig"),
+    { namespace: releaseNs, name: "bk-chart-buildkite-operator" }, testCluster().server, testCluster().pki.caCert);
+  const asChartServiceAccount = async (): Promise<KubeConfig> => {
+    const config = new KubeConfig();
+    config.loadFromFile(await chartServiceAccountKubeconfig());
+    return config;
+  };
 
   before(async () => {
     kc = testCluster().kubeConfig();
     releaseNs = await testNamespace(kc, "chart", RESTRICTED);
     t = new TestObjects(kc, await testNamespace(kc, "chart-jobs", RESTRICTED));
+    otherNs = await testNamespace(kc, "chart-other");
     fake = await FakeBuildkite.start();
     logFile = join(testCluster().dir, "operator-chart.log");
   });
@@ -149,19 +116,23 @@ describe("Helm chart installed: the operator runs as the chart's ServiceAccount,
     await helm(["uninstall", release, "--namespace", releaseNs, "--ignore-not-found"], testCluster().kubeconfigPath).catch(() => undefined);
     await t.core.deleteNamespace({ name: releaseNs });
     await t.core.deleteNamespace({ name: t.namespace });
+    await t.core.deleteNamespace({ name: otherNs });
   });
 
-  it("installs the chart; its Deployment's pods pass Pod Security restricted admission", async () => {
-    const installed = await helm(["install", release, CHART_DIR, "--namespace", releaseNs], testCluster().kubeconfigPath);
-    // NOTES.txt tells what to do next: the token Secret, then a queue.
+  it("installs the chart in its default, namespaced mode; its Deployment's pods pass Pod Security restricted admission", async () => {
+    const installed = await helm(["install", release, CHART_DIR, "--namespace", releaseNs, "--set-json", `watchNamespaces=["${t.namespace}"]`],
+      testCluster().kubeconfigPath);
+    // NOTES.txt tells what to do next: the token Secret, then a queue, in the watched namespace.
     expect(installed).to.include(`kubectl -n ${releaseNs} rollout status deployment/bk-chart-buildkite-operator`)
-      .and.include("kubectl create secret generic bk-agent-token").and.include("kind: BuildkiteQueue")
+      .and.include(`serves queues in namespace(s) ${t.namespace} only`)
+      .and.include(`kubectl create secret generic bk-agent-token -n ${t.namespace}`).and.include("kind: BuildkiteQueue")
       .and.include("`helm uninstall` keeps them");
     const ext = kc.makeApiClient(ApiextensionsV1Api);
     for (const name of CRDS) await ext.readCustomResourceDefinition({ name });
-    expect(await releaseObjects(kc, release, releaseNs)).to.deep.equal([
+    expect(await releaseObjects(kc, release, releaseNs, [t.namespace])).to.deep.equal([
       "ClusterRole/bk-chart-buildkite-operator", "ClusterRoleBinding/bk-chart-buildkite-operator", "ConfigMap/bk-chart-buildkite-operator-dashboard",
-      "Deployment/bk-chart-buildkite-operator", "Role/bk-chart-buildkite-operator", "RoleBinding/bk-chart-buildkite-operator",
+      "Deployment/bk-chart-buildkite-operator", "Role/bk-chart-buildkite-operator", `Role/${t.namespace}/bk-chart-buildkite-operator-queues`,
+      "RoleBinding/bk-chart-buildkite-operator", `RoleBinding/${t.namespace}/bk-chart-buildkite-operator-queues`,
       "Service/bk-chart-buildkite-operator", "ServiceAccount/bk-chart-buildkite-operator",
     ]);
     // A pod that breaks "restricted" is refused at creation: the ReplicaSet then reports FailedCreate and has no pods.
@@ -174,13 +145,44 @@ describe("Helm chart installed: the operator runs as the chart's ServiceAccount,
     }, { what: "the Deployment's two pods to be admitted" });
   });
 
+  it("confines the chart's ServiceAccount to the watched namespace: no Secret, pod or token anywhere else, kube-system included", async () => {
+    const asOperator = await asChartServiceAccount();
+    const authz = asOperator.makeApiClient(AuthorizationV1Api);
+    // `kubectl auth can-i --as=system:serviceaccount:<release namespace>:bk-chart-buildkite-operator`, asked by the
+    // ServiceAccount itself.
+    const can = async (verb: string, resource: string, namespace: string, more: { subresource?: string; name?: string } = {}): Promise<boolean> => {
+      const review = await authz.createSelfSubjectAccessReview({ body: { spec: { resourceAttributes: { verb, resource, namespace, ...more } } } });
+      return review.status?.allowed ?? false;
+    };
+    // Together these would make it cluster-admin: read any Secret, run any pod, mint a token for any ServiceAccount.
+    const escalations = async (namespace: string): Promise<Record<string, boolean>> => ({
+      "get secrets": await can("get", "secrets", namespace),
+      "create pods": await can("create", "pods", namespace),
+      "create serviceaccounts/token": await can("create", "serviceaccounts", namespace, { subresource: "token" }),
+    });
+    const all = { "get secrets": true, "create pods": true, "create serviceaccounts/token": true };
+    const none = { "get secrets": false, "create pods": false, "create serviceaccounts/token": false };
+    expect(await escalations(t.namespace), `in the watched namespace ${t.namespace}`).to.deep.equal(all);
+    for (const namespace of ["kube-system", "default", releaseNs, otherNs]) expect(await escalations(namespace), `in namespace ${namespace}`).to.deep.equal(none);
+    expect(await can("list", "secrets", ""), "list Secrets across namespaces").to.equal(false);
+    expect(await can("list", "pods", ""), "list pods across namespaces").to.equal(false);
+    // The one cluster-scoped read: kube-system's uid, the default cluster id.
+    expect(await can("get", "namespaces", "", { name: "kube-system" })).to.equal(true);
+    expect(await can("get", "namespaces", "", { name: otherNs })).to.equal(false);
+    // And the API server enforces it: a token for kube-system's default ServiceAccount is refused.
+    const refused = await asOperator.makeApiClient(CoreV1Api).createNamespacedServiceAccountToken({
+      name: "default", namespace: "kube-system", body: { spec: { audiences: [], expirationSeconds: 600 } },
+    }).then(() => undefined, (err: unknown) => err);
+    expect(isForbidden(refused), `a TokenRequest in kube-system: ${String(refused)}`).to.equal(true);
+  });
+
   it("runs a job to completion with only the chart's RBAC and leader election, without a single RBAC denial", async () => {
-    const sa = { namespace: releaseNs, name: "bk-chart-buildkite-operator" };
-    const kubeconfig = await writeServiceAccountKubeconfig(kc, join(testCluster().dir, "chart-operator.kubeconfig"), sa, testCluster().server, testCluster().pki.caCert);
+    const kubeconfig = await chartServiceAccountKubeconfig();
     const port = await freePort();
     operator = startOperatorAs(kubeconfig, logFile, [
       "--leader-elect=true", `--lease-namespace=${releaseNs}`, "--lease-name=buildkite-operator",
       `--http-port=${port}`, "--poll-interval-ms=250", "--state-check-interval-ms=500", `--allowed-endpoints=${fake.agentEndpoint}`,
+      `--watch-namespaces=${t.namespace}`,
     ]);
     const failed = (what: string): string => `${what}; RBAC denials in ${logFile}:\n${rbacDenialsIn(logFile).slice(0, 10).join("\n")}`;
     await eventually(async () => {
@@ -223,9 +225,29 @@ describe("Helm chart installed: the operator runs as the chart's ServiceAccount,
     expect(rbacDenialsIn(logFile), "RBAC denials in the operator's log: a verb missing from the chart's roles").to.deep.equal([]);
   });
 
+  it("refreshes a job's token Secret as the chart's ServiceAccount: created, then replaced with the new token", async () => {
+    const asOperator = await asChartServiceAccount();
+    const clients: KubeClients = {
+      core: asOperator.makeApiClient(CoreV1Api), custom: asOperator.makeApiClient(CustomObjectsApi), objects: KubernetesObjectApi.makeApiClient(asOperator),
+    };
+    // A real BuildkiteJob: the Secret is owned by it, and the garbage collector deletes what an owner it cannot find.
+    const name = await t.createJob("chart");
+    const job = await t.job(name);
+    if (!job) throw new Error(`job ${name} is gone`);
+    const token = async (): Promise<string> => {
+      const secret = await t.core.readNamespacedSecret({ name: jobTokenSecretName(job.spec.uuid), namespace: t.namespace });
+      return Buffer.from(secret.data?.token ?? "", "base64").toString("utf8");
+    };
+    await writeTokenSecret(clients, job, "job-token-1");
+    expect(await token(), "the Secret as first written (create)").to.equal("job-token-1");
+    // The Secret exists now: AlreadyExists, then a replace, which RBAC authorizes as `update`.
+    await writeTokenSecret(clients, job, "job-token-2");
+    expect(await token(), "the Secret after a refresh (replace)").to.equal("job-token-2");
+  });
+
   it("uninstalls every object of the release and keeps the CRDs (and so every queue and job)", async () => {
     await helm(["uninstall", release, "--namespace", releaseNs, "--wait"], testCluster().kubeconfigPath);
-    await eventually(async () => { expect(await releaseObjects(kc, release, releaseNs)).to.deep.equal([]); }, { what: "the release's objects to be gone" });
+    await eventually(async () => { expect(await releaseObjects(kc, release, releaseNs, [t.namespace])).to.deep.equal([]); }, { what: "the release's objects to be gone" });
     const ext = kc.makeApiClient(ApiextensionsV1Api);
     for (const name of CRDS) {
       const crd = await ext.readCustomResourceDefinition({ name });

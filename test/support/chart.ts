@@ -7,7 +7,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
-import { stringify } from "yaml";
+import { parseAllDocuments, stringify } from "yaml";
 import { hackBinary, repoRoot } from "./binaries.js";
 import { ManagedProcess } from "./managed-process.js";
 
@@ -50,6 +50,32 @@ export async function helm(args: readonly string[], kubeconfig?: string): Promis
   } catch (err) {
     const e = err as { stdout?: string; stderr?: string };
     throw new HelmError(args, `${e.stdout ?? ""}${e.stderr ?? ""}`, { cause: err });
+  }
+}
+
+/** A rendered manifest of the chart: its kind and name, and the rest as rendered. */
+export interface ChartManifest {
+  kind: string;
+  metadata: { name: string; namespace?: string };
+  [key: string]: unknown;
+}
+
+/** `helm template` of the chart as release `bk` in namespace `buildkite`, with `args` (`--set …`), parsed. */
+export async function renderChart(...args: string[]): Promise<ChartManifest[]> {
+  const out = await helm(["template", "bk", CHART_DIR, "--namespace", "buildkite", "--kube-version", pinnedKubernetesVersion(), ...args]);
+  return parseAllDocuments(out).map((d) => d.toJS() as ChartManifest | null).filter((m): m is ChartManifest => m !== null);
+}
+
+export const byKind = (manifests: ChartManifest[], kind: string): ChartManifest[] => manifests.filter((m) => m.kind === kind);
+
+/** What helm says when the values are refused (empty if they were accepted). */
+export async function valuesRefusal(...set: string[]): Promise<string> {
+  try {
+    await renderChart(...set);
+    return "";
+  } catch (err) {
+    if (err instanceof HelmError) return err.output;
+    throw err;
   }
 }
 
@@ -105,8 +131,11 @@ export function rbacDenialsIn(logFile: string): string[] {
   return rbacDenials(existsSync(logFile) ? readFileSync(logFile, "utf8").split("\n") : []);
 }
 
-/** The objects of a release still in the cluster, as `Kind/name` (found by the `app.kubernetes.io/instance` label). */
-export async function releaseObjects(kc: KubeConfig, release: string, namespace: string): Promise<string[]> {
+/**
+ * The objects of a release still in the cluster, as `Kind/name` (found by the `app.kubernetes.io/instance` label);
+ * Roles and RoleBindings of the `watched` namespaces as `Kind/namespace/name`.
+ */
+export async function releaseObjects(kc: KubeConfig, release: string, namespace: string, watched: readonly string[] = []): Promise<string[]> {
   const labelSelector = `app.kubernetes.io/instance=${release}`;
   const core = kc.makeApiClient(CoreV1Api);
   const apps = kc.makeApiClient(AppsV1Api);
@@ -121,6 +150,10 @@ export async function releaseObjects(kc: KubeConfig, release: string, namespace:
     rbac.listNamespacedRoleBinding({ namespace, labelSelector }).then((l) => named("RoleBinding", l.items)),
     rbac.listClusterRole({ labelSelector }).then((l) => named("ClusterRole", l.items)),
     rbac.listClusterRoleBinding({ labelSelector }).then((l) => named("ClusterRoleBinding", l.items)),
+    ...watched.flatMap((ns) => [
+      rbac.listNamespacedRole({ namespace: ns, labelSelector }).then((l) => named(`Role/${ns}`, l.items)),
+      rbac.listNamespacedRoleBinding({ namespace: ns, labelSelector }).then((l) => named(`RoleBinding/${ns}`, l.items)),
+    ]),
   ]);
   return lists.flat().sort();
 }

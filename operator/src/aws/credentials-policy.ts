@@ -97,7 +97,7 @@ export function planCredentials(outcome: CheckOutcome, t: CheckTarget, failures:
       if (outcome.status === 403) {
         return {
           condition: condition("False", "TokenRequestForbidden",
-            `The operator may not request a token for ${sa}: ${outcome.message}. Its ClusterRole needs the verb create on serviceaccounts/token. Checking again in ${seconds(retryInMs)}.`),
+            `The operator may not request a token for ${sa}: ${outcome.message}. Its Role in the queue's namespace (or its ClusterRole) needs the verb create on serviceaccounts/token. Checking again in ${seconds(retryInMs)}.`),
           retryInMs,
         };
       }

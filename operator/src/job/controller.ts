@@ -198,7 +198,7 @@ export class JobController implements Controller {
     } catch (err) {
       // A pod of this name exists (the cache lags behind an earlier create): read it back instead of creating twice.
       if (isConflict(err)) return { pod: await this.ctx.clients.core.readNamespacedPod({ name: body.metadata?.name ?? "", namespace }) };
-      // The operator's own RBAC lacks a verb: a deployment mistake that fixing the ClusterRole cures, so retry.
+      // The operator's own RBAC lacks a verb: a deployment mistake that fixing its Role (or ClusterRole) cures, so retry.
       if (isForbidden(err) && apiMessage(err).includes("cannot create resource")) throw err;
       // Admission (PodSecurity, quotas, webhooks) or validation refused it: retrying the same pod cannot help.
       if (isForbidden(err) || isInvalid(err)) return { rejected: apiMessage(err) };

@@ -8,7 +8,8 @@ import { BUILDKITE_JOB, type BuildkiteJob } from "../api/generated/buildkite-job
 import { BUILDKITE_QUEUE, type BuildkiteQueue } from "../api/generated/buildkite-queue.js";
 import { LABELS, MANAGED_BY } from "../api/keys.js";
 import type { Clock } from "./clock.js";
-import type { Caches } from "./controller.js";
+import type { Caches, ReadCache } from "./controller.js";
+import { NamespacedCache } from "./namespaced-cache.js";
 import { SupervisedInformer } from "./supervised-informer.js";
 
 /** Fans one informer's changes out to every listener (controllers register theirs after the informers exist). */
@@ -22,10 +23,11 @@ export class Listeners<T> {
   };
 }
 
-/** One supervised informer per kind the controllers read, and the listeners their changes go to. */
+/** The supervised informers of every kind the controllers read, their caches, and the listeners their changes go to. */
 export interface InformerSet {
   caches: Caches;
   listeners: { [K in keyof Caches]: Listeners<CacheItem<Caches[K]>> };
+  /** Every informer (one per kind, or one per kind and watched namespace): readiness covers them all. */
   all: SupervisedInformer<KubernetesObject>[];
 }
 
@@ -34,39 +36,78 @@ type CacheItem<C> = C extends { list(namespace?: string): (infer T)[] } ? T : ne
 const OWNED = `${LABELS.managedBy}=${MANAGED_BY}`;
 const JOB_PODS = `${OWNED},${LABELS.component}=job`;
 
+/** A kind the operator watches: its collection in every namespace (no namespace) or in one. */
+interface WatchedKind<T extends KubernetesObject> {
+  name: string;
+  path(namespace?: string): string;
+  list(namespace?: string): Promise<KubernetesListObject<T>>;
+  labelSelector?: string;
+  slim?: (obj: T) => void;
+}
+
+/** `/prefix/plural`, or `/prefix/namespaces/<namespace>/plural`: a collection's path across namespaces or in one. */
+const collection = (prefix: string, plural: string) => (namespace?: string): string =>
+  namespace ? `${prefix}/namespaces/${namespace}/${plural}` : `${prefix}/${plural}`;
+
 /**
- * Creates the informers over every namespace: the two custom resources, and the operator's own pods,
- * ServiceAccounts, NetworkPolicies and claims (label-selected, so the caches hold only what the operator made).
+ * Creates the informers: the two custom resources, and the operator's own pods, ServiceAccounts, NetworkPolicies and
+ * claims (label-selected, so the caches hold only what the operator made).
+ *
+ * With no `namespaces`, one informer per kind lists and watches every namespace (this needs a ClusterRole). With
+ * `namespaces` (`--watch-namespaces`), one informer per kind and namespace lists and watches only that namespace, so a
+ * Role in each is enough; each kind's informers are read as one cache and feed one set of listeners, so the
+ * controllers cannot tell the two apart. Objects in other namespaces are never seen, so never acted on.
  */
-export function createInformers(kc: KubeConfig, clock: Clock, logger: Logger): InformerSet {
+export function createInformers(kc: KubeConfig, clock: Clock, logger: Logger, namespaces: readonly string[] = []): InformerSet {
   const core = kc.makeApiClient(CoreV1Api);
   const custom = kc.makeApiClient(CustomObjectsApi);
   const networking = kc.makeApiClient(NetworkingV1Api);
+  const scopes = [...new Set(namespaces)];
   const all: SupervisedInformer<KubernetesObject>[] = [];
 
-  function supervise<T extends KubernetesObject>(name: string, path: string, list: () => Promise<KubernetesListObject<T>>, labelSelector?: string,
-    slim?: (obj: T) => void): [SupervisedInformer<T>, Listeners<T>] {
-    const listeners = new Listeners<T>();
+  function supervise<T extends KubernetesObject>(kind: WatchedKind<T>, listeners: Listeners<T>, namespace?: string): SupervisedInformer<T> {
     const informer = new SupervisedInformer<T>({
-      name, clock, logger, onChange: listeners.emit, ...(slim ? { slim } : {}),
-      factory: () => makeInformer<T>(kc, path, list, labelSelector),
+      name: namespace ? `${kind.name}/${namespace}` : kind.name, clock, logger, onChange: listeners.emit, ...(kind.slim ? { slim: kind.slim } : {}),
+      factory: () => makeInformer<T>(kc, kind.path(namespace), () => kind.list(namespace), kind.labelSelector),
     });
     all.push(informer as unknown as SupervisedInformer<KubernetesObject>);
-    return [informer, listeners];
+    return informer;
   }
-  const crdPath = (c: typeof BUILDKITE_QUEUE | typeof BUILDKITE_JOB): string => `/apis/${c.group}/${c.version}/${c.plural}`;
-  const listCustom = <T extends KubernetesObject>(c: typeof BUILDKITE_QUEUE | typeof BUILDKITE_JOB) => async (): Promise<KubernetesListObject<T>> =>
-    await custom.listClusterCustomObject({ group: c.group, version: c.version, plural: c.plural }) as KubernetesListObject<T>;
+  function watch<T extends KubernetesObject>(kind: WatchedKind<T>): [ReadCache<T>, Listeners<T>] {
+    const listeners = new Listeners<T>();
+    if (scopes.length === 0) return [supervise(kind, listeners), listeners];
+    return [new NamespacedCache(new Map(scopes.map((ns) => [ns, supervise(kind, listeners, ns)]))), listeners];
+  }
+  const customKind = <T extends KubernetesObject>(c: typeof BUILDKITE_QUEUE | typeof BUILDKITE_JOB): WatchedKind<T> => ({
+    name: c.plural,
+    path: collection(`/apis/${c.group}/${c.version}`, c.plural),
+    list: async (namespace) => await (namespace
+      ? custom.listNamespacedCustomObject({ group: c.group, version: c.version, namespace, plural: c.plural })
+      : custom.listClusterCustomObject({ group: c.group, version: c.version, plural: c.plural })) as KubernetesListObject<T>,
+  });
 
-  const [queues, queueListeners] = supervise<BuildkiteQueue>("buildkitequeues", crdPath(BUILDKITE_QUEUE), listCustom(BUILDKITE_QUEUE));
-  const [jobs, jobListeners] = supervise<BuildkiteJob>("buildkitejobs", crdPath(BUILDKITE_JOB), listCustom(BUILDKITE_JOB));
-  const [pods, podListeners] = supervise<V1Pod>("pods", "/api/v1/pods", () => core.listPodForAllNamespaces({ labelSelector: JOB_PODS }), JOB_PODS, slimPod);
-  const [serviceAccounts, saListeners] = supervise<V1ServiceAccount>("serviceaccounts", "/api/v1/serviceaccounts",
-    () => core.listServiceAccountForAllNamespaces({ labelSelector: OWNED }), OWNED);
-  const [networkPolicies, npListeners] = supervise<V1NetworkPolicy>("networkpolicies", "/apis/networking.k8s.io/v1/networkpolicies",
-    () => networking.listNetworkPolicyForAllNamespaces({ labelSelector: OWNED }), OWNED);
-  const [claims, claimListeners] = supervise<V1PersistentVolumeClaim>("persistentvolumeclaims", "/api/v1/persistentvolumeclaims",
-    () => core.listPersistentVolumeClaimForAllNamespaces({ labelSelector: OWNED }), OWNED);
+  const [queues, queueListeners] = watch(customKind<BuildkiteQueue>(BUILDKITE_QUEUE));
+  const [jobs, jobListeners] = watch(customKind<BuildkiteJob>(BUILDKITE_JOB));
+  const [pods, podListeners] = watch<V1Pod>({
+    name: "pods", path: collection("/api/v1", "pods"), labelSelector: JOB_PODS, slim: slimPod,
+    list: (namespace) => namespace ? core.listNamespacedPod({ namespace, labelSelector: JOB_PODS }) : core.listPodForAllNamespaces({ labelSelector: JOB_PODS }),
+  });
+  const [serviceAccounts, saListeners] = watch<V1ServiceAccount>({
+    name: "serviceaccounts", path: collection("/api/v1", "serviceaccounts"), labelSelector: OWNED,
+    list: (namespace) => namespace ? core.listNamespacedServiceAccount({ namespace, labelSelector: OWNED }) : core.listServiceAccountForAllNamespaces({ labelSelector: OWNED }),
+  });
+  const [networkPolicies, npListeners] = watch<V1NetworkPolicy>({
+    name: "networkpolicies", path: collection("/apis/networking.k8s.io/v1", "networkpolicies"), labelSelector: OWNED,
+    list: (namespace) => namespace
+      ? networking.listNamespacedNetworkPolicy({ namespace, labelSelector: OWNED })
+      : networking.listNetworkPolicyForAllNamespaces({ labelSelector: OWNED }),
+  });
+  const [claims, claimListeners] = watch<V1PersistentVolumeClaim>({
+    name: "persistentvolumeclaims", path: collection("/api/v1", "persistentvolumeclaims"), labelSelector: OWNED,
+    list: (namespace) => namespace
+      ? core.listNamespacedPersistentVolumeClaim({ namespace, labelSelector: OWNED })
+      : core.listPersistentVolumeClaimForAllNamespaces({ labelSelector: OWNED }),
+  });
 
   return {
     caches: { queues, jobs, pods, serviceAccounts, networkPolicies, claims },

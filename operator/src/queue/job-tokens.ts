@@ -108,7 +108,8 @@ export class JobTokens {
     const preferred = queue.spec.jobTokens === "Preferred";
     const retryMs = preferred ? JOB_TOKEN_RETRY_MS : this.probeMs;
     this.refusedUntilMs = this.ctx.clock.nowMs() + retryMs;
-    const again = retryMs >= 60_000 ? `${String(Math.round(retryMs / 60_000))} minutes` : `${String(Math.round(retryMs / 1000))} s`;
+    const minutes = Math.round(retryMs / 60_000);
+    const again = retryMs >= 60_000 ? `${String(minutes)} minute${minutes === 1 ? "" : "s"}` : `${String(Math.round(retryMs / 1000))} s`;
     this.setCondition(preferred
       ? { type: "JobTokens", status: "False", reason: "FallbackToAgentToken", message: `Buildkite did not issue job acquisition tokens (${err.message}); as spec.jobTokens is Preferred, job pods get the queue's cluster agent token instead. Asking again in ${again}.` }
       : { type: "JobTokens", status: "False", reason: "JobTokensRefused", message: `Buildkite did not issue job acquisition tokens (${err.message}), so no job is reserved: spec.jobTokens is Required. Asking again in ${again}. Check that the agent token may issue job tokens; spec.jobTokens: Preferred would let pods use the cluster agent token instead.` }, queue);

@@ -5,7 +5,6 @@ import type { BuildkiteQueue } from "../api/generated/buildkite-queue.js";
 import { setCondition, type ConditionUpdate } from "../api/conditions.js";
 import { ANNOTATIONS } from "../api/keys.js";
 import { BuildkiteApiError } from "../buildkite/errors.js";
-import { concurrency } from "../api/shapes.js";
 import type { Controller, ControllerContext } from "../kube/controller.js";
 import { apiMessage, isConflict, isForbidden, isInvalid, isNotFound } from "../kube/field-manager.js";
 import { deleteCustomObject, keyOf, patchStatus, splitKey } from "../kube/resources.js";
@@ -58,7 +57,7 @@ export class JobController implements Controller {
   private async plan(key: string, job: BuildkiteJob): Promise<JobPlan> {
     const queue = this.ctx.caches.queues.get(job.spec.queueRef.name, job.metadata.namespace ?? "");
     const pod = await this.currentPod(job);
-    const slot = queue ? decideSlot(job, this.slotViews(queue), concurrency(queue.spec)) : { waiting: { position: 0, free: 0 } };
+    const slot = queue ? decideSlot(job, this.slotViews(queue), queue.spec) : { waiting: { position: 0, free: 0 } };
     // Set aside in the same synchronous step as the decision: another worker deciding for another job of this queue
     // between the two would otherwise see the same slot free.
     if ("slot" in slot && job.status?.slot === undefined) this.reservedSlots.set(key, slot.slot);

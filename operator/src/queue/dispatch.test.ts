@@ -134,8 +134,14 @@ describe("jobResourceFor", () => {
     expect(bkj.metadata.ownerReferences?.[0]).to.include({ kind: "BuildkiteQueue", name: queue.metadata.name, uid: queue.metadata.uid, controller: true });
     expect(bkj.spec).to.deep.equal({
       queueRef: { name: queue.metadata.name }, uuid: s.id, priority: 3, scheduledAt: s.scheduled_at,
-      agentQueryRules: ["queue=q"], pipelineSlug: "p", buildNumber: 7, stepKey: "build",
+      agentQueryRules: ["queue=q"], pipelineSlug: "p", buildNumber: 7, branch: "main", stepKey: "build",
     });
+  });
+
+  it("records the build's branch (it scopes Branch caches), and none when Buildkite has none", () => {
+    const s = scheduled(1);
+    expect(jobResourceFor(queueFixture(), { ...s, build: { ...s.build, branch: "feature/x" } }, "k").spec.branch).to.equal("feature/x");
+    expect(jobResourceFor(queueFixture(), { ...s, build: { ...s.build, branch: null } }, "k").spec).to.not.have.property("branch");
   });
 });
 

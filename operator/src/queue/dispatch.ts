@@ -120,6 +120,7 @@ export function jobResourceFor(queue: BuildkiteQueue, job: ScheduledJob, stackKe
       agentQueryRules: job.agent_query_rules,
       pipelineSlug: job.pipeline.slug,
       buildNumber: job.build.number,
+      ...(job.build.branch !== null ? { branch: job.build.branch } : {}),
       ...(job.step.key !== null ? { stepKey: job.step.key } : {}),
     },
   };

@@ -17,6 +17,7 @@ async function gone(what: string, read: Promise<unknown>): Promise<void> {
   if (found) throw new Error(`${what} still exists`);
 }
 
+const KUBE_DNS = { namespaceSelector: { matchLabels: { "kubernetes.io/metadata.name": "kube-system" } }, podSelector: { matchLabels: { "k8s-app": "kube-dns" } } };
 const AWS = { roleArn: "arn:aws:iam::123456789012:role/ci-deploy", region: "eu-west-1" };
 
 describe("BuildkiteQueue children (operator in-process, real control plane and garbage collector)", function () {
@@ -85,7 +86,7 @@ describe("BuildkiteQueue children (operator in-process, real control plane and g
     expect(np.spec?.policyTypes).to.deep.equal(["Ingress", "Egress"]);
     expect(np.spec?.ingress ?? []).to.deep.equal([]);
     expect(JSON.parse(JSON.stringify(np.spec?.egress))).to.deep.equal([
-      { ports: [{ protocol: "UDP", port: 53 }, { protocol: "TCP", port: 53 }] },
+      { to: [KUBE_DNS], ports: [{ protocol: "UDP", port: 53 }, { protocol: "TCP", port: 53 }] },
       { to: [
         { ipBlock: { cidr: "0.0.0.0/0", except: ["169.254.169.254/32", "169.254.170.2/32", "169.254.170.23/32", "10.0.0.0/8"] } },
         { ipBlock: { cidr: "::/0", except: ["fd00:ec2::254/128", "fd00:ec2::23/128", "fd00:1::/64"] } },

@@ -12,6 +12,10 @@ export const LABELS = {
   component: "app.kubernetes.io/component",
   /** Concurrency slot of a cache PVC. */
   slot: "buildkite.com/slot",
+  /** The cache volume (its name in the queue's `cache`) a PVC holds. */
+  cache: "buildkite.com/cache",
+  /** The scope key of a cache PVC (a digest of its pipeline, or pipeline and branch; readable in the annotations). */
+  cacheScope: "buildkite.com/cache-scope",
 } as const;
 
 export const ANNOTATIONS = {
@@ -25,6 +29,10 @@ export const ANNOTATIONS = {
   agentTokenSecret: "buildkite.com/agent-token-secret",
   /** On a BuildkiteJob: the state Buildkite reported when it took the job back (canceled, expired, …). */
   buildkiteState: "buildkite.com/buildkite-state",
+  /** On a cache PVC: the pipeline (slug) whose jobs share it. Label values cannot hold every slug, annotations can. */
+  pipeline: "buildkite.com/pipeline",
+  /** On a Branch-scoped cache PVC: the branch whose jobs share it. */
+  branch: "buildkite.com/branch",
 } as const;
 
 export const MANAGED_BY = "buildkite-operator";

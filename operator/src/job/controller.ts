@@ -10,6 +10,7 @@ import { apiMessage, isConflict, isForbidden, isInvalid, isNotFound } from "../k
 import { deleteCustomObject, keyOf, patchStatus, splitKey } from "../kube/resources.js";
 import type { ReconcileResult } from "../kube/work-queue.js";
 import { isTerminal } from "./phase.js";
+import { ensureCacheClaims } from "./ensure-claims.js";
 import { neverAcquired, planJob, REPORTED, type JobPlan } from "./plan.js";
 import { buildPod } from "./pod-builder.js";
 import { decideSlot, type SlotView } from "./slots.js";
@@ -111,9 +112,16 @@ export class JobController implements Controller {
         case "createPod": {
           if (!queue || status.slot === undefined) break;
           const created = await this.createPod(queue, job, status.slot);
+          if ("wait" in created) {
+            // Its claim is going away (a surplus claim, or one a person deleted): the slot goes back, and the job is
+            // looked at again once the claim is gone and can be made anew.
+            this.reservedSlots.delete(key);
+            this.ctx.logger.info("Waiting before creating pod", { namespace: job.metadata.namespace, job: job.metadata.name, why: created.wait });
+            return { requeueAfterMs: 2_000 };
+          }
           if ("rejected" in created) {
             this.reservedSlots.delete(key);
-            const message = `The API server refused the job's pod: ${created.rejected}. Fix the queue's settings (or the namespace's policies); the job was not run.`;
+            const message = `${created.rejected}. Fix the queue's settings (or the namespace's policies); the job was not run.`;
             status = { ...status, phase: "Failed", reason: "PodRejected", message, finishedAt: this.ctx.clock.now().toISOString() };
             events.push({ type: "Warning", reason: "PodRejected", message });
           } else {
@@ -187,7 +195,10 @@ export class JobController implements Controller {
     if (after.nodeName !== undefined && before.nodeName === undefined) stack.notifier.add(uuid, `Pod placed on node ${after.nodeName}.`);
   }
 
-  private async createPod(queue: BuildkiteQueue, job: BuildkiteJob, slot: number): Promise<{ pod: V1Pod } | { rejected: string }> {
+  private async createPod(queue: BuildkiteQueue, job: BuildkiteJob, slot: number): Promise<{ pod: V1Pod } | { rejected: string } | { wait: string }> {
+    // The cache claims of the job's scope and slot first: a pod whose claim is missing would never be scheduled.
+    const claims = await ensureCacheClaims(this.ctx, queue, job, slot);
+    if (!("ready" in claims)) return claims;
     const body = buildPod(queue, job, slot);
     const namespace = job.metadata.namespace ?? "";
     try {
@@ -200,7 +211,7 @@ export class JobController implements Controller {
       // The operator's own RBAC lacks a verb: a deployment mistake that fixing the ClusterRole cures, so retry.
       if (isForbidden(err) && apiMessage(err).includes("cannot create resource")) throw err;
       // Admission (PodSecurity, quotas, webhooks) or validation refused it: retrying the same pod cannot help.
-      if (isForbidden(err) || isInvalid(err)) return { rejected: apiMessage(err) };
+      if (isForbidden(err) || isInvalid(err)) return { rejected: `The API server refused the job's pod: ${apiMessage(err)}` };
       throw err;
     }
   }

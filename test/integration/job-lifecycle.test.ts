@@ -1,5 +1,6 @@
 import type { KubeConfig } from "@kubernetes/client-node";
 import { expect } from "chai";
+import { cacheClaimName, cacheScope } from "../../operator/src/api/names.js";
 import type { Operator } from "../../operator/src/operator.js";
 import { installCrds } from "../support/crds.js";
 import { eventually } from "../support/eventually.js";
@@ -117,6 +118,49 @@ describe("BuildkiteJob lifecycle (operator in-process, real control plane)", fun
     await t.jobWhen(high, "the higher-priority job to start first", (j) => { expect(j.status?.phase).to.equal("Running"); });
     expect((await t.job(low))?.status?.phase).to.equal("Pending");
     await eventually(async () => { expect((await t.queue("two"))?.status).to.include({ active: 2, waiting: 1, slots: "2/2" }); }, { what: "active count of queue two" });
+  });
+
+  it("mounts a cache claim per pipeline and slot: a later job of the same pipeline gets the claim an earlier one (even a failed one) wrote, a job of another pipeline never does", async () => {
+    // One slot, so every job runs in slot 0. The test cluster has no storage provisioner, so the pods stay Pending;
+    // deleting a pod fails its job and frees the slot.
+    await t.createQueue("cached", { instanceShape: "LINUX_AMD64_2X4", maxVCPU: 2, cache: [{ name: "gomod", size: "1Gi", mountPath: "/cache/go" }] });
+    await ready("cached");
+    const run = async (spec: Record<string, unknown>) => {
+      const name = await t.createJob("cached", 0, spec);
+      const started = await t.jobWhen(name, "its pod created", (j) => { expect(j.status?.podUID).to.be.a("string"); });
+      const pod = await t.pod(name);
+      const claim = pod?.spec?.volumes?.find((v) => v.name === "cache-gomod")?.persistentVolumeClaim?.claimName ?? "";
+      expect(pod?.spec?.containers[0]?.volumeMounts).to.deep.include({ name: "cache-gomod", mountPath: "/cache/go" });
+      await t.core.deleteNamespacedPod({ name, namespace: t.namespace, gracePeriodSeconds: 0 });
+      await t.jobWhen(name, "Failed once its pod was deleted", (j) => { expect(j.status?.phase).to.equal("Failed"); });
+      return { slot: started.status?.slot, claim };
+    };
+    const app = await run({ pipelineSlug: "app", branch: "main" });
+    const deploy = await run({ pipelineSlug: "deploy", branch: "main" });
+    const appAgain = await run({ pipelineSlug: "app", branch: "pr-1" });
+    expect([app.slot, deploy.slot, appAgain.slot]).to.deep.equal([0, 0, 0]);
+    expect(deploy.claim, "another pipeline's claim").to.not.equal(app.claim);
+    expect(appAgain.claim, "the same pipeline's claim").to.equal(app.claim);
+    expect(app.claim).to.match(/^bkq-cached-gomod-[0-9a-f]{20}-0$/);
+
+    const claim = await t.core.readNamespacedPersistentVolumeClaim({ name: app.claim, namespace: t.namespace });
+    expect(claim.metadata?.labels).to.include({ "buildkite.com/queue": "cached", "buildkite.com/cache": "gomod", "buildkite.com/slot": "0" });
+    expect(claim.metadata?.annotations).to.include({ "buildkite.com/pipeline": "app" });
+    expect(claim.metadata?.ownerReferences?.[0]).to.include({ kind: "BuildkiteQueue", name: "cached", controller: true });
+    const claims = await t.core.listNamespacedPersistentVolumeClaim({ namespace: t.namespace, labelSelector: "buildkite.com/queue=cached" });
+    expect(claims.items.map((c) => c.metadata?.name).sort()).to.deep.equal([app.claim, deploy.claim].sort());
+  });
+
+  it("never mounts a claim of a job's name that the queue did not make", async () => {
+    const queue = await t.queue("cached");
+    if (!queue) throw new Error("queue cached is gone");
+    const planted = cacheClaimName(queue, "gomod", cacheScope(queue, { name: "gomod", scope: "Pipeline" }, { spec: { queueRef: { name: "cached" }, uuid: "", priority: 0, pipelineSlug: "release" } }), 0);
+    await t.core.createNamespacedPersistentVolumeClaim({ namespace: t.namespace, body: { metadata: { name: planted }, spec: { accessModes: ["ReadWriteOnce"], resources: { requests: { storage: "1Gi" } } } } });
+    const name = await t.createJob("cached", 0, { pipelineSlug: "release" });
+    const failed = await t.jobWhen(name, "Failed", (j) => { expect(j.status?.phase).to.equal("Failed"); });
+    expect(failed.status?.reason).to.equal("PodRejected");
+    expect(failed.status?.message).to.equal(`Cache claim ${planted} exists but was not made by queue cached, so the job does not mount it; delete the claim. Fix the queue's settings (or the namespace's policies); the job was not run.`);
+    expect(await t.pod(name), "no pod").to.equal(undefined);
   });
 
   it("fails a job whose pod the API server refuses, with the server's reason", async () => {

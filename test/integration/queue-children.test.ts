@@ -63,7 +63,7 @@ describe("BuildkiteQueue children (operator in-process, real control plane and g
     await t.jobWhen(job, "Running once the queue became ready", (j) => { expect(j.status?.phase).to.equal("Running"); });
   });
 
-  it("gives a queue its ServiceAccount, the exact NetworkPolicy, a cache claim per slot, and its status", async () => {
+  it("gives a queue its ServiceAccount, the exact NetworkPolicy and its status, and no cache claim before a job needs one", async () => {
     await t.createQueue("full", {
       instanceShape: "LINUX_ARM64_4X16", maxVCPU: 8,
       network: { extraDeniedCIDRs: ["10.0.0.0/8", "fd00:1::/64"] },
@@ -92,17 +92,33 @@ describe("BuildkiteQueue children (operator in-process, real control plane and g
         { ipBlock: { cidr: "::/0", except: ["fd00:ec2::254/128", "fd00:ec2::23/128", "fd00:1::/64"] } },
       ] },
     ]);
-    expect(await claimNames("full")).to.deep.equal(["bkq-full-gomod-0", "bkq-full-gomod-1"]);
+    expect(await claimNames("full")).to.deep.equal([]);
   });
 
-  it("follows spec changes: IRSA annotation and pod env when aws is set, one claim per slot as maxVCPU changes", async () => {
+  it("follows spec changes: IRSA annotation when aws is set; claims of slots beyond a lower maxVCPU go once no pod mounts them", async () => {
     await t.patchQueueSpec("full", { maxVCPU: 12, aws: AWS });
     await eventually(async () => {
       expect((await serviceAccount("bkq-full")).metadata?.annotations).to.include({ "eks.amazonaws.com/role-arn": AWS.roleArn });
     }, { what: "the IRSA annotation" });
-    await eventually(async () => { expect(await claimNames("full")).to.deep.equal(["bkq-full-gomod-0", "bkq-full-gomod-1", "bkq-full-gomod-2"]); }, { what: "a third claim" });
+    // The test cluster has no storage provisioner: the pods stay Pending, which is all this needs.
+    const jobs = [await t.createJob("full", 0, { pipelineSlug: "app" }), await t.createJob("full", 0, { pipelineSlug: "app" })];
+    const slots = new Map<number, string>();
+    for (const job of jobs) {
+      const j = await t.jobWhen(job, "its pod created", (x) => { expect(x.status?.podUID).to.be.a("string"); });
+      slots.set(j.status?.slot ?? -1, job);
+    }
+    const claims = await eventually(async () => {
+      const names = await claimNames("full");
+      expect(names).to.have.length(2);
+      return names;
+    }, { what: "a claim per slot of pipeline app" });
+    expect(claims.map((n) => n?.replace(/-[0-9a-f]{20}-/, "-<scope>-"))).to.deep.equal(["bkq-full-gomod-<scope>-0", "bkq-full-gomod-<scope>-1"]);
+
     await t.patchQueueSpec("full", { maxVCPU: 4 });
-    await eventually(async () => { expect(await claimNames("full")).to.deep.equal(["bkq-full-gomod-0"]); }, { what: "surplus claims removed" });
+    await eventually(async () => { expect((await t.queue("full"))?.status).to.include({ concurrency: 1 }); }, { what: "concurrency 1" });
+    expect(await claimNames("full"), "the slot 1 claim while its pod mounts it").to.deep.equal(claims);
+    await t.core.deleteNamespacedPod({ name: slots.get(1) ?? "", namespace: t.namespace, gracePeriodSeconds: 0 });
+    await eventually(async () => { expect(await claimNames("full")).to.deep.equal([claims[0]]); }, { what: "the surplus claim removed", timeoutMs: 30_000 });
   });
 
   it("mounts the IRSA token and sets the AWS environment only on pods of queues with aws", async () => {

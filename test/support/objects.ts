@@ -41,13 +41,13 @@ export class TestObjects {
     return this.read<BuildkiteQueue>("buildkitequeues", name);
   }
 
-  /** Creates a BuildkiteJob for `queue` with a fresh UUID and returns its name. */
-  async createJob(queue: string, priority = 0): Promise<string> {
+  /** Creates a BuildkiteJob for `queue` with a fresh UUID (and `spec` fields such as pipelineSlug) and returns its name. */
+  async createJob(queue: string, priority = 0, spec: Record<string, unknown> = {}): Promise<string> {
     const uuid = `0190a8f4-52c1-4b8e-9d4a-${(Date.now() % 1e8).toString().padStart(8, "0")}${String(++this.jobCount).padStart(4, "0")}`;
     const name = `bkj-${uuid}`;
     await this.custom.createNamespacedCustomObject({
       group, version, namespace: this.namespace, plural: "buildkitejobs",
-      body: { apiVersion: `${group}/${version}`, kind: "BuildkiteJob", metadata: { name }, spec: { queueRef: { name: queue }, uuid, priority } },
+      body: { apiVersion: `${group}/${version}`, kind: "BuildkiteJob", metadata: { name }, spec: { ...spec, queueRef: { name: queue }, uuid, priority } },
     });
     return name;
   }

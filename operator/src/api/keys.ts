@@ -17,6 +17,10 @@ export const LABELS = {
    * token to Buildkite only from a Secret so marked, so a queue cannot make it send any other Secret anywhere.
    */
   agentToken: "buildkite.com/agent-token",
+  /** The cache volume (its name in the queue's `cache`) a PVC holds. */
+  cache: "buildkite.com/cache",
+  /** The scope key of a cache PVC (a digest of its pipeline, or pipeline and branch; readable in the annotations). */
+  cacheScope: "buildkite.com/cache-scope",
 } as const;
 
 export const ANNOTATIONS = {
@@ -32,6 +36,10 @@ export const ANNOTATIONS = {
   buildkiteState: "buildkite.com/buildkite-state",
   /** On a BuildkiteJob: why it must stop now (its queue is being deleted); the job controller stops its pod. */
   stop: "buildkite.com/stop",
+  /** On a cache PVC: the pipeline (slug) whose jobs share it. Label values cannot hold every slug, annotations can. */
+  pipeline: "buildkite.com/pipeline",
+  /** On a Branch-scoped cache PVC: the branch whose jobs share it. */
+  branch: "buildkite.com/branch",
 } as const;
 
 /**

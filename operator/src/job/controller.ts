@@ -5,12 +5,12 @@ import type { BuildkiteQueue } from "../api/generated/buildkite-queue.js";
 import { setCondition, type ConditionUpdate } from "../api/conditions.js";
 import { ANNOTATIONS } from "../api/keys.js";
 import { BuildkiteApiError } from "../buildkite/errors.js";
-import { concurrency } from "../api/shapes.js";
 import type { Controller, ControllerContext } from "../kube/controller.js";
 import { apiMessage, isConflict, isForbidden, isInvalid, isNotFound } from "../kube/field-manager.js";
 import { deleteCustomObject, keyOf, patchStatus, splitKey } from "../kube/resources.js";
 import type { ReconcileResult } from "../kube/work-queue.js";
 import { isTerminal } from "./phase.js";
+import { ensureCacheClaims } from "./ensure-claims.js";
 import { neverAcquired, planJob, REPORTED, type JobPlan } from "./plan.js";
 import { buildPod } from "./pod-builder.js";
 import { decideSlot, type SlotView } from "./slots.js";
@@ -58,7 +58,7 @@ export class JobController implements Controller {
   private async plan(key: string, job: BuildkiteJob): Promise<JobPlan> {
     const queue = this.ctx.caches.queues.get(job.spec.queueRef.name, job.metadata.namespace ?? "");
     const pod = await this.currentPod(job);
-    const slot = queue ? decideSlot(job, this.slotViews(queue), concurrency(queue.spec)) : { waiting: { position: 0, free: 0 } };
+    const slot = queue ? decideSlot(job, this.slotViews(queue), queue.spec) : { waiting: { position: 0, free: 0 } };
     // Set aside in the same synchronous step as the decision: another worker deciding for another job of this queue
     // between the two would otherwise see the same slot free.
     if ("slot" in slot && job.status?.slot === undefined) this.reservedSlots.set(key, slot.slot);
@@ -112,9 +112,16 @@ export class JobController implements Controller {
         case "createPod": {
           if (!queue || status.slot === undefined) break;
           const created = await this.createPod(queue, job, status.slot);
+          if ("wait" in created) {
+            // Its claim is going away (a surplus claim, or one a person deleted): the slot goes back, and the job is
+            // looked at again once the claim is gone and can be made anew.
+            this.reservedSlots.delete(key);
+            this.ctx.logger.info("Waiting before creating pod", { namespace: job.metadata.namespace, job: job.metadata.name, why: created.wait });
+            return { requeueAfterMs: 2_000 };
+          }
           if ("rejected" in created) {
             this.reservedSlots.delete(key);
-            const message = `The API server refused the job's pod: ${created.rejected}. Fix the queue's settings (or the namespace's policies); the job was not run.`;
+            const message = `${created.rejected}. Fix the queue's settings (or the namespace's policies); the job was not run.`;
             status = { ...status, phase: "Failed", reason: "PodRejected", message, finishedAt: this.ctx.clock.now().toISOString() };
             events.push({ type: "Warning", reason: "PodRejected", message });
           } else {
@@ -188,7 +195,10 @@ export class JobController implements Controller {
     if (after.nodeName !== undefined && before.nodeName === undefined) stack.notifier.add(uuid, `Pod placed on node ${after.nodeName}.`);
   }
 
-  private async createPod(queue: BuildkiteQueue, job: BuildkiteJob, slot: number): Promise<{ pod: V1Pod } | { rejected: string }> {
+  private async createPod(queue: BuildkiteQueue, job: BuildkiteJob, slot: number): Promise<{ pod: V1Pod } | { rejected: string } | { wait: string }> {
+    // The cache claims of the job's scope and slot first: a pod whose claim is missing would never be scheduled.
+    const claims = await ensureCacheClaims(this.ctx, queue, job, slot);
+    if (!("ready" in claims)) return claims;
     const body = buildPod(queue, job, slot);
     const namespace = job.metadata.namespace ?? "";
     try {
@@ -201,7 +211,7 @@ export class JobController implements Controller {
       // The operator's own RBAC lacks a verb: a deployment mistake that fixing its Role (or ClusterRole) cures, so retry.
       if (isForbidden(err) && apiMessage(err).includes("cannot create resource")) throw err;
       // Admission (PodSecurity, quotas, webhooks) or validation refused it: retrying the same pod cannot help.
-      if (isForbidden(err) || isInvalid(err)) return { rejected: apiMessage(err) };
+      if (isForbidden(err) || isInvalid(err)) return { rejected: `The API server refused the job's pod: ${apiMessage(err)}` };
       throw err;
     }
   }

@@ -1,6 +1,7 @@
 import { expect } from "chai";
 import { jobFixture, queueFixture } from "../../../test/support/fixtures.js";
 import type { InstanceShape } from "../api/shapes.js";
+import { desiredCacheClaims } from "../queue/children.js";
 import { buildPod, IRSA_TOKEN_DIR } from "./pod-builder.js";
 
 const job = jobFixture();
@@ -107,10 +108,16 @@ describe("buildPod", () => {
     expect(name.endsWith(`-123456-${job.spec.uuid}`)).to.equal(true);
   });
 
-  it("mounts the cache claims of its slot", () => {
-    const pod = buildPod(queueFixture({ cache: [{ name: "gomod", size: "20Gi", mountPath: "/cache/gomod", scope: "Pipeline" }] }), job, 2);
-    expect(pod.spec?.volumes).to.deep.include({ name: "cache-gomod", persistentVolumeClaim: { claimName: "bkq-linux-gomod-2" } });
+  it("mounts the cache claims of its pipeline and slot, exactly the claims the job controller creates", () => {
+    const queue = queueFixture({ cache: [{ name: "gomod", size: "20Gi", mountPath: "/cache/gomod", scope: "Pipeline" }] });
+    const web = { ...job, spec: { ...job.spec, pipelineSlug: "web" } };
+    const pod = buildPod(queue, web, 2);
+    const claimName = desiredCacheClaims(queue, web, 2)[0]?.metadata?.name;
+    expect(claimName).to.match(/^bkq-linux-gomod-[0-9a-f]{20}-2$/);
+    expect(pod.spec?.volumes).to.deep.include({ name: "cache-gomod", persistentVolumeClaim: { claimName } });
     expect(agentOf(pod).volumeMounts).to.deep.include({ name: "cache-gomod", mountPath: "/cache/gomod" });
+    const deploy = buildPod(queue, { ...job, spec: { ...job.spec, pipelineSlug: "deploy" } }, 2);
+    expect(deploy.spec?.volumes?.find((v) => v.name === "cache-gomod")?.persistentVolumeClaim?.claimName).to.not.equal(claimName);
   });
 
   it("applies the queue's pod template without letting it override operator labels", () => {

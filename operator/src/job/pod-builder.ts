@@ -1,7 +1,7 @@
 import type { V1Container, V1EnvVar, V1Pod, V1Volume, V1VolumeMount } from "@kubernetes/client-node";
 import { createHash } from "node:crypto";
 import { ANNOTATIONS, LABELS, MANAGED_BY } from "../api/keys.js";
-import { cacheClaimName, serviceAccountName } from "../api/names.js";
+import { cacheClaimName, cacheScope, serviceAccountName } from "../api/names.js";
 import { shapeResources } from "../api/shapes.js";
 import { proxyEnv } from "../queue/children.js";
 import type { BuildkiteJob } from "../api/generated/buildkite-job.js";
@@ -15,7 +15,7 @@ export const JOB_UID = 1000;
 
 /**
  * Builds the one pod that runs `job` with the settings of `queue` (DESIGN.md §4). Pure: same inputs, same pod.
- * `slot` selects the cache claims the pod mounts (one claim per cache volume and concurrency slot).
+ * `slot` and the job's pipeline (and branch, for Branch-scoped caches) select the cache claims the pod mounts.
  */
 export function buildPod(queue: BuildkiteQueue, job: BuildkiteJob, slot = 0): V1Pod {
   const { spec } = queue;
@@ -58,7 +58,8 @@ export function buildPod(queue: BuildkiteQueue, job: BuildkiteJob, slot = 0): V1
   }
 
   for (const cache of spec.cache ?? []) {
-    volumes.push({ name: `cache-${cache.name}`, persistentVolumeClaim: { claimName: cacheClaimName(queue, cache.name, slot) } });
+    // The claim of the job's own scope (pipeline, or pipeline and branch): another pipeline's cache is never mounted.
+    volumes.push({ name: `cache-${cache.name}`, persistentVolumeClaim: { claimName: cacheClaimName(queue, cache.name, cacheScope(queue, cache, job), slot) } });
     mounts.push({ name: `cache-${cache.name}`, mountPath: cache.mountPath });
   }
   env.push(...proxyEnv(queue));

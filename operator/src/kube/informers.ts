@@ -117,14 +117,17 @@ export function createInformers(kc: KubeConfig, clock: Clock, logger: Logger, na
 }
 
 /**
- * What the controllers read of a job pod is its identity, owner, node, image and status; its volumes, env and
- * security settings (the bulk of the object) are the operator's own output and never read back, so the cache drops
- * them. With thousands of jobs in flight this is most of the operator's memory.
+ * What the controllers read of a job pod is its identity, owner, node, image, claims and status; its other volumes,
+ * env and security settings (the bulk of the object) are the operator's own output and never read back, so the cache
+ * drops them. With thousands of jobs in flight this is most of the operator's memory.
  */
 export function slimPod(pod: V1Pod): void {
   const spec = pod.spec;
   if (!spec) return;
+  // Claim volumes stay (a name each): the queue controller never deletes a cache claim a pod still mounts.
+  const claims = spec.volumes?.flatMap((v) => v.persistentVolumeClaim ? [{ name: v.name, persistentVolumeClaim: v.persistentVolumeClaim }] : []);
   delete spec.volumes;
+  if (claims !== undefined && claims.length > 0) spec.volumes = claims;
   delete spec.securityContext;
   delete spec.tolerations;
   delete spec.affinity;

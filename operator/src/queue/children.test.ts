@@ -1,5 +1,5 @@
 import { expect } from "chai";
-import { queueFixture } from "../../../test/support/fixtures.js";
+import { jobFixture, queueFixture } from "../../../test/support/fixtures.js";
 import { DEFAULT_CLUSTER_DNS, parseDnsPeer } from "../config/config.js";
 import { desiredCacheClaims, desiredNetworkPolicy, desiredServiceAccount, proxyEnv } from "./children.js";
 import { covers } from "./controller.js";
@@ -63,10 +63,41 @@ describe("queue children", () => {
     expect(proxyEnv(queueFixture())).to.deep.equal([]);
   });
 
-  it("makes one cache claim per cache volume and slot", () => {
-    const claims = desiredCacheClaims(queueFixture({ cache: [{ name: "gomod", size: "20Gi", mountPath: "/c", storageClassName: "fast", scope: "Pipeline" }] }), 3);
-    expect(claims.map((c) => c.metadata?.name)).to.deep.equal(["bkq-linux-gomod-0", "bkq-linux-gomod-1", "bkq-linux-gomod-2"]);
-    expect(claims[0]?.spec).to.deep.equal({ accessModes: ["ReadWriteOnce"], resources: { requests: { storage: "20Gi" } }, storageClassName: "fast" });
+  describe("cache claims", () => {
+    const gomod = { name: "gomod", size: "20Gi", mountPath: "/c", storageClassName: "fast", scope: "Pipeline" as const };
+    const jobOf = (pipelineSlug: string, branch?: string) => {
+      const j = jobFixture();
+      j.spec = { ...j.spec, pipelineSlug, ...(branch !== undefined ? { branch } : {}) };
+      return j;
+    };
+
+    it("makes one claim per cache volume for the job's pipeline and slot, labelled with its cache, scope and slot, owned by the queue", () => {
+      const queue = queueFixture({ cache: [gomod, { name: "npm", size: "5Gi", mountPath: "/n", scope: "Branch" }] });
+      const claims = desiredCacheClaims(queue, jobOf("web", "main"), 2);
+      expect(claims).to.have.length(2);
+      const [go, npm] = claims;
+      expect(go?.metadata?.name).to.match(/^bkq-linux-gomod-[0-9a-f]{20}-2$/);
+      expect(go?.metadata?.labels).to.deep.equal({
+        "app.kubernetes.io/managed-by": "buildkite-operator", "buildkite.com/queue": "linux", "buildkite.com/slot": "2",
+        "buildkite.com/cache": "gomod", "buildkite.com/cache-scope": go?.metadata?.name?.split("-")[3],
+      });
+      expect(go?.metadata?.annotations).to.deep.equal({ "buildkite.com/pipeline": "web" });
+      expect(npm?.metadata?.annotations).to.deep.equal({ "buildkite.com/pipeline": "web", "buildkite.com/branch": "main" });
+      expect(go?.metadata?.ownerReferences?.[0]).to.include({ kind: "BuildkiteQueue", name: "linux", controller: true });
+      expect(go?.spec).to.deep.equal({ accessModes: ["ReadWriteOnce"], resources: { requests: { storage: "20Gi" } }, storageClassName: "fast" });
+    });
+
+    it("never gives two pipelines the same claim; one pipeline's jobs share theirs per slot, across branches unless Branch-scoped", () => {
+      const queue = queueFixture({ cache: [gomod] });
+      const name = (pipeline: string, slot: number, branch?: string, q = queue) => desiredCacheClaims(q, jobOf(pipeline, branch), slot)[0]?.metadata?.name;
+      expect(name("web", 0)).to.not.equal(name("deploy", 0));
+      expect(name("web", 0, "main")).to.equal(name("web", 0, "pr-1"));
+      expect(name("web", 0)).to.not.equal(name("web", 1));
+      const branched = queueFixture({ cache: [{ ...gomod, scope: "Branch" }] });
+      expect(name("web", 0, "main", branched)).to.not.equal(name("web", 0, "pr-1", branched));
+      expect(name("web", 0, "main", branched)).to.equal(name("web", 0, "main", branched));
+      expect(name("web", 0, "main", branched)).to.not.equal(name("web", 0, "main"));
+    });
   });
 });
 

@@ -1,6 +1,7 @@
 import type { V1NetworkPolicy, V1NetworkPolicyEgressRule, V1NetworkPolicyPeer, V1OwnerReference, V1PersistentVolumeClaim, V1ServiceAccount } from "@kubernetes/client-node";
 import { ANNOTATIONS, FINALIZER, LABELS, MANAGED_BY } from "../api/keys.js";
-import { cacheClaimName, networkPolicyName, serviceAccountName } from "../api/names.js";
+import { cacheClaimName, cacheScope, networkPolicyName, serviceAccountName } from "../api/names.js";
+import type { BuildkiteJob } from "../api/generated/buildkite-job.js";
 import type { BuildkiteQueue } from "../api/generated/buildkite-queue.js";
 import type { DnsPeer } from "../config/config.js";
 
@@ -111,16 +112,21 @@ export function proxyEnv(queue: BuildkiteQueue): { name: string; value: string }
   ];
 }
 
-/** One ReadWriteOnce claim per cache volume and concurrency slot, so each concurrent job has its own. */
-export function desiredCacheClaims(queue: BuildkiteQueue, concurrency: number): V1PersistentVolumeClaim[] {
-  return (queue.spec.cache ?? []).flatMap((cache) =>
-    Array.from({ length: concurrency }, (_, slot): V1PersistentVolumeClaim => ({
+/**
+ * The cache claims a job's pod mounts: one ReadWriteOnce claim per cache volume, for the job's scope (pipeline, or
+ * pipeline and branch) and slot, owned by the queue. The job controller creates them just before the pod.
+ */
+export function desiredCacheClaims(queue: BuildkiteQueue, job: BuildkiteJob, slot: number): V1PersistentVolumeClaim[] {
+  return (queue.spec.cache ?? []).map((cache): V1PersistentVolumeClaim => {
+    const scope = cacheScope(queue, cache, job);
+    return {
       apiVersion: "v1",
       kind: "PersistentVolumeClaim",
       metadata: {
-        name: cacheClaimName(queue, cache.name, slot),
+        name: cacheClaimName(queue, cache.name, scope, slot),
         namespace: queue.metadata.namespace ?? "",
-        labels: { ...labels(queue), [LABELS.slot]: String(slot) },
+        labels: { ...labels(queue), [LABELS.slot]: String(slot), [LABELS.cache]: cache.name, [LABELS.cacheScope]: scope.key },
+        annotations: { [ANNOTATIONS.pipeline]: scope.pipeline, ...(scope.branch !== undefined ? { [ANNOTATIONS.branch]: scope.branch } : {}) },
         ownerReferences: [owner(queue)],
       },
       spec: {
@@ -128,5 +134,6 @@ export function desiredCacheClaims(queue: BuildkiteQueue, concurrency: number): 
         resources: { requests: { storage: cache.size } },
         ...(cache.storageClassName ? { storageClassName: cache.storageClassName } : {}),
       },
-    })));
+    };
+  });
 }

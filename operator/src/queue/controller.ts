@@ -6,14 +6,14 @@ import { networkPolicyName } from "../api/names.js";
 import { needsReport } from "../job/plan.js";
 import { BUILDKITE_QUEUE, type BuildkiteQueue } from "../api/generated/buildkite-queue.js";
 import { ANNOTATIONS, FINALIZER, LABELS } from "../api/keys.js";
-import { concurrency } from "../api/shapes.js";
 import type { DnsPeer } from "../config/config.js";
 import type { Controller, ControllerContext, ReadCache } from "../kube/controller.js";
 import { apiMessage, isForbidden, isInvalid, isNotFound } from "../kube/field-manager.js";
 import { annotate, apply, patchStatus, setFinalizer, splitKey } from "../kube/resources.js";
 import type { ReconcileResult } from "../kube/work-queue.js";
 import { isTerminal } from "../job/phase.js";
-import { desiredCacheClaims, desiredNetworkPolicy, desiredServiceAccount } from "./children.js";
+import { surplusCacheClaims } from "./cache-claims.js";
+import { desiredNetworkPolicy, desiredServiceAccount } from "./children.js";
 import { endpointRefusal, isMarkedAgentToken } from "./source-support.js";
 import { planQueueStatus, type QueueObservation } from "./status.js";
 
@@ -23,6 +23,8 @@ const SECRET_RETRY_MS = 10_000;
 const DEREGISTER_DEADLINE_MS = 300_000;
 /** A ready queue re-checks its Secret this often, so a deleted token shows up on the queue without a change. */
 const RECHECK_MS = 300_000;
+/** A surplus cache claim kept for a pod that still mounts it is looked at again this often. */
+const CLAIM_RETRY_MS = 10_000;
 
 /** Operator-wide settings of the queue controller. */
 export interface QueueSettings {
@@ -33,8 +35,9 @@ export interface QueueSettings {
 }
 
 /**
- * The BuildkiteQueue controller (Kubernetes side): keeps the queue's ServiceAccount, NetworkPolicy and cache claims
- * as its spec says, checks the agent token Secret, and writes conditions, concurrency and active count to status.
+ * The BuildkiteQueue controller (Kubernetes side): keeps the queue's ServiceAccount and NetworkPolicy as its spec says,
+ * deletes cache claims it no longer needs, checks the agent token Secret, and writes conditions, concurrency and
+ * active count to status.
  */
 export class QueueController implements Controller {
   readonly name = "buildkitequeue";
@@ -56,6 +59,7 @@ export class QueueController implements Controller {
     // Before any child exists: the finalizer is what keeps the NetworkPolicy until the queue's pods are gone.
     await setFinalizer(this.ctx.clients, queue, FINALIZER, true);
     const childError = await this.applyChildren(queue);
+    const claimsKept = await this.deleteSurplusClaims(queue);
     const secret = await this.secretState(queue);
     const unfinished = this.ctx.caches.jobs.list(namespace).filter((j) => j.spec.queueRef.name === name && !isTerminal(j.status?.phase));
     const activeJobs = unfinished.filter((j) => j.status?.slot !== undefined).length;
@@ -68,7 +72,8 @@ export class QueueController implements Controller {
       await patchStatus(this.ctx.clients, BUILDKITE_QUEUE, namespace, name, status);
       this.recordReadyChange(queue, status.conditions);
     }
-    return { requeueAfterMs: secret === "present" ? RECHECK_MS : SECRET_RETRY_MS };
+    // Pods going away do not wake a queue; a surplus claim one of them kept is looked at again soon.
+    return { requeueAfterMs: claimsKept ? CLAIM_RETRY_MS : secret === "present" ? RECHECK_MS : SECRET_RETRY_MS };
   }
 
   /**
@@ -126,18 +131,16 @@ export class QueueController implements Controller {
   /** Applies each child whose cached copy differs from the desired one; returns the first the API server refused. */
   private async applyChildren(queue: BuildkiteQueue): Promise<QueueObservation["childError"]> {
     const { caches } = this.ctx;
-    const claims = desiredCacheClaims(queue, concurrency(queue.spec));
+    // Cache claims are not among them: the job controller makes each one when a job of its scope first needs it.
     const children: [KubernetesObject, ReadCache<KubernetesObject>][] = [
       [desiredServiceAccount(queue), caches.serviceAccounts],
       [desiredNetworkPolicy(queue, this.settings.clusterDNS), caches.networkPolicies],
-      ...claims.map((c): [KubernetesObject, ReadCache<KubernetesObject>] => [c, caches.claims]),
     ];
     let refused: QueueObservation["childError"];
     for (const [desired, cache] of children) {
       const error = await this.applyIfChanged(desired, cache);
       refused ??= error;
     }
-    await this.deleteSurplusClaims(queue, new Set(claims.map((c) => c.metadata?.name ?? "")));
     return refused;
   }
 
@@ -160,18 +163,23 @@ export class QueueController implements Controller {
     }
   }
 
-  /** Claims of slots the queue no longer has (lower maxVCPU, a removed cache); in-use ones wait for their pod. */
-  private async deleteSurplusClaims(queue: BuildkiteQueue, keep: ReadonlySet<string>): Promise<void> {
+  /**
+   * Deletes the claims of slots the queue can no longer hand out and of removed caches ({@link surplusCacheClaims});
+   * returns whether some wait for the pod or job that uses them.
+   */
+  private async deleteSurplusClaims(queue: BuildkiteQueue): Promise<boolean> {
     const namespace = queue.metadata.namespace ?? "";
-    const surplus = this.ctx.caches.claims.list(namespace)
-      .filter((c) => c.metadata?.labels?.[LABELS.queue] === queue.metadata.name && !keep.has(c.metadata?.name ?? "") && !c.metadata?.deletionTimestamp);
-    for (const claim of surplus) {
-      const name = claim.metadata?.name ?? "";
+    const { caches } = this.ctx;
+    const jobs = caches.jobs.list(namespace).filter((j) => j.spec.queueRef.name === queue.metadata.name)
+      .map((job) => ({ job, hasPod: caches.pods.get(job.metadata.name ?? "", namespace) !== undefined }));
+    const surplus = surplusCacheClaims({ queue, claims: caches.claims.list(namespace), jobs, pods: caches.pods.list(namespace) });
+    for (const name of surplus.remove) {
       await this.ctx.clients.core.deleteNamespacedPersistentVolumeClaim({ name, namespace }).catch((err: unknown) => {
         if (!isNotFound(err)) throw err;
       });
       this.ctx.logger.info("Deleted surplus cache claim", { namespace, queue: queue.metadata.name, name });
     }
+    return surplus.kept.length > 0;
   }
 
   /** The Secret's state, read at most every {@link SECRET_RETRY_MS} per queue: queues reconcile on every job change. */

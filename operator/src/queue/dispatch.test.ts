@@ -4,7 +4,8 @@ import type { BuildkiteJob, BuildkiteJobStatus } from "../api/generated/buildkit
 import { ANNOTATIONS } from "../api/keys.js";
 import { jobResourceName } from "../api/names.js";
 import type { JobState, ScheduledJob } from "../buildkite/types.js";
-import { chooseReservations, jobResourceFor, recentlyEnded, reservationsToExtend, stranded, takenBack } from "./dispatch.js";
+import type { SlotLimits } from "../job/slots.js";
+import { chooseReservations, jobResourceFor, recentlyEnded, reservationsToExtend, stranded, takenBack, unfinishedVCPU } from "./dispatch.js";
 
 let seq = 0;
 const scheduled = (priority: number, at = `2026-03-01T12:00:${String(10 + seq).padStart(2, "0")}Z`): ScheduledJob => {
@@ -22,32 +23,57 @@ const job = (uuid: string, status: BuildkiteJobStatus = {}, annotations: Record<
   return j;
 };
 
+/** A 2X4 queue with room for `n` jobs of its shape. */
+const slots = (n: number): SlotLimits => ({ instanceShape: "LINUX_AMD64_2X4", maxVCPU: 2 * n });
+
 describe("chooseReservations", () => {
   it("takes only as many jobs as there are free slots, highest priority first, then the earliest scheduled", () => {
     const low = scheduled(1);
     const high = scheduled(9);
     const midEarly = scheduled(5, "2026-03-01T11:00:00Z");
     const midLate = scheduled(5, "2026-03-01T11:30:00Z");
-    const d = chooseReservations({ scheduled: [low, high, midLate, midEarly], existing: new Set(), unfinished: 1, concurrency: 4, paused: false });
+    const d = chooseReservations({ scheduled: [low, high, midLate, midEarly], existing: new Set(), unfinishedVCPU: 2, limits: slots(4), paused: false });
     expect(d.take.map((j) => j.id)).to.deep.equal([high.id, midEarly.id, midLate.id]);
     expect(d.reclaim).to.deep.equal([]);
   });
 
   it("takes nothing when every slot is held, and never a negative number", () => {
-    const d = chooseReservations({ scheduled: [scheduled(1)], existing: new Set(), unfinished: 6, concurrency: 4, paused: false });
+    const d = chooseReservations({ scheduled: [scheduled(1)], existing: new Set(), unfinishedVCPU: 12, limits: slots(4), paused: false });
     expect(d.take).to.deep.equal([]);
   });
 
   it("takes nothing new while paused, but reclaims jobs that already have a BuildkiteJob", () => {
     const mine = scheduled(1);
-    const d = chooseReservations({ scheduled: [mine, scheduled(2)], existing: new Set([jobResourceName(mine.id)]), unfinished: 0, concurrency: 4, paused: true });
+    const d = chooseReservations({ scheduled: [mine, scheduled(2)], existing: new Set([jobResourceName(mine.id)]), unfinishedVCPU: 0, limits: slots(4), paused: true });
     expect(d).to.deep.equal({ take: [], reclaim: [mine.id] });
+  });
+
+  it("after a queue grows from 2X4 to 8X32 (maxVCPU 16) under four running 2X4 jobs, reserves exactly one 8X32 job, not two", () => {
+    const running = [1, 2, 3, 4].map((n) => job(`b0000000-0000-4000-8000-00000000000${n}`, { phase: "Running", slot: n - 1, shape: "LINUX_AMD64_2X4" }));
+    const grown: SlotLimits = { instanceShape: "LINUX_AMD64_8X32", maxVCPU: 16 };
+    const held = unfinishedVCPU(running, 0, grown.instanceShape);
+    expect(held).to.equal(8);
+    const d = chooseReservations({ scheduled: [scheduled(1), scheduled(1), scheduled(1)], existing: new Set(), unfinishedVCPU: held, limits: grown, paused: false });
+    expect(d.take).to.have.length(1);
+  });
+
+  it("after a queue shrinks from 8X32 to 2X4, counts the unfinished 8X32 jobs at 8 vCPU each", () => {
+    const running = [job("b0000000-0000-4000-8000-000000000001", { phase: "Running", slot: 0, shape: "LINUX_AMD64_8X32" })];
+    const shrunk: SlotLimits = { instanceShape: "LINUX_AMD64_2X4", maxVCPU: 16 };
+    const many = Array.from({ length: 8 }, () => scheduled(1));
+    expect(chooseReservations({ scheduled: many, existing: new Set(), unfinishedVCPU: unfinishedVCPU(running, 0, shrunk.instanceShape), limits: shrunk, paused: false }).take).to.have.length(4);
+  });
+
+  it("counts waiting jobs and jobs just created at the current shape, and finished jobs not at all", () => {
+    const waiting = job("b0000000-0000-4000-8000-000000000001", { phase: "Pending", reason: "WaitingForSlot", shape: "LINUX_AMD64_2X4" });
+    const done = job("b0000000-0000-4000-8000-000000000002", { phase: "Succeeded", slot: 0, shape: "LINUX_AMD64_8X32" });
+    expect(unfinishedVCPU([waiting, done], 2, "LINUX_AMD64_4X16")).to.equal(12);
   });
 
   it("never takes a job again that already has a BuildkiteJob here (its reservation lapsed)", () => {
     const mine = scheduled(9);
     const other = scheduled(1);
-    const d = chooseReservations({ scheduled: [mine, other], existing: new Set([jobResourceName(mine.id)]), unfinished: 1, concurrency: 2, paused: false });
+    const d = chooseReservations({ scheduled: [mine, other], existing: new Set([jobResourceName(mine.id)]), unfinishedVCPU: 2, limits: slots(2), paused: false });
     expect(d.take.map((j) => j.id)).to.deep.equal([other.id]);
     expect(d.reclaim).to.deep.equal([mine.id]);
   });
@@ -108,8 +134,14 @@ describe("jobResourceFor", () => {
     expect(bkj.metadata.ownerReferences?.[0]).to.include({ kind: "BuildkiteQueue", name: queue.metadata.name, uid: queue.metadata.uid, controller: true });
     expect(bkj.spec).to.deep.equal({
       queueRef: { name: queue.metadata.name }, uuid: s.id, priority: 3, scheduledAt: s.scheduled_at,
-      agentQueryRules: ["queue=q"], pipelineSlug: "p", buildNumber: 7, stepKey: "build",
+      agentQueryRules: ["queue=q"], pipelineSlug: "p", buildNumber: 7, branch: "main", stepKey: "build",
     });
+  });
+
+  it("records the build's branch (it scopes Branch caches), and none when Buildkite has none", () => {
+    const s = scheduled(1);
+    expect(jobResourceFor(queueFixture(), { ...s, build: { ...s.build, branch: "feature/x" } }, "k").spec.branch).to.equal("feature/x");
+    expect(jobResourceFor(queueFixture(), { ...s, build: { ...s.build, branch: null } }, "k").spec).to.not.have.property("branch");
   });
 });
 

@@ -3,7 +3,9 @@ import type { BuildkiteQueue } from "../api/generated/buildkite-queue.js";
 import { ANNOTATIONS, LABELS, MANAGED_BY } from "../api/keys.js";
 import { jobResourceName } from "../api/names.js";
 import type { JobState, ScheduledJob } from "../buildkite/types.js";
+import { shapeResources, type InstanceShape } from "../api/shapes.js";
 import { isTerminal } from "../job/phase.js";
+import { jobVCPU, type SlotLimits } from "../job/slots.js";
 
 /**
  * Pure decisions of the job source: which scheduled jobs to reserve, which reservations to extend, and which jobs
@@ -23,9 +25,10 @@ export interface ReserveDecision {
 }
 
 /**
- * Chooses what to reserve from one listing. A queue runs at most `concurrency` jobs; every BuildkiteJob that is not
- * terminal counts from the moment it exists, so only `concurrency − unfinished` new jobs are taken, highest priority
- * first; the rest stay scheduled in Buildkite, where another stack (or this one, later) may take them.
+ * Chooses what to reserve from one listing. A queue's jobs hold at most `maxVCPU` between them; every BuildkiteJob
+ * that is not terminal counts from the moment it exists, at the shape it runs with (see {@link unfinishedVCPU}), so
+ * only as many new jobs are taken as fit in the vCPU left at the queue's current shape, highest priority first; the
+ * rest stay scheduled in Buildkite, where another stack (or this one, later) may take them.
  */
 export function chooseReservations(input: {
   scheduled: readonly ScheduledJob[];
@@ -33,9 +36,10 @@ export function chooseReservations(input: {
   existing: ReadonlySet<string>;
   /** Names of those that are terminal: their job is neither taken nor reclaimed (it ran, or it was given up on). */
   finished?: ReadonlySet<string>;
-  /** This queue's BuildkiteJobs that are not terminal, including ones created but not yet in the cache. */
-  unfinished: number;
-  concurrency: number;
+  /** vCPU held by this queue's BuildkiteJobs that are not terminal, including ones created but not yet in the cache. */
+  unfinishedVCPU: number;
+  /** The queue's budget and the shape new jobs start with. */
+  limits: SlotLimits;
   paused: boolean;
 }): ReserveDecision {
   const reclaim: string[] = [];
@@ -47,8 +51,16 @@ export function chooseReservations(input: {
     else fresh.push(job);
   }
   if (input.paused) return { take: [], reclaim };
-  const free = Math.max(0, input.concurrency - input.unfinished);
+  const free = Math.max(0, Math.floor((input.limits.maxVCPU - input.unfinishedVCPU) / shapeResources(input.limits.instanceShape).vcpu));
   return { take: [...fresh].sort(byPriority).slice(0, free), reclaim };
+}
+
+/**
+ * The vCPU of a queue's unfinished jobs: each job that holds a slot at the shape it recorded, every other one (and each
+ * of `notYetCached` jobs just created) at the queue's current shape, which is the shape it will start with.
+ */
+export function unfinishedVCPU(jobs: readonly BuildkiteJob[], notYetCached: number, current: InstanceShape): number {
+  return jobs.filter((j) => !isTerminal(j.status?.phase)).reduce((sum, j) => sum + jobVCPU(j, current), notYetCached * shapeResources(current).vcpu);
 }
 
 /** Whether the agent in the job's pod may already hold the job (after which Buildkite, not the stack, owns it). */
@@ -108,6 +120,7 @@ export function jobResourceFor(queue: BuildkiteQueue, job: ScheduledJob, stackKe
       agentQueryRules: job.agent_query_rules,
       pipelineSlug: job.pipeline.slug,
       buildNumber: job.build.number,
+      ...(job.build.branch !== null ? { branch: job.build.branch } : {}),
       ...(job.step.key !== null ? { stepKey: job.step.key } : {}),
     },
   };

@@ -16,7 +16,7 @@ import type { Timer } from "../kube/clock.js";
 import type { ControllerContext } from "../kube/controller.js";
 import { apiMessage, isAlreadyExists, isForbidden, isInvalid, isNotFound } from "../kube/field-manager.js";
 import { annotate, splitKey } from "../kube/resources.js";
-import { chooseReservations, jobResourceFor, recentlyEnded, reservationsToExtend, stranded, takenBack } from "./dispatch.js";
+import { chooseReservations, jobResourceFor, recentlyEnded, reservationsToExtend, stranded, takenBack, unfinishedVCPU } from "./dispatch.js";
 import { JobTokens } from "./job-tokens.js";
 import { dispatchError, eachLimited, errorText, readAgentToken, registrationError, SourceError } from "./source-support.js";
 
@@ -211,12 +211,12 @@ export class QueueJobSource {
     const now = this.ctx.clock.nowMs();
     const names = new Set(jobs.map((j) => j.metadata.name ?? ""));
     for (const [name, at] of this.recentlyCreated) if (names.has(name) || now - at > 60_000) this.recentlyCreated.delete(name);
-    const unfinished = jobs.filter((j) => !isTerminal(j.status?.phase)).length + this.recentlyCreated.size;
+    const held = unfinishedVCPU(jobs, this.recentlyCreated.size, queue.spec.instanceShape);
     const paused = queue.spec.paused ? "spec" : listed.paused ? "buildkite" : undefined;
     const total = concurrency(queue.spec);
     const finished = new Set(jobs.filter((j) => isTerminal(j.status?.phase)).map((j) => j.metadata.name ?? ""));
     const decision = chooseReservations({
-      scheduled: listed.jobs, existing: new Set([...names, ...this.recentlyCreated.keys()]), finished, unfinished, concurrency: total, paused: paused !== undefined,
+      scheduled: listed.jobs, existing: new Set([...names, ...this.recentlyCreated.keys()]), finished, unfinishedVCPU: held, limits: queue.spec, paused: paused !== undefined,
     });
     this.setCondition(paused === undefined
       ? { type: "Dispatching", status: "True", reason: "Dispatching", message: `Taking up to ${total} jobs at once from Buildkite queue ${conn.queueKey}.` }

@@ -1,0 +1,92 @@
+import type { V1PersistentVolumeClaim, V1Pod } from "@kubernetes/client-node";
+import { expect } from "chai";
+import { jobFixture, queueFixture } from "../../../test/support/fixtures.js";
+import type { BuildkiteJob, BuildkiteJobStatus } from "../api/generated/buildkite-job.js";
+import type { BuildkiteQueueSpec } from "../api/generated/buildkite-queue.js";
+import type { SlotView } from "../job/slots.js";
+import { surplusCacheClaims } from "./cache-claims.js";
+import { desiredCacheClaims } from "./children.js";
+
+const gomod = { name: "gomod", size: "20Gi", mountPath: "/c", scope: "Pipeline" as const };
+const queueOf = (spec: Partial<BuildkiteQueueSpec> = {}) => queueFixture({ instanceShape: "LINUX_AMD64_4X16", maxVCPU: 8, cache: [gomod], ...spec });
+
+let seq = 0;
+function job(pipelineSlug: string, status?: BuildkiteJobStatus): BuildkiteJob {
+  const j = jobFixture(`c0000000-0000-4000-8000-${String(++seq).padStart(12, "0")}`);
+  j.spec.pipelineSlug = pipelineSlug;
+  if (status) j.status = status;
+  return j;
+}
+/** The claim a job of `pipeline` in `slot` mounts. */
+function claimOf(pipeline: string, slot: number, queue = queueOf()): V1PersistentVolumeClaim {
+  const claim = desiredCacheClaims(queue, job(pipeline), slot)[0];
+  if (!claim) throw new Error("no claim");
+  return claim;
+}
+const podMounting = (claim: V1PersistentVolumeClaim): V1Pod => ({ spec: { containers: [], volumes: [{ name: "cache-gomod", persistentVolumeClaim: { claimName: claim.metadata?.name ?? "" } }] } });
+const nameOf = (c: V1PersistentVolumeClaim) => c.metadata?.name ?? "";
+const decide = (claims: V1PersistentVolumeClaim[], opts: { queue?: ReturnType<typeof queueOf>; jobs?: SlotView[]; pods?: V1Pod[] } = {}) =>
+  surplusCacheClaims({ queue: opts.queue ?? queueOf(), claims, jobs: opts.jobs ?? [], pods: opts.pods ?? [] });
+
+describe("surplusCacheClaims", () => {
+  it("keeps every scope's claims below the slot limit, idle or not: they are the cache", () => {
+    expect(decide([claimOf("web", 0), claimOf("web", 1), claimOf("deploy", 0)])).to.deep.equal({ remove: [], kept: [] });
+  });
+
+  it("removes claims of slots at or above the limit (lower maxVCPU, larger shape) and of removed caches", () => {
+    const high = claimOf("web", 2);
+    const low = claimOf("web", 1);
+    expect(decide([low, high])).to.deep.equal({ remove: [nameOf(high)], kept: [] });
+    expect(decide([low, high], { queue: queueOf({ maxVCPU: 4 }) }).remove).to.deep.equal([nameOf(low), nameOf(high)]);
+    expect(decide([low], { queue: queueOf({ cache: [] }) }).remove).to.deep.equal([nameOf(low)]);
+  });
+
+  it("removes unscoped claims made before caches had scopes", () => {
+    const legacy: V1PersistentVolumeClaim = { metadata: { name: "bkq-linux-gomod-0", labels: { "buildkite.com/queue": "linux", "buildkite.com/slot": "0" } } };
+    expect(decide([legacy]).remove).to.deep.equal(["bkq-linux-gomod-0"]);
+  });
+
+  it("keeps a surplus claim while a pod mounts it or a job of its scope holds its slot", () => {
+    const high = claimOf("web", 3);
+    expect(decide([high], { pods: [podMounting(high)] })).to.deep.equal({ remove: [], kept: [nameOf(high)] });
+    const holder: SlotView = { job: job("web", { phase: "Pending", slot: 3, shape: "LINUX_AMD64_4X16" }), hasPod: false };
+    expect(decide([high], { jobs: [holder] })).to.deep.equal({ remove: [], kept: [nameOf(high)] });
+    const otherSlot: SlotView = { job: job("web", { phase: "Running", slot: 0, shape: "LINUX_AMD64_4X16" }), hasPod: true };
+    const otherScope: SlotView = { job: job("deploy", { phase: "Pending", slot: 3, shape: "LINUX_AMD64_4X16" }), hasPod: false };
+    expect(decide([high], { jobs: [otherSlot, otherScope] }).remove).to.deep.equal([nameOf(high)]);
+  });
+
+  it("keeps a surplus claim while a job of its scope has no slot yet (its claim is made before its pod and its slot)", () => {
+    const high = claimOf("web", 3);
+    const starting: SlotView = { job: job("web", { phase: "Pending", reason: "WaitingForSlot" }), hasPod: false };
+    expect(decide([high], { jobs: [starting] }).kept).to.deep.equal([nameOf(high)]);
+    const reserved: SlotView = { job: job("web"), hasPod: false, reserved: 3 };
+    expect(decide([high], { jobs: [reserved] }).kept).to.deep.equal([nameOf(high)]);
+    const ended: SlotView = { job: job("web", { phase: "Failed", reason: "PodRejected" }), hasPod: false };
+    expect(decide([high], { jobs: [ended, { job: job("deploy"), hasPod: false }] }).remove).to.deep.equal([nameOf(high)]);
+  });
+
+  it("keeps a removed cache's claim for a job of its scope, whichever scope kind the cache had", () => {
+    const branchQueue = queueOf({ cache: [{ ...gomod, scope: "Branch" }] });
+    const claim = desiredCacheClaims(branchQueue, job("web"), 0)[0];
+    if (!claim) throw new Error("no claim");
+    const holder: SlotView = { job: job("web", { phase: "Running", slot: 0, shape: "LINUX_AMD64_4X16" }), hasPod: true };
+    expect(decide([claim], { queue: queueOf({ cache: [] }), jobs: [holder] }).kept).to.deep.equal([nameOf(claim)]);
+  });
+
+  it("keeps the slot indexes of a smaller shape while its jobs run, and removes them after", () => {
+    // 2X4 → 4X16 with maxVCPU 8: a 2X4 job still runs, so indexes up to 3 may still be handed out.
+    const running: SlotView = { job: job("web", { phase: "Running", slot: 0, shape: "LINUX_AMD64_2X4" }), hasPod: true };
+    const three = claimOf("web", 3);
+    expect(decide([three], { jobs: [running] }).remove).to.deep.equal([]);
+    const ended: SlotView = { job: job("web", { phase: "Succeeded", slot: 0, shape: "LINUX_AMD64_2X4" }), hasPod: false };
+    expect(decide([three], { jobs: [ended] }).remove).to.deep.equal([nameOf(three)]);
+  });
+
+  it("leaves alone claims being deleted and claims of other queues", () => {
+    const deleting = claimOf("web", 5);
+    if (deleting.metadata) deleting.metadata.deletionTimestamp = new Date();
+    const other = claimOf("web", 5, queueFixture({ cache: [gomod] }, "other"));
+    expect(decide([deleting, other])).to.deep.equal({ remove: [], kept: [] });
+  });
+});

@@ -40,9 +40,10 @@ describe("NetworkPolicy on the real node: cloud metadata and denied ranges are u
   let jobGate: Gate | undefined;
 
   before(async () => {
+    // Guards first: nothing is sent to these ranges before every route out of the machine is closed to them. Before
+    // the node, too, and stopped after it: kube-router rewrites the filter table the guards are partly in.
+    remoteHost = await RemoteHost.start({ addresses: [DENIED_ADDRESS, PROOF_ADDRESS], guardedCidrs: [METADATA_RANGE, DENIED_RANGE, PROOF_RANGE] });
     world = await startWorld();
-    // Guards first: nothing is sent to these ranges before every route out of the machine is closed to them.
-    remoteHost = await RemoteHost.start(world.cluster.dir, { addresses: [DENIED_ADDRESS, PROOF_ADDRESS], guardedCidrs: [METADATA_RANGE, DENIED_RANGE, PROOF_RANGE] });
     s = await RealNodeScenario.start(world, "real-netpol");
     jobGate = await Gate.start(world.node.gatewayIp);
   });
@@ -50,9 +51,13 @@ describe("NetworkPolicy on the real node: cloud metadata and denied ranges are u
     try {
       await jobGate?.stop();
       await s?.stop();
-      await remoteHost?.stop();
+      await world?.node.stop();
     } finally {
-      await stopWorld(world);
+      try {
+        await remoteHost?.stop();
+      } finally {
+        await stopWorld(world);
+      }
     }
   });
 

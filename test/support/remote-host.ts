@@ -1,5 +1,7 @@
 import { randomBytes } from "node:crypto";
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, readFileSync, rmSync } from "node:fs";
+import { mkdtemp } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { run, runSync } from "../real-node/host.js";
 import { eventually } from "./eventually.js";
@@ -59,6 +61,10 @@ const GUARD_CHAINS = [["mangle", "POSTROUTING"], ["filter", "OUTPUT"], ["filter"
  * on a veth, serving HTTP on them, routed from the node. Guard rules (iptables, before anything is sent) drop every
  * packet to the guarded ranges that would leave by another interface: in mangle POSTROUTING, the last hook before a
  * packet leaves, where no other component's ACCEPT can skip it, and in filter OUTPUT and FORWARD as well.
+ *
+ * Start it before a real node and stop it after the node: kube-router rewrites the whole filter table on every sync
+ * (`iptables-save`, its changes, `iptables-restore`), so a filter rule put in while it runs can be lost, and one taken
+ * out can come back. Its log lives in a directory of its own (kept with BK_KEEP_CLUSTER=1), as it outlives a cluster.
  */
 export class RemoteHost {
   #stopped = false;
@@ -69,13 +75,18 @@ export class RemoteHost {
     private readonly id: string,
     private readonly guards: readonly GuardRule[],
     private readonly processes: ProcessGroup,
-    private readonly logFile: string,
+    private readonly dir: string,
   ) {}
+
+  private get logFile(): string {
+    return join(this.dir, "remote-host.log");
+  }
 
   #forgetExitHook: () => void = () => undefined;
 
   /** Guards the ranges, creates the namespace and its link, starts the server and waits until the host reaches it. */
-  static async start(dir: string, options: RemoteHostOptions): Promise<RemoteHost> {
+  static async start(options: RemoteHostOptions): Promise<RemoteHost> {
+    removeStaleGuards();
     const id = randomBytes(3).toString("hex");
     const namespace = `bk-remote-${id}`;
     const veth = `bkr-${id}`;
@@ -86,11 +97,13 @@ export class RemoteHost {
     const guards: GuardRule[] = options.guardedCidrs.flatMap((cidr) => GUARD_CHAINS.map(([table, chain]) =>
       ({ table, chain, spec: ["-d", cidr, "!", "-o", veth, ...comment, "-j", "DROP"] })));
     const processes = new ProcessGroup();
-    const logFile = join(dir, `remote-host-${id}.log`);
-    const host = new RemoteHost(namespace, veth, id, guards, processes, logFile);
+    const host = new RemoteHost(namespace, veth, id, guards, processes, await mkdtemp(join(tmpdir(), "bk-remote-host-")));
     // A test runner that exits without stop() still removes the namespace and the guards (before the cluster's own
     // exit clean-up, hence prepended).
-    const undo = (): void => { host.cleanupSync(true); };
+    const undo = (): void => {
+      host.cleanupSync(true);
+      if (process.env.BK_KEEP_CLUSTER !== "1") rmSync(host.dir, { recursive: true, force: true });
+    };
     process.prependListener("exit", undo);
     host.#forgetExitHook = () => { process.off("exit", undo); };
     try {
@@ -106,7 +119,7 @@ export class RemoteHost {
       await inNs(["link", "set", "eth0", "up"]);
       await inNs(["route", "add", "default", "via", hostSide]);
       for (const cidr of options.guardedCidrs) await run(IP, ["route", "add", cidr, "via", remoteSide, "dev", veth]);
-      const server = processes.start({ name: "remote-host", binary: IP, logFile, args: ["netns", "exec", namespace, process.execPath, "-e", SERVER] });
+      const server = processes.start({ name: "remote-host", binary: IP, logFile: host.logFile, args: ["netns", "exec", namespace, process.execPath, "-e", SERVER] });
       for (const address of options.addresses) {
         await server.waitReady(async () => (await httpGet(`http://${address}/`)).body.startsWith("remote-ok"), 10_000,
           "The remote host did not answer from its namespace.");
@@ -155,7 +168,10 @@ export class RemoteHost {
     return found;
   }
 
-  /** Stops the server, deletes the namespace (its veth and routes go with it), then removes the guard rules. */
+  /**
+   * Stops the server, deletes the namespace (its veth and routes go with it), then removes the guard rules and checks
+   * that none is left.
+   */
   async stop(): Promise<void> {
     if (this.#stopped) return;
     await this.processes.stopAll(2_000);
@@ -165,6 +181,9 @@ export class RemoteHost {
       { timeoutMs: 10_000, what: `the veth ${this.veth} to go with its namespace` });
     this.removeGuards();
     this.#forgetExitHook();
+    if (process.env.BK_KEEP_CLUSTER !== "1") rmSync(this.dir, { recursive: true, force: true });
+    const left = await this.installedGuards();
+    if (left.length > 0) throw new Error(`guard rules left after stop (did kube-router still run?): ${JSON.stringify(left)}`);
   }
 
   private logLines(): string[] {
@@ -195,3 +214,17 @@ export class RemoteHost {
 }
 
 const guardComment = (id: string): string => `bk-operator-test guard ${id}`;
+
+/**
+ * Removes the guard rules of earlier runs that could not remove their own (their veth is gone): a rule that lets
+ * packets to a range leave only by a veth that no longer exists would drop this run's packets to it.
+ */
+function removeStaleGuards(): void {
+  for (const [table, chain] of GUARD_CHAINS) {
+    for (const rule of runSync("iptables", ["-t", table, "-S", chain]).split("\n")) {
+      const m = /^-A \S+ -d (\S+) ! -o (\S+) -m comment --comment "?(bk-operator-test (?:metadata )?guard \w+)"? -j DROP$/.exec(rule.trim());
+      if (!m || existsSync(`/sys/class/net/${m[2] ?? ""}`)) continue;
+      runSync("iptables", ["-t", table, "-D", chain, "-d", m[1] ?? "", "!", "-o", m[2] ?? "", "-m", "comment", "--comment", m[3] ?? "", "-j", "DROP"]);
+    }
+  }
+}

@@ -8,6 +8,13 @@ import { eventually } from "./eventually.js";
 import { httpGet } from "./https-probe.js";
 import { ProcessGroup } from "./managed-process.js";
 
+/** An HTTP forward proxy on the remote host. */
+export interface RemoteProxyOptions {
+  /** One of the host's addresses. */
+  readonly address: string;
+  readonly port: number;
+}
+
 /** Options for {@link RemoteHost.start}. */
 export interface RemoteHostOptions {
   /**
@@ -21,15 +28,60 @@ export interface RemoteHostOptions {
    * the machine. Must cover every address; may hold more (the cloud metadata range, as a safety net).
    */
   readonly guardedCidrs: readonly string[];
+  /**
+   * A forward proxy (absolute-form requests and CONNECT) that forwards only to the host's own addresses and logs
+   * each request (`proxied <method> <target> for <client>`, or `refused …`).
+   */
+  readonly proxy?: RemoteProxyOptions;
   /** The veth pair's /30 (default 10.251.0.0/30): the host side gets .1, the remote host .2. */
   readonly linkNet?: string;
 }
 
-/** The server of the remote host. */
-const SERVER = `require("node:http").createServer((req, res) => {
+/** The server of the remote host; `CONFIG` is replaced by its addresses and proxy. */
+const SERVER = `const CONFIG = __CONFIG__;
+const http = require("node:http"), net = require("node:net");
+const own = new Set(CONFIG.addresses);
+http.createServer((req, res) => {
   console.log("served " + req.socket.localAddress + " to " + req.socket.remoteAddress);
   res.end("remote-ok " + req.socket.localAddress + "\\n");
-}).listen(80, "0.0.0.0", () => console.log("listening on 80"));`;
+}).listen(80, "0.0.0.0", () => console.log("listening on 80"));
+if (CONFIG.proxy) {
+  const proxy = http.createServer((req, res) => {
+    let target;
+    try { target = new URL(req.url); } catch { target = undefined; }
+    if (!target || target.protocol !== "http:" || !own.has(target.hostname)) {
+      console.log("refused " + req.method + " " + req.url + " for " + req.socket.remoteAddress);
+      res.writeHead(403).end("refused by the proxy\\n");
+      return;
+    }
+    console.log("proxied " + req.method + " " + req.url + " for " + req.socket.remoteAddress);
+    // hop-by-hop headers stay on their hop: the client's connection ends with the answer, as it asked
+    const hop = (headers) => Object.fromEntries(Object.entries(headers).filter(([k]) => !["connection", "keep-alive", "proxy-connection"].includes(k)));
+    const up = http.request({ host: target.hostname, port: Number(target.port || 80), path: target.pathname + target.search, method: req.method,
+      headers: hop(req.headers), agent: false }, (answer) => { res.writeHead(answer.statusCode, hop(answer.headers)); answer.pipe(res); });
+    up.on("error", (err) => { res.writeHead(502).end(String(err) + "\\n"); });
+    req.pipe(up);
+  });
+  proxy.on("connect", (req, socket, head) => {
+    const colon = req.url.lastIndexOf(":");
+    const host = req.url.slice(0, colon), port = Number(req.url.slice(colon + 1));
+    if (!own.has(host)) {
+      console.log("refused CONNECT " + req.url + " for " + req.socket.remoteAddress);
+      socket.end("HTTP/1.1 403 Forbidden\\r\\n\\r\\n");
+      return;
+    }
+    console.log("proxied CONNECT " + req.url + " for " + req.socket.remoteAddress);
+    const up = net.connect(port, host, () => {
+      socket.write("HTTP/1.1 200 Connection Established\\r\\n\\r\\n");
+      up.write(head);
+      up.pipe(socket);
+      socket.pipe(up);
+    });
+    up.on("error", () => socket.destroy());
+    socket.on("error", () => up.destroy());
+  });
+  proxy.listen(CONFIG.proxy.port, CONFIG.proxy.address, () => console.log("proxy listening"));
+}`;
 
 const IP = ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"].find((p) => existsSync(p)) ?? "ip";
 
@@ -58,9 +110,10 @@ const GUARD_CHAINS = [["mangle", "POSTROUTING"], ["filter", "OUTPUT"], ["filter"
 
 /**
  * A host off the node for NetworkPolicy tests: a network namespace made by the test, holding documentation addresses
- * on a veth, serving HTTP on them, routed from the node. Guard rules (iptables, before anything is sent) drop every
- * packet to the guarded ranges that would leave by another interface: in mangle POSTROUTING, the last hook before a
- * packet leaves, where no other component's ACCEPT can skip it, and in filter OUTPUT and FORWARD as well.
+ * on a veth, serving HTTP on them (and optionally a forward proxy), routed from the node. Guard rules (iptables,
+ * before anything is sent) drop every packet to the guarded ranges that would leave by another interface: in mangle
+ * POSTROUTING, the last hook before a packet leaves, where no other component's ACCEPT can skip it, and in filter
+ * OUTPUT and FORWARD as well.
  *
  * Start it before a real node and stop it after the node: kube-router rewrites the whole filter table on every sync
  * (`iptables-save`, its changes, `iptables-restore`), so a filter rule put in while it runs can be lost, and one taken
@@ -119,10 +172,14 @@ export class RemoteHost {
       await inNs(["link", "set", "eth0", "up"]);
       await inNs(["route", "add", "default", "via", hostSide]);
       for (const cidr of options.guardedCidrs) await run(IP, ["route", "add", cidr, "via", remoteSide, "dev", veth]);
-      const server = processes.start({ name: "remote-host", binary: IP, logFile: host.logFile, args: ["netns", "exec", namespace, process.execPath, "-e", SERVER] });
+      const script = SERVER.replace("__CONFIG__", JSON.stringify({ addresses: options.addresses, proxy: options.proxy }));
+      const server = processes.start({ name: "remote-host", binary: IP, logFile: host.logFile, args: ["netns", "exec", namespace, process.execPath, "-e", script] });
       for (const address of options.addresses) {
         await server.waitReady(async () => (await httpGet(`http://${address}/`)).body.startsWith("remote-ok"), 10_000,
           "The remote host did not answer from its namespace.");
+      }
+      if (options.proxy) {
+        await server.waitReady(() => Promise.resolve(host.logLines().includes("proxy listening")), 10_000, "The remote host's proxy did not start.");
       }
       return host;
     } catch (err) {
@@ -134,6 +191,11 @@ export class RemoteHost {
   /** The requests the HTTP server answered, as `served <its address> to <client address>`. */
   served(): string[] {
     return this.logLines().filter((l) => l.startsWith("served "));
+  }
+
+  /** What the proxy did with each request: `proxied|refused <method> <target> for <client address>`. */
+  proxied(): string[] {
+    return this.logLines().filter((l) => l.startsWith("proxied ") || l.startsWith("refused "));
   }
 
   /** Packets the guard rules dropped so far (each of them would have left the machine), of one range or all. */

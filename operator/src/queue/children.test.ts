@@ -47,6 +47,12 @@ describe("queue children", () => {
     expect(own.spec?.egress?.[0]?.to).to.deep.equal([{ ipBlock: { cidr: "10.96.0.10/32" } }]);
   });
 
+  it("allows no DNS at all when the queue names no resolver (an egress rule without `to` would match every address)", () => {
+    const none = desiredNetworkPolicy(queueFixture({ network: { denyMetadata: true, egress: "Restricted", dns: [], allowedDestinations: [{ cidr: "192.0.2.10/32" }] } }), DNS);
+    expect(none.spec?.egress).to.deep.equal([{ to: [{ ipBlock: { cidr: "192.0.2.10/32" } }] }]);
+    for (const rule of none.spec?.egress ?? []) expect(rule.to, "every rule says where to").to.not.be.empty;
+  });
+
   it("in Restricted mode allows DNS, the named destinations and the proxy's port, nothing else, and sets the proxy env", () => {
     const queue = queueFixture({ network: {
       denyMetadata: true, egress: "Restricted",

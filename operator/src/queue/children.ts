@@ -58,14 +58,16 @@ export function urlPort(url: string): number {
 
 /**
  * The NetworkPolicy of a queue's job pods: no ingress at all; DNS (TCP/UDP 53) only to the cluster's resolvers (the
- * queue's `network.dns`, else `clusterDNS`), so port 53 is no tunnel to anywhere else; then either (Internet) every
- * address except the cloud metadata endpoints (unless `denyMetadata: false`) and `extraDeniedCIDRs`, or (Restricted)
- * only the `allowedDestinations` and the proxy's port.
+ * queue's `network.dns`, else `clusterDNS`; none when `dns` is empty), so port 53 is no tunnel to anywhere else; then
+ * either (Internet) every address except the cloud metadata endpoints (unless `denyMetadata: false`) and
+ * `extraDeniedCIDRs`, or (Restricted) only the `allowedDestinations` and the proxy's port.
  */
 export function desiredNetworkPolicy(queue: BuildkiteQueue, clusterDNS: DnsPeer): V1NetworkPolicy {
   const { network } = queue.spec;
   const resolvers: Peer[] = network.dns ?? [clusterDNS];
-  const egress: V1NetworkPolicyEgressRule[] = [
+  // `dns: []` names no resolver: no DNS rule at all. A rule whose `to` is empty (the API server drops it) would allow
+  // port 53 to every address.
+  const egress: V1NetworkPolicyEgressRule[] = resolvers.length === 0 ? [] : [
     { to: resolvers.map(toPeer), ports: [{ protocol: "UDP", port: 53 }, { protocol: "TCP", port: 53 }] },
   ];
   if (network.egress === "Internet") {

@@ -74,7 +74,7 @@ export interface BuildkiteQueueSpecNetwork {
   egress: "Internet" | "Restricted";
   /** More ranges the jobs may not reach in Internet mode, e.g. 10.0.0.0/8. */
   extraDeniedCIDRs?: string[];
-  /** Resolvers the jobs may query on port 53 (TCP and UDP), and no others. Default: the operator's --cluster-dns (the kube-dns pods of kube-system). */
+  /** Resolvers the jobs may query on port 53 (TCP and UDP), and no others; an empty list allows no DNS at all. Default: the operator's --cluster-dns (the kube-dns pods of kube-system). */
   dns?: BuildkiteQueueSpecNetworkDnsItem[];
   /** In Restricted mode, the only addresses (and ports) jobs may reach besides DNS and the proxy. */
   allowedDestinations?: BuildkiteQueueSpecNetworkAllowedDestinationsItem[];

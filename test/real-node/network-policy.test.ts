@@ -8,7 +8,7 @@ import { run } from "./host.js";
 import { ipsetMatches, podFirewall, type PodFirewall } from "./pod-firewall.js";
 import { PROBE_FUNCTION, probeResults } from "./probes.js";
 import { RealNodeScenario } from "./scenario.js";
-import { startWorld, stopWorld, type World } from "./world.js";
+import { startWorld, stopGuardedWorld, type World } from "./world.js";
 
 /**
  * Cloud metadata (AWS IMDS, ECS task metadata and credentials, EKS Pod Identity): guarded and routed to the test's own
@@ -50,14 +50,8 @@ describe("NetworkPolicy on the real node: cloud metadata and denied ranges are u
   after(async () => {
     try {
       await jobGate?.stop();
-      await s?.stop();
-      await world?.node.stop();
     } finally {
-      try {
-        await remoteHost?.stop();
-      } finally {
-        await stopWorld(world);
-      }
+      await stopGuardedWorld(world, s, remoteHost);
     }
   });
 

@@ -2,7 +2,7 @@ import { expect } from "chai";
 import { RemoteHost } from "../support/remote-host.js";
 import { PROBE_FUNCTION, probeResults } from "./probes.js";
 import { RealNodeScenario } from "./scenario.js";
-import { startWorld, stopWorld, type World } from "./world.js";
+import { startWorld, stopGuardedWorld, type World } from "./world.js";
 
 /** Documentation addresses (TEST-NET-3, RFC 5737) on the remote host, each guarded and routed from the node. */
 const ALLOWED = "203.0.113.10";
@@ -46,16 +46,7 @@ describe("Restricted egress on the real node: jobs reach their allowed destinati
     s = await RealNodeScenario.start(world, "real-restricted");
   });
   after(async () => {
-    try {
-      await s?.stop();
-      await world?.node.stop();
-    } finally {
-      try {
-        await remoteHost?.stop();
-      } finally {
-        await stopWorld(world);
-      }
-    }
+    await stopGuardedWorld(world, s, remoteHost);
   });
 
   const scenario = (): RealNodeScenario => { if (!s) throw new Error("no scenario"); return s; };

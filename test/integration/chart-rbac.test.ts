@@ -15,7 +15,7 @@ const QUEUE_RULES: V1PolicyRule[] = [
   { apiGroups: [""], resources: ["secrets"], verbs: ["get", "create", "update"] },
   { apiGroups: [""], resources: ["serviceaccounts"], verbs: ["list", "watch", "create", "patch"] },
   { apiGroups: [""], resources: ["serviceaccounts/token"], verbs: ["create"] },
-  { apiGroups: [""], resources: ["persistentvolumeclaims"], verbs: ["list", "watch", "create", "delete"] },
+  { apiGroups: [""], resources: ["persistentvolumeclaims"], verbs: ["get", "list", "watch", "create", "delete"] },
   { apiGroups: ["networking.k8s.io"], resources: ["networkpolicies"], verbs: ["list", "watch", "create", "patch"] },
   { apiGroups: [""], resources: ["events"], verbs: ["create", "patch"] },
 ];

@@ -47,10 +47,11 @@ operator watches it reads from its informer cache, so `get` appears only where a
   resources: [serviceaccounts/token]
   verbs: [create]
 # Cache volumes, one claim per cache scope (pipeline or branch) and slot: watched, created right before the first pod
-# that mounts one, deleted once no slot or scope can use it. Never changed after creation, so no patch.
+# that mounts one (read back when another job made it a moment before), deleted once no slot or scope can use it.
+# Never changed after creation, so no patch.
 - apiGroups: [""]
   resources: [persistentvolumeclaims]
-  verbs: [list, watch, create, delete]
+  verbs: [get, list, watch, create, delete]
 # Each queue's NetworkPolicy (no route to cloud metadata, no ingress): watched and server-side applied.
 # Removed by the garbage collector with its queue (ownerReference), so no delete.
 - apiGroups: [networking.k8s.io]

@@ -1,6 +1,6 @@
 import { PatchStrategy, setHeaderOptions } from "@kubernetes/client-node";
 import { expect } from "chai";
-import { jobResourceName } from "../../operator/src/api/names.js";
+import { jobResourceName, jobTokenSecretName } from "../../operator/src/api/names.js";
 import { BuildkiteScenario } from "../support/buildkite-scenario.js";
 import { eventually } from "../support/eventually.js";
 import { testCluster } from "../support/global-cluster.js";
@@ -41,8 +41,14 @@ describe("Reservations and restarts: the operator process killed mid-run loses n
     await eventually(() => { s.fake.sweep(); expect(s.fake.job(uuid).state).to.equal("scheduled"); return Promise.resolve(); },
       { what: "the reservation to lapse once nobody extends it", timeoutMs: 20_000 });
 
+    const tokenOf = async (): Promise<string | undefined> =>
+      (await s.t.core.readNamespacedSecret({ name: jobTokenSecretName(uuid), namespace: s.t.namespace })).data?.token;
+    const lapsedToken = await tokenOf();
     operator = OperatorProcess.start("restart-b", FLAGS);
     await s.buildkiteState(uuid, "reserved", 30_000);
+    // The job token died with the lapsed reservation; the pod may start once the new one is in its Secret (a kubelet
+    // reads the Secret when the container starts).
+    await eventually(async () => { expect(await tokenOf(), "the job's token Secret").to.not.equal(lapsedToken); }, { what: "a fresh job token" });
     // Now let the held pod run.
     await s.t.core.patchNamespacedPod({ name: jobResourceName(uuid), namespace: s.t.namespace, body: { metadata: { annotations: { [RUNNER_ANNOTATION]: "real" } } } },
       setHeaderOptions("Content-Type", PatchStrategy.MergePatch));

@@ -6,7 +6,7 @@ import type { StacksClient } from "./stacks-client.js";
 /** A queue's registered Buildkite stack: what the job controller needs to report on that queue's jobs. */
 export interface QueueStack {
   key: string;
-  client: Pick<StacksClient, "finish">;
+  client: Pick<StacksClient, "finish" | "getStates">;
   notifier: Pick<NotificationBatcher, "add">;
 }
 

@@ -173,6 +173,10 @@ export class JobController implements Controller {
     } catch (err) {
       // A refusal (the job already finished or was canceled there) is final; anything retryable is tried again.
       if (err instanceof BuildkiteApiError && !err.retryable) {
+        // "Already finished" can be this operator's own finish, seen again through a cache that had not caught up with
+        // the status recording it (or whose answer was lost): Buildkite already has the job ended.
+        const state = (await stack.client.getStates(stack.key, [job.spec.uuid]).catch(() => undefined))?.get(job.spec.uuid);
+        if (state === "finished") return { type: REPORTED, status: "True", reason: "Finished", message: "Buildkite shows the job finished; it was not run here." };
         return { type: REPORTED, status: "False", reason: "FinishRefused", message: `Buildkite refused to finish the job: ${err.message}` };
       }
       throw err;

@@ -106,7 +106,7 @@ export class QueueController implements Controller {
       problem = await this.ctx.stacks.release(queue);
     } catch (err) {
       // Buildkite unreachable: retried with backoff, but a deletion does not wait on it for ever.
-      const since = Date.parse(queue.metadata.deletionTimestamp as unknown as string) || this.ctx.clock.nowMs();
+      const since = new Date(queue.metadata.deletionTimestamp ?? this.ctx.clock.now()).getTime();
       if (this.ctx.clock.nowMs() - since < DEREGISTER_DEADLINE_MS) throw err;
       problem = `Buildkite did not answer for ${String(DEREGISTER_DEADLINE_MS / 60_000)} minutes: ${apiMessage(err)}`;
     }

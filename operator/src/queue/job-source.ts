@@ -63,6 +63,20 @@ interface Connection extends QueueStack {
   queueKey: string;
 }
 
+/** The Stacks API key of a queue's stack in this cluster. */
+export const queueStackKey = (queue: BuildkiteQueue, settings: Pick<JobSourceSettings, "clusterId">): string =>
+  stackKey({ clusterId: settings.clusterId, namespace: queue.metadata.namespace ?? "", queue: queue.metadata.name ?? "" });
+
+/** A Stacks API client for a queue's endpoint and token, reporting its requests as the settings say. */
+export function stacksClientFor(queue: BuildkiteQueue, token: string, ctx: Pick<ControllerContext, "clock" | "logger">,
+  settings: Pick<JobSourceSettings, "maxAttempts" | "onRequest">): StacksClient {
+  return new StacksClient({
+    endpoint: queue.spec.endpoint, token, clock: ctx.clock, logger: ctx.logger,
+    ...(settings.maxAttempts !== undefined ? { maxAttempts: settings.maxAttempts } : {}),
+    ...(settings.onRequest ? { onRequest: settings.onRequest } : {}),
+  });
+}
+
 /**
  * The job source of one BuildkiteQueue: registers its stack, lists scheduled jobs every poll, reserves only as many
  * as the queue has free slots (highest priority first), creates their BuildkiteJobs, extends reservations of jobs
@@ -183,12 +197,8 @@ export class QueueJobSource {
     await this.connection?.notifier.stop();
     this.connection = undefined;
     const { logger, clock } = this.ctx;
-    const client = new StacksClient({
-      endpoint: queue.spec.endpoint, token, clock, logger,
-      ...(this.settings.maxAttempts !== undefined ? { maxAttempts: this.settings.maxAttempts } : {}),
-      ...(this.settings.onRequest ? { onRequest: this.settings.onRequest } : {}),
-    });
-    const key = stackKey({ clusterId: this.settings.clusterId, namespace: queue.metadata.namespace ?? "", queue: queue.metadata.name ?? "" });
+    const client = stacksClientFor(queue, token, this.ctx, this.settings);
+    const key = queueStackKey(queue, this.settings);
     const identity = await client.identity().catch((err: unknown) => { throw registrationError(err, queue); });
     if (!identity.cluster_uuid) {
       throw new SourceError("UnclusteredToken", `The token in Secret ${queue.spec.agentTokenSecretRef.name} is not a cluster agent token; the Stacks API needs one (bkct_…) from the cluster that holds queue ${queue.spec.queue}.`, "Registered");

@@ -2,10 +2,9 @@ import type { ConditionUpdate } from "../api/conditions.js";
 import type { QueueStack, StackDirectory } from "../buildkite/stack-directory.js";
 import type { BuildkiteQueue } from "../api/generated/buildkite-queue.js";
 import { BuildkiteApiError } from "../buildkite/errors.js";
-import { stackKey, StacksClient } from "../buildkite/stacks-client.js";
 import type { ControllerContext } from "../kube/controller.js";
 import { keyOf } from "../kube/resources.js";
-import { QueueJobSource, type JobSourceSettings } from "./job-source.js";
+import { QueueJobSource, queueStackKey, stacksClientFor, type JobSourceSettings } from "./job-source.js";
 import { readAgentToken, SourceError } from "./source-support.js";
 
 /**
@@ -70,9 +69,8 @@ export class JobSources implements StackDirectory {
       if (err instanceof SourceError) return err.message;
       throw err;
     }
-    const client = new StacksClient({ endpoint: queue.spec.endpoint, token, clock: this.ctx.clock, logger: this.ctx.logger, maxAttempts: 2,
-      ...(this.settings.onRequest ? { onRequest: this.settings.onRequest } : {}) });
-    const stack = stackKey({ clusterId: this.settings.clusterId, namespace: queue.metadata.namespace ?? "", queue: queue.metadata.name ?? "" });
+    const client = stacksClientFor(queue, token, this.ctx, { ...this.settings, maxAttempts: 2 });
+    const stack = queueStackKey(queue, this.settings);
     try {
       await client.deregister(stack);
     } catch (err) {

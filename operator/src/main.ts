@@ -5,12 +5,15 @@ import { hostname } from "node:os";
 import { createLogger } from "./observability/logger.js";
 import { HttpServer } from "./observability/server.js";
 import { Operator } from "./operator.js";
+import { armFaults } from "./fault-points.js";
 
 /** Wiring only: configuration → logger → clients → controllers → graceful shutdown. */
 async function main(): Promise<void> {
   let config;
   try {
     config = parseConfig(process.argv.slice(2), process.env);
+    // Tests only: a crash at a chosen moment (see fault-points.ts); unset in any deployment.
+    armFaults(process.env.BK_OPERATOR_FAULTS);
   } catch (err) {
     if (err instanceof ConfigError) {
       process.stderr.write(`buildkite-operator: ${err.message}\n`);

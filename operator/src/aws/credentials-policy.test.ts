@@ -1,5 +1,5 @@
 import { expect } from "chai";
-import { backoffDelayMs, BACKOFF_BASE_MS, eventTypeOf, gaugeValueOf, planCredentials, timelineMessageFor } from "./credentials-policy.js";
+import { BACKOFF_BASE_MS, eventTypeOf, gaugeValueOf, planCredentials, timelineMessageFor } from "./credentials-policy.js";
 import type { CheckTarget } from "./outcome.js";
 
 const T: CheckTarget = {
@@ -8,18 +8,6 @@ const T: CheckTarget = {
 };
 const SETTINGS = { recheckIntervalMs: 300_000, maxBackoffMs: 300_000 };
 const ISS = "https://oidc.example.com";
-
-describe("backoffDelayMs", () => {
-  it("doubles from the base and stops at the maximum", () => {
-    expect([1, 2, 3, 4, 5, 9, 10].map((n) => backoffDelayMs(n, 1_000, 300_000))).to.deep.equal([1_000, 2_000, 4_000, 8_000, 16_000, 256_000, 300_000]);
-  });
-
-  it("never overflows or reaches zero", () => {
-    expect(backoffDelayMs(10_000, 1_000, 300_000)).to.equal(300_000);
-    expect(backoffDelayMs(0, 1_000, 300_000)).to.equal(1_000);
-    expect(backoffDelayMs(1, 0, 300_000)).to.equal(1);
-  });
-});
 
 describe("planCredentials", () => {
   it("is True with the role, the session ARN and the expiry after a success, and re-checks after the interval", () => {

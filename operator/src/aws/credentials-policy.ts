@@ -1,3 +1,4 @@
+import { backoffDelayMs } from "../kube/backoff.js";
 import type { ConditionUpdate } from "../api/conditions.js";
 import type { CheckOutcome, CheckTarget } from "./outcome.js";
 import { hintFor } from "./sts-errors.js";
@@ -32,14 +33,6 @@ export interface CredentialsPlan {
   retryInMs: number;
 }
 
-/**
- * The delay after the `failures`-th failure in a row (1 for the first): `baseMs`, doubling each time, capped at
- * `maxMs`. Never zero, so a failing check can never spin.
- */
-export function backoffDelayMs(failures: number, baseMs: number, maxMs: number): number {
-  const exponent = Math.min(Math.max(failures - 1, 0), 30);
-  return Math.max(1, Math.min(maxMs, baseMs * 2 ** exponent));
-}
 
 const seconds = (ms: number): string => `${String(Math.round(ms / 1000))} s`;
 

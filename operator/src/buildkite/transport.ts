@@ -1,3 +1,4 @@
+import { backoffDelayMs } from "../kube/backoff.js";
 import { performance } from "node:perf_hooks";
 import type { Logger } from "winston";
 import type { Clock } from "../kube/clock.js";
@@ -59,7 +60,7 @@ export function parseRetryAfterMs(value: string | null): number | undefined {
 export function retryDelayMs(attempt: number, retryAfterMs: number | undefined, random: () => number = Math.random): number {
   if (retryAfterMs !== undefined) return retryAfterMs;
   // Jitter keeps many stacks that failed together from retrying in lockstep.
-  return Math.min(MAX_BACKOFF_MS, BASE_DELAY_MS * 2 ** (attempt - 1)) * (0.5 + random() / 2);
+  return backoffDelayMs(attempt, BASE_DELAY_MS, MAX_BACKOFF_MS) * (0.5 + random() / 2);
 }
 
 type Outcome<T> = { ok: true; value: T } | { ok: false; error: BuildkiteApiError; retryAfterMs?: number | undefined };

@@ -1,3 +1,4 @@
+import { backoffDelayMs } from "./backoff.js";
 import type { Informer, KubernetesObject, ObjectCache } from "@kubernetes/client-node";
 import type { Logger } from "winston";
 import type { Clock, Timer } from "./clock.js";
@@ -216,7 +217,7 @@ export class SupervisedInformer<T extends KubernetesObject> {
     this.broken = true;
     this.lastError = { message: apiMessage(err), error: err };
     void this.retire();
-    const delayMs = Math.min((this.options.baseBackoffMs ?? 1_000) * 2 ** this.failures, this.options.maxBackoffMs ?? 30_000);
+    const delayMs = backoffDelayMs(this.failures + 1, this.options.baseBackoffMs ?? 1_000, this.options.maxBackoffMs ?? 30_000);
     this.failures++;
     this.restartCount++;
     this.options.logger.warn("Informer failed; scheduled a restart", { informer: this.options.name, error: this.lastError.message, delayMs, restarts: this.restartCount });

@@ -1,3 +1,4 @@
+import { backoffDelayMs } from "./backoff.js";
 import type { Clock, Timer } from "./clock.js";
 
 /** What a reconcile returns: `requeueAfterMs` asks for another pass later even though this one succeeded. */
@@ -98,8 +99,7 @@ export class WorkQueue {
   addRateLimited(key: string): void {
     const failures = (this.failures.get(key) ?? 0) + 1;
     this.failures.set(key, failures);
-    // Math.min also tames 2 ** n overflowing to Infinity after very many failures.
-    this.addAfter(key, Math.min(this.maxDelayMs, this.baseDelayMs * 2 ** (failures - 1)));
+    this.addAfter(key, backoffDelayMs(failures, this.baseDelayMs, this.maxDelayMs));
   }
 
   /** Resets `key`'s failure count, so its next failure backs off from the base delay again. */

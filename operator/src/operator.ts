@@ -14,10 +14,10 @@ import { Metrics } from "./observability/metrics.js";
 import type { Registry } from "prom-client";
 import { WorkQueue } from "./kube/work-queue.js";
 import { CredentialsPreflight, DEFAULT_CREDENTIALS_SETTINGS, type CredentialsSettings } from "./aws/credentials-preflight.js";
-import { QueueController } from "./queue/controller.js";
+import { NO_SIDES, QueueController } from "./queue/controller.js";
+import { AgentTokenReader } from "./queue/agent-token.js";
 import { DEFAULT_JOB_SOURCE_SETTINGS, type JobSourceSettings } from "./queue/job-source.js";
 import { JobSources } from "./queue/job-sources.js";
-import { NO_STACKS } from "./buildkite/stack-directory.js";
 import { DEFAULT_START_TIMEOUTS, type StartTimeouts } from "./job/stuck.js";
 import { BUILDKITE_AGENT_ENDPOINT, DEFAULT_CLUSTER_DNS, normalizeEndpoint, parseDnsPeer, type DnsPeer } from "./config/config.js";
 
@@ -101,19 +101,23 @@ export class Operator {
     countRequests(kc, metrics);
     reuseConnections(kc);
     const allowedEndpoints = (options.allowedEndpoints ?? [BUILDKITE_AGENT_ENDPOINT]).map(normalizeEndpoint);
-    const base: ControllerContext = { clients, caches: informers.caches, clock, logger, recorder, metrics, stacks: NO_STACKS };
+    const cacheProblem = (): string | undefined => informerProblem(informers);
+    const ctx: ControllerContext = { clients, caches: informers.caches, clock, logger, recorder, metrics, cacheProblem };
+    const tokens = new AgentTokenReader(clients, clock, allowedEndpoints);
     // The queue work queue exists before the job sources, which enqueue a queue when its Buildkite conditions change.
     let enqueueQueue: (key: string) => void = () => undefined;
-    const sources = options.buildkite === false ? undefined : new JobSources(base, {
+    const sources = options.buildkite === false ? undefined : new JobSources(ctx, tokens, {
       ...DEFAULT_JOB_SOURCE_SETTINGS,
       clusterId: options.buildkite?.clusterId ?? await clusterUid(clients.core),
       onRequest: (r) => { metrics.apiRequest(r); },
       ...options.buildkite,
       allowedEndpoints,
     }, (key) => { enqueueQueue(key); });
-    const credentials = new CredentialsPreflight(base, { ...DEFAULT_CREDENTIALS_SETTINGS, ...options.credentials }, (key) => { enqueueQueue(key); });
-    const ctx: ControllerContext = { ...base, stacks: sources ?? NO_STACKS, credentials };
-    const queueWork = workQueueFor(new QueueController(ctx, { clusterDNS: options.clusterDNS ?? parseDnsPeer(DEFAULT_CLUSTER_DNS), allowedEndpoints }), clock, logger, metrics);
+    const credentials = new CredentialsPreflight(ctx, { ...DEFAULT_CREDENTIALS_SETTINGS, ...options.credentials }, (key) => { enqueueQueue(key); });
+    const queueController = new QueueController(ctx, { clusterDNS: options.clusterDNS ?? parseDnsPeer(DEFAULT_CLUSTER_DNS), allowedEndpoints }, {
+      tokens, buildkite: sources ?? NO_SIDES.buildkite, credentials,
+    });
+    const queueWork = workQueueFor(queueController, clock, logger, metrics);
     enqueueQueue = (key) => { queueWork.queue.add(key); };
     const jobWork = workQueueFor(new JobController(ctx, { ...DEFAULT_START_TIMEOUTS, ...options.timeouts }), clock, logger, metrics);
     work.push(queueWork, jobWork);
@@ -173,8 +177,7 @@ export class Operator {
 
   /** Undefined when ready: every informer synced and fresh (feeds /readyz); otherwise why not. */
   notReady(): string | undefined {
-    const unhealthy = this.informers.all.filter((i) => !i.healthy()).map((i) => i.name);
-    return unhealthy.length === 0 ? undefined : `informers not synced or stale: ${unhealthy.join(", ")}`;
+    return informerProblem(this.informers);
   }
 
   /** Ready when every informer has synced and is not stale. */
@@ -267,6 +270,12 @@ function reuseConnections(kc: KubeConfig): void {
 async function clusterUid(core: CoreV1Api): Promise<string> {
   const ns = await core.readNamespace({ name: "kube-system" });
   return ns.metadata?.uid ?? "unknown-cluster";
+}
+
+/** Why the informers' caches cannot be trusted now (not synced, failed or stale), or undefined. */
+function informerProblem(informers: InformerSet): string | undefined {
+  const unhealthy = informers.all.filter((i) => !i.healthy()).map((i) => i.name);
+  return unhealthy.length === 0 ? undefined : `informers not synced or stale: ${unhealthy.join(", ")}`;
 }
 
 function describeError(error: unknown): string {

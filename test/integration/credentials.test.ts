@@ -5,7 +5,6 @@ import { join } from "node:path";
 import type { ConditionUpdate } from "../../operator/src/api/conditions.js";
 import type { BuildkiteQueue } from "../../operator/src/api/generated/buildkite-queue.js";
 import { CredentialsPreflight } from "../../operator/src/aws/credentials-preflight.js";
-import { NO_STACKS } from "../../operator/src/buildkite/stack-directory.js";
 import { realClock } from "../../operator/src/kube/clock.js";
 import type { ControllerContext, ReadCache } from "../../operator/src/kube/controller.js";
 import { EventRecorder } from "../../operator/src/kube/event-recorder.js";
@@ -18,6 +17,8 @@ import { installCrds } from "../support/crds.js";
 import { eventually } from "../support/eventually.js";
 import { testCluster, testNamespace } from "../support/global-cluster.js";
 import { TestObjects } from "../support/objects.js";
+import { jobFixture } from "../support/fixtures.js";
+import { timelineNotes } from "../../operator/src/queue/dispatch.js";
 
 const ACCOUNT = "123456789012";
 const role = (name: string): string => `arn:aws:iam::${ACCOUNT}:role/${name}`;
@@ -77,7 +78,7 @@ describe("AWS credentials preflight (real API server tokens, fake STS)", functio
     const ctx: ControllerContext = {
       clients: { core: kc.makeApiClient(CoreV1Api), custom: kc.makeApiClient(CustomObjectsApi), objects: KubernetesObjectApi.makeApiClient(kc) },
       caches: { ...informers.caches, queues: only },
-      clock: realClock, logger, recorder, stacks: NO_STACKS, metrics: new Metrics(undefined, { processMetrics: false }),
+      clock: realClock, logger, recorder, metrics: new Metrics(undefined, { processMetrics: false }),
     };
     changed = [];
     const p = new CredentialsPreflight(ctx, { stsEndpoint: sts.url, recheckIntervalMs: 300_000, maxBackoffMs: 2_000 }, (key) => { changed.push(key); });
@@ -88,6 +89,12 @@ describe("AWS credentials preflight (real API server tokens, fake STS)", functio
   }
 
   const key = (name: string): string => `${t.namespace}/${name}`;
+  /** What a job of the queue would read on its Buildkite timeline about its credentials, from the queue's condition. */
+  const timeline = (p: CredentialsPreflight, name: string): string | undefined => {
+    const condition = p.conditions(key(name))[0];
+    const queue = informers.caches.queues.get(name, t.namespace);
+    return condition && queue ? timelineNotes({ ...jobFixture(undefined, name, t.namespace), status: { podUID: "u" } }, { ...queue, status: { conditions: [condition as never] } }).find((n) => n.fact === "credentials")?.text : undefined;
+  };
   const subject = (name: string): string => `system:serviceaccount:${t.namespace}:bkq-${name}`;
   async function createServiceAccount(queue: string): Promise<void> {
     await t.core.createNamespacedServiceAccount({ namespace: t.namespace, body: { metadata: { name: `bkq-${queue}` } } });
@@ -116,7 +123,7 @@ describe("AWS credentials preflight (real API server tokens, fake STS)", functio
     const p = startPreflight("good");
     const ready = await credentialsWhen(p, "good", { status: "True", reason: "RoleAssumed" });
     expect(ready.message).to.match(new RegExp(`^ServiceAccount ${t.namespace}/bkq-good assumed role ${role("good")} \\(as arn:aws:sts::${ACCOUNT}:assumed-role/good/buildkite-operator-preflight\\); credentials valid until \\d{4}-`));
-    expect(p.timelineMessage(key("good"))).to.equal(undefined);
+    expect(timeline(p, "good")).to.equal(undefined);
     expect(changed).to.include(key("good"));
     await expectEvent("good", "Normal", "RoleAssumed");
     const calls = sts.requests().filter((r) => r.subject === subject("good"));
@@ -132,7 +139,7 @@ describe("AWS credentials preflight (real API server tokens, fake STS)", functio
     expect(denied.message).to.include("Not authorized to perform sts:AssumeRoleWithWebIdentity (AccessDenied)");
     const issuer = testCluster().server.replace(/^https:\/\//, "");
     expect(denied.message).to.include(`${issuer}:sub = "${subject("wrongsub")}"`);
-    expect(p.timelineMessage(key("wrongsub"))).to.equal(
+    expect(timeline(p, "wrongsub")).to.equal(
       `AWS credentials will not work in this job: ServiceAccount ${t.namespace}/bkq-wrongsub cannot assume role ${role("strict")} (AccessDenied). See: kubectl describe buildkitequeue wrongsub -n ${t.namespace}`);
     await expectEvent("wrongsub", "Warning", "AccessDenied");
 
@@ -171,7 +178,7 @@ describe("AWS credentials preflight (real API server tokens, fake STS)", functio
     const p = startPreflight("flaky");
     const down = await credentialsWhen(p, "flaky", { status: "Unknown", reason: "StsUnavailable" });
     expect(down.message).to.include(`Could not get an answer from STS at ${sts.url} (ECONNREFUSED)`);
-    expect(p.timelineMessage(key("flaky"))).to.equal(undefined);
+    expect(timeline(p, "flaky")).to.equal(undefined);
     await expectEvent("flaky", "Warning", "StsUnavailable");
     // retries grow (1 s, 2 s, then the 2 s maximum): a few in 4 s, never a hot loop
     await eventually(() => { expect(down.message).to.not.equal(p.conditions(key("flaky"))[0]?.message); }, { timeoutMs: 5_000, what: "a retry" });
@@ -201,7 +208,7 @@ describe("AWS credentials preflight (real API server tokens, fake STS)", functio
       expect(p.conditions(key("dropped"))).to.deep.equal([]);
       expect(changed, "a status rewrite, so the condition goes").to.include(key("dropped"));
     }, { what: "the CredentialsReady condition to go" });
-    expect(p.timelineMessage(key("dropped"))).to.equal(undefined);
+    expect(timeline(p, "dropped")).to.equal(undefined);
     await t.createQueue("plain", {});
     p.sync();
     expect(p.conditions(key("plain"))).to.deep.equal([]);

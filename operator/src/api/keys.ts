@@ -34,6 +34,17 @@ export const ANNOTATIONS = {
   agentTokenSecret: "buildkite.com/agent-token-secret",
   /** On a BuildkiteJob: the state Buildkite reported when it took the job back (canceled, expired, …). */
   buildkiteState: "buildkite.com/buildkite-state",
+  /**
+   * On a BuildkiteJob the job source created before Buildkite confirmed its reservation, for a queue whose pods use the
+   * cluster agent token (value "Pending"): no pod is created until the job source removes it, and a job Buildkite
+   * did not let this stack reserve is deleted, never run.
+   */
+  reservation: "buildkite.com/reservation",
+  /**
+   * On a BuildkiteJob that could not run: what the job source's `finish` call told Buildkite, as JSON
+   * `{"reason","message"}` (reason `Finished` or `FinishRefused`); the job controller records it as a condition.
+   */
+  reported: "buildkite.com/reported",
   /** On a BuildkiteJob: why it must stop now (its queue is being deleted); the job controller stops its pod. */
   stop: "buildkite.com/stop",
   /** On a cache PVC: the pipeline (slug) whose jobs share it. Label values cannot hold every slug, annotations can. */

@@ -89,11 +89,6 @@ export class CredentialsPreflight {
     return check ? [check.current()] : [];
   }
 
-  /** A one-line notice for each job of the queue while its credentials are known to be broken, else undefined. */
-  timelineMessage(queueKey: string): string | undefined {
-    return this.checks.get(queueKey)?.timelineMessage();
-  }
-
   /** Stops every check (answers still in flight are dropped) and closes the STS clients. */
   async stop(): Promise<void> {
     this.stopped = true;

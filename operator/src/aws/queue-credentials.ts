@@ -4,7 +4,7 @@ import type { BuildkiteQueue } from "../api/generated/buildkite-queue.js";
 import type { Clock, Timer } from "../kube/clock.js";
 import type { EventRecorder } from "../kube/event-recorder.js";
 import type { Metrics } from "../observability/metrics.js";
-import { CHECKING, checkingCondition, eventTypeOf, gaugeValueOf, planCredentials, timelineMessageFor, type RetrySettings } from "./credentials-policy.js";
+import { CHECKING, checkingCondition, eventTypeOf, gaugeValueOf, planCredentials, type RetrySettings } from "./credentials-policy.js";
 import type { CheckOutcome, CheckTarget } from "./outcome.js";
 
 /** What one queue's checker needs; the checks themselves come in as a function, so the scheduling is testable alone. */
@@ -67,11 +67,6 @@ export class QueueCredentials {
 
   current(): ConditionUpdate {
     return this.condition;
-  }
-
-  timelineMessage(): string | undefined {
-    const queue = this.deps.current();
-    return queue ? timelineMessageFor(this.condition, this.deps.target(queue)) : undefined;
   }
 
   /**

@@ -2,23 +2,21 @@ import type { V1Pod } from "@kubernetes/client-node";
 import { isDeepStrictEqual } from "node:util";
 import { BUILDKITE_JOB, type BuildkiteJob, type BuildkiteJobStatus } from "../api/generated/buildkite-job.js";
 import type { BuildkiteQueue } from "../api/generated/buildkite-queue.js";
-import { setCondition, type ConditionUpdate } from "../api/conditions.js";
-import { ANNOTATIONS } from "../api/keys.js";
-import { BuildkiteApiError } from "../buildkite/errors.js";
 import type { Controller, ControllerContext } from "../kube/controller.js";
 import { apiMessage, isConflict, isForbidden, isInvalid, isNotFound } from "../kube/field-manager.js";
 import { deleteCustomObject, keyOf, patchStatus, splitKey } from "../kube/resources.js";
 import type { ReconcileResult } from "../kube/work-queue.js";
 import { isTerminal } from "./phase.js";
 import { ensureCacheClaims } from "./ensure-claims.js";
-import { neverAcquired, planJob, REPORTED, type JobPlan } from "./plan.js";
+import { planJob, type JobPlan } from "./plan.js";
 import { buildPod } from "./pod-builder.js";
 import { decideSlot, type SlotView } from "./slots.js";
 import { DEFAULT_START_TIMEOUTS, type StartTimeouts } from "./stuck.js";
 
 /**
  * The BuildkiteJob controller: turns each BuildkiteJob into exactly one pod, follows the pod to a terminal phase,
- * records the outcome, deletes the pod, and deletes the BuildkiteJob its TTL later. Decisions are {@link planJob}'s;
+ * records the outcome, deletes the pod, and deletes the BuildkiteJob its TTL later. It never talks to Buildkite: the
+ * job source reads the job and its status and does that, writing back only annotations. Decisions are {@link planJob}'s;
  * this shell gathers the observation and performs the plan.
  */
 export class JobController implements Controller {
@@ -135,13 +133,6 @@ export class JobController implements Controller {
           stored = status;
           await this.deletePod(job);
           break;
-        case "finishInBuildkite": {
-          const reported = await this.reportToBuildkite(job, status);
-          if (reported === "later") return { requeueAfterMs: 5_000 };
-          status = { ...status, conditions: setCondition(status.conditions, reported, job.metadata.generation, this.ctx.clock.now()) };
-          events.push({ type: reported.status === "True" ? "Normal" : "Warning", reason: reported.reason, message: reported.message });
-          break;
-        }
         case "deleteJob":
           await deleteCustomObject(this.ctx.clients, BUILDKITE_JOB, job.metadata.namespace ?? "", job.metadata.name ?? "").catch(ignoreNotFound);
           this.ctx.logger.info("Deleted finished job after its TTL", { namespace: job.metadata.namespace, job: job.metadata.name });
@@ -150,53 +141,8 @@ export class JobController implements Controller {
     }
     await this.writeStatus(job, stored, status);
     for (const e of events) this.ctx.recorder.record(job, e.type, e.reason, e.message);
-    this.notify(job, job.status ?? {}, status);
     this.ctx.metrics.jobStatusChanged(job, job.status ?? {}, status);
     return plan.requeueAfterMs !== undefined ? { requeueAfterMs: plan.requeueAfterMs } : undefined;
-  }
-
-  /**
-   * Tells Buildkite (`finish`, exit -1) that a job could not run and why, so it does not sit reserved until it lapses
-   * and runs nowhere. "later" when the queue's stack is not registered (yet): the job is looked at again.
-   */
-  private async reportToBuildkite(job: BuildkiteJob, status: BuildkiteJobStatus): Promise<ConditionUpdate | "later"> {
-    const stack = this.ctx.stacks.stack(`${job.metadata.namespace ?? ""}/${job.spec.queueRef.name}`);
-    if (!stack) return "later";
-    const where = `BuildkiteJob ${job.metadata.namespace ?? ""}/${job.metadata.name ?? ""}`;
-    const detail = neverAcquired(job)
-      ? `The job's pod ended (${status.reason ?? "unknown"}: ${status.message ?? ""}) before its agent acquired the job, so it was not run; check the pod's agent token and logs (${where}).`
-      : `${status.message ?? "The job could not run."} (${where}, reason ${status.reason ?? "unknown"})`;
-    try {
-      await stack.client.finish(stack.key, job.spec.uuid, detail);
-      this.ctx.logger.info("Told Buildkite a job could not run", { namespace: job.metadata.namespace, job: job.metadata.name, reason: status.reason });
-      return { type: REPORTED, status: "True", reason: "Finished", message: "Buildkite was told the job could not run, with the reason above." };
-    } catch (err) {
-      // A refusal (the job already finished or was canceled there) is final; anything retryable is tried again.
-      if (err instanceof BuildkiteApiError && !err.retryable) {
-        // "Already finished" can be this operator's own finish, seen again through a cache that had not caught up with
-        // the status recording it (or whose answer was lost): Buildkite already has the job ended.
-        const state = (await stack.client.getStates(stack.key, [job.spec.uuid]).catch(() => undefined))?.get(job.spec.uuid);
-        if (state === "finished") return { type: REPORTED, status: "True", reason: "Finished", message: "Buildkite shows the job finished; it was not run here." };
-        return { type: REPORTED, status: "False", reason: "FinishRefused", message: `Buildkite refused to finish the job: ${err.message}` };
-      }
-      throw err;
-    }
-  }
-
-  /** Timeline notifications at the moments a person waits on: a free slot, the pod created, placed on a node. */
-  private notify(job: BuildkiteJob, before: BuildkiteJobStatus, after: BuildkiteJobStatus): void {
-    if (job.metadata.annotations?.[ANNOTATIONS.stack] === undefined) return;
-    const stack = this.ctx.stacks.stack(`${job.metadata.namespace ?? ""}/${job.spec.queueRef.name}`);
-    if (!stack) return;
-    const uuid = job.spec.uuid;
-    if (after.reason === "WaitingForSlot" && before.reason !== "WaitingForSlot") stack.notifier.add(uuid, after.message ?? "Waiting for a free slot.");
-    if (after.podUID !== undefined && before.podUID === undefined) {
-      stack.notifier.add(uuid, `Created pod ${after.podName ?? ""} (${after.shape ?? ""}) in namespace ${job.metadata.namespace ?? ""}.`);
-      // Silent permission failures are the worst kind: a job whose role is broken says so where people look.
-      const broken = this.ctx.credentials?.timelineMessage(`${job.metadata.namespace ?? ""}/${job.spec.queueRef.name}`);
-      if (broken !== undefined) stack.notifier.add(uuid, broken);
-    }
-    if (after.nodeName !== undefined && before.nodeName === undefined) stack.notifier.add(uuid, `Pod placed on node ${after.nodeName}.`);
   }
 
   private async createPod(queue: BuildkiteQueue, job: BuildkiteJob, slot: number): Promise<{ pod: V1Pod } | { rejected: string } | { wait: string }> {

@@ -4,7 +4,7 @@ import { jobFixture, queueFixture } from "../../../test/support/fixtures.js";
 import type { BuildkiteJob, BuildkiteJobStatus } from "../api/generated/buildkite-job.js";
 import type { BuildkiteQueue } from "../api/generated/buildkite-queue.js";
 import { ANNOTATIONS } from "../api/keys.js";
-import { needsReport, planJob, REPORTED } from "./plan.js";
+import { needsReport, planJob, reportAnnotation, reportOf, REPORTED, RESERVATION_PENDING } from "./plan.js";
 
 const now = new Date("2026-03-01T12:00:00Z");
 const readyQueue = (): BuildkiteQueue => {
@@ -171,9 +171,33 @@ describe("planJob", () => {
       expect(plan.actions).to.deep.equal(["deletePod"]);
       expect(plan.status).to.include({ phase: "Failed", reason: "ImagePullFailed" });
       const failed = fromStack(plan.status);
-      expect(planJob({ job: failed, queue: readyQueue(), pod: undefined, slot: free }, now).actions).to.deep.equal(["finishInBuildkite"]);
-      failed.status = { ...plan.status, conditions: [{ type: REPORTED, status: "True", reason: "Finished", message: "", lastTransitionTime: now.toISOString() }] };
-      expect(planJob({ job: failed, queue: readyQueue(), pod: undefined, slot: free }, now).actions).to.deep.equal([]);
+      const unreported = planJob({ job: failed, queue: readyQueue(), pod: undefined, slot: free }, now);
+      expect(unreported, "kept, not deleted, until the job source has told Buildkite").to.deep.include({ actions: [], status: failed.status });
+      expect(unreported.requeueAfterMs).to.equal(undefined);
+      (failed.metadata.annotations ??= {})[ANNOTATIONS.reported] = reportAnnotation("Finished", "Buildkite was told.");
+      const recorded = planJob({ job: failed, queue: readyQueue(), pod: undefined, slot: free }, now);
+      expect(recorded.status.conditions?.find((c) => c.type === REPORTED)).to.include({ status: "True", reason: "Finished", message: "Buildkite was told." });
+      expect(recorded.events).to.deep.equal([{ type: "Normal", reason: "Finished", message: "Buildkite was told." }]);
+      failed.status = recorded.status;
+      expect(needsReport(failed)).to.equal(false);
+      expect(planJob({ job: failed, queue: readyQueue(), pod: undefined, slot: free }, now).actions, "then its TTL runs").to.deep.equal([]);
+    });
+
+    it("records a refused finish as a failed report, and never trusts an annotation it cannot read", () => {
+      const failed = fromStack({ phase: "Failed", reason: "ImagePullFailed", finishedAt: now.toISOString() });
+      (failed.metadata.annotations ??= {})[ANNOTATIONS.reported] = reportAnnotation("FinishRefused", "Buildkite refused to finish the job: 422");
+      expect(reportOf(failed)).to.include({ status: "False", reason: "FinishRefused" });
+      failed.metadata.annotations[ANNOTATIONS.reported] = "not json";
+      expect(reportOf(failed)).to.include({ status: "False", reason: "FinishRefused" });
+      expect(reportOf(failed)?.message).to.include("is not the JSON the job source writes");
+    });
+
+    it("creates no pod for a job whose reservation Buildkite has not confirmed", () => {
+      const job = fromStack({});
+      (job.metadata.annotations ??= {})[ANNOTATIONS.reservation] = RESERVATION_PENDING;
+      const plan = planJob({ job, queue: readyQueue(), pod: undefined, slot: free }, now);
+      expect(plan.actions).to.deep.equal([]);
+      expect(plan.status).to.include({ phase: "Pending", reason: "Reserving" });
     });
 
     it("reports a pod deleted before it started, but not a job whose command ran or one created by hand", () => {

@@ -20,7 +20,7 @@ export interface JobObservation {
   timeouts?: StartTimeouts;
 }
 
-export type JobAction = "createPod" | "deletePod" | "deleteJob" | "finishInBuildkite";
+export type JobAction = "createPod" | "deletePod" | "deleteJob";
 
 /** Failures where the job's command never ran: Buildkite is told with `finish`, or the job would wait there forever. */
 export const NEVER_RAN: ReadonlySet<string> = new Set([
@@ -74,9 +74,14 @@ export function planJob(obs: JobObservation, now: Date): JobPlan {
 
   const taken = job.metadata.annotations?.[ANNOTATIONS.buildkiteState];
   if (isTerminal(current.phase)) {
-    const actions: JobAction[] = [];
-    if (pod) actions.push("deletePod");
-    if (needsReport(job)) actions.push("finishInBuildkite");
+    const actions: JobAction[] = pod ? ["deletePod"] : [];
+    if (needsReport(job)) {
+      // The job source tells Buildkite (`finish`) and records its answer on the job; the job keeps it as a condition.
+      const reported = reportOf(job);
+      if (reported === undefined) return { status: current, actions, events };
+      const status = { ...current, conditions: setCondition(current.conditions, reported, gen, now) };
+      return { status, actions, events: [{ type: reported.status === "True" ? "Normal" : "Warning", reason: reported.reason, message: reported.message }] };
+    }
     if (actions.length > 0) return { status: current, actions, events };
     const ttl = queue?.spec.jobTTLSecondsAfterFinished ?? DEFAULT_TTL_SECONDS;
     const finished = Date.parse(current.finishedAt ?? "") || now.getTime();
@@ -133,6 +138,12 @@ export function planJob(obs: JobObservation, now: Date): JobPlan {
     return { status, actions: [], events };
   }
 
+  if (job.metadata.annotations?.[ANNOTATIONS.reservation] === RESERVATION_PENDING) {
+    // Its pod would use the cluster agent token, which can acquire the job even when another stack reserved it.
+    const message = "Waiting for Buildkite to confirm that this stack reserved the job.";
+    return { status: { ...current, phase: "Pending", reason: "Reserving", message }, actions: [], events, requeueAfterMs: QUEUE_WAIT_REQUEUE_MS };
+  }
+
   if (!queue) {
     const message = `BuildkiteQueue ${job.spec.queueRef.name} does not exist in namespace ${job.metadata.namespace ?? ""}; create it or delete this job.`;
     return waiting(current, { type: "QueueReady", status: "False", reason: "QueueNotFound", message }, gen, now, current.reason !== "QueueNotFound" ? [{ type: "Warning", reason: "QueueNotFound", message }] : []);
@@ -187,10 +198,35 @@ export function needsReport(job: BuildkiteJob): boolean {
   const status = job.status ?? {};
   const annotations = job.metadata.annotations ?? {};
   const stoppedBeforeStart = status.reason === QUEUE_DELETED && status.startedAt === undefined;
-  return annotations[ANNOTATIONS.stack] !== undefined
+  // Only once the job has ended: a pod waiting for a node carries the reason Unschedulable long before it fails.
+  return annotations[ANNOTATIONS.stack] !== undefined && isTerminal(status.phase)
     && (NEVER_RAN.has(status.reason ?? "") || neverAcquired(job) || stoppedBeforeStart)
     && !status.conditions?.some((c) => c.type === REPORTED);
 }
+
+/** Value of the reservation annotation while Buildkite has not confirmed the reservation. */
+export const RESERVATION_PENDING = "Pending";
+
+/** What the job source recorded of its `finish` call, as the condition to keep; undefined before it did. */
+export function reportOf(job: BuildkiteJob): ConditionUpdate | undefined {
+  const raw = job.metadata.annotations?.[ANNOTATIONS.reported];
+  if (raw === undefined) return undefined;
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(raw);
+  } catch {
+    parsed = undefined;
+  }
+  const { reason, message } = (typeof parsed === "object" && parsed !== null ? parsed : {}) as { reason?: unknown; message?: unknown };
+  const finished = reason === "Finished";
+  return {
+    type: REPORTED, status: finished ? "True" : "False", reason: typeof reason === "string" && /^[A-Za-z]+$/.test(reason) ? reason : "FinishRefused",
+    message: typeof message === "string" ? message : `Annotation ${ANNOTATIONS.reported} is not the JSON the job source writes: ${raw}`,
+  };
+}
+
+/** The annotation value recording what Buildkite answered to `finish`. */
+export const reportAnnotation = (reason: "Finished" | "FinishRefused", message: string): string => JSON.stringify({ reason, message });
 
 /** A job whose pod ended while Buildkite still had the job waiting: its agent never acquired it. */
 export function neverAcquired(job: BuildkiteJob): boolean {

@@ -2,8 +2,6 @@ import type { V1NetworkPolicy, V1PersistentVolumeClaim, V1Pod, V1ServiceAccount 
 import type { Logger } from "winston";
 import type { BuildkiteJob } from "../api/generated/buildkite-job.js";
 import type { BuildkiteQueue } from "../api/generated/buildkite-queue.js";
-import type { ConditionUpdate } from "../api/conditions.js";
-import type { StackDirectory } from "../buildkite/stack-directory.js";
 import type { Metrics } from "../observability/metrics.js";
 import type { Clock } from "./clock.js";
 import type { EventRecorder } from "./event-recorder.js";
@@ -26,7 +24,11 @@ export interface Caches {
   claims: ReadCache<V1PersistentVolumeClaim>;
 }
 
-/** What every controller is handed: clients to write with, caches to read from, and the injected clock and logger. */
+/**
+ * What every controller is handed: Kubernetes clients to write with, caches to read from, and the injected clock,
+ * logger, Event recorder and metrics. Kubernetes things only: a controller's other dependencies (Buildkite, AWS) are
+ * its own constructor's arguments.
+ */
 export interface ControllerContext {
   clients: KubeClients;
   caches: Caches;
@@ -34,17 +36,11 @@ export interface ControllerContext {
   logger: Logger;
   recorder: EventRecorder;
   metrics: Metrics;
-  /** Each queue's Buildkite stack, for reporting on its jobs. */
-  stacks: StackDirectory;
-  /** Each queue's AWS credentials check (CredentialsReady), when the operator runs one. */
-  credentials?: QueueCredentials;
-}
-
-/** What the controllers read of the credentials preflight. */
-export interface QueueCredentials {
-  conditions(queueKey: string): ConditionUpdate[];
-  /** One line for the Buildkite timeline of the queue's jobs while its credentials are broken. */
-  timelineMessage(queueKey: string): string | undefined;
+  /**
+   * Why the caches cannot be trusted right now (an informer not synced, failed or stale), or undefined when they can.
+   * Decisions that act on the absence of something (nothing holds this job, this slot is free) wait while it says so.
+   */
+  cacheProblem?: () => string | undefined;
 }
 
 /** A level-based controller: informer callbacks map objects to keys; `reconcile(key)` makes the world match. */

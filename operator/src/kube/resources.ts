@@ -40,8 +40,8 @@ export async function patchStatus(clients: KubeClients, crd: Crd, namespace: str
   );
 }
 
-/** Sets annotations on a custom resource with a JSON merge patch (other annotations are kept). */
-export async function annotate(clients: KubeClients, crd: Crd, namespace: string, name: string, annotations: Record<string, string>): Promise<void> {
+/** Sets annotations on a custom resource with a JSON merge patch (others are kept; a null value removes one). */
+export async function annotate(clients: KubeClients, crd: Crd, namespace: string, name: string, annotations: Record<string, string | null>): Promise<void> {
   await clients.custom.patchNamespacedCustomObject(
     { group: crd.group, version: crd.version, plural: crd.plural, namespace, name, body: { metadata: { annotations } }, fieldManager: FIELD_MANAGER },
     setHeaderOptions("Content-Type", PatchStrategy.MergePatch),

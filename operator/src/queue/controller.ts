@@ -6,6 +6,7 @@ import { networkPolicyName } from "../api/names.js";
 import { needsReport } from "../job/plan.js";
 import { BUILDKITE_QUEUE, type BuildkiteQueue } from "../api/generated/buildkite-queue.js";
 import { ANNOTATIONS, FINALIZER, LABELS } from "../api/keys.js";
+import type { ConditionUpdate } from "../api/conditions.js";
 import type { DnsPeer } from "../config/config.js";
 import type { Controller, ControllerContext, ReadCache } from "../kube/controller.js";
 import { apiMessage, isForbidden, isInvalid, isNotFound } from "../kube/field-manager.js";
@@ -14,10 +15,10 @@ import type { ReconcileResult } from "../kube/work-queue.js";
 import { isTerminal } from "../job/phase.js";
 import { surplusCacheClaims } from "./cache-claims.js";
 import { desiredNetworkPolicy, desiredServiceAccount } from "./children.js";
-import { endpointRefusal, isMarkedAgentToken } from "./source-support.js";
+import { endpointRefusal, type AgentTokenReader } from "./agent-token.js";
 import { planQueueStatus, type QueueObservation } from "./status.js";
 
-/** Secrets are read live (the operator does not watch Secrets); a missing one is looked for again this often. */
+/** A missing or broken token Secret is looked for again this often (the operator does not watch Secrets). */
 const SECRET_RETRY_MS = 10_000;
 /** How long a deleted queue waits for Buildkite to deregister its stack before letting go without it. */
 const DEREGISTER_DEADLINE_MS = 300_000;
@@ -34,6 +35,36 @@ export interface QueueSettings {
   allowedEndpoints: readonly string[];
 }
 
+/** The Buildkite side of a queue, as the queue controller sees it (the job sources). */
+export interface QueueBuildkiteSide {
+  conditions(queueKey: string): ConditionUpdate[];
+  /** Whether the queue's stack is registered now, so jobs can still be reported to Buildkite. */
+  connected(queueKey: string): boolean;
+  /**
+   * Stops the queue's job source for good and deregisters its stack (the queue is being deleted); resolves to why
+   * the stack could not be deregistered, or undefined when it was (or there was none). Throws when Buildkite may
+   * answer later.
+   */
+  release(queue: BuildkiteQueue): Promise<string | undefined>;
+}
+
+/**
+ * What the queue controller reads of the queue's other owners, so that it alone writes the queue's status: the
+ * Buildkite side (the job source: Registered, Dispatching, JobTokens) and the AWS credentials check (CredentialsReady).
+ */
+export interface QueueSides {
+  /** The token Secret's one reader, shared with the job source. */
+  tokens: AgentTokenReader;
+  buildkite: QueueBuildkiteSide;
+  credentials: { conditions(queueKey: string): ConditionUpdate[] };
+}
+
+/** For an operator (or a test) that neither talks to Buildkite nor checks credentials. */
+export const NO_SIDES = {
+  buildkite: { conditions: () => [], connected: () => false, release: () => Promise.resolve(undefined) },
+  credentials: { conditions: () => [] },
+} satisfies Omit<QueueSides, "tokens">;
+
 /**
  * The BuildkiteQueue controller (Kubernetes side): keeps the queue's ServiceAccount and NetworkPolicy as its spec says,
  * deletes cache claims it no longer needs, checks the agent token Secret, and writes conditions, concurrency and
@@ -41,17 +72,13 @@ export interface QueueSettings {
  */
 export class QueueController implements Controller {
   readonly name = "buildkitequeue";
-  /** The last Secret check per queue. */
-  private readonly secrets = new Map<string, { ref: string; atMs: number; state: QueueObservation["secret"] }>();
-
-  constructor(private readonly ctx: ControllerContext, private readonly settings: QueueSettings) {}
+  constructor(private readonly ctx: ControllerContext, private readonly settings: QueueSettings, private readonly sides: QueueSides) {}
 
   async reconcile(key: string): Promise<ReconcileResult> {
     const { namespace, name } = splitKey(key);
     const queue = this.ctx.caches.queues.get(name, namespace);
     // Gone: the garbage collector removes its children through their ownerReferences.
     if (!queue) {
-      this.secrets.delete(key);
       this.ctx.metrics.queueDeleted(key);
       return;
     }
@@ -60,11 +87,11 @@ export class QueueController implements Controller {
     await setFinalizer(this.ctx.clients, queue, FINALIZER, true);
     const childError = await this.applyChildren(queue);
     const claimsKept = await this.deleteSurplusClaims(queue);
-    const secret = await this.secretState(queue);
+    const secret = await this.sides.tokens.state(queue);
     const unfinished = this.ctx.caches.jobs.list(namespace).filter((j) => j.spec.queueRef.name === name && !isTerminal(j.status?.phase));
     const activeJobs = unfinished.filter((j) => j.status?.slot !== undefined).length;
     const observation: QueueObservation = {
-      queue, activeJobs, waitingJobs: unfinished.length - activeJobs, secret, endpointRefused: endpointRefusal(queue, this.settings.allowedEndpoints), buildkite: [...this.ctx.stacks.conditions(key), ...this.ctx.credentials?.conditions(key) ?? []], ...(childError ? { childError } : {}),
+      queue, activeJobs, waitingJobs: unfinished.length - activeJobs, secret, endpointRefused: endpointRefusal(queue, this.settings.allowedEndpoints), buildkite: [...this.sides.buildkite.conditions(key), ...this.sides.credentials.conditions(key)], ...(childError ? { childError } : {}),
     };
     const status = planQueueStatus(observation, this.ctx.clock.now());
     this.ctx.metrics.slots(key, activeJobs, status.concurrency ?? 0);
@@ -96,14 +123,14 @@ export class QueueController implements Controller {
     const pods = this.ctx.caches.pods.list(namespace).filter((p) => p.metadata?.labels?.[LABELS.queue] === name).length;
     const unfinished = jobs.filter((j) => !isTerminal(j.status?.phase)).length;
     // Reports to Buildkite are waited for while the stack is connected; without one (a deleted token) they cannot go.
-    const unreported = this.ctx.stacks.stack(key) ? jobs.filter(needsReport).length : 0;
+    const unreported = this.sides.buildkite.connected(key) ? jobs.filter(needsReport).length : 0;
     if (pods + unfinished + unreported > 0) {
       await this.writeDeleting(queue, `Stopping the queue's jobs before its NetworkPolicy goes: ${String(pods)} pods, ${String(unfinished)} jobs not ended, ${String(unreported)} not yet reported to Buildkite.`);
       return { requeueAfterMs: 2_000 };
     }
     let problem: string | undefined;
     try {
-      problem = await this.ctx.stacks.release(queue);
+      problem = await this.sides.buildkite.release(queue);
     } catch (err) {
       // Buildkite unreachable: retried with backoff, but a deletion does not wait on it for ever.
       const since = new Date(queue.metadata.deletionTimestamp ?? this.ctx.clock.now()).getTime();
@@ -180,31 +207,6 @@ export class QueueController implements Controller {
       this.ctx.logger.info("Deleted surplus cache claim", { namespace, queue: queue.metadata.name, name });
     }
     return surplus.kept.length > 0;
-  }
-
-  /** The Secret's state, read at most every {@link SECRET_RETRY_MS} per queue: queues reconcile on every job change. */
-  private async secretState(queue: BuildkiteQueue): Promise<QueueObservation["secret"]> {
-    const ref = queue.spec.agentTokenSecretRef;
-    const key = `${queue.metadata.namespace ?? ""}/${queue.metadata.name ?? ""}`;
-    const seen = this.secrets.get(key);
-    const now = this.ctx.clock.nowMs();
-    if (seen && seen.ref === JSON.stringify(ref) && now - seen.atMs < SECRET_RETRY_MS) return seen.state;
-    const state = await this.readSecretState(queue);
-    this.secrets.set(key, { ref: JSON.stringify(ref), atMs: now, state });
-    return state;
-  }
-
-  private async readSecretState(queue: BuildkiteQueue): Promise<QueueObservation["secret"]> {
-    const ref = queue.spec.agentTokenSecretRef;
-    try {
-      const secret = await this.ctx.clients.core.readNamespacedSecret({ name: ref.name, namespace: queue.metadata.namespace ?? "" });
-      if (!isMarkedAgentToken(secret)) return "notMarked";
-      // Only the key's presence is looked at; the token itself is never read into a log or a status.
-      return secret.data?.[ref.key] !== undefined || secret.stringData?.[ref.key] !== undefined ? "present" : "missingKey";
-    } catch (err) {
-      if (isNotFound(err)) return "missing";
-      throw err;
-    }
   }
 
   private recordReadyChange(queue: BuildkiteQueue, conditions: Parameters<typeof findCondition>[0]): void {

@@ -5,7 +5,8 @@ import { ANNOTATIONS } from "../api/keys.js";
 import { jobResourceName } from "../api/names.js";
 import type { JobState, ScheduledJob } from "../buildkite/types.js";
 import type { SlotLimits } from "../job/slots.js";
-import { chooseReservations, jobResourceFor, recentlyEnded, reservationsToExtend, stranded, takenBack, unfinishedVCPU } from "./dispatch.js";
+import { chooseReservations, finishDetail, jobResourceFor, recentlyEnded, reportsDue, reservationsToExtend, stranded, takenBack, timelineNotes, unfinishedVCPU } from "./dispatch.js";
+import { reportAnnotation, RESERVATION_PENDING } from "../job/plan.js";
 
 let seq = 0;
 const scheduled = (priority: number, at = `2026-03-01T12:00:${String(10 + seq).padStart(2, "0")}Z`): ScheduledJob => {
@@ -138,6 +139,12 @@ describe("jobResourceFor", () => {
     });
   });
 
+  it("says how the pod gets its token: the Secret of its own job token, or held back until the reservation is confirmed", () => {
+    const s = scheduled(1);
+    expect(jobResourceFor(queueFixture(), s, "k", { tokenSecret: "bkj-x-token" }).metadata.annotations).to.deep.equal({ [ANNOTATIONS.stack]: "k", [ANNOTATIONS.agentTokenSecret]: "bkj-x-token" });
+    expect(jobResourceFor(queueFixture(), s, "k", { pending: true }).metadata.annotations).to.deep.equal({ [ANNOTATIONS.stack]: "k", [ANNOTATIONS.reservation]: RESERVATION_PENDING });
+  });
+
   it("records the build's branch (it scopes Branch caches), and none when Buildkite has none", () => {
     const s = scheduled(1);
     expect(jobResourceFor(queueFixture(), { ...s, build: { ...s.build, branch: "feature/x" } }, "k").spec.branch).to.equal("feature/x");
@@ -168,5 +175,36 @@ describe("stranded", () => {
     const fresh = job(uuid, { phase: "Failed", finishedAt: "2026-03-01T11:50:00Z" });
     const old = job("a0000000-0000-4000-8000-000000000002", { phase: "Failed", finishedAt: "2026-03-01T11:40:00Z" });
     expect(recentlyEnded([fresh, old, job("a0000000-0000-4000-8000-000000000003", { phase: "Running" })], now)).to.deep.equal([fresh]);
+  });
+});
+
+describe("reportsDue", () => {
+  it("lists this stack's jobs that could not run and are not reported yet, once", () => {
+    const never = job("a", { phase: "Failed", reason: "ImagePullFailed", message: "Image x could not be pulled." }, { [ANNOTATIONS.stack]: "k" });
+    const told = job("b", { phase: "Failed", reason: "ImagePullFailed" }, { [ANNOTATIONS.stack]: "k", [ANNOTATIONS.reported]: reportAnnotation("Finished", "told") });
+    const ran = job("c", { phase: "Failed", reason: "NonZeroExit" }, { [ANNOTATIONS.stack]: "k" });
+    const otherStack = job("d", { phase: "Failed", reason: "ImagePullFailed" }, { [ANNOTATIONS.stack]: "other" });
+    const stillWaiting = job("f", { phase: "Pending", reason: "Unschedulable", message: "No node can run the pod yet" }, { [ANNOTATIONS.stack]: "k" });
+    expect(reportsDue([never, told, ran, otherStack, stillWaiting], "k").map((j) => j.spec.uuid)).to.deep.equal(["a"]);
+    expect(finishDetail(never)).to.equal(`Image x could not be pulled. (BuildkiteJob ci/${jobResourceName("a")}, reason ImagePullFailed)`);
+  });
+
+  it("explains a job whose agent never acquired it", () => {
+    const stranded = job("e", { phase: "Succeeded", reason: "Succeeded", message: "exit 0" }, { [ANNOTATIONS.stack]: "k", [ANNOTATIONS.buildkiteState]: "reserved" });
+    expect(reportsDue([stranded], "k")).to.have.length(1);
+    expect(finishDetail(stranded)).to.include("before its agent acquired the job, so it was not run");
+  });
+});
+
+describe("timelineNotes", () => {
+  it("notes the wait for a slot, the pod, the node, and a broken AWS role, each as its own fact", () => {
+    const queue = queueFixture({ aws: { roleArn: "arn:aws:iam::123456789012:role/ci", region: "eu-west-1", audience: "sts.amazonaws.com", tokenExpirationSeconds: 3600 } });
+    expect(timelineNotes(job("a", { reason: "WaitingForSlot", message: "All 2 slots are in use." }), queue)).to.deep.equal([{ fact: "waiting", text: "All 2 slots are in use." }]);
+    const placed = job("a", { podUID: "u", podName: "bkj-a", shape: "LINUX_AMD64_2X4", nodeName: "node-1" });
+    expect(timelineNotes(placed, queue).map((n) => n.fact)).to.deep.equal(["pod", "node"]);
+    queue.status = { conditions: [{ type: "CredentialsReady", status: "False", reason: "AccessDenied", message: "denied", lastTransitionTime: "2026-03-01T12:00:00Z" }] };
+    const notes = timelineNotes(placed, queue);
+    expect(notes.map((n) => n.fact)).to.deep.equal(["pod", "credentials", "node"]);
+    expect(notes[1]?.text).to.include("AWS credentials will not work in this job").and.include("AccessDenied");
   });
 });

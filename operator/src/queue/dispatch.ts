@@ -5,6 +5,9 @@ import { jobResourceName } from "../api/names.js";
 import type { JobState, ScheduledJob } from "../buildkite/types.js";
 import { shapeResources, type InstanceShape } from "../api/shapes.js";
 import { isTerminal } from "../job/phase.js";
+import { needsReport, neverAcquired, reportOf, RESERVATION_PENDING } from "../job/plan.js";
+import { timelineMessageFor } from "../aws/credentials-policy.js";
+import { serviceAccountName } from "../api/names.js";
 import { jobVCPU, type SlotLimits } from "../job/slots.js";
 
 /**
@@ -98,8 +101,20 @@ export function takenBack(jobs: readonly BuildkiteJob[], states: ReadonlyMap<str
   return marks;
 }
 
-/** The BuildkiteJob for a reserved job: named after its uuid, owned by its queue (deleted with it). */
-export function jobResourceFor(queue: BuildkiteQueue, job: ScheduledJob, stackKey: string, tokenSecret?: string): BuildkiteJob {
+/** How a new BuildkiteJob's pod gets its token, decided before the job is reserved. */
+export interface JobTokenChoice {
+  /** The Secret that will hold the job's own acquisition token (written once Buildkite issues it). */
+  tokenSecret?: string;
+  /** Its pod will use the cluster agent token: no pod until the reservation is confirmed (see RESERVATION_PENDING). */
+  pending?: boolean;
+}
+
+/**
+ * The BuildkiteJob for a job about to be reserved: named after its uuid, owned by its queue (deleted with it). It is
+ * created before the reservation, so a crash in between leaves a record of the job, never a job reserved and
+ * forgotten; a job Buildkite then does not let this stack reserve is deleted again.
+ */
+export function jobResourceFor(queue: BuildkiteQueue, job: ScheduledJob, stackKey: string, tokens: JobTokenChoice = {}): BuildkiteJob {
   return {
     apiVersion: "buildkite.com/v1alpha1",
     kind: "BuildkiteJob",
@@ -107,7 +122,11 @@ export function jobResourceFor(queue: BuildkiteQueue, job: ScheduledJob, stackKe
       name: jobResourceName(job.id),
       namespace: queue.metadata.namespace ?? "",
       labels: { [LABELS.managedBy]: MANAGED_BY, [LABELS.queue]: queue.metadata.name ?? "", [LABELS.jobUuid]: job.id.toLowerCase() },
-      annotations: { [ANNOTATIONS.stack]: stackKey, ...(tokenSecret !== undefined ? { [ANNOTATIONS.agentTokenSecret]: tokenSecret } : {}) },
+      annotations: {
+        [ANNOTATIONS.stack]: stackKey,
+        ...(tokens.tokenSecret !== undefined ? { [ANNOTATIONS.agentTokenSecret]: tokens.tokenSecret } : {}),
+        ...(tokens.pending === true ? { [ANNOTATIONS.reservation]: RESERVATION_PENDING } : {}),
+      },
       ownerReferences: [{
         apiVersion: queue.apiVersion, kind: queue.kind, name: queue.metadata.name ?? "", uid: queue.metadata.uid ?? "", controller: true, blockOwnerDeletion: false,
       }],
@@ -151,4 +170,46 @@ export function recentlyEnded(jobs: readonly BuildkiteJob[], nowMs: number): Bui
     && nowMs - (Date.parse(j.status?.finishedAt ?? "") || nowMs) < STRANDED_WINDOW_MS
     && j.metadata.annotations?.[ANNOTATIONS.buildkiteState] === undefined
     && j.status?.conditions?.some((c) => c.type === "ReportedToBuildkite") !== true);
+}
+
+/** Jobs this stack must still tell Buildkite could not run, and has not yet (see {@link needsReport}). */
+export function reportsDue(jobs: readonly BuildkiteJob[], stackKey: string): BuildkiteJob[] {
+  return jobs.filter((j) => j.metadata.annotations?.[ANNOTATIONS.stack] === stackKey && needsReport(j) && reportOf(j) === undefined);
+}
+
+/** The detail sent with `finish`: why the job could not run, and where to look. */
+export function finishDetail(job: BuildkiteJob): string {
+  const status = job.status ?? {};
+  const where = `BuildkiteJob ${job.metadata.namespace ?? ""}/${job.metadata.name ?? ""}`;
+  return neverAcquired(job)
+    ? `The job's pod ended (${status.reason ?? "unknown"}: ${status.message ?? ""}) before its agent acquired the job, so it was not run; check the pod's agent token and logs (${where}).`
+    : `${status.message ?? "The job could not run."} (${where}, reason ${status.reason ?? "unknown"})`;
+}
+
+/** One line for a job's Buildkite timeline, with the fact it reports (each is sent once per job). */
+export interface TimelineNote {
+  fact: "waiting" | "pod" | "credentials" | "node";
+  text: string;
+}
+
+/**
+ * The timeline notes a job's state calls for, at the moments a person waits on: a free slot, the pod created (and,
+ * while the queue's AWS role is broken, that its credentials will not work), the pod placed on a node. Pure.
+ */
+export function timelineNotes(job: BuildkiteJob, queue: BuildkiteQueue | undefined): TimelineNote[] {
+  const status = job.status ?? {};
+  const namespace = job.metadata.namespace ?? "";
+  const notes: TimelineNote[] = [];
+  if (status.reason === "WaitingForSlot") notes.push({ fact: "waiting", text: status.message ?? "Waiting for a free slot." });
+  if (status.podUID !== undefined) {
+    notes.push({ fact: "pod", text: `Created pod ${status.podName ?? ""} (${status.shape ?? ""}) in namespace ${namespace}.` });
+    // Silent permission failures are the worst kind: a job whose role is broken says so where people look.
+    const credentials = queue?.status?.conditions?.find((c) => c.type === "CredentialsReady");
+    const broken = queue && credentials ? timelineMessageFor(credentials, {
+      namespace, name: queue.metadata.name ?? "", serviceAccount: serviceAccountName(queue), roleArn: queue.spec.aws?.roleArn ?? "",
+    }) : undefined;
+    if (broken !== undefined) notes.push({ fact: "credentials", text: broken });
+  }
+  if (status.nodeName !== undefined) notes.push({ fact: "node", text: `Pod placed on node ${status.nodeName}.` });
+  return notes;
 }

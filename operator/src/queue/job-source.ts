@@ -1,24 +1,20 @@
 import { createHash } from "node:crypto";
 import { BUILDKITE_AGENT_ENDPOINT } from "../config/config.js";
 import type { ConditionUpdate } from "../api/conditions.js";
-import { BUILDKITE_JOB, type BuildkiteJob } from "../api/generated/buildkite-job.js";
 import type { BuildkiteQueue } from "../api/generated/buildkite-queue.js";
-import { ANNOTATIONS } from "../api/keys.js";
-import { jobResourceName, jobTokenSecretName } from "../api/names.js";
-import { concurrency } from "../api/shapes.js";
 import { NotificationBatcher } from "../buildkite/notifier.js";
-import type { QueueStack } from "../buildkite/stack-directory.js";
 import { stackKey, StacksClient } from "../buildkite/stacks-client.js";
 import type { RequestReport } from "../buildkite/transport.js";
-import type { JobState } from "../buildkite/types.js";
-import { isTerminal } from "../job/phase.js";
+import { BuildkiteApiError } from "../buildkite/errors.js";
+import { backoffDelayMs } from "../kube/backoff.js";
 import type { Timer } from "../kube/clock.js";
 import type { ControllerContext } from "../kube/controller.js";
-import { apiMessage, isAlreadyExists, isForbidden, isInvalid, isNotFound } from "../kube/field-manager.js";
-import { annotate, splitKey } from "../kube/resources.js";
-import { chooseReservations, jobResourceFor, recentlyEnded, reservationsToExtend, stranded, takenBack, unfinishedVCPU } from "./dispatch.js";
+import { splitKey } from "../kube/resources.js";
+import type { AgentTokenReader } from "./agent-token.js";
+import { DutySchedule } from "./duty-schedule.js";
 import { JobTokens } from "./job-tokens.js";
-import { dispatchError, eachLimited, errorText, readAgentToken, registrationError, SourceError } from "./source-support.js";
+import { checkStates, dispatch, maintain, notifyTimeline, report, SourceMemory, type Connection, type Scope } from "./source-duties.js";
+import { errorText, registrationError, SourceError } from "./source-support.js";
 
 /** How the job sources talk to Buildkite; one set for the whole operator. */
 export interface JobSourceSettings {
@@ -41,11 +37,6 @@ export interface JobSourceSettings {
   allowedEndpoints: readonly string[];
 }
 
-/** How often a connected source reads its token Secret again, to notice a rotated token. */
-const TOKEN_RECHECK_MS = 30_000;
-/** Kubernetes writes in flight at once per queue when a poll takes many jobs. */
-const CREATE_CONCURRENCY = 16;
-
 export const DEFAULT_JOB_SOURCE_SETTINGS: Omit<JobSourceSettings, "clusterId"> = {
   allowedEndpoints: [BUILDKITE_AGENT_ENDPOINT],
   pollIntervalMs: 1_000,
@@ -55,17 +46,9 @@ export const DEFAULT_JOB_SOURCE_SETTINGS: Omit<JobSourceSettings, "clusterId"> =
   jobTokenProbeMs: 60_000,
 };
 
-interface Connection extends QueueStack {
-  fingerprint: string;
-  client: StacksClient;
-  notifier: NotificationBatcher;
-  /** The queue key Buildkite echoed at registration; listing uses it (§1.4 S1). */
-  queueKey: string;
-}
-
-/** The Stacks API key of a queue's stack in this cluster. */
+/** The Stacks API key of a queue's stack in this cluster (its uid included: a queue made anew gets a new stack). */
 export const queueStackKey = (queue: BuildkiteQueue, settings: Pick<JobSourceSettings, "clusterId">): string =>
-  stackKey({ clusterId: settings.clusterId, namespace: queue.metadata.namespace ?? "", queue: queue.metadata.name ?? "" });
+  stackKey({ clusterId: settings.clusterId, namespace: queue.metadata.namespace ?? "", queue: queue.metadata.name ?? "", uid: queue.metadata.uid ?? "" });
 
 /** A Stacks API client for a queue's endpoint and token, reporting its requests as the settings say. */
 export function stacksClientFor(queue: BuildkiteQueue, token: string, ctx: Pick<ControllerContext, "clock" | "logger">,
@@ -78,73 +61,104 @@ export function stacksClientFor(queue: BuildkiteQueue, token: string, ctx: Pick<
 }
 
 /**
- * The job source of one BuildkiteQueue: registers its stack, lists scheduled jobs every poll, reserves only as many
- * as the queue has free slots (highest priority first), creates their BuildkiteJobs, extends reservations of jobs
- * whose pods have not started, and marks jobs Buildkite took back. Runs on its own timer with its own backoff, so
- * one queue's failures never hold up another's.
+ * The duties of a job source, each running, failing and backing off on its own: a list that fails (or hangs in its
+ * retries) never holds up extensions, state checks or reports.
+ */
+type DutyName = "dispatch" | "maintain" | "states" | "report";
+
+/**
+ * The one owner of everything Buildkite for one BuildkiteQueue: the connection and registration of its stack,
+ * dispatch (list, record, reserve, job tokens), reservation extensions, state checks and cancellation, `finish` for
+ * jobs that could not run, and timeline notifications. It talks to the job controller only through the BuildkiteJob:
+ * it creates it, and writes annotations (`buildkite-state`, `reservation`, `reported`) that the job controller acts
+ * on; it reads the job's spec and status. Runs on its own timer, so one queue's failures never hold up another's.
  */
 export class QueueJobSource {
   private timer: Timer | undefined;
   private cycle: Promise<void> = Promise.resolve();
   private stopped = false;
   private connection: Connection | undefined;
-  private failures = 0;
-  private lastStateCheckMs = -Infinity;
+  private connectFailures = 0;
+  private readonly duties: DutySchedule<DutyName>;
+  /** Duties in flight: a duty starts again only once its previous run is over. */
+  private readonly running = new Map<DutyName, Promise<void>>();
   private readonly conds = new Map<string, ConditionUpdate>([
     ["Registered", { type: "Registered", status: "Unknown", reason: "Connecting", message: "Registering a stack with Buildkite." }],
     ["Dispatching", { type: "Dispatching", status: "Unknown", reason: "Connecting", message: "Not listing jobs until the stack is registered." }],
   ]);
-  /** Job acquisition tokens: whether Buildkite issues them, and the jobs still waiting for theirs. */
   private readonly tokens: JobTokens;
-  /** When each job was last reserved by this process (for extensions). */
-  private readonly lastReservedMs = new Map<string, number>();
-  /** When the token Secret was last read, for which queue settings. */
-  private tokenCheck: { settings: string; atMs: number } | undefined;
-  /** Buildkite's states of the unfinished jobs at the last check. */
-  private lastStates: ReadonlyMap<string, JobState> = new Map();
-  /** BuildkiteJobs created but maybe not in the cache yet, by name, with when: counted as taking a slot. */
-  private readonly recentlyCreated = new Map<string, number>();
+  private readonly memory = new SourceMemory();
 
   constructor(
     readonly key: string,
     readonly uid: string,
     private readonly ctx: ControllerContext,
+    private readonly agentTokens: AgentTokenReader,
     private readonly settings: JobSourceSettings,
     /** Called when the queue's Buildkite conditions change, so its status is written. */
     private readonly onChange: (queueKey: string) => void,
   ) {
     this.tokens = new JobTokens(ctx, settings.jobTokenProbeMs, (update, queue) => { this.setCondition(update, queue); });
+    this.duties = new DutySchedule(ctx.clock, settings.pollIntervalMs, settings.maxBackoffMs);
   }
 
   start(): void {
     this.schedule(0);
   }
 
-  /** The registered stack, for reporting on this queue's jobs. */
-  stack(): QueueStack | undefined {
-    return this.connection;
+  /** Whether the stack is registered now. */
+  connected(): boolean {
+    return this.connection !== undefined;
   }
 
   conditions(): ConditionUpdate[] {
     return [...this.conds.values()];
   }
 
-  /** Stops polling after the cycle in progress; `deregister` frees the stack in Buildkite (the queue was deleted). */
-  async stop(deregister: boolean): Promise<void> {
+  /**
+   * Stops after the cycle in progress, sending the notifications already queued; `deregister` also frees the stack in
+   * Buildkite, best effort (the queue is gone without its finalizer, or was made anew under the same name).
+   */
+  async stop(deregister = false): Promise<void> {
     this.stopped = true;
     this.timer?.cancel();
     await this.cycle;
+    await Promise.all(this.running.values());
     const conn = this.connection;
     this.connection = undefined;
-    if (!conn) return;
-    await conn.notifier.stop();
-    if (!deregister) return;
-    try {
-      await conn.client.deregister(conn.key);
-    } catch (err) {
-      // Best effort: an unreachable Buildkite only leaves a disconnected stack behind.
+    await conn?.notifier.stop();
+    if (!conn || !deregister) return;
+    await conn.client.deregister(conn.key).catch((err: unknown) => {
+      // An unreachable Buildkite only leaves a disconnected stack behind.
       this.ctx.logger.warn("Could not deregister the Buildkite stack", { stack: conn.key, queue: this.key, error: errorText(err) });
+    });
+  }
+
+  /**
+   * Stops for good and deregisters the queue's stack (the queue is being deleted), with the token read now, so it
+   * also happens when the operator was down at the time of the delete. Resolves to why the stack could not be
+   * deregistered, or undefined when it was (or never existed); throws when Buildkite may answer later.
+   */
+  async release(queue: BuildkiteQueue): Promise<string | undefined> {
+    await this.stop();
+    let token: string;
+    try {
+      token = await this.agentTokens.token(queue);
+    } catch (err) {
+      if (err instanceof SourceError) return err.message;
+      throw err;
     }
+    const client = stacksClientFor(queue, token, this.ctx, { ...this.settings, maxAttempts: 2 });
+    const stack = queueStackKey(queue, this.settings);
+    try {
+      await client.deregister(stack);
+    } catch (err) {
+      // Never registered, or already deregistered: nothing is left behind.
+      if (err instanceof BuildkiteApiError && err.status === 404) return undefined;
+      if (err instanceof BuildkiteApiError && !err.retryable) return `Buildkite refused to deregister stack ${stack}: ${err.message}`;
+      throw err;
+    }
+    return undefined;
   }
 
   private schedule(delayMs: number): void {
@@ -158,10 +172,11 @@ export class QueueJobSource {
     let delay = this.settings.pollIntervalMs;
     try {
       await this.once();
-      this.failures = 0;
+      this.connectFailures = 0;
     } catch (err) {
-      this.failures++;
-      delay = Math.min(this.settings.maxBackoffMs, this.settings.pollIntervalMs * 2 ** Math.min(this.failures, 10));
+      // Only a failure to connect lands here; each duty handles its own.
+      this.connectFailures++;
+      delay = backoffDelayMs(this.connectFailures, this.settings.pollIntervalMs, this.settings.maxBackoffMs);
       this.fail(err, delay);
     }
     this.schedule(delay);
@@ -170,28 +185,43 @@ export class QueueJobSource {
   private async once(): Promise<void> {
     const { namespace, name } = splitKey(this.key);
     const queue = this.ctx.caches.queues.get(name, namespace);
-    if (!queue) return;
+    if (!queue || queue.metadata.uid !== this.uid) return;
     const conn = await this.connect(queue);
+    const scope: Scope = {
+      ctx: this.ctx, queue, conn, tokens: this.tokens, memory: this.memory, reservationExpirySeconds: this.settings.reservationExpirySeconds,
+      jobs: this.ctx.caches.jobs.list(namespace).filter((j) => j.spec.queueRef.name === name),
+      setCondition: (update) => { this.setCondition(update, queue); },
+    };
+    // Taking a job acts on what the cache does not hold (no BuildkiteJob yet, a free slot): never on a stale cache.
     // A queue being deleted takes no new job; its stack stays registered so its jobs can still be reported on.
-    if (queue.metadata.deletionTimestamp) return;
-    const jobs = this.ctx.caches.jobs.list(namespace).filter((j) => j.spec.queueRef.name === name);
-    await this.dispatch(queue, conn, jobs);
-    await this.retryAwaitingTokens(queue, conn, jobs);
-    await this.extend(queue, conn, jobs);
-    if (this.ctx.clock.nowMs() - this.lastStateCheckMs >= this.settings.stateCheckIntervalMs) {
-      this.lastStateCheckMs = this.ctx.clock.nowMs();
-      await this.checkStates(conn, jobs);
+    const stale = this.ctx.cacheProblem?.();
+    if (stale !== undefined) {
+      this.setCondition({ type: "Dispatching", status: "False", reason: "CacheNotReady", message: `No jobs are taken while the operator's view of the cluster may be out of date: ${stale}.` }, queue);
+    } else if (!queue.metadata.deletionTimestamp) {
+      this.duty("dispatch", queue, () => dispatch(scope));
     }
+    this.duty("maintain", queue, () => maintain(scope));
+    if (stale === undefined) this.duty("states", queue, () => checkStates(scope), this.settings.stateCheckIntervalMs);
+    this.duty("report", queue, () => report(scope));
+    notifyTimeline(scope);
+  }
+
+  /**
+   * Starts one duty when it is due (`everyMs` after its last run, or its backoff after failures) and its previous
+   * run is over; the cycle does not wait for it.
+   */
+  private duty(name: DutyName, queue: BuildkiteQueue, run: () => Promise<void>, everyMs = 0): void {
+    if (this.running.has(name) || !this.duties.due(name)) return;
+    const done = run().then(
+      () => { this.duties.succeeded(name, everyMs); },
+      (err: unknown) => { this.fail(err, this.duties.failed(name), name === "dispatch" ? "Dispatching" : undefined, queue); },
+    ).finally(() => { this.running.delete(name); });
+    this.running.set(name, done);
   }
 
   /** Reads the token, checks it and registers the stack, unless the token and endpoint are unchanged since. */
   private async connect(queue: BuildkiteQueue): Promise<Connection> {
-    // The token Secret is read again only now and then (to pick up a rotated token), not on every poll.
-    const settings = JSON.stringify([queue.spec.endpoint, queue.spec.queue, queue.spec.agentTokenSecretRef]);
-    const now = this.ctx.clock.nowMs();
-    if (this.connection && this.tokenCheck?.settings === settings && now - this.tokenCheck.atMs < TOKEN_RECHECK_MS) return this.connection;
-    const token = await readAgentToken(this.ctx.clients, queue, this.settings.allowedEndpoints);
-    this.tokenCheck = { settings, atMs: now };
+    const token = await this.agentTokens.token(queue);
     const fingerprint = createHash("sha256").update(JSON.stringify([queue.spec.endpoint, queue.spec.queue, token])).digest("hex");
     if (this.connection?.fingerprint === fingerprint) return this.connection;
     await this.connection?.notifier.stop();
@@ -215,133 +245,23 @@ export class QueueJobSource {
     return this.connection;
   }
 
-  /** Lists scheduled jobs and reserves as many as there are free slots, then creates their BuildkiteJobs. */
-  private async dispatch(queue: BuildkiteQueue, conn: Connection, jobs: readonly BuildkiteJob[]): Promise<void> {
-    const listed = await conn.client.scheduledJobs(conn.key, conn.queueKey).catch((err: unknown) => { throw dispatchError(err, "list scheduled jobs"); });
-    const now = this.ctx.clock.nowMs();
-    const names = new Set(jobs.map((j) => j.metadata.name ?? ""));
-    for (const [name, at] of this.recentlyCreated) if (names.has(name) || now - at > 60_000) this.recentlyCreated.delete(name);
-    const held = unfinishedVCPU(jobs, this.recentlyCreated.size, queue.spec.instanceShape);
-    const paused = queue.spec.paused ? "spec" : listed.paused ? "buildkite" : undefined;
-    const total = concurrency(queue.spec);
-    const finished = new Set(jobs.filter((j) => isTerminal(j.status?.phase)).map((j) => j.metadata.name ?? ""));
-    const decision = chooseReservations({
-      scheduled: listed.jobs, existing: new Set([...names, ...this.recentlyCreated.keys()]), finished, unfinishedVCPU: held, limits: queue.spec, paused: paused !== undefined,
-    });
-    this.setCondition(paused === undefined
-      ? { type: "Dispatching", status: "True", reason: "Dispatching", message: `Taking up to ${total} jobs at once from Buildkite queue ${conn.queueKey}.` }
-      : { type: "Dispatching", status: "False", reason: paused === "spec" ? "PausedInSpec" : "PausedInBuildkite",
-        message: paused === "spec" ? "spec.paused is true: no new jobs are taken; set it to false to resume." : `Queue ${conn.queueKey} is paused in Buildkite: no new jobs are taken until it is resumed there.` }, queue);
-    // A job reserved and then not run hides from every other stack for the whole reservation: with job tokens
-    // Required, nothing is reserved until Buildkite is known to issue them.
-    const take = decision.take.length > 0 && await this.tokens.mayReserve(queue, conn, decision.take[0]?.id ?? "") ? decision.take : [];
-    const uuids = [...take.map((j) => j.id), ...decision.reclaim];
-    if (uuids.length === 0) return;
-    const result = await conn.client.reserve(conn.key, uuids, this.settings.reservationExpirySeconds).catch((err: unknown) => { throw dispatchError(err, "reserve jobs"); });
-    const reserved = new Set(result.reserved);
-    for (const uuid of reserved) this.lastReservedMs.set(uuid, now);
-    const taken = take.filter((j) => reserved.has(j.id));
-    const reclaimed = jobs.filter((j) => decision.reclaim.includes(j.spec.uuid) && reserved.has(j.spec.uuid));
-    const issued = await this.tokens.issue(queue, conn, [...taken.map((j) => j.id), ...reclaimed.map((j) => j.spec.uuid)]);
-    // Every job taken has a free slot, so creating them side by side changes no order that matters; one by one, a
-    // burst of hundreds would wait on as many round trips. A reserved job is always recorded as a BuildkiteJob (it
-    // holds a slot and its reservation is extended): one whose token was not issued waits for it, never for the
-    // cluster token unless the queue opted in.
-    await eachLimited(taken, CREATE_CONCURRENCY, async (job) => {
-      const created = await this.createJob(queue, conn, jobResourceFor(queue, job, conn.key, issued.agentToken ? undefined : jobTokenSecretName(job.id)));
-      if (created && !issued.agentToken) await this.tokens.store(created, issued.tokens.get(job.id));
-    });
-    await eachLimited(reclaimed, CREATE_CONCURRENCY, async (job) => {
-      if (job.metadata.annotations?.[ANNOTATIONS.agentTokenSecret] !== undefined) await this.tokens.store(job, issued.tokens.get(job.spec.uuid));
-    });
-  }
-
-  /** Asks again for the tokens of reserved jobs that Buildkite did not issue one for (partial success, a refusal). */
-  private async retryAwaitingTokens(queue: BuildkiteQueue, conn: Connection, jobs: readonly BuildkiteJob[]): Promise<void> {
-    const waiting = this.tokens.awaiting(jobs, (uuid) => this.recentlyCreated.has(jobResourceName(uuid)));
-    if (waiting.length === 0) return;
-    const issued = await this.tokens.issue(queue, conn, waiting.map((j) => j.spec.uuid));
-    if (issued.agentToken) return;
-    await eachLimited(waiting, CREATE_CONCURRENCY, async (job) => { await this.tokens.store(job, issued.tokens.get(job.spec.uuid)); });
-  }
-
-  /** Creates the BuildkiteJob; returns it as created, or undefined when it already existed or was refused. */
-  private async createJob(queue: BuildkiteQueue, conn: Connection, body: BuildkiteJob): Promise<BuildkiteJob | undefined> {
-    const { group, version, plural } = BUILDKITE_JOB;
-    const namespace = body.metadata.namespace ?? "";
-    const name = body.metadata.name ?? "";
-    try {
-      const created = await this.ctx.clients.custom.createNamespacedCustomObject({ group, version, plural, namespace, body }) as BuildkiteJob;
-      this.recentlyCreated.set(name, this.ctx.clock.nowMs());
-      this.ctx.metrics.jobDispatched(this.key, queue.spec.instanceShape);
-      conn.notifier.add(body.spec.uuid, `Reserved by Kubernetes queue ${namespace}/${queue.metadata.name ?? ""}; starting a ${queue.spec.instanceShape} pod.`);
-      this.ctx.logger.info("Took job from Buildkite", { namespace, queue: queue.metadata.name, job: name, priority: body.spec.priority });
-      return created;
-    } catch (err) {
-      // Another operator (or an earlier poll whose answer was lost) already made it: same job, same name.
-      if (isAlreadyExists(err)) return undefined;
-      if (isForbidden(err) || isInvalid(err)) {
-        // Not retried: the reservation lapses and Buildkite offers the job again, by when the cause may be fixed.
-        const message = `Could not create BuildkiteJob ${name}: ${apiMessage(err)}`;
-        this.ctx.recorder.record(queue, "Warning", "JobNotCreated", message);
-        this.ctx.logger.warn(message, { namespace, queue: queue.metadata.name });
-        return undefined;
-      }
-      throw err;
-    }
-  }
-
-  /** Extends the reservations of jobs whose pods have not started before they lapse. */
-  private async extend(queue: BuildkiteQueue | undefined, conn: Connection, jobs: readonly BuildkiteJob[]): Promise<void> {
-    const ours = jobs.filter((j) => j.metadata.annotations?.[ANNOTATIONS.stack] === conn.key);
-    const live = new Set(ours.filter((j) => !isTerminal(j.status?.phase)).map((j) => j.spec.uuid));
-    for (const uuid of this.lastReservedMs.keys()) if (!live.has(uuid)) this.lastReservedMs.delete(uuid);
-    const due = reservationsToExtend(ours, this.lastReservedMs, this.ctx.clock.nowMs(), this.settings.reservationExpirySeconds, this.lastStates);
-    if (due.length === 0) return;
-    const result = await conn.client.reserve(conn.key, due, this.settings.reservationExpirySeconds).catch((err: unknown) => { throw dispatchError(err, "extend reservations"); });
-    for (const uuid of due) this.lastReservedMs.set(uuid, this.ctx.clock.nowMs());
-    // A job token dies with the reservation it was issued under: pods still waiting to start get a fresh one.
-    const reserved = new Set(result.reserved);
-    const waiting = ours.filter((j) => reserved.has(j.spec.uuid) && j.metadata.annotations?.[ANNOTATIONS.agentTokenSecret] !== undefined);
-    if (waiting.length === 0 || !queue) return;
-    const issued = await this.tokens.issue(queue, conn, waiting.map((j) => j.spec.uuid));
-    if (issued.agentToken) return;
-    await eachLimited(waiting, CREATE_CONCURRENCY, async (job) => { await this.tokens.store(job, issued.tokens.get(job.spec.uuid)); });
-  }
-
-  /** Asks Buildkite for the state of every unfinished job and marks those it took back (canceled, expired, …). */
-  private async checkStates(conn: Connection, jobs: readonly BuildkiteJob[]): Promise<void> {
-    const ours = jobs.filter((j) => j.metadata.annotations?.[ANNOTATIONS.stack] === conn.key);
-    const unfinished = ours.filter((j) => !isTerminal(j.status?.phase));
-    const ended = recentlyEnded(ours, this.ctx.clock.nowMs());
-    if (unfinished.length === 0 && ended.length === 0) return;
-    const states = await conn.client.getStates(conn.key, [...unfinished, ...ended].map((j) => j.spec.uuid)).catch((err: unknown) => { throw dispatchError(err, "check job states"); });
-    this.lastStates = states;
-    for (const mark of [...takenBack(unfinished, states), ...stranded(ended, states)]) {
-      const namespace = splitKey(this.key).namespace;
-      await annotate(this.ctx.clients, BUILDKITE_JOB, namespace, mark.name, { [ANNOTATIONS.buildkiteState]: mark.state })
-        .catch((err: unknown) => { if (!isNotFound(err)) throw err; });
-      this.ctx.logger.info("Marked a job with its Buildkite state", { namespace, job: mark.name, state: mark.state });
-    }
-  }
-
-  private fail(err: unknown, retryInMs: number): void {
+  /** Records a failure on the queue's conditions; a failure of the stack itself drops the connection to register again. */
+  private fail(err: unknown, retryInMs: number, condition?: "Dispatching", queue?: BuildkiteQueue): void {
     const { namespace, name } = splitKey(this.key);
-    const queue = this.ctx.caches.queues.get(name, namespace);
+    const current = queue ?? this.ctx.caches.queues.get(name, namespace);
     const retry = ` Retrying in ${Math.round(retryInMs / 1000)} s.`;
-    if (err instanceof SourceError) {
-      if (err.phase === "Registered") {
-        this.connection = undefined;
-        this.setCondition({ type: "Registered", status: "False", reason: err.reason, message: err.message + retry }, queue);
-        this.setCondition({ type: "Dispatching", status: "False", reason: "NotRegistered", message: "No jobs are taken until the stack is registered." }, queue);
-      } else {
-        this.setCondition({ type: "Dispatching", status: "False", reason: err.reason, message: err.message + retry }, queue);
-      }
-      if (err.reason === "AgentTokenRejected") this.connection = undefined;
+    if (err instanceof SourceError && err.phase === "Registered") {
+      // Notes already queued still go out (to the stack as it was); the next cycle registers again.
+      void this.connection?.notifier.stop();
+      this.connection = undefined;
+      this.setCondition({ type: "Registered", status: "False", reason: err.reason, message: err.message + retry }, current);
+      this.setCondition({ type: "Dispatching", status: "False", reason: "NotRegistered", message: "No jobs are taken until the stack is registered." }, current);
       return;
     }
     this.ctx.logger.warn("Job source failed", { namespace, queue: name, error: errorText(err) });
-    this.setCondition({ type: "Dispatching", status: "False", reason: "Error", message: errorText(err) + retry }, queue);
+    if (condition === undefined) return;
+    const reason = err instanceof SourceError ? err.reason : "Error";
+    this.setCondition({ type: "Dispatching", status: "False", reason, message: errorText(err) + retry }, current);
   }
 
   /** Updates one condition; a change of status or reason is an Event and a status write. */

@@ -36,29 +36,30 @@ describe("JobTokens", () => {
   it("with Required, reserves nothing while Buildkite refuses job tokens, and asks again after the probe interval", async () => {
     const { clock, conditions, tokens, queue } = setup("Required");
     const refusing = stack({ refuse: true });
-    expect(await tokens.mayReserve(queue, refusing, "job-1")).to.equal(false);
+    expect(await tokens.modeFor(queue, refusing, "job-1")).to.equal("none");
     expect(conditions.at(-1)).to.include({ type: "JobTokens", status: "False", reason: "JobTokensRefused" });
-    expect(await tokens.mayReserve(queue, refusing, "job-1"), "within the interval, without asking").to.equal(false);
+    expect(await tokens.modeFor(queue, refusing, "job-1"), "within the interval, without asking").to.equal("none");
     expect(refusing.calls).to.have.length(1);
     clock.advance(60_000);
     const issuing = stack({});
-    expect(await tokens.mayReserve(queue, issuing, "job-1")).to.equal(true);
-    expect(await tokens.mayReserve(queue, issuing, "job-2"), "known to work: no second probe").to.equal(true);
+    expect(await tokens.modeFor(queue, issuing, "job-1")).to.equal("job");
+    expect(await tokens.modeFor(queue, issuing, "job-2"), "known to work: no second probe").to.equal("job");
     expect(issuing.calls).to.deep.equal([["job-1"]]);
   });
 
   it("never hands a pod the cluster token for a job Buildkite did not issue a token for, unless the queue opted in", async () => {
     const { tokens, queue } = setup("Required");
     const partial = await tokens.issue(queue, stack({ withhold: ["odd"] }), ["a", "odd"]);
-    expect(partial).to.deep.equal({ tokens: new Map([["a", "bkjat_a"]]), agentToken: false });
-    const refused = await tokens.issue(queue, stack({ refuse: true }), ["b"]);
-    expect(refused.agentToken, "Required and refused").to.equal(false);
+    expect(partial).to.deep.equal(new Map([["a", "bkjat_a"]]));
+    expect(await tokens.issue(queue, stack({ refuse: true }), ["b"]), "Required and refused").to.deep.equal(new Map());
+    expect(await tokens.modeFor(queue, stack({}), "b"), "Required and refused: take nothing").to.equal("none");
 
     const preferred = setup("Preferred");
-    expect((await preferred.tokens.issue(preferred.queue, stack({ withhold: ["odd"] }), ["odd"])).agentToken, "Preferred, one job not issued").to.equal(false);
-    expect((await preferred.tokens.issue(preferred.queue, stack({ refuse: true }), ["c"])).agentToken, "Preferred, refused for the queue").to.equal(true);
-    expect(preferred.conditions.at(-1)).to.include({ reason: "FallbackToAgentToken" });
+    expect(await preferred.tokens.modeFor(preferred.queue, stack({ withhold: ["odd"] }), "odd"), "Preferred, one job not issued").to.equal("job");
+    const fallback = setup("Preferred");
+    expect(await fallback.tokens.modeFor(fallback.queue, stack({ refuse: true }), "c"), "Preferred, refused for the queue").to.equal("agent");
+    expect(fallback.conditions.at(-1)).to.include({ reason: "FallbackToAgentToken" });
     const disabled = setup("Disabled");
-    expect((await disabled.tokens.issue(disabled.queue, stack({}), ["d"])).agentToken).to.equal(true);
+    expect(await disabled.tokens.modeFor(disabled.queue, stack({}), "d")).to.equal("agent");
   });
 });

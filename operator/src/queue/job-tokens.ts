@@ -58,47 +58,46 @@ export class JobTokens {
   }
 
   /**
-   * Whether new jobs may be reserved as far as job tokens go. With `Required`, only once Buildkite is known to issue
-   * them: a probe asks for the token of one listed (not yet reserved) job, which Buildkite answers with `not_issued`
-   * when it supports job tokens, and with an error when it does not.
+   * How the pods of jobs taken now get their token, decided before they are reserved: `job` (each its own job
+   * acquisition token), `agent` (the queue's cluster agent token: the queue opted in with Disabled, or Preferred while
+   * Buildkite refuses job tokens) or `none` (Required while Buildkite refuses them: take nothing). With `Required`
+   * and nothing known yet, a probe asks for the token of one listed (not yet reserved) job, which Buildkite answers
+   * with `not_issued` when it supports job tokens, and with an error when it does not.
    */
-  async mayReserve(queue: BuildkiteQueue, conn: Stack, candidate: string): Promise<boolean> {
-    if (queue.spec.jobTokens !== "Required" || this.work) return true;
-    if (this.ctx.clock.nowMs() < this.refusedUntilMs) return false;
+  async modeFor(queue: BuildkiteQueue, conn: Stack, candidate: string): Promise<"job" | "agent" | "none"> {
+    const mode = queue.spec.jobTokens;
+    if (mode === "Disabled") {
+      this.setCondition({ type: "JobTokens", status: "False", reason: "Disabled", message: "spec.jobTokens is Disabled: job pods get the queue's cluster agent token (an explicit opt-in)." }, queue);
+      return "agent";
+    }
+    if (this.work) return "job";
+    if (this.ctx.clock.nowMs() < this.refusedUntilMs) return mode === "Preferred" ? "agent" : "none";
     try {
       await conn.client.issueJobTokens(conn.key, [candidate], JOB_TOKEN_LIFETIME_SECONDS);
       this.work = true;
-      return true;
+      return "job";
     } catch (err) {
       if (!(err instanceof BuildkiteApiError) || err.retryable) throw err;
       this.refuse(queue, err);
-      return false;
+      return mode === "Preferred" ? "agent" : "none";
     }
   }
 
   /**
-   * Job acquisition tokens for reserved jobs (each can acquire only its own job), unless the queue disables them.
-   * `agentToken` is true when the job pods are to use the queue's agent token instead: the queue opted in (Disabled,
-   * or Preferred while Buildkite refuses job tokens altogether). A job Buildkite did not issue a token for is simply
-   * absent from `tokens`; it never switches the queue to the agent token.
+   * Job acquisition tokens for reserved jobs, each able to acquire only its own job. A job Buildkite did not issue a
+   * token for is absent from the answer and waits (see {@link store}); it never switches the queue to the agent token.
    */
-  async issue(queue: BuildkiteQueue, conn: Stack, uuids: string[]): Promise<{ tokens: Map<string, string>; agentToken: boolean }> {
-    const mode = queue.spec.jobTokens;
-    if (mode === "Disabled") {
-      this.setCondition({ type: "JobTokens", status: "False", reason: "Disabled", message: "spec.jobTokens is Disabled: job pods get the queue's cluster agent token (an explicit opt-in)." }, queue);
-      return { tokens: new Map(), agentToken: true };
-    }
-    if (this.ctx.clock.nowMs() < this.refusedUntilMs) return { tokens: new Map(), agentToken: mode === "Preferred" };
-    if (uuids.length === 0) return { tokens: new Map(), agentToken: false };
+  async issue(queue: BuildkiteQueue, conn: Stack, uuids: string[]): Promise<Map<string, string>> {
+    if (uuids.length === 0 || this.ctx.clock.nowMs() < this.refusedUntilMs) return new Map();
     try {
       const issued = await conn.client.issueJobTokens(conn.key, uuids, JOB_TOKEN_LIFETIME_SECONDS);
       this.work = true;
       this.setCondition({ type: "JobTokens", status: "True", reason: "Issued", message: "Each job pod gets a job acquisition token that can acquire its one job only." }, queue);
-      return { tokens: new Map([...issued.tokens].map(([uuid, t]) => [uuid, t.token])), agentToken: false };
+      return new Map([...issued.tokens].map(([uuid, t]) => [uuid, t.token]));
     } catch (err) {
       if (!(err instanceof BuildkiteApiError) || err.retryable) throw err;
       this.refuse(queue, err);
-      return { tokens: new Map(), agentToken: mode === "Preferred" };
+      return new Map();
     }
   }
 

@@ -4,9 +4,8 @@ import type { BuildkiteQueue } from "../api/generated/buildkite-queue.js";
 import { LABELS, MANAGED_BY } from "../api/keys.js";
 import { jobTokenSecretName } from "../api/names.js";
 import { BuildkiteApiError } from "../buildkite/errors.js";
-import { apiMessage, isAlreadyExists, isNotFound } from "../kube/field-manager.js";
+import { apiMessage, isAlreadyExists } from "../kube/field-manager.js";
 import type { KubeClients } from "../kube/resources.js";
-import { normalizeEndpoint } from "../config/config.js";
 
 /** The job source's failures in words for the queue's conditions, and the job token Secret it writes. */
 
@@ -59,6 +58,8 @@ export function registrationError(err: unknown, queue: BuildkiteQueue): unknown 
 export function dispatchError(err: unknown, what: string): unknown {
   if (!(err instanceof BuildkiteApiError)) return err;
   if (err.status === 401) return new SourceError("AgentTokenRejected", `Buildkite rejected the agent token while trying to ${what}: ${err.message}.`, "Registered");
+  // The stack is gone (deregistered elsewhere, or Buildkite lost it): register again instead of asking it forever.
+  if (err.status === 404) return new SourceError("StackNotFound", `Buildkite no longer knows the stack while trying to ${what}: ${err.message}; registering it again.`, "Registered");
   if (err.status === 429) return new SourceError("RateLimited", `Buildkite kept rate-limiting requests to ${what}: ${err.message}.`, "Dispatching");
   return new SourceError(err.retryable ? "BuildkiteUnavailable" : "Rejected", `Could not ${what}: ${err.message}.`, "Dispatching");
 }
@@ -77,41 +78,4 @@ export async function eachLimited<T>(items: readonly T[], limit: number, fn: (it
     }
   };
   await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
-}
-
-/** The queue's agent token from its Secret; a missing Secret or key is a SourceError that says what to create. */
-export async function readAgentToken(clients: KubeClients, queue: BuildkiteQueue, allowedEndpoints: readonly string[]): Promise<string> {
-  const ref = queue.spec.agentTokenSecretRef;
-  const namespace = queue.metadata.namespace ?? "";
-  // Checked before the Secret is even read: a token is only ever sent to an endpoint the operator's own configuration
-  // names, so whoever may create a queue cannot point it at a server of their own.
-  const refused = endpointRefusal(queue, allowedEndpoints);
-  if (refused !== undefined) throw new SourceError("EndpointNotAllowed", refused, "Registered");
-  let secret: V1Secret;
-  try {
-    secret = await clients.core.readNamespacedSecret({ name: ref.name, namespace });
-  } catch (err) {
-    if (isNotFound(err)) throw new SourceError("AgentTokenSecretMissing", `Secret ${ref.name} not found in namespace ${namespace}; no jobs are taken from Buildkite until it exists.`, "Registered");
-    throw err;
-  }
-  if (!isMarkedAgentToken(secret)) throw new SourceError("AgentTokenSecretNotMarked", notMarkedMessage(queue), "Registered");
-  const encoded = secret.data?.[ref.key];
-  const token = encoded !== undefined ? Buffer.from(encoded, "base64").toString("utf8").trim() : "";
-  if (token === "") throw new SourceError("AgentTokenSecretKeyMissing", `Secret ${ref.name} has no key "${ref.key}" holding the agent token.`, "Registered");
-  return token;
-}
-
-/** Whether a person marked the Secret as holding a Buildkite agent token (label `buildkite.com/agent-token=true`). */
-export const isMarkedAgentToken = (secret: V1Secret): boolean => secret.metadata?.labels?.[LABELS.agentToken] === "true";
-
-/** What to do about a token Secret that is not marked as one. */
-export function notMarkedMessage(queue: BuildkiteQueue): string {
-  const ref = queue.spec.agentTokenSecretRef;
-  return `Secret ${ref.name} is not marked as a Buildkite agent token, so its value is never sent to Buildkite; if it holds one, mark it: kubectl label secret ${ref.name} -n ${queue.metadata.namespace ?? ""} ${LABELS.agentToken}=true`;
-}
-
-/** Why the queue's endpoint may not be sent a token, or undefined when the operator's configuration allows it. */
-export function endpointRefusal(queue: BuildkiteQueue, allowedEndpoints: readonly string[]): string | undefined {
-  if (allowedEndpoints.includes(normalizeEndpoint(queue.spec.endpoint))) return undefined;
-  return `spec.endpoint ${queue.spec.endpoint} is not an endpoint this operator sends agent tokens to (${allowedEndpoints.join(", ")}); use one of those, or add it to the operator's allowed endpoints (chart value allowedEndpoints, flag --allowed-endpoints).`;
 }

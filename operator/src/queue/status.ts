@@ -3,7 +3,7 @@ import type { BuildkiteQueue, BuildkiteQueueStatus } from "../api/generated/buil
 import { serviceAccountName } from "../api/names.js";
 import { concurrency, shapeResources } from "../api/shapes.js";
 import { LABELS } from "../api/keys.js";
-import { notMarkedMessage } from "./source-support.js";
+import { notMarkedMessage } from "./agent-token.js";
 
 /** What the queue controller found out while reconciling one queue. */
 export interface QueueObservation {

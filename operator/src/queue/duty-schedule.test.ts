@@ -1,0 +1,40 @@
+import { expect } from "chai";
+import { FakeClock } from "../kube/clock.js";
+import { DutySchedule } from "./duty-schedule.js";
+
+describe("DutySchedule", () => {
+  it("backs a failing duty off on its own while another stays due every cycle", () => {
+    const clock = new FakeClock();
+    const duties = new DutySchedule<"dispatch" | "maintain">(clock, 1_000, 8_000);
+    const start = clock.nowMs();
+    const ranAt: Record<string, number[]> = { dispatch: [], maintain: [] };
+    for (let cycle = 0; cycle < 20; cycle++) {
+      if (duties.due("dispatch")) {
+        ranAt.dispatch?.push(clock.nowMs() - start);
+        duties.failed("dispatch");
+      }
+      if (duties.due("maintain")) {
+        ranAt.maintain?.push(clock.nowMs() - start);
+        duties.succeeded("maintain");
+      }
+      clock.advance(1_000);
+    }
+    expect(ranAt.maintain, "the healthy duty, every cycle").to.have.length(20);
+    expect(ranAt.dispatch, "the failing duty, after 1, 2, 4, 8 s").to.deep.equal([0, 1_000, 3_000, 7_000, 15_000]);
+  });
+
+  it("runs a periodic duty once per period, and at once again after a success resets its backoff", () => {
+    const clock = new FakeClock();
+    const duties = new DutySchedule<"states">(clock, 1_000, 30_000);
+    duties.succeeded("states", 5_000);
+    clock.advance(4_999);
+    expect(duties.due("states")).to.equal(false);
+    clock.advance(1);
+    expect(duties.due("states")).to.equal(true);
+    expect(duties.failed("states")).to.equal(1_000);
+    expect(duties.failed("states")).to.equal(2_000);
+    duties.succeeded("states");
+    expect(duties.due("states")).to.equal(true);
+    expect(duties.failed("states"), "a success starts the backoff over").to.equal(1_000);
+  });
+});

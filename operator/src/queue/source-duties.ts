@@ -1,0 +1,252 @@
+import type { ConditionUpdate } from "../api/conditions.js";
+import { BUILDKITE_JOB, type BuildkiteJob } from "../api/generated/buildkite-job.js";
+import type { BuildkiteQueue } from "../api/generated/buildkite-queue.js";
+import { ANNOTATIONS } from "../api/keys.js";
+import { jobResourceName, jobTokenSecretName } from "../api/names.js";
+import { concurrency } from "../api/shapes.js";
+import { BuildkiteApiError } from "../buildkite/errors.js";
+import type { NotificationBatcher } from "../buildkite/notifier.js";
+import type { StacksClient } from "../buildkite/stacks-client.js";
+import type { JobState } from "../buildkite/types.js";
+import { faultPoint } from "../fault-points.js";
+import { isTerminal } from "../job/phase.js";
+import { reportAnnotation } from "../job/plan.js";
+import type { ControllerContext } from "../kube/controller.js";
+import { apiMessage, isAlreadyExists, isForbidden, isInvalid, isNotFound } from "../kube/field-manager.js";
+import { annotate, deleteCustomObject } from "../kube/resources.js";
+import {
+  chooseReservations, finishDetail, jobResourceFor, recentlyEnded, reportsDue, reservationsToExtend, stranded, takenBack, timelineNotes, unfinishedVCPU,
+  type JobTokenChoice,
+} from "./dispatch.js";
+import type { JobTokens } from "./job-tokens.js";
+import { dispatchError, eachLimited } from "./source-support.js";
+
+/** A queue's registered stack. */
+export interface Connection {
+  key: string;
+  client: StacksClient;
+  notifier: NotificationBatcher;
+  /** The queue key Buildkite echoed at registration; listing uses it (§1.4 S1). */
+  queueKey: string;
+  fingerprint: string;
+}
+
+/** What the job source remembers between cycles; all of it can be rebuilt from Buildkite and the cluster. */
+export class SourceMemory {
+  /** When each job was last reserved by this process (for extensions). */
+  readonly lastReservedMs = new Map<string, number>();
+  /** Buildkite's states of the unfinished jobs at the last check. */
+  lastStates: ReadonlyMap<string, JobState> = new Map();
+  /** BuildkiteJobs created but maybe not in the cache yet, by name, with when: counted as taking a slot. */
+  readonly recentlyCreated = new Map<string, number>();
+  /** Timeline facts already sent per job uuid (jobs first seen after a restart start with what they show then). */
+  readonly notified = new Map<string, Set<string>>();
+}
+
+/** One cycle's view of a queue, handed to each duty. */
+export interface Scope {
+  ctx: ControllerContext;
+  queue: BuildkiteQueue;
+  conn: Connection;
+  /** The queue's BuildkiteJobs as the cache holds them. */
+  jobs: readonly BuildkiteJob[];
+  tokens: JobTokens;
+  memory: SourceMemory;
+  reservationExpirySeconds: number;
+  setCondition(update: ConditionUpdate): void;
+}
+
+/** Kubernetes writes in flight at once per queue when a poll takes many jobs. */
+const CREATE_CONCURRENCY = 16;
+/** How long a created BuildkiteJob counts as taking a slot before the cache shows it. */
+const CREATED_TTL_MS = 60_000;
+
+/**
+ * Takes jobs: lists scheduled jobs, chooses as many as there are free slots (highest priority first), records each as
+ * a BuildkiteJob, and only then reserves them, so a crash at any point leaves a record the next cycle finishes (a
+ * recorded job that is still scheduled is reserved again; one reserved elsewhere is deleted). Jobs reserved get their
+ * job tokens; those whose pods use the cluster token are released to start.
+ */
+export async function dispatch(s: Scope): Promise<void> {
+  const { ctx, queue, conn, jobs, memory } = s;
+  const listed = await conn.client.scheduledJobs(conn.key, conn.queueKey).catch((err: unknown) => { throw dispatchError(err, "list scheduled jobs"); });
+  const now = ctx.clock.nowMs();
+  const names = new Set(jobs.map((j) => j.metadata.name ?? ""));
+  for (const [name, at] of memory.recentlyCreated) if (names.has(name) || now - at > CREATED_TTL_MS) memory.recentlyCreated.delete(name);
+  const paused = queue.spec.paused ? "spec" : listed.paused ? "buildkite" : undefined;
+  const decision = chooseReservations({
+    scheduled: listed.jobs, existing: new Set([...names, ...memory.recentlyCreated.keys()]),
+    finished: new Set(jobs.filter((j) => isTerminal(j.status?.phase)).map((j) => j.metadata.name ?? "")),
+    unfinishedVCPU: unfinishedVCPU(jobs, memory.recentlyCreated.size, queue.spec.instanceShape), limits: queue.spec, paused: paused !== undefined,
+  });
+  s.setCondition(paused === undefined
+    ? { type: "Dispatching", status: "True", reason: "Dispatching", message: `Taking up to ${concurrency(queue.spec)} jobs at once from Buildkite queue ${conn.queueKey}.` }
+    : { type: "Dispatching", status: "False", reason: paused === "spec" ? "PausedInSpec" : "PausedInBuildkite",
+      message: paused === "spec" ? "spec.paused is true: no new jobs are taken; set it to false to resume." : `Queue ${conn.queueKey} is paused in Buildkite: no new jobs are taken until it is resumed there.` });
+  // A job reserved and then not run hides from every other stack for the whole reservation: with job tokens
+  // Required, nothing is taken until Buildkite is known to issue them.
+  const mode = decision.take.length > 0 ? await s.tokens.modeFor(queue, conn, decision.take[0]?.id ?? "") : "none";
+  const take = mode === "none" ? [] : decision.take;
+  const choice = (uuid: string): JobTokenChoice => mode === "job" ? { tokenSecret: jobTokenSecretName(uuid) } : { pending: true };
+  const created: BuildkiteJob[] = [];
+  await eachLimited(take, CREATE_CONCURRENCY, async (job) => {
+    const made = await createJob(s, jobResourceFor(queue, job, conn.key, choice(job.id)));
+    if (made) created.push(made);
+  });
+  if (created.length > 0) faultPoint("after-create-jobs");
+  const reclaimed = jobs.filter((j) => decision.reclaim.includes(j.spec.uuid));
+  if (created.length + reclaimed.length === 0) return;
+  await reserveAndRelease(s, created, reclaimed);
+}
+
+/**
+ * Reserves jobs that have a BuildkiteJob here: `fresh` ones created this cycle (deleted when Buildkite does not let
+ * this stack have them: they were never ours) and `held` ones (reservations to take again or extend). Reserved jobs
+ * get their job tokens, or lose the pending mark that keeps a cluster-token pod from starting.
+ */
+async function reserveAndRelease(s: Scope, fresh: readonly BuildkiteJob[], held: readonly BuildkiteJob[]): Promise<void> {
+  const { ctx, conn, memory } = s;
+  const all = [...fresh, ...held];
+  const result = await conn.client.reserve(conn.key, all.map((j) => j.spec.uuid), s.reservationExpirySeconds)
+    .catch((err: unknown) => { throw dispatchError(err, "reserve jobs"); });
+  faultPoint("after-reserve");
+  const reserved = new Set(result.reserved);
+  for (const uuid of reserved) memory.lastReservedMs.set(uuid, ctx.clock.nowMs());
+  const lost = all.filter((j) => !reserved.has(j.spec.uuid) && (fresh.includes(j) || j.metadata.annotations?.[ANNOTATIONS.reservation] !== undefined));
+  await eachLimited(lost, CREATE_CONCURRENCY, async (job) => { await discard(s, job); });
+  const ours = all.filter((j) => reserved.has(j.spec.uuid));
+  const pending = ours.filter((j) => j.metadata.annotations?.[ANNOTATIONS.reservation] !== undefined);
+  await eachLimited(pending, CREATE_CONCURRENCY, async (job) => {
+    await annotate(ctx.clients, BUILDKITE_JOB, job.metadata.namespace ?? "", job.metadata.name ?? "", { [ANNOTATIONS.reservation]: null }).catch(ignoreNotFound);
+  });
+  await issueTokens(s, ours.filter((j) => j.metadata.annotations?.[ANNOTATIONS.agentTokenSecret] !== undefined));
+}
+
+/** Asks for the job tokens of `jobs` and writes them; a job Buildkite did not issue one for is asked for again later. */
+async function issueTokens(s: Scope, jobs: readonly BuildkiteJob[]): Promise<void> {
+  if (jobs.length === 0) return;
+  const issued = await s.tokens.issue(s.queue, s.conn, jobs.map((j) => j.spec.uuid));
+  await eachLimited(jobs, CREATE_CONCURRENCY, async (job) => { await s.tokens.store(job, issued.get(job.spec.uuid)); });
+}
+
+/** A job Buildkite did not let this stack reserve (another stack has it, or it is gone): its record goes. */
+async function discard(s: Scope, job: BuildkiteJob): Promise<void> {
+  const name = job.metadata.name ?? "";
+  s.memory.recentlyCreated.delete(name);
+  await deleteCustomObject(s.ctx.clients, BUILDKITE_JOB, job.metadata.namespace ?? "", name);
+  s.ctx.logger.info("Deleted a job Buildkite did not let this stack reserve", { namespace: job.metadata.namespace, job: name });
+}
+
+/** Creates the BuildkiteJob; returns it as created, or undefined when it already existed or was refused. */
+async function createJob(s: Scope, body: BuildkiteJob): Promise<BuildkiteJob | undefined> {
+  const { ctx, queue, conn } = s;
+  const { group, version, plural } = BUILDKITE_JOB;
+  const namespace = body.metadata.namespace ?? "";
+  const name = body.metadata.name ?? "";
+  try {
+    const created = await ctx.clients.custom.createNamespacedCustomObject({ group, version, plural, namespace, body }) as BuildkiteJob;
+    s.memory.recentlyCreated.set(name, ctx.clock.nowMs());
+    s.memory.notified.set(body.spec.uuid, new Set());
+    ctx.metrics.jobDispatched(`${namespace}/${queue.metadata.name ?? ""}`, queue.spec.instanceShape);
+    conn.notifier.add(body.spec.uuid, `Reserved by Kubernetes queue ${namespace}/${queue.metadata.name ?? ""}; starting a ${queue.spec.instanceShape} pod.`);
+    ctx.logger.info("Took job from Buildkite", { namespace, queue: queue.metadata.name, job: name, priority: body.spec.priority });
+    return created;
+  } catch (err) {
+    // An earlier cycle whose answer was lost already made it: same job, same name; the next listing reclaims it.
+    if (isAlreadyExists(err)) return undefined;
+    if (isForbidden(err) || isInvalid(err)) {
+      // Not retried: the job stays scheduled in Buildkite, by when the cause may be fixed.
+      const message = `Could not create BuildkiteJob ${name}: ${apiMessage(err)}`;
+      ctx.recorder.record(queue, "Warning", "JobNotCreated", message);
+      ctx.logger.warn(message, { namespace, queue: queue.metadata.name });
+      return undefined;
+    }
+    throw err;
+  }
+}
+
+/**
+ * Keeps the reservations of jobs no agent has acquired yet (extended before they lapse, with fresh job tokens, as a
+ * token dies with its reservation), confirms jobs still pending from before a crash, and asks again for tokens
+ * Buildkite did not issue.
+ */
+export async function maintain(s: Scope): Promise<void> {
+  const { ctx, conn, jobs, memory } = s;
+  const ours = jobs.filter((j) => j.metadata.annotations?.[ANNOTATIONS.stack] === conn.key);
+  const live = new Set(ours.filter((j) => !isTerminal(j.status?.phase)).map((j) => j.spec.uuid));
+  for (const uuid of memory.lastReservedMs.keys()) if (!live.has(uuid)) memory.lastReservedMs.delete(uuid);
+  const due = new Set(reservationsToExtend(ours, memory.lastReservedMs, ctx.clock.nowMs(), s.reservationExpirySeconds, memory.lastStates));
+  if (due.size > 0) await reserveAndRelease(s, [], ours.filter((j) => due.has(j.spec.uuid)));
+  const young = (uuid: string): boolean => memory.recentlyCreated.has(jobResourceName(uuid));
+  await issueTokens(s, s.tokens.awaiting(jobs, young).filter((j) => !due.has(j.spec.uuid)));
+}
+
+/** Asks Buildkite for the state of every unfinished job and marks those it took back (canceled, expired, …). */
+export async function checkStates(s: Scope): Promise<void> {
+  const { ctx, conn, jobs } = s;
+  const ours = jobs.filter((j) => j.metadata.annotations?.[ANNOTATIONS.stack] === conn.key);
+  const unfinished = ours.filter((j) => !isTerminal(j.status?.phase));
+  const ended = recentlyEnded(ours, ctx.clock.nowMs());
+  if (unfinished.length === 0 && ended.length === 0) return;
+  const states = await conn.client.getStates(conn.key, [...unfinished, ...ended].map((j) => j.spec.uuid)).catch((err: unknown) => { throw dispatchError(err, "check job states"); });
+  s.memory.lastStates = states;
+  for (const mark of [...takenBack(unfinished, states), ...stranded(ended, states)]) {
+    const namespace = s.queue.metadata.namespace ?? "";
+    await annotate(ctx.clients, BUILDKITE_JOB, namespace, mark.name, { [ANNOTATIONS.buildkiteState]: mark.state }).catch(ignoreNotFound);
+    ctx.logger.info("Marked a job with its Buildkite state", { namespace, job: mark.name, state: mark.state });
+  }
+}
+
+/**
+ * Tells Buildkite (`finish`, exit -1, with the reason) about each job that could not run, so it does not sit reserved
+ * until it lapses and runs nowhere, and records the answer on the job. A retried `finish` whose first attempt went
+ * through comes back "already finished": Buildkite showing the job finished counts as reported.
+ */
+export async function report(s: Scope): Promise<void> {
+  const { ctx, conn } = s;
+  for (const job of reportsDue(s.jobs, conn.key)) {
+    let outcome: string;
+    try {
+      await conn.client.finish(conn.key, job.spec.uuid, finishDetail(job));
+      outcome = reportAnnotation("Finished", "Buildkite was told the job could not run, with the reason above.");
+      ctx.logger.info("Told Buildkite a job could not run", { namespace: job.metadata.namespace, job: job.metadata.name, reason: job.status?.reason });
+    } catch (err) {
+      if (!(err instanceof BuildkiteApiError) || err.retryable || err.status === 404 || err.status === 401) throw dispatchError(err, "finish a job that could not run");
+      const state = (await conn.client.getStates(conn.key, [job.spec.uuid])).get(job.spec.uuid);
+      outcome = state === "finished"
+        ? reportAnnotation("Finished", "Buildkite shows the job finished; it was not run here.")
+        : reportAnnotation("FinishRefused", `Buildkite refused to finish the job: ${err.message}`);
+    }
+    await annotate(ctx.clients, BUILDKITE_JOB, job.metadata.namespace ?? "", job.metadata.name ?? "", { [ANNOTATIONS.reported]: outcome }).catch(ignoreNotFound);
+  }
+}
+
+/**
+ * Sends each job's timeline notes once. A job this process did not create (it was running before a restart) starts
+ * from the notes its state already calls for, so a restart repeats nothing on the timeline.
+ */
+export function notifyTimeline(s: Scope): void {
+  const { conn, jobs, memory } = s;
+  const live = new Set<string>();
+  for (const job of jobs) {
+    if (job.metadata.annotations?.[ANNOTATIONS.stack] !== conn.key || isTerminal(job.status?.phase)) continue;
+    const uuid = job.spec.uuid;
+    live.add(uuid);
+    const notes = timelineNotes(job, s.queue);
+    const sent = memory.notified.get(uuid);
+    if (sent === undefined) {
+      memory.notified.set(uuid, new Set(notes.map((n) => n.fact)));
+      continue;
+    }
+    for (const note of notes) {
+      if (sent.has(note.fact)) continue;
+      sent.add(note.fact);
+      conn.notifier.add(uuid, note.text);
+    }
+  }
+  for (const uuid of memory.notified.keys()) if (!live.has(uuid) && !memory.recentlyCreated.has(jobResourceName(uuid))) memory.notified.delete(uuid);
+}
+
+function ignoreNotFound(err: unknown): void {
+  if (!isNotFound(err)) throw err;
+}

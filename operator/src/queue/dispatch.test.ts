@@ -5,7 +5,7 @@ import { ANNOTATIONS } from "../api/keys.js";
 import { jobResourceName } from "../api/names.js";
 import type { JobState, ScheduledJob } from "../buildkite/types.js";
 import type { SlotLimits } from "../job/slots.js";
-import { chooseReservations, finishDetail, jobResourceFor, recentlyEnded, reportsDue, reservationsToExtend, stranded, takenBack, timelineNotes, unfinishedVCPU } from "./dispatch.js";
+import { afterReserve, chooseReservations, finishDetail, jobResourceFor, recentlyEnded, reportsDue, reservationsToExtend, stranded, takenBack, timelineNotes, unfinishedVCPU } from "./dispatch.js";
 import { reportAnnotation, RESERVATION_PENDING } from "../job/plan.js";
 
 let seq = 0;
@@ -206,5 +206,21 @@ describe("timelineNotes", () => {
     const notes = timelineNotes(placed, queue);
     expect(notes.map((n) => n.fact)).to.deep.equal(["pod", "credentials", "node"]);
     expect(notes[1]?.text).to.include("AWS credentials will not work in this job").and.include("AccessDenied");
+  });
+});
+
+describe("afterReserve", () => {
+  it("discards only records never confirmed, releases held-back pods, and issues tokens to the reserved", () => {
+    const pending = { [ANNOTATIONS.stack]: "k", [ANNOTATIONS.reservation]: RESERVATION_PENDING };
+    const withToken = { [ANNOTATIONS.stack]: "k", [ANNOTATIONS.agentTokenSecret]: "t" };
+    const freshWon = job("fresh-won", {}, withToken);
+    const freshLost = job("fresh-lost", {}, withToken);
+    const heldPendingWon = job("held-pending-won", {}, pending);
+    const heldPendingLost = job("held-pending-lost", {}, pending);
+    const heldRunning = job("held-running", { phase: "Running" }, withToken);
+    const out = afterReserve([freshWon, freshLost], [heldPendingWon, heldPendingLost, heldRunning], new Set(["fresh-won", "held-pending-won"]));
+    expect(out.discard.map((j) => j.spec.uuid), "a held job not reserved any more may be running: kept").to.deep.equal(["fresh-lost", "held-pending-lost"]);
+    expect(out.release.map((j) => j.spec.uuid)).to.deep.equal(["held-pending-won"]);
+    expect(out.issue.map((j) => j.spec.uuid)).to.deep.equal(["fresh-won"]);
   });
 });

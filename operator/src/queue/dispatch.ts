@@ -213,3 +213,29 @@ export function timelineNotes(job: BuildkiteJob, queue: BuildkiteQueue | undefin
   if (status.nodeName !== undefined) notes.push({ fact: "node", text: `Pod placed on node ${status.nodeName}.` });
   return notes;
 }
+
+/** What to do with the jobs of one reserve call, once Buildkite answered which it reserved. */
+export interface ReserveOutcome {
+  /** Records of jobs Buildkite did not let this stack have that were never confirmed here: deleted, never run. */
+  discard: BuildkiteJob[];
+  /** Jobs whose cluster-token pods were held back for the reservation: it is confirmed, they may start. */
+  release: BuildkiteJob[];
+  /** Reserved jobs whose pods use their own job token: a token is issued (a new one after each extension). */
+  issue: BuildkiteJob[];
+}
+
+/**
+ * Sorts the jobs of a reserve call: `fresh` ones recorded this cycle and `held` ones recorded before (taken again or
+ * extended). A job not reserved is discarded only if it was never confirmed (fresh, or still pending): a held job
+ * that is not reserved any more may be running under its agent already. Pure.
+ */
+export function afterReserve(fresh: readonly BuildkiteJob[], held: readonly BuildkiteJob[], reserved: ReadonlySet<string>): ReserveOutcome {
+  const pending = (j: BuildkiteJob): boolean => j.metadata.annotations?.[ANNOTATIONS.reservation] !== undefined;
+  const all = [...fresh, ...held];
+  const ours = all.filter((j) => reserved.has(j.spec.uuid));
+  return {
+    discard: all.filter((j) => !reserved.has(j.spec.uuid) && (fresh.includes(j) || pending(j))),
+    release: ours.filter(pending),
+    issue: ours.filter((j) => j.metadata.annotations?.[ANNOTATIONS.agentTokenSecret] !== undefined),
+  };
+}

@@ -15,7 +15,7 @@ import type { ControllerContext } from "../kube/controller.js";
 import { apiMessage, isAlreadyExists, isForbidden, isInvalid, isNotFound } from "../kube/field-manager.js";
 import { annotate, deleteCustomObject } from "../kube/resources.js";
 import {
-  chooseReservations, finishDetail, jobResourceFor, recentlyEnded, reportsDue, reservationsToExtend, stranded, takenBack, timelineNotes, unfinishedVCPU,
+  afterReserve, chooseReservations, finishDetail, jobResourceFor, recentlyEnded, reportsDue, reservationsToExtend, stranded, takenBack, timelineNotes, unfinishedVCPU,
   type JobTokenChoice,
 } from "./dispatch.js";
 import type { JobTokens } from "./job-tokens.js";
@@ -110,16 +110,13 @@ async function reserveAndRelease(s: Scope, fresh: readonly BuildkiteJob[], held:
   const result = await conn.client.reserve(conn.key, all.map((j) => j.spec.uuid), s.reservationExpirySeconds)
     .catch((err: unknown) => { throw dispatchError(err, "reserve jobs"); });
   faultPoint("after-reserve");
-  const reserved = new Set(result.reserved);
-  for (const uuid of reserved) memory.lastReservedMs.set(uuid, ctx.clock.nowMs());
-  const lost = all.filter((j) => !reserved.has(j.spec.uuid) && (fresh.includes(j) || j.metadata.annotations?.[ANNOTATIONS.reservation] !== undefined));
-  await eachLimited(lost, CREATE_CONCURRENCY, async (job) => { await discard(s, job); });
-  const ours = all.filter((j) => reserved.has(j.spec.uuid));
-  const pending = ours.filter((j) => j.metadata.annotations?.[ANNOTATIONS.reservation] !== undefined);
-  await eachLimited(pending, CREATE_CONCURRENCY, async (job) => {
+  for (const uuid of result.reserved) memory.lastReservedMs.set(uuid, ctx.clock.nowMs());
+  const outcome = afterReserve(fresh, held, new Set(result.reserved));
+  await eachLimited(outcome.discard, CREATE_CONCURRENCY, async (job) => { await discard(s, job); });
+  await eachLimited(outcome.release, CREATE_CONCURRENCY, async (job) => {
     await annotate(ctx.clients, BUILDKITE_JOB, job.metadata.namespace ?? "", job.metadata.name ?? "", { [ANNOTATIONS.reservation]: null }).catch(ignoreNotFound);
   });
-  await issueTokens(s, ours.filter((j) => j.metadata.annotations?.[ANNOTATIONS.agentTokenSecret] !== undefined));
+  await issueTokens(s, outcome.issue);
 }
 
 /** Asks for the job tokens of `jobs` and writes them; a job Buildkite did not issue one for is asked for again later. */

@@ -3,7 +3,6 @@ import { isDeepStrictEqual } from "node:util";
 import { findCondition, setCondition } from "../api/conditions.js";
 import { BUILDKITE_JOB } from "../api/generated/buildkite-job.js";
 import { networkPolicyName } from "../api/names.js";
-import { needsReport } from "../job/plan.js";
 import { BUILDKITE_QUEUE, type BuildkiteQueue } from "../api/generated/buildkite-queue.js";
 import { ANNOTATIONS, FINALIZER, LABELS } from "../api/keys.js";
 import type { ConditionUpdate } from "../api/conditions.js";
@@ -14,6 +13,7 @@ import { annotate, apply, patchStatus, setFinalizer, splitKey } from "../kube/re
 import type { ReconcileResult } from "../kube/work-queue.js";
 import { isTerminal } from "../job/phase.js";
 import { surplusCacheClaims } from "./cache-claims.js";
+import { planDeletion } from "./deletion.js";
 import { desiredNetworkPolicy, desiredServiceAccount } from "./children.js";
 import { endpointRefusal, type AgentTokenReader } from "./agent-token.js";
 import { planQueueStatus, type QueueObservation } from "./status.js";
@@ -114,18 +114,15 @@ export class QueueController implements Controller {
     const name = queue.metadata.name ?? "";
     const key = `${namespace}/${name}`;
     const jobs = this.ctx.caches.jobs.list(namespace).filter((j) => j.spec.queueRef.name === name);
-    const why = `BuildkiteQueue ${key} was deleted.`;
-    for (const job of jobs.filter((j) => !isTerminal(j.status?.phase) && j.metadata.annotations?.[ANNOTATIONS.stop] === undefined)) {
-      await annotate(this.ctx.clients, BUILDKITE_JOB, namespace, job.metadata.name ?? "", { [ANNOTATIONS.stop]: why }).catch((err: unknown) => {
+    const pods = this.ctx.caches.pods.list(namespace).filter((p) => p.metadata?.labels?.[LABELS.queue] === name).length;
+    const plan = planDeletion({ jobs, pods, reporting: this.sides.buildkite.connected(key) });
+    for (const job of plan.stop) {
+      await annotate(this.ctx.clients, BUILDKITE_JOB, namespace, job, { [ANNOTATIONS.stop]: `BuildkiteQueue ${key} was deleted.` }).catch((err: unknown) => {
         if (!isNotFound(err)) throw err;
       });
     }
-    const pods = this.ctx.caches.pods.list(namespace).filter((p) => p.metadata?.labels?.[LABELS.queue] === name).length;
-    const unfinished = jobs.filter((j) => !isTerminal(j.status?.phase)).length;
-    // Reports to Buildkite are waited for while the stack is connected; without one (a deleted token) they cannot go.
-    const unreported = this.sides.buildkite.connected(key) ? jobs.filter(needsReport).length : 0;
-    if (pods + unfinished + unreported > 0) {
-      await this.writeDeleting(queue, `Stopping the queue's jobs before its NetworkPolicy goes: ${String(pods)} pods, ${String(unfinished)} jobs not ended, ${String(unreported)} not yet reported to Buildkite.`);
+    if (plan.wait !== undefined) {
+      await this.writeDeleting(queue, plan.wait);
       return { requeueAfterMs: 2_000 };
     }
     let problem: string | undefined;

@@ -1,8 +1,8 @@
 import { expect } from "chai";
-import { FakeClock } from "../kube/clock.js";
+import { FakeClock } from "../../../test/support/fake-clock.js";
 import { BuildkiteApiError } from "./errors.js";
 import { StacksClient, cropChars, cropUtf8, escapeSegment, type StacksClientOptions } from "./stacks-client.js";
-import { capturedLogger, settle, ScriptedServer, type RecordedRequest } from "./test-helpers.js";
+import { capturedLogger, settle, ScriptedServer, type RecordedRequest } from "../../../test/support/buildkite-test-helpers.js";
 import type { RequestReport } from "./transport.js";
 import type { ScheduledJob, Stack } from "./types.js";
 

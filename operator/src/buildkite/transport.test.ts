@@ -1,9 +1,9 @@
 import { expect } from "chai";
-import { FakeClock } from "../kube/clock.js";
+import { FakeClock } from "../../../test/support/fake-clock.js";
 import { ShapeError } from "./decode.js";
 import { BuildkiteApiError } from "./errors.js";
 import { StacksClient, type StacksClientOptions } from "./stacks-client.js";
-import { capturedLogger, rejection, settle, ScriptedServer, turn, until } from "./test-helpers.js";
+import { capturedLogger, rejection, settle, ScriptedServer, turn, until } from "../../../test/support/buildkite-test-helpers.js";
 import { parseRetryAfterMs, retryDelayMs } from "./transport.js";
 
 const TOKEN = "bkct_very-secret-token-value";

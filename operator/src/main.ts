@@ -1,6 +1,7 @@
 import { KubeConfig } from "@kubernetes/client-node";
 import { Registry } from "prom-client";
 import { ConfigError, parseConfig } from "./config/config.js";
+import { helpRequested, usage } from "./config/flags.js";
 import { hostname } from "node:os";
 import { createLogger } from "./observability/logger.js";
 import { HttpServer } from "./observability/server.js";
@@ -9,6 +10,11 @@ import { armFaults } from "./fault-points.js";
 
 /** Wiring only: configuration → logger → clients → controllers → graceful shutdown. */
 async function main(): Promise<void> {
+  if (helpRequested(process.argv.slice(2))) {
+    // Nothing else is started yet, so returning ends the process with status 0.
+    process.stdout.write(usage());
+    return;
+  }
   let config;
   try {
     config = parseConfig(process.argv.slice(2), process.env);

@@ -2,7 +2,7 @@ import { expect } from "chai";
 import { Writable } from "node:stream";
 import { queueFixture } from "../../../test/support/fixtures.js";
 import type { BuildkiteQueue } from "../api/generated/buildkite-queue.js";
-import { FakeClock } from "../kube/clock.js";
+import { FakeClock } from "../../../test/support/fake-clock.js";
 import { createLogger } from "../observability/logger.js";
 import type { CheckOutcome } from "./outcome.js";
 import { QueueCredentials } from "./queue-credentials.js";

@@ -1,8 +1,8 @@
 import { expect } from "chai";
-import { FakeClock } from "../kube/clock.js";
+import { FakeClock } from "../../../test/support/fake-clock.js";
 import { BuildkiteApiError } from "./errors.js";
 import { NotificationBatcher, type NotifyClient } from "./notifier.js";
-import { capturedLogger } from "./test-helpers.js";
+import { capturedLogger } from "../../../test/support/buildkite-test-helpers.js";
 
 type Item = Parameters<NotifyClient["notify"]>[1][number];
 

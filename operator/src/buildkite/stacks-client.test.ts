@@ -1,21 +1,29 @@
 import { expect } from "chai";
-import { FakeClock } from "../kube/clock.js";
+import { FakeClock } from "../../../test/support/fake-clock.js";
+import { BuildkiteApiError } from "./errors.js";
 import { StacksClient, cropChars, cropUtf8, escapeSegment, type StacksClientOptions } from "./stacks-client.js";
-import { capturedLogger, settle, ScriptedServer, type RecordedRequest } from "./test-helpers.js";
+import { capturedLogger, settle, ScriptedServer, type RecordedRequest } from "../../../test/support/buildkite-test-helpers.js";
 import type { RequestReport } from "./transport.js";
-import type { ScheduledJob, ScheduledJobsPage, Stack } from "./types.js";
+import type { ScheduledJob, Stack } from "./types.js";
 
 const TOKEN = "bkct_test-secret-token";
 
+/** A job as the client returns it: only the fields the operator reads. */
 function job(id: string): ScheduledJob {
   return {
     id, priority: 0, agent_query_rules: ["queue=linux"], scheduled_at: "2026-01-01T00:00:00Z",
-    pipeline: { slug: "app", uuid: "p-1" }, build: { uuid: "b-1", number: 1, branch: "main" }, step: { key: null },
+    pipeline: { slug: "app" }, build: { number: 1, branch: "main" }, step: { key: null },
   };
 }
 
-function page(ids: string[], next: string | null, queue: ScheduledJobsPage["cluster_queue"] = { id: "q-1", paused: false, dispatch_paused: false }): ScheduledJobsPage {
-  return { jobs: ids.map(job), page_info: { has_next_page: next !== null, end_cursor: next }, cluster_queue: queue };
+/** The same job as Buildkite sends it, with fields the operator ignores. */
+function wireJob(id: string): Record<string, unknown> {
+  const j = job(id);
+  return { ...j, runnable_at: null, pipeline: { ...j.pipeline, uuid: "p-1" }, build: { ...j.build, uuid: "b-1" } };
+}
+
+function page(ids: string[], next: string | null, queue: Record<string, unknown> = { id: "q-1", paused: false, dispatch_paused: false }): Record<string, unknown> {
+  return { jobs: ids.map(wireJob), page_info: { has_next_page: next !== null, end_cursor: next }, cluster_queue: queue };
 }
 
 const uuids = (n: number): string[] => Array.from({ length: n }, (_, i) => `job-${i}`);
@@ -61,12 +69,12 @@ describe("StacksClient", () => {
   });
 
   it("registers a custom stack with empty metadata by default, and deregisters it", async () => {
-    const stack: Stack = {
+    const stack = {
       id: "s-1", organization_uuid: "o-1", key: "k", type: "custom", cluster_queue_key: "linux", metadata: {},
       last_connected_on: null, state: "connected",
     };
     server.reply({ status: 201, json: stack }, { status: 204 });
-    expect(await client().register("k", "linux")).to.deep.equal(stack);
+    expect(await client().register("k", "linux")).to.deep.equal({ key: "k", cluster_queue_key: "linux" } satisfies Stack);
     await client().deregister("k");
     expect(server.requests.map((r) => `${r.method} ${r.path}`)).to.deep.equal(["POST /v3/stacks/register", "POST /v3/stacks/k/deregister"]);
     expect(server.requests[0]?.body).to.deep.equal({ key: "k", type: "custom", queue_key: "linux", metadata: {} });
@@ -93,6 +101,15 @@ describe("StacksClient", () => {
     server.reply({ status: 200, json: { ...page(["a"], null), page_info: { has_next_page: true, end_cursor: null } } });
     expect((await client().scheduledJobs("k", "q")).jobs).to.have.length(1);
     expect(server.requests).to.have.length(1);
+  });
+
+  it("refuses a page whose job lacks a field the operator reads, naming the endpoint and the field", async () => {
+    const broken = { ...page(["a", "b"], null), jobs: [wireJob("a"), { ...wireJob("b"), build: { uuid: "b-1", number: null } }] };
+    server.reply({ status: 200, json: broken });
+    const err = await client({ maxAttempts: 1 }).scheduledJobs("k", "q").then(() => undefined, (e: unknown) => e);
+    expect(err).to.be.instanceOf(BuildkiteApiError);
+    expect((err as BuildkiteApiError).message).to.equal(
+      "Buildkite list-scheduled-jobs failed with HTTP 200: response body has an unexpected shape: jobs[1].build.number is null, expected a whole number");
   });
 
   it("reads the pause flag from either field name", async () => {

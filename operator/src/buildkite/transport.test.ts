@@ -1,8 +1,9 @@
 import { expect } from "chai";
-import { FakeClock } from "../kube/clock.js";
+import { FakeClock } from "../../../test/support/fake-clock.js";
+import { ShapeError } from "./decode.js";
 import { BuildkiteApiError } from "./errors.js";
 import { StacksClient, type StacksClientOptions } from "./stacks-client.js";
-import { capturedLogger, rejection, settle, ScriptedServer, turn, until } from "./test-helpers.js";
+import { capturedLogger, rejection, settle, ScriptedServer, turn, until } from "../../../test/support/buildkite-test-helpers.js";
 import { parseRetryAfterMs, retryDelayMs } from "./transport.js";
 
 const TOKEN = "bkct_very-secret-token-value";
@@ -30,7 +31,7 @@ describe("StacksClient retries", () => {
     await turn(50);
     expect(server.requests).to.have.length(1);
     clock.advance(1);
-    expect(await result).to.deep.equal(IDENTITY);
+    expect(await result).to.deep.equal({ uuid: "t-1", cluster_uuid: "c-1", cluster_name: "c" });
     expect(server.requests).to.have.length(2);
   });
 
@@ -68,8 +69,9 @@ describe("StacksClient retries", () => {
   it("retries a 200 of the wrong shape, then reports it as retryable", async () => {
     server.handler = () => ({ status: 200, json: { unexpected: true } });
     const err = await rejection(settle(clock, client({ maxAttempts: 2 }).getStates("k", ["a"]))) as BuildkiteApiError;
-    expect([err.status, err.retryable]).to.deep.equal([200, true]);
-    expect(err.message).to.include("unexpected shape");
+    expect([err.status, err.retryable, err.endpoint]).to.deep.equal([200, true, "batch-load-job-states"]);
+    expect(err.message).to.equal("Buildkite batch-load-job-states failed with HTTP 200: response body has an unexpected shape: states is missing, expected an object");
+    expect(err.cause).to.be.instanceOf(ShapeError);
   });
 
   it("retries network errors and reports them with status error", async () => {

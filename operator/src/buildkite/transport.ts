@@ -2,6 +2,7 @@ import { backoffDelayMs } from "../kube/backoff.js";
 import { performance } from "node:perf_hooks";
 import type { Logger } from "winston";
 import type { Clock } from "../kube/clock.js";
+import { ShapeError } from "./decode.js";
 import { BuildkiteApiError } from "./errors.js";
 import type { EndpointScope } from "./types.js";
 
@@ -77,8 +78,8 @@ export class Transport {
     this.base = options.endpoint.replace(/\/+$/, "");
   }
 
-  /** Sends a request whose 2xx body must be JSON accepted by `decode` (undefined from it = wrong shape). */
-  json<T>(spec: RequestSpec, decode: (body: unknown) => T | undefined): Promise<T> {
+  /** Sends a request whose 2xx body must be JSON accepted by `decode`, which throws a `ShapeError` if it is not. */
+  json<T>(spec: RequestSpec, decode: (body: unknown) => T): Promise<T> {
     return this.send(spec, (text, status) => {
       let body: unknown;
       try {
@@ -87,9 +88,14 @@ export class Transport {
         // A 2xx that is not JSON is usually a proxy or a half-deployed server: worth another try.
         throw this.invalid(spec.endpoint, status, "response body is not JSON", err);
       }
-      const value = decode(body);
-      if (value === undefined) throw this.invalid(spec.endpoint, status, "response body has an unexpected shape");
-      return value;
+      try {
+        return decode(body);
+      } catch (err) {
+        // Retryable like a body that is not JSON. A non-retryable error would read as a refusal to callers: job tokens
+        // would fall back to the agent token, a registration would be "Rejected", on a body nobody refused anything in.
+        if (err instanceof ShapeError) throw this.invalid(spec.endpoint, status, `response body has an unexpected shape: ${err.message}`, err);
+        throw err;
+      }
     });
   }
 

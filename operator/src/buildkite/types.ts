@@ -1,6 +1,8 @@
 /**
  * Wire types of the Buildkite Stacks API (reference §1.4–1.5), spelled as the server sends them (snake_case), so a
- * reader can hold them against the docs. Nested objects are always present but their fields may be null (§1.4 S3).
+ * reader can hold them against the docs. Each response type declares only the fields the operator reads, and
+ * decode.ts checks every one of them; the server sends more. Nested objects are always present but their fields may
+ * be null (§1.4 S3).
  */
 
 /**
@@ -40,29 +42,14 @@ export function isJobState(value: unknown): value is JobState {
 /** `GET /v3/token`: who the agent token belongs to. An empty or null `cluster_uuid` means an unclustered token. */
 export interface TokenIdentity {
   uuid: string;
-  description?: string | null;
-  token_type?: string | null;
-  organization_slug: string;
-  organization_uuid: string;
   cluster_uuid: string | null;
   cluster_name: string | null;
-  organization_queue_uuid?: string | null;
-  organization_queue_key?: string | null;
 }
-
-/** Stack types Buildkite accepts; third parties must use `custom` (`kubernetes` is agent-stack-k8s's). */
-export type StackType = "kubernetes" | "elastic" | "custom";
 
 /** A registered stack (S1). `cluster_queue_key` is the queue the server bound it to; list jobs with it. */
 export interface Stack {
-  id: string;
-  organization_uuid: string;
   key: string;
-  type: StackType;
   cluster_queue_key: string;
-  metadata: Record<string, string>;
-  last_connected_on: string | null;
-  state: "connected" | "disconnected" | "lost";
 }
 
 /** One job waiting in a queue (S3). Timestamps are RFC 3339 strings. */
@@ -73,10 +60,8 @@ export interface ScheduledJob {
   /** `key=value` tags the job asks of an agent, e.g. `queue=linux`. */
   agent_query_rules: string[];
   scheduled_at: string;
-  /** Only newer server revisions send it. */
-  runnable_at?: string | null;
-  pipeline: { slug: string; uuid: string };
-  build: { uuid: string; number: number; branch: string | null };
+  pipeline: { slug: string };
+  build: { number: number; branch: string | null };
   step: { key: string | null };
 }
 
@@ -86,9 +71,9 @@ export interface ScheduledJobsPage {
   page_info: { has_next_page: boolean; end_cursor: string | null };
   /**
    * The docs call the pause flag `dispatch_paused`, while the Go client reads `paused`; servers may send either or
-   * both (§1.4), so a reader must treat either as paused.
+   * both (§1.4), so a reader must treat either as paused. An absent flag reads as null.
    */
-  cluster_queue: { id: string; paused?: boolean | null; dispatch_paused?: boolean | null };
+  cluster_queue: { paused: boolean | null; dispatch_paused: boolean | null };
 }
 
 /** `PUT …/scheduled-jobs/batch-reserve` (S4). The call succeeds even when nothing was reserved. */

@@ -1,5 +1,6 @@
 import { expect } from "chai";
 import { ConfigError, parseConfig } from "./config.js";
+import { FLAGS, envName, helpRequested, usage } from "./flags.js";
 
 describe("parseConfig", () => {
   it("defaults the log level to info", () => {
@@ -42,5 +43,37 @@ describe("parseConfig", () => {
     expect(() => parseConfig(["--cluster-dns=kube-dns"], {})).to.throw(ConfigError, "--cluster-dns must look like <namespace>/<label>=<value>");
     expect(() => parseConfig(["--allowed-endpoints=agent.buildkite.com"], {})).to.throw(ConfigError, "--allowed-endpoints must be a comma-separated list of http(s) URLs");
     expect(() => parseConfig(["--watch-namespaces=CI"], {})).to.throw(ConfigError, "--watch-namespaces must be");
+  });
+
+  it("says what to fix for an unknown flag, a flag without a value and a short flag", () => {
+    expect(() => parseConfig(["--worker=4"], {})).to.throw(ConfigError, /^unknown flag --worker; known flags: .*--workers.*\(--help describes them\)$/);
+    expect(() => parseConfig(["--workers", "--log-level=debug"], {})).to.throw(ConfigError, "flag --workers needs a value, e.g. --workers=<value>");
+    expect(() => parseConfig(["-w", "4"], {})).to.throw(ConfigError, 'unexpected argument "-w"; flags look like --log-level=info');
+    expect(() => parseConfig(["--help=yes"], {})).to.throw(ConfigError, "flag --help takes no value");
+  });
+
+  it("lets the last of a repeated flag win, and a flag win over its environment variable", () => {
+    expect(parseConfig(["--workers=4", "--workers", "8"], { BK_OPERATOR_WORKERS: "2" }).workers).to.equal(8);
+    expect(parseConfig([], { BK_OPERATOR_WORKERS: "2" }).workers).to.equal(2);
+    expect(parseConfig([], { POD_NAMESPACE: "ops" }).leaseNamespace).to.equal("ops");
+  });
+});
+
+describe("--help", () => {
+  it("is asked for even beside flags the parser would refuse", () => {
+    expect(helpRequested(["--help"])).to.equal(true);
+    expect(helpRequested(["--workers=0", "--verbose", "--help"])).to.equal(true);
+    expect(helpRequested(["--workers=4"])).to.equal(false);
+    expect(parseConfig(["--help"], {}).workers).to.equal(16);
+  });
+
+  it("lists every flag with its environment variable, default and meaning", () => {
+    const text = usage();
+    for (const [name, spec] of Object.entries(FLAGS)) {
+      expect(text).to.include(`--${name}=<`);
+      expect(text).to.include(`env ${envName(name)}; default: ${String(spec.default)}`);
+      expect(text).to.include(spec.meaning);
+    }
+    expect(text).to.include("env BK_OPERATOR_WORKERS; default: 16, 1 to 64");
   });
 });

@@ -1,4 +1,7 @@
 import { LOG_LEVELS, type LogLevel } from "../observability/logger.js";
+import { BUILDKITE_AGENT_ENDPOINT, ConfigError, DEFAULT_CLUSTER_DNS, FLAGS, readFlags, type FlagName } from "./flags.js";
+
+export { BUILDKITE_AGENT_ENDPOINT, ConfigError, DEFAULT_CLUSTER_DNS } from "./flags.js";
 
 /** The operator's configuration, parsed once at start-up and passed down. */
 export interface OperatorConfig {
@@ -36,10 +39,6 @@ export interface DnsPeer {
   podSelector: Record<string, string>;
 }
 
-/** Buildkite's agent API: the only endpoint agent tokens go to unless the operator is configured otherwise. */
-export const BUILDKITE_AGENT_ENDPOINT = "https://agent.buildkite.com/v3";
-/** The cluster DNS of most distributions: the kube-dns (or CoreDNS, same label) pods of kube-system. */
-export const DEFAULT_CLUSTER_DNS = "kube-system/k8s-app=kube-dns";
 
 /** An endpoint in the one spelling used to compare it with the allowed ones (no trailing slash). */
 export const normalizeEndpoint = (url: string): string => url.trim().replace(/\/+$/, "");
@@ -61,69 +60,45 @@ export function parseDnsPeer(value: string): DnsPeer {
 
 const isName = (value: string): boolean => /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/.test(value);
 
-/** Numeric flags: name, field, default, minimum, maximum. */
+/** Numeric flags and the fields they set; defaults and ranges are in {@link FLAGS}. */
 const NUMBERS = [
-  ["workers", "workers", 16, 1, 64],
-  ["poll-interval-ms", "pollIntervalMs", 1_000, 100, 60_000],
-  ["state-check-interval-ms", "stateCheckIntervalMs", 5_000, 100, 300_000],
-  ["reservation-expiry-seconds", "reservationExpirySeconds", 900, 1, 3_600],
-  ["pending-timeout-seconds", "pendingTimeoutSeconds", 600, 1, 86_400],
-  ["start-grace-seconds", "startGraceSeconds", 120, 1, 86_400],
-  ["http-port", "httpPort", 8080, 0, 65_535],
-  ["lease-duration-seconds", "leaseDurationSeconds", 15, 2, 300],
-  ["credentials-recheck-seconds", "credentialsRecheckSeconds", 300, 10, 86_400],
-] as const;
-
-const envName = (flag: string): string => `BK_OPERATOR_${flag.toUpperCase().replace(/-/g, "_")}`;
-
-/** A flag or environment value the operator cannot run with; the message says what to fix. */
-export class ConfigError extends Error {
-  override readonly name = "ConfigError";
-}
+  ["workers", "workers"],
+  ["poll-interval-ms", "pollIntervalMs"],
+  ["state-check-interval-ms", "stateCheckIntervalMs"],
+  ["reservation-expiry-seconds", "reservationExpirySeconds"],
+  ["pending-timeout-seconds", "pendingTimeoutSeconds"],
+  ["start-grace-seconds", "startGraceSeconds"],
+  ["http-port", "httpPort"],
+  ["lease-duration-seconds", "leaseDurationSeconds"],
+  ["credentials-recheck-seconds", "credentialsRecheckSeconds"],
+] as const satisfies readonly (readonly [FlagName, keyof OperatorConfig])[];
 
 const isLogLevel = (value: string): value is LogLevel => (LOG_LEVELS as readonly string[]).includes(value);
 
 /**
- * Parses `--flag=value` / `--flag value` arguments, falling back to `BK_OPERATOR_*` environment variables.
- * Throws {@link ConfigError} on anything it does not understand: failing fast beats a half-configured operator.
+ * Parses `--flag=value` / `--flag value` arguments (see {@link FLAGS}; `--help` is main's to answer), falling back to
+ * `BK_OPERATOR_*` environment variables. Throws {@link ConfigError} on anything it does not understand: failing fast
+ * beats a half-configured operator.
  */
 export function parseConfig(argv: readonly string[], env: NodeJS.ProcessEnv): OperatorConfig {
-  const flags = new Map<string, string>();
-  for (let i = 0; i < argv.length; i++) {
-    const arg = argv[i] ?? "";
-    if (!arg.startsWith("--")) throw new ConfigError(`unexpected argument "${arg}"; flags look like --log-level=info`);
-    const eq = arg.indexOf("=");
-    if (eq > 0) {
-      flags.set(arg.slice(2, eq), arg.slice(eq + 1));
-    } else {
-      const value = argv[i + 1];
-      if (value === undefined || value.startsWith("--")) throw new ConfigError(`flag ${arg} needs a value, e.g. ${arg}=<value>`);
-      flags.set(arg.slice(2), value);
-      i++;
-    }
-  }
-  const known = new Set(["log-level", "cluster-id", "sts-endpoint", "leader-elect", "lease-namespace", "lease-name", "allowed-endpoints", "cluster-dns",
-    "watch-namespaces", ...NUMBERS.map(([flag]) => flag)]);
-  for (const name of flags.keys()) {
-    if (!known.has(name)) throw new ConfigError(`unknown flag --${name}; known flags: ${[...known].map((k) => `--${k}`).join(", ")}`);
-  }
-  const logLevel = flags.get("log-level") ?? env.BK_OPERATOR_LOG_LEVEL ?? "info";
+  const flag = readFlags(argv, env);
+  const logLevel = flag("log-level") ?? FLAGS["log-level"].default;
   if (!isLogLevel(logLevel)) {
     throw new ConfigError(`--log-level must be one of ${LOG_LEVELS.join(", ")}, got "${logLevel}"`);
   }
-  const leaderElect = flags.get("leader-elect") ?? env[envName("leader-elect")] ?? "true";
+  const leaderElect = flag("leader-elect") ?? FLAGS["leader-elect"].default;
   if (leaderElect !== "true" && leaderElect !== "false") throw new ConfigError(`--leader-elect must be true or false, got "${leaderElect}"`);
-  const leaseNamespace = flags.get("lease-namespace") ?? env[envName("lease-namespace")] ?? env.POD_NAMESPACE ?? "default";
-  const leaseName = flags.get("lease-name") ?? env[envName("lease-name")] ?? "buildkite-operator";
-  for (const [flag, value] of [["lease-namespace", leaseNamespace], ["lease-name", leaseName]] as const) {
-    if (!/^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/.test(value)) throw new ConfigError(`--${flag} must be a Kubernetes name (lowercase letters, digits, "-" and "."), got "${value}"`);
+  const leaseNamespace = flag("lease-namespace") ?? env.POD_NAMESPACE ?? "default";
+  const leaseName = flag("lease-name") ?? FLAGS["lease-name"].default;
+  for (const [name, value] of [["lease-namespace", leaseNamespace], ["lease-name", leaseName]] as const) {
+    if (!/^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/.test(value)) throw new ConfigError(`--${name} must be a Kubernetes name (lowercase letters, digits, "-" and "."), got "${value}"`);
   }
   const config: OperatorConfig = {
     logLevel, workers: 16, pollIntervalMs: 0, stateCheckIntervalMs: 0, reservationExpirySeconds: 0, pendingTimeoutSeconds: 0, startGraceSeconds: 0,
     httpPort: 8080, leaderElect: leaderElect === "true", leaseNamespace, leaseName, leaseDurationSeconds: 15, credentialsRecheckSeconds: 300,
-    allowedEndpoints: list(flags.get("allowed-endpoints") ?? env[envName("allowed-endpoints")] ?? BUILDKITE_AGENT_ENDPOINT).map(normalizeEndpoint),
-    clusterDNS: parseDnsPeer(flags.get("cluster-dns") ?? env[envName("cluster-dns")] ?? DEFAULT_CLUSTER_DNS),
-    watchNamespaces: list(flags.get("watch-namespaces") ?? env[envName("watch-namespaces")] ?? ""),
+    allowedEndpoints: list(flag("allowed-endpoints") ?? BUILDKITE_AGENT_ENDPOINT).map(normalizeEndpoint),
+    clusterDNS: parseDnsPeer(flag("cluster-dns") ?? DEFAULT_CLUSTER_DNS),
+    watchNamespaces: list(flag("watch-namespaces") ?? ""),
   };
   for (const endpoint of config.allowedEndpoints) {
     if (!/^https?:\/\/[^\s/]+(\/.*)?$/.test(endpoint)) throw new ConfigError(`--allowed-endpoints must be a comma-separated list of http(s) URLs such as ${BUILDKITE_AGENT_ENDPOINT}, got "${endpoint}"`);
@@ -132,20 +107,21 @@ export function parseConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Op
   for (const ns of config.watchNamespaces) {
     if (!isName(ns)) throw new ConfigError(`--watch-namespaces must be a comma-separated list of namespace names, got "${ns}"`);
   }
-  const sts = flags.get("sts-endpoint") ?? env[envName("sts-endpoint")];
+  const sts = flag("sts-endpoint");
   if (sts !== undefined) {
     if (!/^https?:\/\/[^\s/]+(\/.*)?$/.test(sts)) throw new ConfigError(`--sts-endpoint must be an http(s) URL such as https://sts.us-east-1.amazonaws.com, got "${sts}"`);
     config.stsEndpoint = sts;
   }
-  for (const [flag, field, fallback, min, max] of NUMBERS) {
-    const raw = flags.get(flag) ?? env[envName(flag)];
+  for (const [name, field] of NUMBERS) {
+    const { default: fallback, range: [min, max] } = FLAGS[name];
+    const raw = flag(name);
     const value = raw === undefined ? fallback : Number(raw);
     if (!Number.isInteger(value) || value < min || value > max) {
-      throw new ConfigError(`--${flag} must be a whole number from ${min} to ${max}, got "${raw ?? ""}"`);
+      throw new ConfigError(`--${name} must be a whole number from ${min} to ${max}, got "${raw ?? ""}"`);
     }
     config[field] = value;
   }
-  const clusterId = flags.get("cluster-id") ?? env[envName("cluster-id")];
+  const clusterId = flag("cluster-id");
   if (clusterId !== undefined) {
     if (!/^[A-Za-z0-9._-]{1,128}$/.test(clusterId)) throw new ConfigError(`--cluster-id must be 1-128 letters, digits, ".", "_" or "-", got "${clusterId}"`);
     config.clusterId = clusterId;

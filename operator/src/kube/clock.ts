@@ -4,8 +4,8 @@ export interface Timer {
 }
 
 /**
- * Time as the operator sees it. Injected everywhere a decision depends on time or a delay, so unit tests can use
- * {@link FakeClock} and never sleep.
+ * Time as the operator sees it. Injected everywhere a decision depends on time or a delay, so unit tests can use a
+ * fake clock (test/support/fake-clock.ts) and never sleep.
  */
 export interface Clock {
   /** Milliseconds since the epoch. */
@@ -25,60 +25,3 @@ export const realClock: Clock = {
     return { cancel: () => { clearTimeout(handle); } };
   },
 };
-
-interface PendingTimer {
-  at: number;
-  seq: number;
-  fn: () => void;
-}
-
-/** A clock that moves only when told to; due timers fire in time order during {@link FakeClock.advance}. */
-export class FakeClock implements Clock {
-  private current: number;
-  private seq = 0;
-  private readonly timers = new Set<PendingTimer>();
-
-  constructor(start: Date | number = Date.UTC(2026, 0, 1)) {
-    this.current = typeof start === "number" ? start : start.getTime();
-  }
-
-  nowMs(): number {
-    return this.current;
-  }
-
-  now(): Date {
-    return new Date(this.current);
-  }
-
-  setTimer(ms: number, fn: () => void): Timer {
-    const timer: PendingTimer = { at: this.current + Math.max(0, ms), seq: this.seq++, fn };
-    this.timers.add(timer);
-    return { cancel: () => this.timers.delete(timer) };
-  }
-
-  /** Timers not yet fired. */
-  get pending(): number {
-    return this.timers.size;
-  }
-
-  /** Moves time forward by `ms`, firing every timer that falls due on the way (including ones they schedule). */
-  advance(ms: number): void {
-    const target = this.current + ms;
-    for (;;) {
-      const next = this.nextDue(target);
-      if (!next) break;
-      this.timers.delete(next);
-      this.current = next.at;
-      next.fn();
-    }
-    this.current = target;
-  }
-
-  private nextDue(limit: number): PendingTimer | undefined {
-    let best: PendingTimer | undefined;
-    for (const t of this.timers) {
-      if (t.at <= limit && (!best || t.at < best.at || (t.at === best.at && t.seq < best.seq))) best = t;
-    }
-    return best;
-  }
-}

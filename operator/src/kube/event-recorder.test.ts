@@ -2,7 +2,7 @@ import { ApiException, type CoreV1Event } from "@kubernetes/client-node";
 import { expect } from "chai";
 import { Writable } from "node:stream";
 import { createLogger } from "../observability/logger.js";
-import { FakeClock } from "./clock.js";
+import { FakeClock } from "../../../test/support/fake-clock.js";
 import { AGGREGATE_WINDOW_MS, EventRecorder, MAX_MESSAGE_BYTES, MAX_TRACKED_SERIES, cropUtf8, type EventTarget, type EventsApi } from "./event-recorder.js";
 
 type CreateRequest = Parameters<EventsApi["createNamespacedEvent"]>[0];

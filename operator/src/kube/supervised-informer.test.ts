@@ -1,7 +1,7 @@
 import type { ErrorCallback, Informer, KubernetesObject, ObjectCache, ObjectCallback } from "@kubernetes/client-node";
 import { expect } from "chai";
 import winston from "winston";
-import { FakeClock } from "./clock.js";
+import { FakeClock } from "../../../test/support/fake-clock.js";
 import { InformerSyncError, SupervisedInformer, type RestartReason, type SupervisedInformerOptions } from "./supervised-informer.js";
 
 type ObjectVerb = "add" | "update" | "delete";

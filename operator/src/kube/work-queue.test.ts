@@ -1,5 +1,5 @@
 import { expect } from "chai";
-import { FakeClock } from "./clock.js";
+import { FakeClock } from "../../../test/support/fake-clock.js";
 import { WorkQueue, type Reconcile, type ReconcileResult, type WorkQueueOptions } from "./work-queue.js";
 
 interface Deferred<T> { promise: Promise<T>; resolve(value: T): void; reject(error: unknown): void }

@@ -14,7 +14,7 @@ const scheduled = (priority: number, at = `2026-03-01T12:00:${String(10 + seq).p
   const id = `00000000-0000-4000-8000-${String(seq).padStart(12, "0")}`;
   return {
     id, priority, agent_query_rules: ["queue=q"], scheduled_at: at,
-    pipeline: { slug: "p", uuid: "pu" }, build: { uuid: "bu", number: 7, branch: "main" }, step: { key: null },
+    pipeline: { slug: "p" }, build: { number: 7, branch: "main" }, step: { key: null },
   };
 };
 const job = (uuid: string, status: BuildkiteJobStatus = {}, annotations: Record<string, string> = {}): BuildkiteJob => {

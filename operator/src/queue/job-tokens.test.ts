@@ -3,7 +3,7 @@ import { queueFixture } from "../../../test/support/fixtures.js";
 import type { ConditionUpdate } from "../api/conditions.js";
 import type { BuildkiteQueueSpec } from "../api/generated/buildkite-queue.js";
 import { BuildkiteApiError } from "../buildkite/errors.js";
-import { FakeClock } from "../kube/clock.js";
+import { FakeClock } from "../../../test/support/fake-clock.js";
 import type { KubeClients } from "../kube/resources.js";
 import { JobTokens } from "./job-tokens.js";
 

@@ -2,8 +2,8 @@ import { createServer, type IncomingHttpHeaders, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { Writable } from "node:stream";
 import type { Logger } from "winston";
-import type { FakeClock } from "../kube/clock.js";
-import { createLogger } from "../observability/logger.js";
+import { createLogger } from "../../operator/src/observability/logger.js";
+import type { FakeClock } from "./fake-clock.js";
 
 /** Test-only helpers for the Buildkite client tests: a scripted HTTP server, a captured logger, clock driving. */
 

@@ -1,5 +1,5 @@
 import { expect } from "chai";
-import { FakeClock } from "../kube/clock.js";
+import { FakeClock } from "../../../test/support/fake-clock.js";
 import { DutySchedule } from "./duty-schedule.js";
 
 describe("DutySchedule", () => {

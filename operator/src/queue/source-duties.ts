@@ -39,6 +39,11 @@ export class SourceMemory {
   lastStates: ReadonlyMap<string, JobState> = new Map();
   /** BuildkiteJobs created but maybe not in the cache yet, by name, with when: counted as taking a slot. */
   readonly recentlyCreated = new Map<string, number>();
+  /**
+   * Jobs a dispatch recorded and is reserving now: an extension must not reserve them first (jobs are reserved in
+   * priority order, a whole batch at a time).
+   */
+  readonly reserving = new Set<string>();
   /** Timeline facts already sent per job uuid (jobs first seen after a restart start with what they show then). */
   readonly notified = new Map<string, Set<string>>();
 }
@@ -88,15 +93,22 @@ export async function dispatch(s: Scope): Promise<void> {
   const mode = decision.take.length > 0 ? await s.tokens.modeFor(queue, conn, decision.take[0]?.id ?? "") : "none";
   const take = mode === "none" ? [] : decision.take;
   const choice = (uuid: string): JobTokenChoice => mode === "job" ? { tokenSecret: jobTokenSecretName(uuid) } : { pending: true };
-  const created: BuildkiteJob[] = [];
+  // Created side by side (every job taken has a free slot; one by one, a burst would wait on as many round trips),
+  // reserved in one call in the order they should start.
+  const made = new Map<string, BuildkiteJob>();
   await eachLimited(take, CREATE_CONCURRENCY, async (job) => {
-    const made = await createJob(s, jobResourceFor(queue, job, conn.key, choice(job.id)));
-    if (made) created.push(made);
+    memory.reserving.add(job.id);
+    const record = await createJob(s, jobResourceFor(queue, job, conn.key, choice(job.id)));
+    if (record) made.set(job.id, record);
   });
-  if (created.length > 0) faultPoint("after-create-jobs");
-  const reclaimed = jobs.filter((j) => decision.reclaim.includes(j.spec.uuid));
-  if (created.length + reclaimed.length === 0) return;
-  await reserveAndRelease(s, created, reclaimed);
+  const created = take.flatMap((job) => made.get(job.id) ?? []);
+  try {
+    if (created.length > 0) faultPoint("after-create-jobs");
+    const reclaimed = jobs.filter((j) => decision.reclaim.includes(j.spec.uuid));
+    if (created.length + reclaimed.length > 0) await reserveAndRelease(s, created, reclaimed);
+  } finally {
+    for (const job of take) memory.reserving.delete(job.id);
+  }
 }
 
 /**
@@ -172,7 +184,8 @@ export async function maintain(s: Scope): Promise<void> {
   const ours = jobs.filter((j) => j.metadata.annotations?.[ANNOTATIONS.stack] === conn.key);
   const live = new Set(ours.filter((j) => !isTerminal(j.status?.phase)).map((j) => j.spec.uuid));
   for (const uuid of memory.lastReservedMs.keys()) if (!live.has(uuid)) memory.lastReservedMs.delete(uuid);
-  const due = new Set(reservationsToExtend(ours, memory.lastReservedMs, ctx.clock.nowMs(), s.reservationExpirySeconds, memory.lastStates));
+  const due = new Set(reservationsToExtend(ours, memory.lastReservedMs, ctx.clock.nowMs(), s.reservationExpirySeconds, memory.lastStates)
+    .filter((uuid) => !memory.reserving.has(uuid)));
   if (due.size > 0) await reserveAndRelease(s, [], ours.filter((j) => due.has(j.spec.uuid)));
   const young = (uuid: string): boolean => memory.recentlyCreated.has(jobResourceName(uuid));
   await issueTokens(s, s.tokens.awaiting(jobs, young).filter((j) => !due.has(j.spec.uuid)));

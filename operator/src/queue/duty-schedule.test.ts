@@ -1,6 +1,7 @@
 import { expect } from "chai";
 import { FakeClock } from "../../../test/support/fake-clock.js";
 import { DutySchedule } from "./duty-schedule.js";
+import { dutiesToRun } from "./job-source.js";
 
 describe("DutySchedule", () => {
   it("backs a failing duty off on its own while another stays due every cycle", () => {
@@ -36,5 +37,14 @@ describe("DutySchedule", () => {
     duties.succeeded("states");
     expect(duties.due("states")).to.equal(true);
     expect(duties.failed("states"), "a success starts the backoff over").to.equal(1_000);
+  });
+});
+
+describe("dutiesToRun", () => {
+  it("takes no job and marks none from a cache that may be stale, and takes none for a queue being deleted", () => {
+    expect(dutiesToRun({ staleCache: false, deleting: false })).to.deep.equal(["dispatch", "maintain", "states", "report"]);
+    expect(dutiesToRun({ staleCache: true, deleting: false }), "stale: keep what is held, decide nothing new").to.deep.equal(["maintain", "report"]);
+    expect(dutiesToRun({ staleCache: false, deleting: true })).to.deep.equal(["maintain", "states", "report"]);
+    expect(dutiesToRun({ staleCache: true, deleting: true })).to.deep.equal(["maintain", "report"]);
   });
 });

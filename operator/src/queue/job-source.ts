@@ -18,7 +18,18 @@ export { DEFAULT_JOB_SOURCE_SETTINGS, type JobSourceSettings } from "./stack-con
  * The duties of a job source, each running, failing and backing off on its own: a list that fails (or hangs in its
  * retries) never holds up extensions, state checks or reports.
  */
-type DutyName = "dispatch" | "maintain" | "states" | "report";
+export type DutyName = "dispatch" | "maintain" | "states" | "report";
+
+/**
+ * The duties a cycle may start. Taking a job (dispatch) and marking jobs Buildkite took back or never handed to an
+ * agent (states) act on what the cache does not hold (no BuildkiteJob yet, a free slot, no report yet): never on a
+ * cache that may be stale. A queue being deleted takes no new job; its stack stays registered so its jobs can still
+ * be extended, checked and reported on. Pure.
+ */
+export function dutiesToRun(state: { staleCache: boolean; deleting: boolean }): DutyName[] {
+  if (state.staleCache) return ["maintain", "report"];
+  return state.deleting ? ["maintain", "states", "report"] : ["dispatch", "maintain", "states", "report"];
+}
 
 /**
  * The one owner of everything Buildkite for one BuildkiteQueue: the connection and registration of its stack,
@@ -146,17 +157,16 @@ export class QueueJobSource {
       jobs: this.ctx.caches.jobs.list(namespace).filter((j) => j.spec.queueRef.name === name),
       setCondition: (update) => { this.setCondition(update, queue); },
     };
-    // Taking a job acts on what the cache does not hold (no BuildkiteJob yet, a free slot): never on a stale cache.
-    // A queue being deleted takes no new job; its stack stays registered so its jobs can still be reported on.
     const stale = this.ctx.cacheProblem?.();
     if (stale !== undefined) {
       this.setCondition({ type: "Dispatching", status: "False", reason: "CacheNotReady", message: `No jobs are taken while the operator's view of the cluster may be out of date: ${stale}.` }, queue);
-    } else if (!queue.metadata.deletionTimestamp) {
-      this.duty("dispatch", queue, () => dispatch(scope));
     }
-    this.duty("maintain", queue, () => maintain(scope));
-    if (stale === undefined) this.duty("states", queue, () => checkStates(scope), this.settings.stateCheckIntervalMs);
-    this.duty("report", queue, () => report(scope));
+    const run: Record<DutyName, () => Promise<void>> = {
+      dispatch: () => dispatch(scope), maintain: () => maintain(scope), states: () => checkStates(scope), report: () => report(scope),
+    };
+    for (const name of dutiesToRun({ staleCache: stale !== undefined, deleting: queue.metadata.deletionTimestamp !== undefined })) {
+      this.duty(name, queue, run[name], name === "states" ? this.settings.stateCheckIntervalMs : 0);
+    }
     notifyTimeline(scope);
   }
 

@@ -4,6 +4,7 @@ import { BUILDKITE_JOB, type BuildkiteJob, type BuildkiteJobStatus } from "../ap
 import type { BuildkiteQueue } from "../api/generated/buildkite-queue.js";
 import { setCondition, type ConditionUpdate } from "../api/conditions.js";
 import { ANNOTATIONS } from "../api/keys.js";
+import { faultPoint } from "../fault-points.js";
 import { BuildkiteApiError } from "../buildkite/errors.js";
 import type { Controller, ControllerContext } from "../kube/controller.js";
 import { apiMessage, isConflict, isForbidden, isInvalid, isNotFound } from "../kube/field-manager.js";
@@ -208,6 +209,7 @@ export class JobController implements Controller {
     try {
       const pod = await this.ctx.clients.core.createNamespacedPod({ namespace, body });
       this.ctx.logger.info("Created pod", { namespace, job: job.metadata.name, pod: pod.metadata?.name, slot });
+      faultPoint("after-pod-create");
       return { pod };
     } catch (err) {
       // A pod of this name exists (the cache lags behind an earlier create): read it back instead of creating twice.

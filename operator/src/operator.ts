@@ -7,6 +7,7 @@ import { isTerminal } from "./job/phase.js";
 import { realClock, type Clock } from "./kube/clock.js";
 import type { Controller, ControllerContext } from "./kube/controller.js";
 import { EventRecorder } from "./kube/event-recorder.js";
+import { Expectations } from "./kube/expectations.js";
 import { createInformers, type InformerSet } from "./kube/informers.js";
 import { LeaderElector } from "./kube/leader-election.js";
 import { keyOf } from "./kube/resources.js";
@@ -101,7 +102,7 @@ export class Operator {
     countRequests(kc, metrics);
     reuseConnections(kc);
     const allowedEndpoints = (options.allowedEndpoints ?? [BUILDKITE_AGENT_ENDPOINT]).map(normalizeEndpoint);
-    const base: ControllerContext = { clients, caches: informers.caches, clock, logger, recorder, metrics, stacks: NO_STACKS };
+    const base: ControllerContext = { clients, caches: informers.caches, clock, logger, recorder, metrics, stacks: NO_STACKS, expectations: new Expectations(clock) };
     // The queue work queue exists before the job sources, which enqueue a queue when its Buildkite conditions change.
     let enqueueQueue: (key: string) => void = () => undefined;
     const sources = options.buildkite === false ? undefined : new JobSources(base, {

@@ -10,11 +10,11 @@ import type { Controller, ControllerContext } from "../kube/controller.js";
 import { apiMessage, isConflict, isForbidden, isInvalid, isNotFound } from "../kube/field-manager.js";
 import { deleteCustomObject, keyOf, patchStatus, splitKey } from "../kube/resources.js";
 import type { ReconcileResult } from "../kube/work-queue.js";
+import { decideSlot, queueCapacity } from "../capacity/queue-capacity.js";
 import { isTerminal } from "./phase.js";
 import { ensureCacheClaims } from "./ensure-claims.js";
 import { neverAcquired, planJob, REPORTED, type JobPlan } from "./plan.js";
 import { buildPod } from "./pod-builder.js";
-import { decideSlot, type SlotView } from "./slots.js";
 import { DEFAULT_START_TIMEOUTS, type StartTimeouts } from "./stuck.js";
 
 /**
@@ -24,11 +24,6 @@ import { DEFAULT_START_TIMEOUTS, type StartTimeouts } from "./stuck.js";
  */
 export class JobController implements Controller {
   readonly name = "buildkitejob";
-  /**
-   * Slots handed out by this process that the job cache may not show yet. Without it, two jobs of one queue
-   * reconciled back to back could both see a slot as free before either status write comes back through the watch.
-   */
-  private readonly reservedSlots = new Map<string, number>();
 
   constructor(private readonly ctx: ControllerContext, private readonly timeouts: StartTimeouts = DEFAULT_START_TIMEOUTS) {}
 
@@ -36,8 +31,8 @@ export class JobController implements Controller {
     const { namespace, name } = splitKey(key);
     let job = this.ctx.caches.jobs.get(name, namespace);
     if (!job) {
-      // Gone: its pod goes with it through the ownerReference and the garbage collector.
-      this.reservedSlots.delete(key);
+      // Gone: its pod goes with it through the ownerReference and the garbage collector, and so does its slot.
+      this.ctx.expectations.forget(key);
       return;
     }
     let plan = await this.plan(key, job);
@@ -51,19 +46,26 @@ export class JobController implements Controller {
         plan = await this.plan(key, job);
       }
     }
-    // A slot set aside for a pod that this plan does not create goes back to the queue.
-    if (!plan.actions.includes("createPod") && job.status?.slot === undefined) this.reservedSlots.delete(key);
     return this.perform(key, job, this.ctx.caches.queues.get(job.spec.queueRef.name, namespace), plan);
   }
 
+  /**
+   * Plans the job, deciding its slot from the queue's capacity and setting aside the slot of a pod it is to create, in
+   * one synchronous step: another worker deciding for another job of the queue in between would see the slot free.
+   */
   private async plan(key: string, job: BuildkiteJob): Promise<JobPlan> {
     const queue = this.ctx.caches.queues.get(job.spec.queueRef.name, job.metadata.namespace ?? "");
     const pod = await this.currentPod(job);
-    const slot = queue ? decideSlot(job, this.slotViews(queue), queue.spec) : { waiting: { position: 0, free: 0 } };
-    // Set aside in the same synchronous step as the decision: another worker deciding for another job of this queue
-    // between the two would otherwise see the same slot free.
-    if ("slot" in slot && job.status?.slot === undefined) this.reservedSlots.set(key, slot.slot);
-    return planJob({ job, queue, pod, slot, timeouts: this.timeouts }, this.ctx.clock.now());
+    const capacity = queue ? queueCapacity(queue, this.ctx.caches, this.ctx.expectations) : undefined;
+    const slot = capacity ? decideSlot(capacity, job) : { waiting: { position: 0, free: 0 } };
+    const plan = planJob({ job, queue, pod, slot, timeouts: this.timeouts }, this.ctx.clock.now());
+    // The slot of a pod this plan creates stays taken until the caches show it; any other slot set aside goes back.
+    if (queue && plan.actions.includes("createPod") && plan.status.slot !== undefined && job.status?.slot === undefined) {
+      this.ctx.expectations.assigned(keyOf(queue), key, plan.status.slot);
+    } else {
+      this.ctx.expectations.forget(key);
+    }
+    return plan;
   }
 
   private async readJob(namespace: string, name: string): Promise<BuildkiteJob | undefined> {
@@ -90,20 +92,6 @@ export class JobController implements Controller {
     }
   }
 
-  private slotViews(queue: BuildkiteQueue): SlotView[] {
-    const namespace = queue.metadata.namespace ?? "";
-    return this.ctx.caches.jobs.list(namespace)
-      .filter((j) => j.spec.queueRef.name === queue.metadata.name)
-      .map((j) => {
-        const key = keyOf(j);
-        // A reservation ends once the cache itself shows the slot (or the end): only then can every other job's
-        // decision see it. Ending it on a live read would let the lagging cache hand the same slot out again.
-        if (j.status?.slot !== undefined || isTerminal(j.status?.phase)) this.reservedSlots.delete(key);
-        const reserved = this.reservedSlots.get(key);
-        return { job: j, hasPod: this.ctx.caches.pods.get(j.metadata.name ?? "", namespace) !== undefined, ...(reserved !== undefined ? { reserved } : {}) };
-      });
-  }
-
   private async perform(key: string, job: BuildkiteJob, queue: BuildkiteQueue | undefined, plan: JobPlan): Promise<ReconcileResult> {
     let status = plan.status;
     let stored = job.status ?? {};
@@ -116,12 +104,12 @@ export class JobController implements Controller {
           if ("wait" in created) {
             // Its claim is going away (a surplus claim, or one a person deleted): the slot goes back, and the job is
             // looked at again once the claim is gone and can be made anew.
-            this.reservedSlots.delete(key);
+            this.ctx.expectations.forget(key);
             this.ctx.logger.info("Waiting before creating pod", { namespace: job.metadata.namespace, job: job.metadata.name, why: created.wait });
             return { requeueAfterMs: 2_000 };
           }
           if ("rejected" in created) {
-            this.reservedSlots.delete(key);
+            this.ctx.expectations.forget(key);
             const message = `${created.rejected}. Fix the queue's settings (or the namespace's policies); the job was not run.`;
             status = { ...status, phase: "Failed", reason: "PodRejected", message, finishedAt: this.ctx.clock.now().toISOString() };
             events.push({ type: "Warning", reason: "PodRejected", message });

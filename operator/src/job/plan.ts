@@ -5,7 +5,7 @@ import type { BuildkiteQueue } from "../api/generated/buildkite-queue.js";
 import { ANNOTATIONS } from "../api/keys.js";
 import { concurrency, shapeResources } from "../api/shapes.js";
 import { isTerminal, podOutcome } from "./phase.js";
-import type { SlotDecision } from "./slots.js";
+import type { SlotDecision } from "../capacity/queue-capacity.js";
 import { DEFAULT_START_TIMEOUTS, stuckPod, type StartTimeouts } from "./stuck.js";
 
 /** What the job controller saw for one BuildkiteJob (from the caches, confirmed live where it matters). */

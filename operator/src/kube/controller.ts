@@ -7,6 +7,7 @@ import type { StackDirectory } from "../buildkite/stack-directory.js";
 import type { Metrics } from "../observability/metrics.js";
 import type { Clock } from "./clock.js";
 import type { EventRecorder } from "./event-recorder.js";
+import type { Expectations } from "./expectations.js";
 import type { KubeClients } from "./resources.js";
 import type { ReconcileResult } from "./work-queue.js";
 
@@ -34,6 +35,8 @@ export interface ControllerContext {
   logger: Logger;
   recorder: EventRecorder;
   metrics: Metrics;
+  /** What this process created or assigned that the caches may not show yet; shared by the job controller and sources. */
+  expectations: Expectations;
   /** Each queue's Buildkite stack, for reporting on its jobs. */
   stacks: StackDirectory;
   /** Each queue's AWS credentials check (CredentialsReady), when the operator runs one. */

@@ -115,6 +115,21 @@ describe("seatOf", () => {
     expect(seatOf(j, podOf(j, 2))).to.include({ slot: 2, shape: "LINUX_AMD64_2X4", hasPod: true });
   });
 
+  it("takes the slot and shape from the job's own pod when the status has none (the write after the pod's create was lost)", () => {
+    const j = job(1, 0, { phase: "Pending", reason: "WaitingForSlot", shape: "LINUX_AMD64_2X4" });
+    const seat = seatOf(j, podOf(j, 3));
+    expect(seat).to.include({ slot: 3, shape: "LINUX_AMD64_8X32", hasPod: true });
+    expect(seatVCPU(seat, "LINUX_AMD64_2X4")).to.equal(8);
+  });
+
+  it("never takes the slot from a pod of the same name that another (earlier) BuildkiteJob owns", () => {
+    const earlier = job(1);
+    const pod = podOf(earlier, 3);
+    const again = job(1);
+    again.metadata.uid = "uid-again";
+    expect(seatOf(again, pod)).to.deep.equal({ job: again, hasPod: true });
+  });
+
   it("takes a slot this process handed out last, and never for an object only created", () => {
     expect(seatOf(job(1), undefined, { kind: "assigned", slot: 1 })).to.include({ slot: 1, hasPod: false });
     expect(seatOf(job(1), undefined, { kind: "created" })).to.not.have.property("slot");
@@ -136,14 +151,21 @@ describe("queueCapacity", () => {
     pods = [];
   });
 
-  it("holds a slot handed out until the caches show it on the job, then drops the expectation", () => {
-    jobs = [job(1), job(2)];
-    expectations.assigned(QUEUE, "ci/bkj-00000000-0000-4000-8000-000000000001", 0);
+  it("after a crash between a pod's create and its status write, counts the slot the pod records: no second job gets it", () => {
+    const crashed = job(1, 0, { phase: "Pending", reason: "WaitingForSlot" });
+    jobs = [crashed, job(2), job(3)];
+    pods = [buildPod(queue, crashed, 0)];
     const capacity = read();
     expect(decideSlot(capacity, job(2))).to.deep.equal({ slot: 1 });
-    expect(jobCounts(capacity)).to.deep.equal({ active: 1, waiting: 1 });
-    expect(heldVCPU(capacity)).to.equal(4);
-    jobs = [job(1, 0, { phase: "Pending", slot: 0, shape: "LINUX_AMD64_2X4" }), job(2)];
+    expect(jobCounts(capacity)).to.deep.equal({ active: 1, waiting: 2 });
+    expect(heldVCPU(capacity)).to.equal(6);
+  });
+
+  it("holds a slot handed out until the caches show it on the job or its pod, then drops the expectation", () => {
+    jobs = [job(1), job(2)];
+    expectations.assigned(QUEUE, "ci/bkj-00000000-0000-4000-8000-000000000001", 0);
+    expect(decideSlot(read(), job(2))).to.deep.equal({ slot: 1 });
+    pods = [buildPod(queue, job(1), 0)];
     expect(decideSlot(read(), job(2))).to.deep.equal({ slot: 1 });
     expect(expectations.has(QUEUE, "ci/bkj-00000000-0000-4000-8000-000000000001")).to.equal(false);
   });

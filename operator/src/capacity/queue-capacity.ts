@@ -1,6 +1,7 @@
 import type { V1Pod } from "@kubernetes/client-node";
 import type { BuildkiteJob } from "../api/generated/buildkite-job.js";
 import type { BuildkiteQueue, BuildkiteQueueSpec } from "../api/generated/buildkite-queue.js";
+import { LABELS } from "../api/keys.js";
 import { shapeResources, type InstanceShape } from "../api/shapes.js";
 import { isTerminal } from "../job/phase.js";
 import type { Caches } from "../kube/controller.js";
@@ -39,20 +40,36 @@ export interface QueueCapacity {
   expectedJobs: readonly string[];
 }
 
+/** The slot and shape a job's pod was built for, from the labels the pod builder puts on it. */
+export function podSlot(pod: V1Pod | undefined): { slot?: number; shape?: string } {
+  const labels = pod?.metadata?.labels ?? {};
+  const value = labels[LABELS.slot] ?? "";
+  const slot = /^\d+$/.test(value) ? Number(value) : undefined;
+  const shape = labels[LABELS.shape];
+  return { ...(slot !== undefined ? { slot } : {}), ...(slot !== undefined && shape !== undefined ? { shape } : {}) };
+}
+
+/** Whether `pod` is `job`'s own (a pod of the same name may be left from an earlier BuildkiteJob). */
+const ownPod = (job: BuildkiteJob, pod: V1Pod | undefined): V1Pod | undefined =>
+  pod?.metadata?.ownerReferences?.some((o) => o.controller === true && o.uid === job.metadata.uid) === true ? pod : undefined;
+
 /**
- * What a job holds, the first found: the slot its status records, with the shape recorded with it; else the slot this
- * process handed it, which the caches do not show yet.
+ * What a job holds, the first found: the slot its status records, with the shape recorded with it; else the slot on
+ * its pod (the status write after the pod's create was lost, e.g. to a crash: the pod is the record of its slot);
+ * else the slot this process handed it, which the caches do not show yet.
  */
 export function seatOf(job: BuildkiteJob, pod: V1Pod | undefined, expected?: Expected): Seat {
   const hasPod = pod !== undefined;
   const status = job.status ?? {};
   if (status.slot !== undefined) return { job, slot: status.slot, ...(status.shape !== undefined ? { shape: status.shape } : {}), hasPod };
+  const onPod = podSlot(ownPod(job, pod));
+  if (onPod.slot !== undefined) return { job, ...onPod, hasPod };
   return expected?.kind === "assigned" ? { job, slot: expected.slot, hasPod } : { job, hasPod };
 }
 
 /**
  * Reads one queue's capacity from the caches and `expectations`. Expectations the caches now show are dropped on the
- * way: a created job once the job cache has it, a handed-out slot once the job records it (or the job ended).
+ * way: a created job once the job cache has it, a handed-out slot once the job or its pod records it (or the job ended).
  */
 export function queueCapacity(queue: BuildkiteQueue, caches: Pick<Caches, "jobs" | "pods">, expectations: Expectations): QueueCapacity {
   const namespace = queue.metadata.namespace ?? "";
@@ -62,7 +79,7 @@ export function queueCapacity(queue: BuildkiteQueue, caches: Pick<Caches, "jobs"
     const cached = byKey.get(key);
     if (expected.kind === "created") return cached !== undefined;
     // A job gone from the cache keeps its slot until the job controller forgets it (it sees the job deleted).
-    return cached !== undefined && (cached.job.status?.slot !== undefined || isTerminal(cached.job.status?.phase));
+    return cached !== undefined && (seatOf(cached.job, cached.pod).slot !== undefined || isTerminal(cached.job.status?.phase));
   });
   const seats = [...byKey].map(([key, { job, pod }]) => seatOf(job, pod, pending.get(key)));
   const expectedJobs = [...pending].filter(([key, e]) => e.kind === "created" && !byKey.has(key)).map(([key]) => splitKey(key).name);

@@ -10,7 +10,7 @@ import type { Controller, ControllerContext } from "../kube/controller.js";
 import { apiMessage, isConflict, isForbidden, isInvalid, isNotFound } from "../kube/field-manager.js";
 import { deleteCustomObject, keyOf, patchStatus, splitKey } from "../kube/resources.js";
 import type { ReconcileResult } from "../kube/work-queue.js";
-import { decideSlot, queueCapacity } from "../capacity/queue-capacity.js";
+import { decideSlot, queueCapacity, seatOf } from "../capacity/queue-capacity.js";
 import { isTerminal } from "./phase.js";
 import { ensureCacheClaims } from "./ensure-claims.js";
 import { neverAcquired, planJob, REPORTED, type JobPlan } from "./plan.js";
@@ -60,7 +60,7 @@ export class JobController implements Controller {
     const slot = capacity ? decideSlot(capacity, job) : { waiting: { position: 0, free: 0 } };
     const plan = planJob({ job, queue, pod, slot, timeouts: this.timeouts }, this.ctx.clock.now());
     // The slot of a pod this plan creates stays taken until the caches show it; any other slot set aside goes back.
-    if (queue && plan.actions.includes("createPod") && plan.status.slot !== undefined && job.status?.slot === undefined) {
+    if (queue && plan.actions.includes("createPod") && plan.status.slot !== undefined && seatOf(job, pod).slot === undefined) {
       this.ctx.expectations.assigned(keyOf(queue), key, plan.status.slot);
     } else {
       this.ctx.expectations.forget(key);

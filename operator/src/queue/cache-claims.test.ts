@@ -5,6 +5,7 @@ import type { BuildkiteJob, BuildkiteJobStatus } from "../api/generated/buildkit
 import type { BuildkiteQueueSpec } from "../api/generated/buildkite-queue.js";
 import { seatOf, type Seat } from "../capacity/queue-capacity.js";
 import { surplusCacheClaims } from "./cache-claims.js";
+import { buildPod } from "../job/pod-builder.js";
 import { desiredCacheClaims } from "./children.js";
 
 const gomod = { name: "gomod", size: "20Gi", mountPath: "/c", scope: "Pipeline" as const };
@@ -68,6 +69,13 @@ describe("surplusCacheClaims", () => {
     expect(decide([high], { jobs: [assigned] }).kept).to.deep.equal([nameOf(high)]);
     const ended = seat(job("web", { phase: "Failed", reason: "PodRejected" }));
     expect(decide([high], { jobs: [ended, seat(job("deploy"))] }).remove).to.deep.equal([nameOf(high)]);
+  });
+
+  it("keeps a surplus claim for a job whose slot only its pod records (the status write after the pod was lost)", () => {
+    const high = claimOf("web", 3);
+    const crashed = job("web", { phase: "Pending" });
+    const pod = buildPod(queueOf(), crashed, 3);
+    expect(decide([high], { jobs: [seatOf(crashed, pod)] })).to.deep.equal({ remove: [], kept: [nameOf(high)] });
   });
 
   it("keeps a removed cache's claim for a job of its scope, whichever scope kind the cache had", () => {

@@ -6,6 +6,7 @@ import { ANNOTATIONS } from "../api/keys.js";
 import { jobResourceName } from "../api/names.js";
 import type { JobState, ScheduledJob } from "../buildkite/types.js";
 import type { SlotLimits } from "../capacity/queue-capacity.js";
+import { buildPod } from "../job/pod-builder.js";
 import { FakeClock } from "../kube/clock.js";
 import { Expectations } from "../kube/expectations.js";
 import { memoryCache } from "../../../test/support/memory-cache.js";
@@ -112,6 +113,14 @@ describe("dispatchRoom", () => {
     jobs = [running, done, created];
     expect(room().unfinishedVCPU).to.equal(4);
     expect(expectations.has(QUEUE, `ci/${created.metadata.name ?? ""}`)).to.equal(false);
+  });
+
+  it("counts a job whose slot only its pod records at the shape the pod was built with", () => {
+    const crashed = job("d0000000-0000-4000-8000-000000000001", { phase: "Pending" });
+    crashed.metadata.uid = "uid-crashed";
+    jobs = [crashed];
+    pods = [buildPod(queueFixture({ instanceShape: "LINUX_AMD64_4X16", maxVCPU: 8 }), crashed, 0)];
+    expect(room().unfinishedVCPU).to.equal(4);
   });
 });
 

@@ -7,7 +7,7 @@ import { ANNOTATIONS } from "../api/keys.js";
 import { faultPoint } from "../fault-points.js";
 import { BuildkiteApiError } from "../buildkite/errors.js";
 import type { Controller, ControllerContext } from "../kube/controller.js";
-import { apiMessage, isConflict, isForbidden, isInvalid, isNotFound } from "../kube/field-manager.js";
+import { apiMessage, createRefusal, isConflict, isNotFound } from "../kube/field-manager.js";
 import { deleteCustomObject, keyOf, patchStatus, splitKey } from "../kube/resources.js";
 import type { ReconcileResult } from "../kube/work-queue.js";
 import { decideSlot, queueCapacity, seatOf } from "../capacity/queue-capacity.js";
@@ -202,10 +202,9 @@ export class JobController implements Controller {
     } catch (err) {
       // A pod of this name exists (the cache lags behind an earlier create): read it back instead of creating twice.
       if (isConflict(err)) return { pod: await this.ctx.clients.core.readNamespacedPod({ name: body.metadata?.name ?? "", namespace }) };
-      // The operator's own RBAC lacks a verb: a deployment mistake that fixing its Role (or ClusterRole) cures, so retry.
-      if (isForbidden(err) && apiMessage(err).includes("cannot create resource")) throw err;
-      // Admission (PodSecurity, quotas, webhooks) or validation refused it: retrying the same pod cannot help.
-      if (isForbidden(err) || isInvalid(err)) return { rejected: `The API server refused the job's pod: ${apiMessage(err)}` };
+      // Admission (PodSecurity, quotas, webhooks) or validation refused it: retrying the same pod cannot help. The
+      // operator's own RBAC lacking the verb ("denied") is a deployment mistake that fixing its role cures: retried.
+      if (createRefusal(err) === "refused") return { rejected: `The API server refused the job's pod: ${apiMessage(err)}` };
       throw err;
     }
   }

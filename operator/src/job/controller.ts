@@ -11,10 +11,10 @@ import { apiMessage, createRefusal, isConflict, isNotFound } from "../kube/field
 import { deleteCustomObject, keyOf, patchStatus, splitKey } from "../kube/resources.js";
 import type { ReconcileResult } from "../kube/work-queue.js";
 import { decideSlot, queueCapacity, seatOf } from "../capacity/queue-capacity.js";
-import { isTerminal } from "./phase.js";
 import { ensureCacheClaims } from "./ensure-claims.js";
 import { neverAcquired, planJob, REPORTED, type JobPlan } from "./plan.js";
 import { buildPod } from "./pod-builder.js";
+import { afterPodCreate, mustConfirmPodGone, needsLiveRead, slotToHold, type PodCreation } from "./steps.js";
 import { DEFAULT_START_TIMEOUTS, type StartTimeouts } from "./stuck.js";
 
 /**
@@ -36,9 +36,7 @@ export class JobController implements Controller {
       return;
     }
     let plan = await this.plan(key, job);
-    if (plan.actions.includes("createPod") || plan.status.reason === "PodDeleted") {
-      // Both decisions are irreversible (a second run, a lost result), so they are never made on a cache that may
-      // lag: the job is read live and, if it moved on, planned again.
+    if (needsLiveRead(plan)) {
       const live = await this.readJob(namespace, name);
       if (!live) return;
       if (live.metadata.resourceVersion !== job.metadata.resourceVersion) {
@@ -54,17 +52,15 @@ export class JobController implements Controller {
    * one synchronous step: another worker deciding for another job of the queue in between would see the slot free.
    */
   private async plan(key: string, job: BuildkiteJob): Promise<JobPlan> {
-    const queue = this.ctx.caches.queues.get(job.spec.queueRef.name, job.metadata.namespace ?? "");
+    const namespace = job.metadata.namespace ?? "";
+    const queue = this.ctx.caches.queues.get(job.spec.queueRef.name, namespace);
     const pod = await this.currentPod(job);
     const capacity = queue ? queueCapacity(queue, this.ctx.caches, this.ctx.expectations) : undefined;
     const slot = capacity ? decideSlot(capacity, job) : { waiting: { position: 0, free: 0 } };
     const plan = planJob({ job, queue, pod, slot, timeouts: this.timeouts }, this.ctx.clock.now());
-    // The slot of a pod this plan creates stays taken until the caches show it; any other slot set aside goes back.
-    if (queue && plan.actions.includes("createPod") && plan.status.slot !== undefined && seatOf(job, pod).slot === undefined) {
-      this.ctx.expectations.assigned(keyOf(queue), key, plan.status.slot);
-    } else {
-      this.ctx.expectations.forget(key);
-    }
+    const hold = slotToHold(plan, seatOf(job, pod).slot);
+    if (queue && hold !== undefined) this.ctx.expectations.assigned(keyOf(queue), key, hold);
+    else this.ctx.expectations.forget(key);
     return plan;
   }
 
@@ -83,7 +79,7 @@ export class JobController implements Controller {
     const name = job.metadata.name ?? "";
     const namespace = job.metadata.namespace ?? "";
     const cached = this.ctx.caches.pods.get(name, namespace);
-    if (cached || !job.status?.podUID || isTerminal(job.status.phase)) return cached;
+    if (!mustConfirmPodGone(job, cached)) return cached;
     try {
       return await this.ctx.clients.core.readNamespacedPod({ name, namespace });
     } catch (err) {
@@ -100,22 +96,15 @@ export class JobController implements Controller {
       switch (action) {
         case "createPod": {
           if (!queue || status.slot === undefined) break;
-          const created = await this.createPod(queue, job, status.slot);
-          if ("wait" in created) {
-            // Its claim is going away (a surplus claim, or one a person deleted): the slot goes back, and the job is
-            // looked at again once the claim is gone and can be made anew.
+          const after = afterPodCreate(status, await this.createPod(queue, job, status.slot), this.ctx.clock.now());
+          if ("waitMs" in after) {
+            // The slot goes back meanwhile: the job is looked at again once its claim is gone and can be made anew.
             this.ctx.expectations.forget(key);
-            this.ctx.logger.info("Waiting before creating pod", { namespace: job.metadata.namespace, job: job.metadata.name, why: created.wait });
-            return { requeueAfterMs: 2_000 };
+            this.ctx.logger.info("Waiting before creating pod", { namespace: job.metadata.namespace, job: job.metadata.name, why: after.why });
+            return { requeueAfterMs: after.waitMs };
           }
-          if ("rejected" in created) {
-            this.ctx.expectations.forget(key);
-            const message = `${created.rejected}. Fix the queue's settings (or the namespace's policies); the job was not run.`;
-            status = { ...status, phase: "Failed", reason: "PodRejected", message, finishedAt: this.ctx.clock.now().toISOString() };
-            events.push({ type: "Warning", reason: "PodRejected", message });
-          } else {
-            status = { ...status, podName: created.pod.metadata?.name ?? "", podUID: created.pod.metadata?.uid ?? "", podCreatedAt: this.ctx.clock.now().toISOString() };
-          }
+          status = after.status;
+          events.push(...after.events);
           break;
         }
         case "deletePod":
@@ -188,7 +177,7 @@ export class JobController implements Controller {
     if (after.nodeName !== undefined && before.nodeName === undefined) stack.notifier.add(uuid, `Pod placed on node ${after.nodeName}.`);
   }
 
-  private async createPod(queue: BuildkiteQueue, job: BuildkiteJob, slot: number): Promise<{ pod: V1Pod } | { rejected: string } | { wait: string }> {
+  private async createPod(queue: BuildkiteQueue, job: BuildkiteJob, slot: number): Promise<PodCreation> {
     // The cache claims of the job's scope and slot first: a pod whose claim is missing would never be scheduled.
     const claims = await ensureCacheClaims(this.ctx, queue, job, slot);
     if (!("ready" in claims)) return claims;

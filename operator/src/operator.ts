@@ -7,6 +7,7 @@ import { isTerminal } from "./job/phase.js";
 import { realClock, type Clock } from "./kube/clock.js";
 import type { Controller, ControllerContext } from "./kube/controller.js";
 import { EventRecorder } from "./kube/event-recorder.js";
+import { Expectations } from "./kube/expectations.js";
 import { createInformers, type InformerSet } from "./kube/informers.js";
 import { LeaderElector } from "./kube/leader-election.js";
 import { keyOf } from "./kube/resources.js";
@@ -102,7 +103,7 @@ export class Operator {
     reuseConnections(kc);
     const allowedEndpoints = (options.allowedEndpoints ?? [BUILDKITE_AGENT_ENDPOINT]).map(normalizeEndpoint);
     const cacheProblem = (): string | undefined => informerProblem(informers);
-    const ctx: ControllerContext = { clients, caches: informers.caches, clock, logger, recorder, metrics, cacheProblem };
+    const ctx: ControllerContext = { clients, caches: informers.caches, clock, logger, recorder, metrics, cacheProblem, expectations: new Expectations(clock) };
     const tokens = new AgentTokenReader(clients, clock, allowedEndpoints);
     // The queue work queue exists before the job sources, which enqueue a queue when its Buildkite conditions change.
     let enqueueQueue: (key: string) => void = () => undefined;

@@ -8,6 +8,7 @@ import { CredentialsPreflight } from "../../operator/src/aws/credentials-preflig
 import { realClock } from "../../operator/src/kube/clock.js";
 import type { ControllerContext, ReadCache } from "../../operator/src/kube/controller.js";
 import { EventRecorder } from "../../operator/src/kube/event-recorder.js";
+import { Expectations } from "../../operator/src/kube/expectations.js";
 import { createInformers, type InformerSet } from "../../operator/src/kube/informers.js";
 import { createLogger, type Logger } from "../../operator/src/observability/logger.js";
 import { Metrics } from "../../operator/src/observability/metrics.js";
@@ -78,7 +79,7 @@ describe("AWS credentials preflight (real API server tokens, fake STS)", functio
     const ctx: ControllerContext = {
       clients: { core: kc.makeApiClient(CoreV1Api), custom: kc.makeApiClient(CustomObjectsApi), objects: KubernetesObjectApi.makeApiClient(kc) },
       caches: { ...informers.caches, queues: only },
-      clock: realClock, logger, recorder, metrics: new Metrics(undefined, { processMetrics: false }),
+      clock: realClock, logger, recorder, metrics: new Metrics(undefined, { processMetrics: false }), expectations: new Expectations(realClock),
     };
     changed = [];
     const p = new CredentialsPreflight(ctx, { stsEndpoint: sts.url, recheckIntervalMs: 300_000, maxBackoffMs: 2_000 }, (key) => { changed.push(key); });

@@ -10,8 +10,13 @@ export const LABELS = {
   jobUuid: "buildkite.com/job-uuid",
   /** Role of the object: "job" for job pods. */
   component: "app.kubernetes.io/component",
-  /** Concurrency slot of a cache PVC. */
+  /**
+   * Concurrency slot of a cache PVC, and of a job pod: the pod is the record of the slot its job holds until the job's
+   * status records it too (a crash between the two must not free the slot).
+   */
   slot: "buildkite.com/slot",
+  /** On a job pod: the queue's instance shape it was built with, so the vCPU it holds is known from the pod alone. */
+  shape: "buildkite.com/shape",
   /**
    * Put by a person on a Secret that holds a Buildkite agent token (value "true"): the operator sends a queue's
    * token to Buildkite only from a Secret so marked, so a queue cannot make it send any other Secret anywhere.

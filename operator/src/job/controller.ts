@@ -2,15 +2,16 @@ import type { V1Pod } from "@kubernetes/client-node";
 import { isDeepStrictEqual } from "node:util";
 import { BUILDKITE_JOB, type BuildkiteJob, type BuildkiteJobStatus } from "../api/generated/buildkite-job.js";
 import type { BuildkiteQueue } from "../api/generated/buildkite-queue.js";
+import { faultPoint } from "../fault-points.js";
 import type { Controller, ControllerContext } from "../kube/controller.js";
-import { apiMessage, isConflict, isForbidden, isInvalid, isNotFound } from "../kube/field-manager.js";
+import { apiMessage, createRefusal, isConflict, isNotFound } from "../kube/field-manager.js";
 import { deleteCustomObject, keyOf, patchStatus, splitKey } from "../kube/resources.js";
 import type { ReconcileResult } from "../kube/work-queue.js";
-import { isTerminal } from "./phase.js";
+import { decideSlot, queueCapacity, seatOf } from "../capacity/queue-capacity.js";
 import { ensureCacheClaims } from "./ensure-claims.js";
 import { planJob, type JobPlan } from "./plan.js";
 import { buildPod } from "./pod-builder.js";
-import { decideSlot, type SlotView } from "./slots.js";
+import { afterPodCreate, mustConfirmPodGone, needsLiveRead, slotToHold, type PodCreation } from "./steps.js";
 import { DEFAULT_START_TIMEOUTS, type StartTimeouts } from "./stuck.js";
 
 /**
@@ -21,11 +22,6 @@ import { DEFAULT_START_TIMEOUTS, type StartTimeouts } from "./stuck.js";
  */
 export class JobController implements Controller {
   readonly name = "buildkitejob";
-  /**
-   * Slots handed out by this process that the job cache may not show yet. Without it, two jobs of one queue
-   * reconciled back to back could both see a slot as free before either status write comes back through the watch.
-   */
-  private readonly reservedSlots = new Map<string, number>();
 
   constructor(private readonly ctx: ControllerContext, private readonly timeouts: StartTimeouts = DEFAULT_START_TIMEOUTS) {}
 
@@ -33,14 +29,12 @@ export class JobController implements Controller {
     const { namespace, name } = splitKey(key);
     let job = this.ctx.caches.jobs.get(name, namespace);
     if (!job) {
-      // Gone: its pod goes with it through the ownerReference and the garbage collector.
-      this.reservedSlots.delete(key);
+      // Gone: its pod goes with it through the ownerReference and the garbage collector, and so does its slot.
+      this.ctx.expectations.forget(key);
       return;
     }
     let plan = await this.plan(key, job);
-    if (plan.actions.includes("createPod") || plan.status.reason === "PodDeleted") {
-      // Both decisions are irreversible (a second run, a lost result), so they are never made on a cache that may
-      // lag: the job is read live and, if it moved on, planned again.
+    if (needsLiveRead(plan)) {
       const live = await this.readJob(namespace, name);
       if (!live) return;
       if (live.metadata.resourceVersion !== job.metadata.resourceVersion) {
@@ -48,19 +42,24 @@ export class JobController implements Controller {
         plan = await this.plan(key, job);
       }
     }
-    // A slot set aside for a pod that this plan does not create goes back to the queue.
-    if (!plan.actions.includes("createPod") && job.status?.slot === undefined) this.reservedSlots.delete(key);
     return this.perform(key, job, this.ctx.caches.queues.get(job.spec.queueRef.name, namespace), plan);
   }
 
+  /**
+   * Plans the job, deciding its slot from the queue's capacity and setting aside the slot of a pod it is to create, in
+   * one synchronous step: another worker deciding for another job of the queue in between would see the slot free.
+   */
   private async plan(key: string, job: BuildkiteJob): Promise<JobPlan> {
-    const queue = this.ctx.caches.queues.get(job.spec.queueRef.name, job.metadata.namespace ?? "");
+    const namespace = job.metadata.namespace ?? "";
+    const queue = this.ctx.caches.queues.get(job.spec.queueRef.name, namespace);
     const pod = await this.currentPod(job);
-    const slot = queue ? decideSlot(job, this.slotViews(queue), queue.spec) : { waiting: { position: 0, free: 0 } };
-    // Set aside in the same synchronous step as the decision: another worker deciding for another job of this queue
-    // between the two would otherwise see the same slot free.
-    if ("slot" in slot && job.status?.slot === undefined) this.reservedSlots.set(key, slot.slot);
-    return planJob({ job, queue, pod, slot, timeouts: this.timeouts }, this.ctx.clock.now());
+    const capacity = queue ? queueCapacity(queue, this.ctx.caches, this.ctx.expectations) : undefined;
+    const slot = capacity ? decideSlot(capacity, job) : { waiting: { position: 0, free: 0 } };
+    const plan = planJob({ job, queue, pod, slot, timeouts: this.timeouts }, this.ctx.clock.now());
+    const hold = slotToHold(plan, seatOf(job, pod).slot);
+    if (queue && hold !== undefined) this.ctx.expectations.assigned(keyOf(queue), key, hold);
+    else this.ctx.expectations.forget(key);
+    return plan;
   }
 
   private async readJob(namespace: string, name: string): Promise<BuildkiteJob | undefined> {
@@ -78,27 +77,13 @@ export class JobController implements Controller {
     const name = job.metadata.name ?? "";
     const namespace = job.metadata.namespace ?? "";
     const cached = this.ctx.caches.pods.get(name, namespace);
-    if (cached || !job.status?.podUID || isTerminal(job.status.phase)) return cached;
+    if (!mustConfirmPodGone(job, cached)) return cached;
     try {
       return await this.ctx.clients.core.readNamespacedPod({ name, namespace });
     } catch (err) {
       if (isNotFound(err)) return undefined;
       throw err;
     }
-  }
-
-  private slotViews(queue: BuildkiteQueue): SlotView[] {
-    const namespace = queue.metadata.namespace ?? "";
-    return this.ctx.caches.jobs.list(namespace)
-      .filter((j) => j.spec.queueRef.name === queue.metadata.name)
-      .map((j) => {
-        const key = keyOf(j);
-        // A reservation ends once the cache itself shows the slot (or the end): only then can every other job's
-        // decision see it. Ending it on a live read would let the lagging cache hand the same slot out again.
-        if (j.status?.slot !== undefined || isTerminal(j.status?.phase)) this.reservedSlots.delete(key);
-        const reserved = this.reservedSlots.get(key);
-        return { job: j, hasPod: this.ctx.caches.pods.get(j.metadata.name ?? "", namespace) !== undefined, ...(reserved !== undefined ? { reserved } : {}) };
-      });
   }
 
   private async perform(key: string, job: BuildkiteJob, queue: BuildkiteQueue | undefined, plan: JobPlan): Promise<ReconcileResult> {
@@ -109,22 +94,15 @@ export class JobController implements Controller {
       switch (action) {
         case "createPod": {
           if (!queue || status.slot === undefined) break;
-          const created = await this.createPod(queue, job, status.slot);
-          if ("wait" in created) {
-            // Its claim is going away (a surplus claim, or one a person deleted): the slot goes back, and the job is
-            // looked at again once the claim is gone and can be made anew.
-            this.reservedSlots.delete(key);
-            this.ctx.logger.info("Waiting before creating pod", { namespace: job.metadata.namespace, job: job.metadata.name, why: created.wait });
-            return { requeueAfterMs: 2_000 };
+          const after = afterPodCreate(status, await this.createPod(queue, job, status.slot), this.ctx.clock.now());
+          if ("waitMs" in after) {
+            // The slot goes back meanwhile: the job is looked at again once its claim is gone and can be made anew.
+            this.ctx.expectations.forget(key);
+            this.ctx.logger.info("Waiting before creating pod", { namespace: job.metadata.namespace, job: job.metadata.name, why: after.why });
+            return { requeueAfterMs: after.waitMs };
           }
-          if ("rejected" in created) {
-            this.reservedSlots.delete(key);
-            const message = `${created.rejected}. Fix the queue's settings (or the namespace's policies); the job was not run.`;
-            status = { ...status, phase: "Failed", reason: "PodRejected", message, finishedAt: this.ctx.clock.now().toISOString() };
-            events.push({ type: "Warning", reason: "PodRejected", message });
-          } else {
-            status = { ...status, podName: created.pod.metadata?.name ?? "", podUID: created.pod.metadata?.uid ?? "", podCreatedAt: this.ctx.clock.now().toISOString() };
-          }
+          status = after.status;
+          events.push(...after.events);
           break;
         }
         case "deletePod":
@@ -145,7 +123,7 @@ export class JobController implements Controller {
     return plan.requeueAfterMs !== undefined ? { requeueAfterMs: plan.requeueAfterMs } : undefined;
   }
 
-  private async createPod(queue: BuildkiteQueue, job: BuildkiteJob, slot: number): Promise<{ pod: V1Pod } | { rejected: string } | { wait: string }> {
+  private async createPod(queue: BuildkiteQueue, job: BuildkiteJob, slot: number): Promise<PodCreation> {
     // The cache claims of the job's scope and slot first: a pod whose claim is missing would never be scheduled.
     const claims = await ensureCacheClaims(this.ctx, queue, job, slot);
     if (!("ready" in claims)) return claims;
@@ -154,14 +132,14 @@ export class JobController implements Controller {
     try {
       const pod = await this.ctx.clients.core.createNamespacedPod({ namespace, body });
       this.ctx.logger.info("Created pod", { namespace, job: job.metadata.name, pod: pod.metadata?.name, slot });
+      faultPoint("after-pod-create");
       return { pod };
     } catch (err) {
       // A pod of this name exists (the cache lags behind an earlier create): read it back instead of creating twice.
       if (isConflict(err)) return { pod: await this.ctx.clients.core.readNamespacedPod({ name: body.metadata?.name ?? "", namespace }) };
-      // The operator's own RBAC lacks a verb: a deployment mistake that fixing its Role (or ClusterRole) cures, so retry.
-      if (isForbidden(err) && apiMessage(err).includes("cannot create resource")) throw err;
-      // Admission (PodSecurity, quotas, webhooks) or validation refused it: retrying the same pod cannot help.
-      if (isForbidden(err) || isInvalid(err)) return { rejected: `The API server refused the job's pod: ${apiMessage(err)}` };
+      // Admission (PodSecurity, quotas, webhooks) or validation refused it: retrying the same pod cannot help. The
+      // operator's own RBAC lacking the verb ("denied") is a deployment mistake that fixing its role cures: retried.
+      if (createRefusal(err) === "refused") return { rejected: `The API server refused the job's pod: ${apiMessage(err)}` };
       throw err;
     }
   }

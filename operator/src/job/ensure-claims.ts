@@ -2,7 +2,7 @@ import type { V1PersistentVolumeClaim } from "@kubernetes/client-node";
 import type { BuildkiteJob } from "../api/generated/buildkite-job.js";
 import type { BuildkiteQueue } from "../api/generated/buildkite-queue.js";
 import type { ControllerContext } from "../kube/controller.js";
-import { apiMessage, isAlreadyExists, isForbidden, isInvalid } from "../kube/field-manager.js";
+import { apiMessage, createRefusal, isAlreadyExists } from "../kube/field-manager.js";
 import { desiredCacheClaims } from "../queue/children.js";
 
 /** Whether a job's pod can be made now: its claims exist, one is going away (look again soon), or one is refused. */
@@ -39,10 +39,9 @@ async function create(ctx: ControllerContext, claim: V1PersistentVolumeClaim): P
   } catch (err) {
     // Made a moment ago by another job of the scope (or the cache lags): read it, to check what it is.
     if (isAlreadyExists(err)) return ctx.clients.core.readNamespacedPersistentVolumeClaim({ name, namespace });
-    // The operator's own RBAC lacks a verb: a deployment mistake that fixing the ClusterRole cures, so retry.
-    if (isForbidden(err) && apiMessage(err).includes("cannot create resource")) throw err;
-    // A quota or a policy refused it: retrying the same claim cannot help.
-    if (isForbidden(err) || isInvalid(err)) return { rejected: `The API server refused cache claim ${name}: ${apiMessage(err)}` };
+    // A quota or a policy refused it: retrying the same claim cannot help. The operator's own RBAC lacking the verb
+    // ("denied") is a deployment mistake that fixing its role cures, so that is retried.
+    if (createRefusal(err) === "refused") return { rejected: `The API server refused cache claim ${name}: ${apiMessage(err)}` };
     throw err;
   }
 }

@@ -48,6 +48,17 @@ describe("planJob", () => {
     expect(plan.requeueAfterMs).to.be.greaterThan(0);
   });
 
+  it("takes the slot and shape from the job's pod when its status lost them (the write after the pod's create), and keeps a recorded slot", () => {
+    const job = jobWith({ phase: "Pending", reason: "WaitingForSlot", shape: "LINUX_AMD64_2X4" });
+    const pod = podOf(job, { phase: "Running", startTime: now }, "node-a");
+    if (pod.metadata) pod.metadata.labels = { "buildkite.com/slot": "2", "buildkite.com/shape": "LINUX_AMD64_4X16" };
+    const plan = planJob({ job, queue: readyQueue(), pod, slot: { waiting: { position: 1, free: 0 } } }, now);
+    expect(plan.actions).to.deep.equal([]);
+    expect(plan.status).to.include({ phase: "Running", slot: 2, shape: "LINUX_AMD64_4X16", podUID: "pod-uid" });
+    const recorded = jobWith({ phase: "Running", podUID: "pod-uid", slot: 1, shape: "LINUX_AMD64_2X4" });
+    expect(planJob({ job: recorded, queue: readyQueue(), pod, slot: free }, now).status).to.include({ slot: 1, shape: "LINUX_AMD64_2X4" });
+  });
+
   it("follows the pod: unschedulable → Pending with the scheduler's words, placed → Starting, Running", () => {
     const job = jobWith({ phase: "Pending", podUID: "pod-uid" });
     const unschedulable = planJob({ job, queue: readyQueue(), pod: podOf(job, { phase: "Pending", conditions: [{ type: "PodScheduled", status: "False", reason: "Unschedulable", message: "0/4 nodes are available: 4 Insufficient cpu." }] }), slot: free }, now);

@@ -5,7 +5,7 @@ import type { BuildkiteQueue } from "../api/generated/buildkite-queue.js";
 import { ANNOTATIONS } from "../api/keys.js";
 import { concurrency, shapeResources } from "../api/shapes.js";
 import { isTerminal, podOutcome } from "./phase.js";
-import type { SlotDecision } from "./slots.js";
+import { podSlot, type SlotDecision } from "../capacity/queue-capacity.js";
 import { DEFAULT_START_TIMEOUTS, stuckPod, type StartTimeouts } from "./stuck.js";
 
 /** What the job controller saw for one BuildkiteJob (from the caches, confirmed live where it matters). */
@@ -112,6 +112,8 @@ export function planJob(obs: JobObservation, now: Date): JobPlan {
     const terminal = isTerminal(outcome.phase);
     const status: BuildkiteJobStatus = {
       ...current,
+      // A status without the slot its pod runs in (the write after the pod's create was lost): the pod records it.
+      ...(current.slot === undefined ? podSlot(pod) : {}),
       ...outcome,
       podName: pod.metadata?.name ?? "",
       podUID: pod.metadata?.uid ?? "",

@@ -66,10 +66,12 @@ describe("buildPod", () => {
     expect(buildPod(queueFixture({ maxJobDurationSeconds: 600 }), job).spec?.activeDeadlineSeconds).to.equal(600);
   });
 
-  it("labels the pod, owns it by its BuildkiteJob and records a stable spec hash", () => {
+  it("labels the pod (with the slot and shape it runs in), owns it by its BuildkiteJob and records a stable spec hash", () => {
     const pod = buildPod(queueFixture(), job);
     expect(pod.metadata?.name).to.equal(job.metadata.name);
     expect(pod.metadata?.labels).to.include({ "buildkite.com/queue": "linux", "buildkite.com/job": job.metadata.name, "app.kubernetes.io/managed-by": "buildkite-operator" });
+    expect(pod.metadata?.labels).to.include({ "buildkite.com/slot": "0", "buildkite.com/shape": "LINUX_AMD64_4X16" });
+    expect(buildPod(queueFixture(), job, 3).metadata?.labels).to.include({ "buildkite.com/slot": "3" });
     expect(pod.metadata?.ownerReferences).to.deep.equal([{ apiVersion: "buildkite.com/v1alpha1", kind: "BuildkiteJob", name: job.metadata.name, uid: job.metadata.uid, controller: true, blockOwnerDeletion: true }]);
     const hash = pod.metadata?.annotations?.["buildkite.com/spec-hash"];
     expect(hash).to.match(/^[0-9a-f]{16}$/);

@@ -95,6 +95,8 @@ export function buildPod(queue: BuildkiteQueue, job: BuildkiteJob, slot = 0): V1
         [LABELS.queue]: queue.metadata.name ?? "",
         [LABELS.job]: name,
         [LABELS.jobUuid]: job.spec.uuid.toLowerCase(),
+        [LABELS.slot]: String(slot),
+        [LABELS.shape]: spec.instanceShape,
       },
       annotations: { ...template.annotations },
       ownerReferences: [{

@@ -5,6 +5,7 @@ import type { BuildkiteQueue } from "../api/generated/buildkite-queue.js";
 import type { Metrics } from "../observability/metrics.js";
 import type { Clock } from "./clock.js";
 import type { EventRecorder } from "./event-recorder.js";
+import type { Expectations } from "./expectations.js";
 import type { KubeClients } from "./resources.js";
 import type { ReconcileResult } from "./work-queue.js";
 
@@ -41,6 +42,8 @@ export interface ControllerContext {
    * Decisions that act on the absence of something (nothing holds this job, this slot is free) wait while it says so.
    */
   cacheProblem?: () => string | undefined;
+  /** What this process created or assigned that the caches may not show yet; shared by the job controller and sources. */
+  expectations: Expectations;
 }
 
 /** A level-based controller: informer callbacks map objects to keys; `reconcile(key)` makes the world match. */

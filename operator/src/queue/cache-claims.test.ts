@@ -3,8 +3,9 @@ import { expect } from "chai";
 import { jobFixture, queueFixture } from "../../../test/support/fixtures.js";
 import type { BuildkiteJob, BuildkiteJobStatus } from "../api/generated/buildkite-job.js";
 import type { BuildkiteQueueSpec } from "../api/generated/buildkite-queue.js";
-import type { SlotView } from "../job/slots.js";
+import { seatOf, type Seat } from "../capacity/queue-capacity.js";
 import { surplusCacheClaims } from "./cache-claims.js";
+import { buildPod } from "../job/pod-builder.js";
 import { desiredCacheClaims } from "./children.js";
 
 const gomod = { name: "gomod", size: "20Gi", mountPath: "/c", scope: "Pipeline" as const };
@@ -25,8 +26,12 @@ function claimOf(pipeline: string, slot: number, queue = queueOf()): V1Persisten
 }
 const podMounting = (claim: V1PersistentVolumeClaim): V1Pod => ({ spec: { containers: [], volumes: [{ name: "cache-gomod", persistentVolumeClaim: { claimName: claim.metadata?.name ?? "" } }] } });
 const nameOf = (c: V1PersistentVolumeClaim) => c.metadata?.name ?? "";
-const decide = (claims: V1PersistentVolumeClaim[], opts: { queue?: ReturnType<typeof queueOf>; jobs?: SlotView[]; pods?: V1Pod[] } = {}) =>
-  surplusCacheClaims({ queue: opts.queue ?? queueOf(), claims, jobs: opts.jobs ?? [], pods: opts.pods ?? [] });
+/** A job as capacity sees it, without a pod unless `hasPod`. */
+const seat = (j: BuildkiteJob, hasPod = false): Seat => ({ ...seatOf(j, undefined), hasPod });
+const decide = (claims: V1PersistentVolumeClaim[], opts: { queue?: ReturnType<typeof queueOf>; jobs?: Seat[]; pods?: V1Pod[] } = {}) => {
+  const queue = opts.queue ?? queueOf();
+  return surplusCacheClaims({ queue, claims, capacity: { limits: queue.spec, seats: opts.jobs ?? [], expectedJobs: [] }, pods: opts.pods ?? [] });
+};
 
 describe("surplusCacheClaims", () => {
   it("keeps every scope's claims below the slot limit, idle or not: they are the cache", () => {
@@ -49,37 +54,44 @@ describe("surplusCacheClaims", () => {
   it("keeps a surplus claim while a pod mounts it or a job of its scope holds its slot", () => {
     const high = claimOf("web", 3);
     expect(decide([high], { pods: [podMounting(high)] })).to.deep.equal({ remove: [], kept: [nameOf(high)] });
-    const holder: SlotView = { job: job("web", { phase: "Pending", slot: 3, shape: "LINUX_AMD64_4X16" }), hasPod: false };
+    const holder = seat(job("web", { phase: "Pending", slot: 3, shape: "LINUX_AMD64_4X16" }));
     expect(decide([high], { jobs: [holder] })).to.deep.equal({ remove: [], kept: [nameOf(high)] });
-    const otherSlot: SlotView = { job: job("web", { phase: "Running", slot: 0, shape: "LINUX_AMD64_4X16" }), hasPod: true };
-    const otherScope: SlotView = { job: job("deploy", { phase: "Pending", slot: 3, shape: "LINUX_AMD64_4X16" }), hasPod: false };
+    const otherSlot = seat(job("web", { phase: "Running", slot: 0, shape: "LINUX_AMD64_4X16" }), true);
+    const otherScope = seat(job("deploy", { phase: "Pending", slot: 3, shape: "LINUX_AMD64_4X16" }));
     expect(decide([high], { jobs: [otherSlot, otherScope] }).remove).to.deep.equal([nameOf(high)]);
   });
 
   it("keeps a surplus claim while a job of its scope has no slot yet (its claim is made before its pod and its slot)", () => {
     const high = claimOf("web", 3);
-    const starting: SlotView = { job: job("web", { phase: "Pending", reason: "WaitingForSlot" }), hasPod: false };
+    const starting = seat(job("web", { phase: "Pending", reason: "WaitingForSlot" }));
     expect(decide([high], { jobs: [starting] }).kept).to.deep.equal([nameOf(high)]);
-    const reserved: SlotView = { job: job("web"), hasPod: false, reserved: 3 };
-    expect(decide([high], { jobs: [reserved] }).kept).to.deep.equal([nameOf(high)]);
-    const ended: SlotView = { job: job("web", { phase: "Failed", reason: "PodRejected" }), hasPod: false };
-    expect(decide([high], { jobs: [ended, { job: job("deploy"), hasPod: false }] }).remove).to.deep.equal([nameOf(high)]);
+    const assigned = seatOf(job("web"), undefined, { kind: "assigned", slot: 3 });
+    expect(decide([high], { jobs: [assigned] }).kept).to.deep.equal([nameOf(high)]);
+    const ended = seat(job("web", { phase: "Failed", reason: "PodRejected" }));
+    expect(decide([high], { jobs: [ended, seat(job("deploy"))] }).remove).to.deep.equal([nameOf(high)]);
+  });
+
+  it("keeps a surplus claim for a job whose slot only its pod records (the status write after the pod was lost)", () => {
+    const high = claimOf("web", 3);
+    const crashed = job("web", { phase: "Pending" });
+    const pod = buildPod(queueOf(), crashed, 3);
+    expect(decide([high], { jobs: [seatOf(crashed, pod)] })).to.deep.equal({ remove: [], kept: [nameOf(high)] });
   });
 
   it("keeps a removed cache's claim for a job of its scope, whichever scope kind the cache had", () => {
     const branchQueue = queueOf({ cache: [{ ...gomod, scope: "Branch" }] });
     const claim = desiredCacheClaims(branchQueue, job("web"), 0)[0];
     if (!claim) throw new Error("no claim");
-    const holder: SlotView = { job: job("web", { phase: "Running", slot: 0, shape: "LINUX_AMD64_4X16" }), hasPod: true };
+    const holder = seat(job("web", { phase: "Running", slot: 0, shape: "LINUX_AMD64_4X16" }), true);
     expect(decide([claim], { queue: queueOf({ cache: [] }), jobs: [holder] }).kept).to.deep.equal([nameOf(claim)]);
   });
 
   it("keeps the slot indexes of a smaller shape while its jobs run, and removes them after", () => {
     // 2X4 → 4X16 with maxVCPU 8: a 2X4 job still runs, so indexes up to 3 may still be handed out.
-    const running: SlotView = { job: job("web", { phase: "Running", slot: 0, shape: "LINUX_AMD64_2X4" }), hasPod: true };
+    const running = seat(job("web", { phase: "Running", slot: 0, shape: "LINUX_AMD64_2X4" }), true);
     const three = claimOf("web", 3);
     expect(decide([three], { jobs: [running] }).remove).to.deep.equal([]);
-    const ended: SlotView = { job: job("web", { phase: "Succeeded", slot: 0, shape: "LINUX_AMD64_2X4" }), hasPod: false };
+    const ended = seat(job("web", { phase: "Succeeded", slot: 0, shape: "LINUX_AMD64_2X4" }));
     expect(decide([three], { jobs: [ended] }).remove).to.deep.equal([nameOf(three)]);
   });
 

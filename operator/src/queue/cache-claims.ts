@@ -2,16 +2,16 @@ import type { V1PersistentVolumeClaim, V1Pod } from "@kubernetes/client-node";
 import type { BuildkiteQueue } from "../api/generated/buildkite-queue.js";
 import { LABELS } from "../api/keys.js";
 import { cacheScope } from "../api/names.js";
+import { occupies, slotLimit, type QueueCapacity } from "../capacity/queue-capacity.js";
 import { isTerminal } from "../job/phase.js";
-import { occupies, slotLimit, type SlotView } from "../job/slots.js";
 
 /** What the queue controller knows about one queue's cache claims, from the caches. */
 export interface ClaimObservation {
   queue: BuildkiteQueue;
   /** The claims of the namespace (those of other queues are skipped). */
   claims: readonly V1PersistentVolumeClaim[];
-  /** The queue's BuildkiteJobs, as the slot decision sees them. */
-  jobs: readonly SlotView[];
+  /** The queue's capacity: its BuildkiteJobs and the slots they hold, as the slot decision sees them. */
+  capacity: QueueCapacity;
   /** Pods of the namespace: a claim one of them mounts is in use. */
   pods: readonly V1Pod[];
 }
@@ -40,7 +40,7 @@ interface Candidate {
  */
 export function surplusCacheClaims(obs: ClaimObservation): SurplusClaims {
   const { queue } = obs;
-  const limit = slotLimit(queue.spec, obs.jobs);
+  const limit = slotLimit(obs.capacity);
   const caches = new Set((queue.spec.cache ?? []).map((c) => c.name));
   const candidates: Candidate[] = [];
   for (const claim of obs.claims) {
@@ -68,12 +68,11 @@ export function surplusCacheClaims(obs: ClaimObservation): SurplusClaims {
  */
 function usedScopes(obs: ClaimObservation, caches: ReadonlySet<string>): Set<string> {
   const used = new Set<string>();
-  for (const v of obs.jobs) {
-    const slot = v.job.status?.slot ?? v.reserved;
-    const starting = slot === undefined && !isTerminal(v.job.status?.phase);
-    if (!occupies(v) && !starting) continue;
+  for (const seat of obs.capacity.seats) {
+    const starting = seat.slot === undefined && !isTerminal(seat.job.status?.phase);
+    if (!occupies(seat) && !starting) continue;
     for (const name of caches) {
-      for (const scope of ["Pipeline", "Branch"] as const) used.add(`${name}/${cacheScope(obs.queue, { name, scope }, v.job).key}/${slot ?? "*"}`);
+      for (const scope of ["Pipeline", "Branch"] as const) used.add(`${name}/${cacheScope(obs.queue, { name, scope }, seat.job).key}/${seat.slot ?? "*"}`);
     }
   }
   return used;

@@ -11,7 +11,7 @@ import type { Controller, ControllerContext, ReadCache } from "../kube/controlle
 import { apiMessage, isForbidden, isInvalid, isNotFound } from "../kube/field-manager.js";
 import { annotate, apply, patchStatus, setFinalizer, splitKey } from "../kube/resources.js";
 import type { ReconcileResult } from "../kube/work-queue.js";
-import { isTerminal } from "../job/phase.js";
+import { jobCounts, queueCapacity } from "../capacity/queue-capacity.js";
 import { surplusCacheClaims } from "./cache-claims.js";
 import { planDeletion } from "./deletion.js";
 import { desiredNetworkPolicy, desiredServiceAccount } from "./children.js";
@@ -88,10 +88,10 @@ export class QueueController implements Controller {
     const childError = await this.applyChildren(queue);
     const claimsKept = await this.deleteSurplusClaims(queue);
     const secret = await this.sides.tokens.state(queue);
-    const unfinished = this.ctx.caches.jobs.list(namespace).filter((j) => j.spec.queueRef.name === name && !isTerminal(j.status?.phase));
-    const activeJobs = unfinished.filter((j) => j.status?.slot !== undefined).length;
+    const counts = jobCounts(queueCapacity(queue, this.ctx.caches, this.ctx.expectations));
+    const activeJobs = counts.active;
     const observation: QueueObservation = {
-      queue, activeJobs, waitingJobs: unfinished.length - activeJobs, secret, endpointRefused: endpointRefusal(queue, this.settings.allowedEndpoints), buildkite: [...this.sides.buildkite.conditions(key), ...this.sides.credentials.conditions(key)], ...(childError ? { childError } : {}),
+      queue, activeJobs, waitingJobs: counts.waiting, secret, endpointRefused: endpointRefusal(queue, this.settings.allowedEndpoints), buildkite: [...this.sides.buildkite.conditions(key), ...this.sides.credentials.conditions(key)], ...(childError ? { childError } : {}),
     };
     const status = planQueueStatus(observation, this.ctx.clock.now());
     this.ctx.metrics.slots(key, activeJobs, status.concurrency ?? 0);
@@ -194,9 +194,8 @@ export class QueueController implements Controller {
   private async deleteSurplusClaims(queue: BuildkiteQueue): Promise<boolean> {
     const namespace = queue.metadata.namespace ?? "";
     const { caches } = this.ctx;
-    const jobs = caches.jobs.list(namespace).filter((j) => j.spec.queueRef.name === queue.metadata.name)
-      .map((job) => ({ job, hasPod: caches.pods.get(job.metadata.name ?? "", namespace) !== undefined }));
-    const surplus = surplusCacheClaims({ queue, claims: caches.claims.list(namespace), jobs, pods: caches.pods.list(namespace) });
+    const capacity = queueCapacity(queue, caches, this.ctx.expectations);
+    const surplus = surplusCacheClaims({ queue, claims: caches.claims.list(namespace), capacity, pods: caches.pods.list(namespace) });
     for (const name of surplus.remove) {
       await this.ctx.clients.core.deleteNamespacedPersistentVolumeClaim({ name, namespace }).catch((err: unknown) => {
         if (!isNotFound(err)) throw err;

@@ -1,12 +1,24 @@
+import type { V1Pod } from "@kubernetes/client-node";
 import { expect } from "chai";
 import { jobFixture, queueFixture } from "../../../test/support/fixtures.js";
 import type { BuildkiteJob, BuildkiteJobStatus } from "../api/generated/buildkite-job.js";
 import { ANNOTATIONS } from "../api/keys.js";
 import { jobResourceName } from "../api/names.js";
 import type { JobState, ScheduledJob } from "../buildkite/types.js";
-import type { SlotLimits } from "../job/slots.js";
-import { afterReserve, chooseReservations, finishDetail, jobResourceFor, recentlyEnded, reportsDue, reservationsToExtend, stranded, takenBack, timelineNotes, unfinishedVCPU } from "./dispatch.js";
+import type { SlotLimits } from "../capacity/queue-capacity.js";
+import { buildPod } from "../job/pod-builder.js";
+import { FakeClock } from "../../../test/support/fake-clock.js";
+import { Expectations } from "../kube/expectations.js";
+import { memoryCache } from "../../../test/support/memory-cache.js";
+import { afterReserve, chooseReservations, dispatchRoom, finishDetail, jobResourceFor, recentlyEnded, reportsDue, reservationsToExtend, stranded, takenBack, timelineNotes } from "./dispatch.js";
 import { reportAnnotation, RESERVATION_PENDING } from "../job/plan.js";
+
+/** The vCPU a queue's unfinished jobs hold, as the job source reads it (plus `created` jobs not yet in the cache). */
+const heldBy = (jobs: BuildkiteJob[], limits: SlotLimits, created = 0): number => {
+  const expectations = new Expectations(new FakeClock());
+  for (let i = 0; i < created; i++) expectations.created("ci/linux", `ci/created-${String(i)}`);
+  return dispatchRoom(queueFixture(limits), { jobs: memoryCache(() => jobs), pods: memoryCache(() => []) }, expectations).unfinishedVCPU;
+};
 
 let seq = 0;
 const scheduled = (priority: number, at = `2026-03-01T12:00:${String(10 + seq).padStart(2, "0")}Z`): ScheduledJob => {
@@ -52,7 +64,7 @@ describe("chooseReservations", () => {
   it("after a queue grows from 2X4 to 8X32 (maxVCPU 16) under four running 2X4 jobs, reserves exactly one 8X32 job, not two", () => {
     const running = [1, 2, 3, 4].map((n) => job(`b0000000-0000-4000-8000-00000000000${n}`, { phase: "Running", slot: n - 1, shape: "LINUX_AMD64_2X4" }));
     const grown: SlotLimits = { instanceShape: "LINUX_AMD64_8X32", maxVCPU: 16 };
-    const held = unfinishedVCPU(running, 0, grown.instanceShape);
+    const held = heldBy(running, grown);
     expect(held).to.equal(8);
     const d = chooseReservations({ scheduled: [scheduled(1), scheduled(1), scheduled(1)], existing: new Set(), unfinishedVCPU: held, limits: grown, paused: false });
     expect(d.take).to.have.length(1);
@@ -62,13 +74,13 @@ describe("chooseReservations", () => {
     const running = [job("b0000000-0000-4000-8000-000000000001", { phase: "Running", slot: 0, shape: "LINUX_AMD64_8X32" })];
     const shrunk: SlotLimits = { instanceShape: "LINUX_AMD64_2X4", maxVCPU: 16 };
     const many = Array.from({ length: 8 }, () => scheduled(1));
-    expect(chooseReservations({ scheduled: many, existing: new Set(), unfinishedVCPU: unfinishedVCPU(running, 0, shrunk.instanceShape), limits: shrunk, paused: false }).take).to.have.length(4);
+    expect(chooseReservations({ scheduled: many, existing: new Set(), unfinishedVCPU: heldBy(running, shrunk), limits: shrunk, paused: false }).take).to.have.length(4);
   });
 
   it("counts waiting jobs and jobs just created at the current shape, and finished jobs not at all", () => {
     const waiting = job("b0000000-0000-4000-8000-000000000001", { phase: "Pending", reason: "WaitingForSlot", shape: "LINUX_AMD64_2X4" });
     const done = job("b0000000-0000-4000-8000-000000000002", { phase: "Succeeded", slot: 0, shape: "LINUX_AMD64_8X32" });
-    expect(unfinishedVCPU([waiting, done], 2, "LINUX_AMD64_4X16")).to.equal(12);
+    expect(heldBy([waiting, done], { instanceShape: "LINUX_AMD64_4X16", maxVCPU: 64 }, 2)).to.equal(12);
   });
 
   it("never takes a job again that already has a BuildkiteJob here (its reservation lapsed)", () => {
@@ -77,6 +89,46 @@ describe("chooseReservations", () => {
     const d = chooseReservations({ scheduled: [mine, other], existing: new Set([jobResourceName(mine.id)]), unfinishedVCPU: 2, limits: slots(2), paused: false });
     expect(d.take.map((j) => j.id)).to.deep.equal([other.id]);
     expect(d.reclaim).to.deep.equal([mine.id]);
+  });
+});
+
+describe("dispatchRoom", () => {
+  const queue = queueFixture({ instanceShape: "LINUX_AMD64_2X4", maxVCPU: 8 });
+  const QUEUE = "ci/linux";
+  let clock: FakeClock;
+  let expectations: Expectations;
+  let jobs: BuildkiteJob[];
+  let pods: V1Pod[];
+  const room = () => dispatchRoom(queue, { jobs: memoryCache(() => jobs), pods: memoryCache(() => pods) }, expectations);
+  beforeEach(() => {
+    clock = new FakeClock();
+    expectations = new Expectations(clock);
+    jobs = [];
+    pods = [];
+  });
+
+  it("counts a BuildkiteJob just created as existing and taking room until the job cache shows it, then from the cache", () => {
+    const running = job("d0000000-0000-4000-8000-000000000001", { phase: "Running", slot: 0, shape: "LINUX_AMD64_2X4" });
+    const done = job("d0000000-0000-4000-8000-000000000002", { phase: "Succeeded", slot: 1, shape: "LINUX_AMD64_2X4" });
+    jobs = [running, done];
+    const created = job("d0000000-0000-4000-8000-000000000003");
+    expectations.created(QUEUE, `ci/${created.metadata.name ?? ""}`);
+    expect(room()).to.deep.equal({
+      existing: new Set([running.metadata.name, done.metadata.name, created.metadata.name]), finished: new Set([done.metadata.name]), unfinishedVCPU: 4,
+    });
+    const decision = chooseReservations({ scheduled: [scheduled(1), scheduled(1), scheduled(1)], ...room(), limits: queue.spec, paused: false });
+    expect(decision.take).to.have.length(2);
+    jobs = [running, done, created];
+    expect(room().unfinishedVCPU).to.equal(4);
+    expect(expectations.has(QUEUE, `ci/${created.metadata.name ?? ""}`)).to.equal(false);
+  });
+
+  it("counts a job whose slot only its pod records at the shape the pod was built with", () => {
+    const crashed = job("d0000000-0000-4000-8000-000000000001", { phase: "Pending" });
+    crashed.metadata.uid = "uid-crashed";
+    jobs = [crashed];
+    pods = [buildPod(queueFixture({ instanceShape: "LINUX_AMD64_4X16", maxVCPU: 8 }), crashed, 0)];
+    expect(room().unfinishedVCPU).to.equal(4);
   });
 });
 

@@ -3,12 +3,13 @@ import type { BuildkiteQueue } from "../api/generated/buildkite-queue.js";
 import { ANNOTATIONS, LABELS, MANAGED_BY } from "../api/keys.js";
 import { jobResourceName } from "../api/names.js";
 import type { JobState, ScheduledJob } from "../buildkite/types.js";
-import { shapeResources, type InstanceShape } from "../api/shapes.js";
+import { freeSlots, heldVCPU, queueCapacity, type SlotLimits } from "../capacity/queue-capacity.js";
 import { isTerminal } from "../job/phase.js";
 import { needsReport, neverAcquired, reportOf, RESERVATION_PENDING } from "../job/plan.js";
 import { timelineMessageFor } from "../aws/credentials-policy.js";
 import { serviceAccountName } from "../api/names.js";
-import { jobVCPU, type SlotLimits } from "../job/slots.js";
+import type { Caches } from "../kube/controller.js";
+import type { Expectations } from "../kube/expectations.js";
 
 /**
  * Pure decisions of the job source: which scheduled jobs to reserve, which reservations to extend, and which jobs
@@ -29,7 +30,7 @@ export interface ReserveDecision {
 
 /**
  * Chooses what to reserve from one listing. A queue's jobs hold at most `maxVCPU` between them; every BuildkiteJob
- * that is not terminal counts from the moment it exists, at the shape it runs with (see {@link unfinishedVCPU}), so
+ * that is not terminal counts from the moment it exists, at the shape it runs with (see {@link dispatchRoom}), so
  * only as many new jobs are taken as fit in the vCPU left at the queue's current shape, highest priority first; the
  * rest stay scheduled in Buildkite, where another stack (or this one, later) may take them.
  */
@@ -54,16 +55,32 @@ export function chooseReservations(input: {
     else fresh.push(job);
   }
   if (input.paused) return { take: [], reclaim };
-  const free = Math.max(0, Math.floor((input.limits.maxVCPU - input.unfinishedVCPU) / shapeResources(input.limits.instanceShape).vcpu));
-  return { take: [...fresh].sort(byPriority).slice(0, free), reclaim };
+  return { take: [...fresh].sort(byPriority).slice(0, freeSlots(input.limits, input.unfinishedVCPU)), reclaim };
+}
+
+/** What {@link chooseReservations} needs to know of a queue besides the listing, as {@link dispatchRoom} reads it. */
+export interface DispatchRoom {
+  /** Names of the queue's BuildkiteJobs: in the cache, or created by this process and not in the cache yet. */
+  existing: ReadonlySet<string>;
+  /** Names of those that are terminal. */
+  finished: ReadonlySet<string>;
+  /** vCPU held by the unfinished ones, including those created and not in the cache yet (see {@link heldVCPU}). */
+  unfinishedVCPU: number;
 }
 
 /**
- * The vCPU of a queue's unfinished jobs: each job that holds a slot at the shape it recorded, every other one (and each
- * of `notYetCached` jobs just created) at the queue's current shape, which is the shape it will start with.
+ * The job source's entry to the queue's capacity: reads it from the caches and the shared `expectations` (record each
+ * created BuildkiteJob there with `expectations.created(queueKey, jobKey)`), so a job just created takes room until the
+ * cache shows it. Spread the result into {@link chooseReservations}.
  */
-export function unfinishedVCPU(jobs: readonly BuildkiteJob[], notYetCached: number, current: InstanceShape): number {
-  return jobs.filter((j) => !isTerminal(j.status?.phase)).reduce((sum, j) => sum + jobVCPU(j, current), notYetCached * shapeResources(current).vcpu);
+export function dispatchRoom(queue: BuildkiteQueue, caches: Pick<Caches, "jobs" | "pods">, expectations: Expectations): DispatchRoom {
+  const capacity = queueCapacity(queue, caches, expectations);
+  const names = capacity.seats.map((s) => s.job.metadata.name ?? "");
+  return {
+    existing: new Set([...names, ...capacity.expectedJobs]),
+    finished: new Set(capacity.seats.filter((s) => isTerminal(s.job.status?.phase)).map((s) => s.job.metadata.name ?? "")),
+    unfinishedVCPU: heldVCPU(capacity),
+  };
 }
 
 /** Whether the agent in the job's pod may already hold the job (after which Buildkite, not the stack, owns it). */

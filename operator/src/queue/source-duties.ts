@@ -12,10 +12,10 @@ import { faultPoint } from "../fault-points.js";
 import { isTerminal } from "../job/phase.js";
 import { reportAnnotation } from "../job/plan.js";
 import type { ControllerContext } from "../kube/controller.js";
-import { apiMessage, isAlreadyExists, isForbidden, isInvalid, isNotFound } from "../kube/field-manager.js";
+import { apiMessage, createRefusal, isAlreadyExists, isNotFound } from "../kube/field-manager.js";
 import { annotate, deleteCustomObject } from "../kube/resources.js";
 import {
-  afterReserve, chooseReservations, finishDetail, jobResourceFor, recentlyEnded, reportsDue, reservationsToExtend, stranded, takenBack, timelineNotes, unfinishedVCPU,
+  afterReserve, chooseReservations, dispatchRoom, finishDetail, jobResourceFor, recentlyEnded, reportsDue, reservationsToExtend, stranded, takenBack, timelineNotes,
   type JobTokenChoice,
 } from "./dispatch.js";
 import type { JobTokens } from "./job-tokens.js";
@@ -37,8 +37,6 @@ export class SourceMemory {
   readonly lastReservedMs = new Map<string, number>();
   /** Buildkite's states of the unfinished jobs at the last check. */
   lastStates: ReadonlyMap<string, JobState> = new Map();
-  /** BuildkiteJobs created but maybe not in the cache yet, by name, with when: counted as taking a slot. */
-  readonly recentlyCreated = new Map<string, number>();
   /**
    * Jobs a dispatch recorded and is reserving now: an extension must not reserve them first (jobs are reserved in
    * priority order, a whole batch at a time).
@@ -63,8 +61,8 @@ export interface Scope {
 
 /** Kubernetes writes in flight at once per queue when a poll takes many jobs. */
 const CREATE_CONCURRENCY = 16;
-/** How long a created BuildkiteJob counts as taking a slot before the cache shows it. */
-const CREATED_TTL_MS = 60_000;
+/** `namespace/name` of a queue: its key among the expectations. */
+const queueKeyOf = (queue: BuildkiteQueue): string => `${queue.metadata.namespace ?? ""}/${queue.metadata.name ?? ""}`;
 
 /**
  * Takes jobs: lists scheduled jobs, chooses as many as there are free slots (highest priority first), records each as
@@ -75,15 +73,10 @@ const CREATED_TTL_MS = 60_000;
 export async function dispatch(s: Scope): Promise<void> {
   const { ctx, queue, conn, jobs, memory } = s;
   const listed = await conn.client.scheduledJobs(conn.key, conn.queueKey).catch((err: unknown) => { throw dispatchError(err, "list scheduled jobs"); });
-  const now = ctx.clock.nowMs();
-  const names = new Set(jobs.map((j) => j.metadata.name ?? ""));
-  for (const [name, at] of memory.recentlyCreated) if (names.has(name) || now - at > CREATED_TTL_MS) memory.recentlyCreated.delete(name);
   const paused = queue.spec.paused ? "spec" : listed.paused ? "buildkite" : undefined;
-  const decision = chooseReservations({
-    scheduled: listed.jobs, existing: new Set([...names, ...memory.recentlyCreated.keys()]),
-    finished: new Set(jobs.filter((j) => isTerminal(j.status?.phase)).map((j) => j.metadata.name ?? "")),
-    unfinishedVCPU: unfinishedVCPU(jobs, memory.recentlyCreated.size, queue.spec.instanceShape), limits: queue.spec, paused: paused !== undefined,
-  });
+  // A job just created takes room (through the expectations) until the cache shows it.
+  const room = dispatchRoom(queue, ctx.caches, ctx.expectations);
+  const decision = chooseReservations({ scheduled: listed.jobs, ...room, limits: queue.spec, paused: paused !== undefined });
   s.setCondition(paused === undefined
     ? { type: "Dispatching", status: "True", reason: "Dispatching", message: `Taking up to ${concurrency(queue.spec)} jobs at once from Buildkite queue ${conn.queueKey}.` }
     : { type: "Dispatching", status: "False", reason: paused === "spec" ? "PausedInSpec" : "PausedInBuildkite",
@@ -141,7 +134,7 @@ async function issueTokens(s: Scope, jobs: readonly BuildkiteJob[]): Promise<voi
 /** A job Buildkite did not let this stack reserve (another stack has it, or it is gone): its record goes. */
 async function discard(s: Scope, job: BuildkiteJob): Promise<void> {
   const name = job.metadata.name ?? "";
-  s.memory.recentlyCreated.delete(name);
+  s.ctx.expectations.forget(`${job.metadata.namespace ?? ""}/${name}`);
   await deleteCustomObject(s.ctx.clients, BUILDKITE_JOB, job.metadata.namespace ?? "", name);
   s.ctx.logger.info("Deleted a job Buildkite did not let this stack reserve", { namespace: job.metadata.namespace, job: name });
 }
@@ -154,7 +147,7 @@ async function createJob(s: Scope, body: BuildkiteJob): Promise<BuildkiteJob | u
   const name = body.metadata.name ?? "";
   try {
     const created = await ctx.clients.custom.createNamespacedCustomObject({ group, version, plural, namespace, body }) as BuildkiteJob;
-    s.memory.recentlyCreated.set(name, ctx.clock.nowMs());
+    ctx.expectations.created(queueKeyOf(queue), `${namespace}/${name}`);
     s.memory.notified.set(body.spec.uuid, new Set());
     ctx.metrics.jobDispatched(`${namespace}/${queue.metadata.name ?? ""}`, queue.spec.instanceShape);
     conn.notifier.add(body.spec.uuid, `Reserved by Kubernetes queue ${namespace}/${queue.metadata.name ?? ""}; starting a ${queue.spec.instanceShape} pod.`);
@@ -163,8 +156,9 @@ async function createJob(s: Scope, body: BuildkiteJob): Promise<BuildkiteJob | u
   } catch (err) {
     // An earlier cycle whose answer was lost already made it: same job, same name; the next listing reclaims it.
     if (isAlreadyExists(err)) return undefined;
-    if (isForbidden(err) || isInvalid(err)) {
-      // Not retried: the job stays scheduled in Buildkite, by when the cause may be fixed.
+    if (createRefusal(err) === "refused") {
+      // Not retried (admission or validation refused it): the job stays scheduled in Buildkite, for another stack or
+      // until the cause is fixed. The operator's own missing RBAC verb is thrown and retried instead.
       const message = `Could not create BuildkiteJob ${name}: ${apiMessage(err)}`;
       ctx.recorder.record(queue, "Warning", "JobNotCreated", message);
       ctx.logger.warn(message, { namespace, queue: queue.metadata.name });
@@ -187,7 +181,7 @@ export async function maintain(s: Scope): Promise<void> {
   const due = new Set(reservationsToExtend(ours, memory.lastReservedMs, ctx.clock.nowMs(), s.reservationExpirySeconds, memory.lastStates)
     .filter((uuid) => !memory.reserving.has(uuid)));
   if (due.size > 0) await reserveAndRelease(s, [], ours.filter((j) => due.has(j.spec.uuid)));
-  const young = (uuid: string): boolean => memory.recentlyCreated.has(jobResourceName(uuid));
+  const young = (uuid: string): boolean => ctx.expectations.has(queueKeyOf(s.queue), `${s.queue.metadata.namespace ?? ""}/${jobResourceName(uuid)}`);
   await issueTokens(s, s.tokens.awaiting(jobs, young).filter((j) => !due.has(j.spec.uuid)));
 }
 
@@ -254,7 +248,10 @@ export function notifyTimeline(s: Scope): void {
       conn.notifier.add(uuid, note.text);
     }
   }
-  for (const uuid of memory.notified.keys()) if (!live.has(uuid) && !memory.recentlyCreated.has(jobResourceName(uuid))) memory.notified.delete(uuid);
+  const namespace = s.queue.metadata.namespace ?? "";
+  for (const uuid of memory.notified.keys()) {
+    if (!live.has(uuid) && !s.ctx.expectations.has(queueKeyOf(s.queue), `${namespace}/${jobResourceName(uuid)}`)) memory.notified.delete(uuid);
+  }
 }
 
 function ignoreNotFound(err: unknown): void {

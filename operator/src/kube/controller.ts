@@ -38,6 +38,12 @@ export interface ControllerContext {
   stacks: StackDirectory;
   /** Each queue's AWS credentials check (CredentialsReady), when the operator runs one. */
   credentials?: QueueCredentials;
+  /**
+   * Whether this replica may act right now (it leads, and renewed its lease within the renew deadline); always true
+   * without leader election. Kubernetes writes are refused centrally while it is false; work outside Kubernetes that
+   * must not be doubled (reserving Buildkite jobs) checks it right before it starts.
+   */
+  mayAct?: () => boolean;
 }
 
 /** What the controllers read of the credentials preflight. */

@@ -10,6 +10,7 @@ import { EventRecorder } from "./kube/event-recorder.js";
 import { Expectations } from "./kube/expectations.js";
 import { createInformers, type InformerSet } from "./kube/informers.js";
 import { LeaderElector } from "./kube/leader-election.js";
+import { guardWrites, NotLeaderError } from "./kube/write-guard.js";
 import { keyOf } from "./kube/resources.js";
 import { Metrics } from "./observability/metrics.js";
 import type { Registry } from "prom-client";
@@ -71,6 +72,8 @@ export interface LeaderElectionSettings {
  */
 export class Operator {
   private acting = false;
+  /** Resolves when everything stopped by `stopActing` has finished what it was doing. */
+  private drained: Promise<void> = Promise.resolve();
 
   private constructor(
     private readonly informers: InformerSet,
@@ -87,9 +90,8 @@ export class Operator {
 
   static async start(options: OperatorOptions): Promise<Operator> {
     const { logger } = options;
-    // A copy, so counting its requests does not touch the caller's KubeConfig.
-    const kc = new KubeConfig();
-    kc.loadFromOptions({ clusters: options.kubeConfig.clusters, users: options.kubeConfig.users, contexts: options.kubeConfig.contexts, currentContext: options.kubeConfig.currentContext });
+    // A copy, so counting and guarding its requests does not touch the caller's KubeConfig.
+    const kc = copyOf(options.kubeConfig);
     const clock = options.clock ?? realClock;
     const clients = { core: kc.makeApiClient(CoreV1Api), custom: kc.makeApiClient(CustomObjectsApi), objects: KubernetesObjectApi.makeApiClient(kc) };
     const recorder = new EventRecorder({ core: clients.core, component: "buildkite-operator", clock, logger });
@@ -101,9 +103,13 @@ export class Operator {
     });
     countRequests(kc, metrics);
     reuseConnections(kc);
+    const le = options.leaderElection;
+    const elector = le ? leaderElector(le, options.kubeConfig, clock, logger, metrics) : undefined;
+    const mayAct = (): boolean => elector?.mayAct() ?? true;
+    guardWrites(kc, mayAct);
     const allowedEndpoints = (options.allowedEndpoints ?? [BUILDKITE_AGENT_ENDPOINT]).map(normalizeEndpoint);
     const cacheProblem = (): string | undefined => informerProblem(informers);
-    const ctx: ControllerContext = { clients, caches: informers.caches, clock, logger, recorder, metrics, cacheProblem, expectations: new Expectations(clock) };
+    const ctx: ControllerContext = { clients, caches: informers.caches, clock, logger, recorder, metrics, cacheProblem, expectations: new Expectations(clock), mayAct };
     const tokens = new AgentTokenReader(clients, clock, allowedEndpoints);
     // The queue work queue exists before the job sources, which enqueue a queue when its Buildkite conditions change.
     let enqueueQueue: (key: string) => void = () => undefined;
@@ -118,18 +124,13 @@ export class Operator {
     const queueController = new QueueController(ctx, { clusterDNS: options.clusterDNS ?? parseDnsPeer(DEFAULT_CLUSTER_DNS), allowedEndpoints }, {
       tokens, buildkite: sources ?? NO_SIDES.buildkite, credentials,
     });
-    const queueWork = workQueueFor(queueController, clock, logger, metrics);
+    const queueWork = workQueueFor(queueController, ctx);
     enqueueQueue = (key) => { queueWork.queue.add(key); };
-    const jobWork = workQueueFor(new JobController(ctx, { ...DEFAULT_START_TIMEOUTS, ...options.timeouts }), clock, logger, metrics);
+    const jobWork = workQueueFor(new JobController(ctx, { ...DEFAULT_START_TIMEOUTS, ...options.timeouts }), ctx);
     work.push(queueWork, jobWork);
     wire(informers, queueWork.queue, jobWork.queue);
     await Promise.all(informers.all.map((i) => i.start()));
     await Promise.all(informers.all.map((i) => i.waitForSync(options.syncTimeoutMs ?? 60_000)));
-    const le = options.leaderElection;
-    const elector = le ? new LeaderElector({
-      client: kc.makeApiClient(CoordinationV1Api), namespace: le.namespace, name: le.name, identity: le.identity, clock, logger,
-      ...(le.leaseDurationMs !== undefined ? { leaseDurationMs: le.leaseDurationMs } : {}),
-    }) : undefined;
     const namespaces = options.watchNamespaces?.length ? options.watchNamespaces.join(",") : "all";
     const operator = new Operator(informers, work, options.workers ?? 16, namespaces, recorder, sources, credentials, elector, metrics, logger);
     informers.listeners.queues.add(() => {
@@ -144,7 +145,10 @@ export class Operator {
         onStartedLeading: () => { operator.act(); },
         onStoppedLeading: () => {
           metrics.setLeader(false);
-          void operator.stopActing().finally(() => le?.onLost?.());
+          // Nothing waits for the job sources to drain (their Buildkite retries can take minutes): the work they
+          // still try is refused, and main.ts exits.
+          operator.stopActing();
+          le?.onLost?.();
         },
       });
     } else {
@@ -168,12 +172,16 @@ export class Operator {
     this.logger.info("Started controllers", { workers: this.workers, namespaces: this.namespaces, buildkite: this.sources !== undefined });
   }
 
-  private async stopActing(): Promise<void> {
+  /**
+   * Stops acting at once: the work queues hand out no more keys, then the job sources and credentials checks stop
+   * scheduling work. What is already under way finishes on its own (`drained`); once the lease is gone its writes are
+   * refused.
+   */
+  private stopActing(): void {
     if (!this.acting) return;
     this.acting = false;
-    await this.sources?.stop();
-    await this.credentials.stop();
-    await Promise.all(this.work.map((w) => w.queue.shutdown()));
+    const queues = this.work.map((w) => w.queue.shutdown());
+    this.drained = Promise.all([...queues, this.sources?.stop(), this.credentials.stop()]).then(() => undefined);
   }
 
   /** Undefined when ready: every informer synced and fresh (feeds /readyz); otherwise why not. */
@@ -186,21 +194,25 @@ export class Operator {
     return this.notReady() === undefined;
   }
 
-  /** Stops taking work, lets in-flight reconciles finish, gives up the lease, stops the informers, flushes Events. */
+  /** Stops taking work, lets in-flight reconciles finish, flushes Events, gives up the lease, stops the informers. */
   async stop(): Promise<void> {
-    await this.stopActing();
+    this.stopActing();
+    await this.drained;
     await Promise.all(this.work.map((w) => w.queue.shutdown()));
+    // Flushed while still leading: afterwards its writes would be refused.
+    await this.recorder.flush();
     await this.elector?.stop();
     await Promise.all(this.informers.all.map((i) => i.stop()));
-    await this.recorder.flush();
     this.logger.info("Stopped controllers");
   }
 }
 
-function workQueueFor(controller: Controller, clock: Clock, logger: Logger, metrics: Metrics): { queue: WorkQueue; start(workers: number): void } {
+function workQueueFor(controller: Controller, ctx: ControllerContext): { queue: WorkQueue; start(workers: number): void } {
+  const { clock, logger, metrics, mayAct } = ctx;
   const queue = new WorkQueue({
     name: controller.name,
     clock,
+    startProblem: () => mayAct?.() === false ? new NotLeaderError(`not the leader: did not start a ${controller.name} reconcile`) : undefined,
     onDone: ({ key, error, retries, durationMs }) => {
       metrics.reconciled(controller.name, durationMs, error !== undefined);
       if (error !== undefined) {
@@ -243,6 +255,24 @@ function wire(informers: InformerSet, queueWork: WorkQueue, jobWork: WorkQueue):
   listeners.serviceAccounts.add(byQueueLabel);
   listeners.networkPolicies.add(byQueueLabel);
   listeners.claims.add(byQueueLabel);
+}
+
+/** A copy of `kc` that can be hooked without touching the original. */
+function copyOf(kc: KubeConfig): KubeConfig {
+  const copy = new KubeConfig();
+  copy.loadFromOptions({ clusters: kc.clusters, users: kc.users, contexts: kc.contexts, currentContext: kc.currentContext });
+  return copy;
+}
+
+/** The elector, on a KubeConfig of its own: its Lease requests are counted, but never refused by the write guard. */
+function leaderElector(le: LeaderElectionSettings, kubeConfig: KubeConfig, clock: Clock, logger: Logger, metrics: Metrics): LeaderElector {
+  const kc = copyOf(kubeConfig);
+  countRequests(kc, metrics);
+  reuseConnections(kc);
+  return new LeaderElector({
+    client: kc.makeApiClient(CoordinationV1Api), namespace: le.namespace, name: le.name, identity: le.identity, clock, logger,
+    ...(le.leaseDurationMs !== undefined ? { leaseDurationMs: le.leaseDurationMs } : {}),
+  });
 }
 
 /** Counts every Kubernetes API request (each passes through the KubeConfig's authentication) in the metrics. */

@@ -44,6 +44,12 @@ export interface ControllerContext {
   cacheProblem?: () => string | undefined;
   /** What this process created or assigned that the caches may not show yet; shared by the job controller and sources. */
   expectations: Expectations;
+  /**
+   * Whether this replica may act right now (it leads, and renewed its lease within the renew deadline); always true
+   * without leader election. Kubernetes writes are refused centrally while it is false; work outside Kubernetes that
+   * must not be doubled (reserving Buildkite jobs) checks it right before it starts.
+   */
+  mayAct?: () => boolean;
 }
 
 /** A level-based controller: informer callbacks map objects to keys; `reconcile(key)` makes the world match. */

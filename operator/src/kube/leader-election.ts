@@ -1,10 +1,13 @@
-import type { CoordinationV1Api, V1Lease } from "@kubernetes/client-node";
+import { Observable, type ConfigurationOptions, type CoordinationV1Api, type V1Lease } from "@kubernetes/client-node";
 import type { Logger } from "winston";
 import type { Clock, Timer } from "./clock.js";
 import { isConflict, isNotFound, isAlreadyExists, apiMessage } from "./field-manager.js";
 
+/** The Lease requests the elector makes; `options` carries the abort signal of each request's timeout. */
+export type LeaseClient = Pick<CoordinationV1Api, "readNamespacedLease" | "createNamespacedLease" | "replaceNamespacedLease">;
+
 export interface LeaderElectionOptions {
-  client: Pick<CoordinationV1Api, "readNamespacedLease" | "createNamespacedLease" | "replaceNamespacedLease">;
+  client: LeaseClient;
   namespace: string;
   name: string;
   /** This replica's identity (the pod name), written as the lease's holder. */
@@ -17,6 +20,8 @@ export interface LeaderElectionOptions {
   renewDeadlineMs?: number;
   /** How often to try to acquire or renew (default lease duration ÷ 7.5, i.e. 2 s for 15 s). */
   retryPeriodMs?: number;
+  /** The longest one Lease request may take (default half the renew deadline, at least 1 s, as client-go's lock). */
+  requestTimeoutMs?: number;
 }
 
 export interface LeaderCallbacks {
@@ -24,20 +29,41 @@ export interface LeaderCallbacks {
   onStoppedLeading(): void;
 }
 
+/** The outcome of one acquire-or-renew round. */
+interface Round {
+  /** This replica holds the lease now. */
+  acquired: boolean;
+  /** Another replica holds it, and it has not expired yet. */
+  takenBy?: string;
+  /** When that holder's lease would expire, on this replica's clock. */
+  expiresInMs?: number;
+}
+
+/** A Lease request that did not answer in time; it was aborted, and counts as a failed renewal. */
+export class LeaseTimeoutError extends Error {
+  override readonly name = "LeaseTimeoutError";
+}
+
 /**
  * Leader election on a `coordination.k8s.io/v1` Lease, as client-go's leaderelection does it: the holder renews the
  * lease every retry period; the others take it once it has not changed for a whole lease duration, measured on
  * their own clock from when they last saw it change (so clock skew between nodes does not matter). Writes use the
  * lease's resourceVersion, so two replicas can never both win.
+ *
+ * A leader acts only while {@link LeaderElector.mayAct} says so: its last renewal is younger than the renew deadline,
+ * which is shorter than the lease, so it stops before any standby may take over. Every Lease request is aborted when
+ * it outlives its timeout, and never outlives the leader's renew deadline.
  */
 export class LeaderElector {
   private readonly leaseDurationMs: number;
   private readonly renewDeadlineMs: number;
   private readonly retryPeriodMs: number;
+  private readonly requestTimeoutMs: number;
   private timer: Timer | undefined;
   private running: Promise<void> = Promise.resolve();
   private stopped = false;
   private isLeader = false;
+  /** When the attempt that last renewed began: the renewTime it wrote, so the deadline errs on the early side. */
   private lastRenewMs = 0;
   /** The last lease record seen (holder and renew time), and when it was first seen on this clock. */
   private observed: { record: string; atMs: number } | undefined;
@@ -47,10 +73,20 @@ export class LeaderElector {
     this.leaseDurationMs = options.leaseDurationMs ?? 15_000;
     this.renewDeadlineMs = options.renewDeadlineMs ?? Math.round((this.leaseDurationMs * 2) / 3);
     this.retryPeriodMs = options.retryPeriodMs ?? Math.round(this.leaseDurationMs / 7.5);
+    this.requestTimeoutMs = options.requestTimeoutMs ?? Math.max(1000, Math.round(this.renewDeadlineMs / 2));
   }
 
   get leading(): boolean {
     return this.isLeader;
+  }
+
+  /**
+   * Whether this replica may act now: it leads and renewed within the renew deadline, read on the clock at the moment
+   * of the call. A process paused for longer than that (SIGSTOP, a stalled VM) gets false from its first instruction
+   * after waking, before any of its timers has run. Once false while leading it stays false: the elector steps down.
+   */
+  mayAct(): boolean {
+    return this.isLeader && this.options.clock.nowMs() - this.lastRenewMs < this.renewDeadlineMs;
   }
 
   start(callbacks: LeaderCallbacks): void {
@@ -65,72 +101,115 @@ export class LeaderElector {
     await this.running;
     if (!this.isLeader) return;
     this.isLeader = false;
+    const { client, name, namespace, identity, logger } = this.options;
     try {
-      const lease = await this.read();
-      if (lease?.spec?.holderIdentity === this.options.identity) {
+      const lease = await this.read(this.requestTimeoutMs);
+      if (lease?.spec?.holderIdentity === identity) {
         lease.spec.holderIdentity = "";
         lease.spec.leaseDurationSeconds = 1;
-        await this.options.client.replaceNamespacedLease({ name: this.options.name, namespace: this.options.namespace, body: lease });
+        await this.bounded(this.requestTimeoutMs, (o) => client.replaceNamespacedLease({ name, namespace, body: lease }, o));
       }
-      this.options.logger.info("Released the leader lease", { lease: this.options.name });
+      logger.info("Released the leader lease", { lease: name });
     } catch (err) {
-      this.options.logger.warn("Could not release the leader lease; it expires on its own", { error: apiMessage(err) });
+      logger.warn("Could not release the leader lease; it expires on its own", { error: apiMessage(err) });
     }
   }
 
   private schedule(delayMs: number): void {
     if (this.stopped) return;
     this.timer = this.options.clock.setTimer(delayMs, () => {
-      this.running = this.attempt().then(() => { this.schedule(this.retryPeriodMs); });
+      this.running = this.attempt().then((next) => { this.schedule(next); });
     });
   }
 
-  private async attempt(): Promise<void> {
-    let acquired = false;
-    try {
-      acquired = await this.tryAcquireOrRenew();
-    } catch (err) {
-      this.options.logger.warn("Leader election request failed", { lease: this.options.name, error: apiMessage(err) });
+  /** One round of acquire-or-renew; resolves to the delay before the next. */
+  private async attempt(): Promise<number> {
+    const { clock, logger, name, identity } = this.options;
+    const started = clock.nowMs();
+    let result: Round = { acquired: false };
+    // A leader past its deadline (it was paused, or its requests kept failing) sends nothing more: it steps down.
+    if (!this.isLeader || this.mayAct()) {
+      try {
+        result = await this.tryAcquireOrRenew(started);
+      } catch (err) {
+        logger.warn("Leader election request failed", { lease: name, error: apiMessage(err) });
+      }
     }
-    const now = this.options.clock.nowMs();
-    if (acquired) {
-      this.lastRenewMs = now;
+    // A renewal counts only if it came back within the renew deadline of its start, and of the last one: a late
+    // answer never makes a leader that already had to stop think it may act again.
+    const inTime = clock.nowMs() - started < this.renewDeadlineMs && (!this.isLeader || this.mayAct());
+    if (result.acquired && inTime) {
+      this.lastRenewMs = started;
       if (!this.isLeader) {
         this.isLeader = true;
-        this.options.logger.info("Became the leader", { lease: this.options.name, identity: this.options.identity });
+        logger.info("Became the leader", { lease: name, identity });
         this.callbacks?.onStartedLeading();
       }
-    } else if (this.isLeader && now - this.lastRenewMs >= this.renewDeadlineMs) {
+    } else if (this.isLeader && (result.takenBy !== undefined || !this.mayAct())) {
       this.isLeader = false;
-      this.options.logger.warn("Lost the leader lease; stepping down", { lease: this.options.name, identity: this.options.identity });
+      // Like client-go's Run, a replica that lost the lease does not campaign again: it restarts clean instead.
+      this.stopped = true;
+      logger.warn("Lost the leader lease; stepping down", { lease: name, identity, ...(result.takenBy !== undefined ? { holder: result.takenBy } : {}) });
       this.callbacks?.onStoppedLeading();
+    }
+    // A standby tries again the moment the lease it watches would expire, not up to a retry period later.
+    return Math.max(0, Math.min(this.retryPeriodMs, result.expiresInMs ?? this.retryPeriodMs));
+  }
+
+  /** The longest the next request may take: its timeout, and for a leader never past its renew deadline. */
+  private requestLimitMs(): number {
+    if (!this.isLeader) return this.requestTimeoutMs;
+    return Math.min(this.requestTimeoutMs, this.lastRenewMs + this.renewDeadlineMs - this.options.clock.nowMs());
+  }
+
+  /**
+   * Sends one request with an abort signal that fires after `limitMs` on the injected clock. The request is really
+   * aborted (undici drops it), and the promise rejects at the limit even if the client ignores the signal, so a late
+   * answer can never be taken for a renewal.
+   */
+  private async bounded<T>(limitMs: number, send: (options: ConfigurationOptions) => Promise<T>): Promise<T> {
+    const error = new LeaseTimeoutError(`Lease request to ${this.options.namespace}/${this.options.name} took longer than ${Math.max(0, limitMs)} ms`);
+    if (limitMs <= 0) throw error;
+    const abort = new AbortController();
+    let timer: Timer | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = this.options.clock.setTimer(limitMs, () => {
+        abort.abort(error);
+        reject(error);
+      });
+    });
+    try {
+      return await Promise.race([send(withSignal(abort.signal)), timeout]);
+    } finally {
+      timer?.cancel();
     }
   }
 
-  private async read(): Promise<V1Lease | undefined> {
+  private async read(limitMs: number): Promise<V1Lease | undefined> {
+    const { client, name, namespace } = this.options;
     try {
-      return await this.options.client.readNamespacedLease({ name: this.options.name, namespace: this.options.namespace });
+      return await this.bounded(limitMs, (o) => client.readNamespacedLease({ name, namespace }, o));
     } catch (err) {
       if (isNotFound(err)) return undefined;
       throw err;
     }
   }
 
-  /** One round: true when this replica holds the lease afterwards. */
-  private async tryAcquireOrRenew(): Promise<boolean> {
+  /** One round: whether this replica holds the lease afterwards, or who does and when that would expire. */
+  private async tryAcquireOrRenew(startedMs: number): Promise<Round> {
     const { client, namespace, name, identity, clock } = this.options;
-    const now = microTime(clock.nowMs());
+    const now = microTime(startedMs);
     const durationSeconds = Math.max(1, Math.round(this.leaseDurationMs / 1000));
-    const lease = await this.read();
+    const lease = await this.read(this.requestLimitMs());
     if (!lease) {
       try {
-        await client.createNamespacedLease({ namespace, body: {
+        await this.bounded(this.requestLimitMs(), (o) => client.createNamespacedLease({ namespace, body: {
           metadata: { name, namespace },
           spec: { holderIdentity: identity, leaseDurationSeconds: durationSeconds, acquireTime: now, renewTime: now, leaseTransitions: 0 },
-        } });
-        return true;
+        } }, o));
+        return { acquired: true };
       } catch (err) {
-        if (isAlreadyExists(err)) return false;
+        if (isAlreadyExists(err)) return { acquired: false };
         throw err;
       }
     }
@@ -140,7 +219,8 @@ export class LeaderElector {
     if (this.observed?.record !== record) this.observed = { record, atMs: clock.nowMs() };
     const heldByOther = holder !== "" && holder !== identity;
     const duration = (spec.leaseDurationSeconds ?? durationSeconds) * 1000;
-    if (heldByOther && clock.nowMs() - this.observed.atMs < duration) return false;
+    const expiresInMs = this.observed.atMs + duration - clock.nowMs();
+    if (heldByOther && expiresInMs > 0) return { acquired: false, expiresInMs, takenBy: holder };
     spec.holderIdentity = identity;
     spec.leaseDurationSeconds = durationSeconds;
     spec.renewTime = now;
@@ -150,14 +230,31 @@ export class LeaderElector {
     }
     lease.spec = spec;
     try {
-      await client.replaceNamespacedLease({ name, namespace, body: lease });
-      return true;
+      await this.bounded(this.requestLimitMs(), (o) => client.replaceNamespacedLease({ name, namespace, body: lease }, o));
+      return { acquired: true };
     } catch (err) {
       // Someone else wrote the lease since it was read: they won this round.
-      if (isConflict(err)) return false;
+      if (isConflict(err)) return { acquired: false };
       throw err;
     }
   }
+}
+
+/**
+ * Per-call options that hand `signal` to the request: client-node 2.x passes a RequestContext's signal to undici's
+ * fetch, and per-call middleware (appended to the client's own) is the only way to set it.
+ */
+function withSignal(signal: AbortSignal): ConfigurationOptions {
+  return {
+    middleware: [{
+      pre: (context) => {
+        context.setSignal(signal);
+        return new Observable(Promise.resolve(context));
+      },
+      post: (response) => new Observable(Promise.resolve(response)),
+    }],
+    middlewareMergeStrategy: "append",
+  };
 }
 
 /**

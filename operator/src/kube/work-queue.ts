@@ -23,6 +23,12 @@ export interface WorkQueueOptions {
    * many consecutive times the key had failed before this attempt.
    */
   onDone?: (info: { key: string; durationMs: number; error?: unknown; retries: number }) => void;
+  /**
+   * Why no reconcile may start now (this replica may not act), or undefined when one may. Asked right before each
+   * reconcile: a refused key is not handed to the reconciler but fails with the error returned, backing off as any
+   * failure does.
+   */
+  startProblem?: () => Error | undefined;
 }
 
 /**
@@ -162,6 +168,8 @@ export class WorkQueue {
     const started = this.options.clock.nowMs();
     let outcome: { ok: true; result: ReconcileResult } | { ok: false; error: unknown };
     try {
+      const refused = this.options.startProblem?.();
+      if (refused) throw refused;
       outcome = { ok: true, result: await reconcile(key) };
     } catch (error) {
       // `throw undefined` (or null) would otherwise look like success to an onDone checking `error !== undefined`.

@@ -148,6 +148,8 @@ export class QueueJobSource {
   }
 
   private async once(): Promise<void> {
+    // A replica that may not act (a standby, or a leader woken past its lease) asks Buildkite nothing.
+    if (this.ctx.mayAct?.() === false) return;
     const { namespace, name } = splitKey(this.key);
     const queue = this.ctx.caches.queues.get(name, namespace);
     if (!queue || queue.metadata.uid !== this.uid) return;

@@ -14,6 +14,7 @@ import { reportAnnotation } from "../job/plan.js";
 import type { ControllerContext } from "../kube/controller.js";
 import { apiMessage, createRefusal, isAlreadyExists, isNotFound } from "../kube/field-manager.js";
 import { annotate, deleteCustomObject } from "../kube/resources.js";
+import { NotLeaderError } from "../kube/write-guard.js";
 import {
   afterReserve, chooseReservations, dispatchRoom, finishDetail, jobResourceFor, recentlyEnded, reportsDue, reservationsToExtend, stranded, takenBack, timelineNotes,
   type JobTokenChoice,
@@ -112,6 +113,8 @@ export async function dispatch(s: Scope): Promise<void> {
 async function reserveAndRelease(s: Scope, fresh: readonly BuildkiteJob[], held: readonly BuildkiteJob[]): Promise<void> {
   const { ctx, conn, memory } = s;
   const all = [...fresh, ...held];
+  // Checked right before: a reservation is not a Kubernetes write, so the central guard does not see it.
+  if (ctx.mayAct?.() === false) throw new NotLeaderError("This replica may not act (it is not the leader, or its lease may have lapsed): no job is reserved in Buildkite.");
   const result = await conn.client.reserve(conn.key, all.map((j) => j.spec.uuid), s.reservationExpirySeconds)
     .catch((err: unknown) => { throw dispatchError(err, "reserve jobs"); });
   faultPoint("after-reserve");
@@ -209,6 +212,7 @@ export async function checkStates(s: Scope): Promise<void> {
 export async function report(s: Scope): Promise<void> {
   const { ctx, conn } = s;
   for (const job of reportsDue(s.jobs, conn.key)) {
+    if (ctx.mayAct?.() === false) throw new NotLeaderError("This replica may not act (it is not the leader, or its lease may have lapsed): no job is finished in Buildkite.");
     let outcome: string;
     try {
       await conn.client.finish(conn.key, job.spec.uuid, finishDetail(job));

@@ -74,4 +74,11 @@ describe("Expectations", () => {
     clock.advance(1_001);
     expect(entries(short, "q")).to.deep.equal({});
   });
+
+  it("keeps a slot handed out before the create's own answer arrived (the watch was faster)", () => {
+    const expectations = new Expectations(new FakeClock());
+    expectations.assigned("ci/linux", "ci/bkj-a", 2);
+    expectations.created("ci/linux", "ci/bkj-a");
+    expect(expectations.pending("ci/linux", () => false).get("ci/bkj-a")).to.deep.equal({ kind: "assigned", slot: 2 });
+  });
 });

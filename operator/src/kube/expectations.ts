@@ -33,8 +33,13 @@ export class Expectations {
 
   constructor(private readonly clock: Clock, private readonly ttlMs = EXPECTATION_TTL_MS) {}
 
-  /** Records that this process created `key` for `owner`. */
+  /**
+   * Records that this process created `key` for `owner`, unless something is expected of it already: the watch can
+   * deliver the new object, and a controller hand it a slot, before the create's own answer arrives, and that slot
+   * must not be forgotten.
+   */
   created(owner: string, key: string): void {
+    if (this.owners.get(owner)?.has(key) === true) return;
     this.set(owner, key, { kind: "created" });
   }
 

@@ -21,10 +21,13 @@ export default tseslint.config(
     },
   },
   {
-    files: ["**/*.test.ts", "test/**/*.ts"],
+    files: ["**/*.test.ts", "test/**/*.ts", "hack/**/*.ts"],
     rules: {
       // chai's `expect(x).to.be.true` style is a property access by design
       "@typescript-eslint/no-unused-expressions": "off",
+      // A test file reads as a list of cases, and wrapping at 120 columns makes each longer: the 300-line limit guards
+      // the operator's own modules.
+      "max-lines": ["warn", { max: 450, skipBlankLines: true, skipComments: true }],
     },
   },
   { files: ["**/*.js"], ...tseslint.configs.disableTypeChecked },

@@ -30,68 +30,207 @@ const Q = `queue=~"$queue"`;
 const RATE = "$__rate_interval";
 const LEADER = "and on (instance) (buildkite_operator_leader == 1)";
 
-const quantiles = (metric: string, selector: string, by = ""): Target[] => [0.5, 0.9, 0.99].map((q) => ({
-  expr: `histogram_quantile(${q}, sum by (le${by ? `, ${by}` : ""}) (rate(${metric}_bucket{${selector}}[${RATE}])))`,
-  legend: `p${q * 100}${by ? ` {{${by}}}` : ""}`,
-}));
+const quantiles = (metric: string, selector: string, by = ""): Target[] =>
+  [0.5, 0.9, 0.99].map((q) => ({
+    expr: `histogram_quantile(${q}, sum by (le${by ? `, ${by}` : ""}) (rate(${metric}_bucket{${selector}}[${RATE}])))`,
+    legend: `p${q * 100}${by ? ` {{${by}}}` : ""}`,
+  }));
 
 export const ROWS: RowSpec[] = [
   {
     title: "Jobs",
     panels: [
-      { title: "Jobs dispatched", kind: "timeseries", unit: "ops", description: "Jobs taken from Buildkite and turned into BuildkiteJobs, per second.",
-        targets: [{ expr: `sum by (queue) (rate(buildkite_operator_jobs_dispatched_total{${Q}}[${RATE}]))`, legend: "{{queue}}" }] },
-      { title: "Jobs completed by result", kind: "timeseries", unit: "ops", description: "BuildkiteJobs reaching Succeeded, Failed, Canceled or TimedOut, per second.",
-        targets: [{ expr: `sum by (result) (rate(buildkite_operator_jobs_completed_total{${Q}}[${RATE}]))`, legend: "{{result}}" }] },
-      { title: "Job duration", kind: "timeseries", unit: "s", description: "From a job's pod starting to the job ending.",
-        targets: quantiles("buildkite_operator_job_duration_seconds", Q) },
-      { title: "Queue wait", kind: "timeseries", unit: "s", description: "From Buildkite scheduling a job to its pod running: what a person waiting for CI feels.",
-        targets: quantiles("buildkite_operator_queue_wait_seconds", Q), width: 12 },
-      { title: "Dispatch latency", kind: "timeseries", unit: "s", description: "From a BuildkiteJob's creation to its pod's creation: the operator's own share of the wait.",
-        targets: quantiles("buildkite_operator_dispatch_latency_seconds", Q), width: 12 },
+      {
+        title: "Jobs dispatched",
+        kind: "timeseries",
+        unit: "ops",
+        description: "Jobs taken from Buildkite and turned into BuildkiteJobs, per second.",
+        targets: [
+          {
+            expr: `sum by (queue) (rate(buildkite_operator_jobs_dispatched_total{${Q}}[${RATE}]))`,
+            legend: "{{queue}}",
+          },
+        ],
+      },
+      {
+        title: "Jobs completed by result",
+        kind: "timeseries",
+        unit: "ops",
+        description: "BuildkiteJobs reaching Succeeded, Failed, Canceled or TimedOut, per second.",
+        targets: [
+          {
+            expr: `sum by (result) (rate(buildkite_operator_jobs_completed_total{${Q}}[${RATE}]))`,
+            legend: "{{result}}",
+          },
+        ],
+      },
+      {
+        title: "Job duration",
+        kind: "timeseries",
+        unit: "s",
+        description: "From a job's pod starting to the job ending.",
+        targets: quantiles("buildkite_operator_job_duration_seconds", Q),
+      },
+      {
+        title: "Queue wait",
+        kind: "timeseries",
+        unit: "s",
+        description: "From Buildkite scheduling a job to its pod running: what a person waiting for CI feels.",
+        targets: quantiles("buildkite_operator_queue_wait_seconds", Q),
+        width: 12,
+      },
+      {
+        title: "Dispatch latency",
+        kind: "timeseries",
+        unit: "s",
+        description: "From a BuildkiteJob's creation to its pod's creation: the operator's own share of the wait.",
+        targets: quantiles("buildkite_operator_dispatch_latency_seconds", Q),
+        width: 12,
+      },
     ],
   },
   {
     title: "Capacity",
     panels: [
-      { title: "Slots used / total", kind: "timeseries", unit: "short", width: 12,
-        description: "Concurrency slots held by unfinished jobs, against floor(maxVCPU / shape vCPU). Jobs beyond the slots stay scheduled in Buildkite.",
+      {
+        title: "Slots used / total",
+        kind: "timeseries",
+        unit: "short",
+        width: 12,
+        description:
+          "Concurrency slots held by unfinished jobs, against floor(maxVCPU / shape vCPU). Jobs beyond the slots stay scheduled in Buildkite.",
         targets: [
           { expr: `max by (queue) (buildkite_operator_slots_used{${Q}} ${LEADER})`, legend: "used {{queue}}" },
           { expr: `max by (queue) (buildkite_operator_slots_total{${Q}} ${LEADER})`, legend: "total {{queue}}" },
-        ] },
-      { title: "Slot utilisation", kind: "stat", unit: "percentunit", description: "Slots used over slots available, across the selected queues.",
-        targets: [{ expr: `sum(buildkite_operator_slots_used{${Q}} ${LEADER}) / sum(buildkite_operator_slots_total{${Q}} ${LEADER})`, legend: "utilisation" }], width: 6 },
-      { title: "AWS credentials ready", kind: "stat", unit: "bool", description: "1 when the queue's role was assumed at the last preflight, 0 when it failed.",
-        targets: [{ expr: `min by (queue) (buildkite_operator_credentials_ready{${Q}} ${LEADER})`, legend: "{{queue}}" }], width: 6 },
+        ],
+      },
+      {
+        title: "Slot utilisation",
+        kind: "stat",
+        unit: "percentunit",
+        description: "Slots used over slots available, across the selected queues.",
+        targets: [
+          {
+            expr: `sum(buildkite_operator_slots_used{${Q}} ${LEADER}) / sum(buildkite_operator_slots_total{${Q}} ${LEADER})`,
+            legend: "utilisation",
+          },
+        ],
+        width: 6,
+      },
+      {
+        title: "AWS credentials ready",
+        kind: "stat",
+        unit: "bool",
+        description: "1 when the queue's role was assumed at the last preflight, 0 when it failed.",
+        targets: [
+          { expr: `min by (queue) (buildkite_operator_credentials_ready{${Q}} ${LEADER})`, legend: "{{queue}}" },
+        ],
+        width: 6,
+      },
     ],
   },
   {
     title: "Buildkite API",
     panels: [
-      { title: "Requests by endpoint and status", kind: "timeseries", unit: "reqps", description: "Stacks API requests, each attempt; status \"error\" when no response came.",
-        targets: [{ expr: `sum by (endpoint, status) (rate(buildkite_operator_buildkite_requests_total[${RATE}]))`, legend: "{{endpoint}} {{status}}" }] },
-      { title: "Failed requests", kind: "timeseries", unit: "reqps", description: "Requests answered with 4xx or 5xx (429: rate limited), or with no answer.",
-        targets: [{ expr: `sum by (endpoint, status) (rate(buildkite_operator_buildkite_requests_total{status!~"2.."}[${RATE}]))`, legend: "{{endpoint}} {{status}}" }] },
-      { title: "Request latency (p99)", kind: "timeseries", unit: "s", description: "Stacks API latency by endpoint.",
-        targets: [{ expr: `histogram_quantile(0.99, sum by (le, endpoint) (rate(buildkite_operator_buildkite_request_duration_seconds_bucket[${RATE}])))`, legend: "{{endpoint}}" }] },
+      {
+        title: "Requests by endpoint and status",
+        kind: "timeseries",
+        unit: "reqps",
+        description: 'Stacks API requests, each attempt; status "error" when no response came.',
+        targets: [
+          {
+            expr: `sum by (endpoint, status) (rate(buildkite_operator_buildkite_requests_total[${RATE}]))`,
+            legend: "{{endpoint}} {{status}}",
+          },
+        ],
+      },
+      {
+        title: "Failed requests",
+        kind: "timeseries",
+        unit: "reqps",
+        description: "Requests answered with 4xx or 5xx (429: rate limited), or with no answer.",
+        targets: [
+          {
+            expr: `sum by (endpoint, status) (rate(buildkite_operator_buildkite_requests_total{status!~"2.."}[${RATE}]))`,
+            legend: "{{endpoint}} {{status}}",
+          },
+        ],
+      },
+      {
+        title: "Request latency (p99)",
+        kind: "timeseries",
+        unit: "s",
+        description: "Stacks API latency by endpoint.",
+        targets: [
+          {
+            expr: `histogram_quantile(0.99, sum by (le, endpoint) (rate(buildkite_operator_buildkite_request_duration_seconds_bucket[${RATE}])))`,
+            legend: "{{endpoint}}",
+          },
+        ],
+      },
     ],
   },
   {
     title: "Operator",
     panels: [
-      { title: "Reconcile errors", kind: "timeseries", unit: "ops", description: "Reconciles that failed and were retried with backoff; the operator's log says why.",
-        targets: [{ expr: `sum by (controller) (rate(buildkite_operator_reconciles_total{result="error"}[${RATE}]))`, legend: "{{controller}}" }] },
-      { title: "Work-queue depth", kind: "timeseries", unit: "short", description: "Keys waiting for a worker; a depth that keeps growing means the workers cannot keep up.",
-        targets: [{ expr: `max by (controller) (buildkite_operator_workqueue_depth)`, legend: "{{controller}}" }] },
-      { title: "Informer restarts", kind: "timeseries", unit: "short", description: "Watches replaced after an error or going quiet, per hour. A steady rise points at the API server or the network.",
-        targets: [{ expr: `sum by (informer) (increase(buildkite_operator_informer_restarts[1h]))`, legend: "{{informer}}" }] },
-      { title: "Leader", kind: "timeseries", unit: "bool", description: "Which replica holds the leader Lease (1). Exactly one should, except for a few seconds during a hand-over.",
-        targets: [{ expr: "max by (instance) (buildkite_operator_leader)", legend: "{{instance}}" }] },
-      { title: "Reconcile duration (p99)", kind: "timeseries", unit: "s", description: "Time spent in one reconcile, by controller.",
-        targets: [{ expr: `histogram_quantile(0.99, sum by (le, controller) (rate(buildkite_operator_reconcile_duration_seconds_bucket[${RATE}])))`, legend: "{{controller}}" }] },
-      { title: "Memory (RSS)", kind: "timeseries", unit: "bytes", description: "Resident memory of each replica, against the container's memory limit.",
-        targets: [{ expr: "max by (instance) (buildkite_operator_process_resident_memory_bytes)", legend: "{{instance}}" }] },
+      {
+        title: "Reconcile errors",
+        kind: "timeseries",
+        unit: "ops",
+        description: "Reconciles that failed and were retried with backoff; the operator's log says why.",
+        targets: [
+          {
+            expr: `sum by (controller) (rate(buildkite_operator_reconciles_total{result="error"}[${RATE}]))`,
+            legend: "{{controller}}",
+          },
+        ],
+      },
+      {
+        title: "Work-queue depth",
+        kind: "timeseries",
+        unit: "short",
+        description: "Keys waiting for a worker; a depth that keeps growing means the workers cannot keep up.",
+        targets: [{ expr: `max by (controller) (buildkite_operator_workqueue_depth)`, legend: "{{controller}}" }],
+      },
+      {
+        title: "Informer restarts",
+        kind: "timeseries",
+        unit: "short",
+        description:
+          "Watches replaced after an error or going quiet, per hour. A steady rise points at the API server or the network.",
+        targets: [
+          { expr: `sum by (informer) (increase(buildkite_operator_informer_restarts[1h]))`, legend: "{{informer}}" },
+        ],
+      },
+      {
+        title: "Leader",
+        kind: "timeseries",
+        unit: "bool",
+        description:
+          "Which replica holds the leader Lease (1). Exactly one should, except for a few seconds during a hand-over.",
+        targets: [{ expr: "max by (instance) (buildkite_operator_leader)", legend: "{{instance}}" }],
+      },
+      {
+        title: "Reconcile duration (p99)",
+        kind: "timeseries",
+        unit: "s",
+        description: "Time spent in one reconcile, by controller.",
+        targets: [
+          {
+            expr: `histogram_quantile(0.99, sum by (le, controller) (rate(buildkite_operator_reconcile_duration_seconds_bucket[${RATE}])))`,
+            legend: "{{controller}}",
+          },
+        ],
+      },
+      {
+        title: "Memory (RSS)",
+        kind: "timeseries",
+        unit: "bytes",
+        description: "Resident memory of each replica, against the container's memory limit.",
+        targets: [
+          { expr: "max by (instance) (buildkite_operator_process_resident_memory_bytes)", legend: "{{instance}}" },
+        ],
+      },
     ],
   },
 ];
@@ -113,13 +252,36 @@ const DATASOURCE = { type: "prometheus", uid: "${datasource}" };
 
 function panelJson(p: PanelSpec, id: number, x: number, y: number): Record<string, unknown> {
   return {
-    id, type: p.kind, title: p.title, description: p.description, datasource: DATASOURCE,
+    id,
+    type: p.kind,
+    title: p.title,
+    description: p.description,
+    datasource: DATASOURCE,
     gridPos: { h: 8, w: p.width ?? 8, x, y },
-    fieldConfig: { defaults: { unit: p.unit, ...(p.kind === "timeseries" ? { custom: { fillOpacity: 10, showPoints: "never" } } : {}) }, overrides: [] },
-    options: p.kind === "stat"
-      ? { reduceOptions: { calcs: ["lastNotNull"], fields: "", values: false }, colorMode: "value", graphMode: "none" }
-      : { legend: { displayMode: "list", placement: "bottom", showLegend: true }, tooltip: { mode: "multi", sort: "desc" } },
-    targets: p.targets.map((t, i) => ({ refId: String.fromCharCode(65 + i), datasource: DATASOURCE, expr: t.expr, legendFormat: t.legend })),
+    fieldConfig: {
+      defaults: {
+        unit: p.unit,
+        ...(p.kind === "timeseries" ? { custom: { fillOpacity: 10, showPoints: "never" } } : {}),
+      },
+      overrides: [],
+    },
+    options:
+      p.kind === "stat"
+        ? {
+            reduceOptions: { calcs: ["lastNotNull"], fields: "", values: false },
+            colorMode: "value",
+            graphMode: "none",
+          }
+        : {
+            legend: { displayMode: "list", placement: "bottom", showLegend: true },
+            tooltip: { mode: "multi", sort: "desc" },
+          },
+    targets: p.targets.map((t, i) => ({
+      refId: String.fromCharCode(65 + i),
+      datasource: DATASOURCE,
+      expr: t.expr,
+      legendFormat: t.legend,
+    })),
   };
 }
 
@@ -129,12 +291,22 @@ export function renderDashboard(): string {
   let id = 1;
   let y = 0;
   for (const row of ROWS) {
-    panels.push({ id: id++, type: "row", title: row.title, collapsed: false, gridPos: { h: 1, w: 24, x: 0, y }, panels: [] });
+    panels.push({
+      id: id++,
+      type: "row",
+      title: row.title,
+      collapsed: false,
+      gridPos: { h: 1, w: 24, x: 0, y },
+      panels: [],
+    });
     y += 1;
     let x = 0;
     for (const p of row.panels) {
       const w = p.width ?? 8;
-      if (x + w > 24) { x = 0; y += 8; }
+      if (x + w > 24) {
+        x = 0;
+        y += 8;
+      }
       panels.push(panelJson(p, id++, x, y));
       x += w;
     }
@@ -143,7 +315,8 @@ export function renderDashboard(): string {
   const dashboard = {
     uid: "buildkite-operator",
     title: "Buildkite operator",
-    description: "Jobs, capacity, Buildkite API and controller health of the buildkite-operator (metrics buildkite_operator_*).",
+    description:
+      "Jobs, capacity, Buildkite API and controller health of the buildkite-operator (metrics buildkite_operator_*).",
     tags: ["buildkite", "ci", "kubernetes"],
     editable: true,
     schemaVersion: 39,
@@ -154,10 +327,19 @@ export function renderDashboard(): string {
       list: [
         { name: "datasource", label: "Data source", type: "datasource", query: "prometheus", current: {}, hide: 0 },
         {
-          name: "queue", label: "Queue", type: "query", datasource: DATASOURCE,
+          name: "queue",
+          label: "Queue",
+          type: "query",
+          datasource: DATASOURCE,
           query: { query: "label_values(buildkite_operator_slots_total, queue)", refId: "queue" },
           definition: "label_values(buildkite_operator_slots_total, queue)",
-          includeAll: true, multi: true, allValue: ".*", current: { text: "All", value: "$__all" }, refresh: 2, sort: 1, hide: 0,
+          includeAll: true,
+          multi: true,
+          allValue: ".*",
+          current: { text: "All", value: "$__all" },
+          refresh: 2,
+          sort: 1,
+          hide: 0,
         },
       ],
     },

@@ -41,15 +41,22 @@ class Emitter {
     if (schema.enum) return schema.enum.map((v) => JSON.stringify(v)).join(" | ");
     if (schema["x-kubernetes-int-or-string"]) return "number | string";
     switch (schema.type) {
-      case "string": return "string";
-      case "integer": case "number": return "number";
-      case "boolean": return "boolean";
-      case "array": return `${this.wrap(this.typeOf(schema.items ?? {}, `${name}Item`))}[]`;
+      case "string":
+        return "string";
+      case "integer":
+      case "number":
+        return "number";
+      case "boolean":
+        return "boolean";
+      case "array":
+        return `${this.wrap(this.typeOf(schema.items ?? {}, `${name}Item`))}[]`;
       case "object":
         if (schema.properties) return this.emitInterface(schema, name);
-        if (typeof schema.additionalProperties === "object") return `Record<string, ${this.typeOf(schema.additionalProperties, `${name}Value`)}>`;
+        if (typeof schema.additionalProperties === "object")
+          return `Record<string, ${this.typeOf(schema.additionalProperties, `${name}Value`)}>`;
         return "Record<string, unknown>";
-      default: return "unknown";
+      default:
+        return "unknown";
     }
   }
 
@@ -62,9 +69,11 @@ class Emitter {
     const required = new Set(schema.required ?? []);
     const lines = [...extraLines];
     for (const [prop, sub] of Object.entries(schema.properties ?? {})) {
-      if (name.match(/^[A-Z][A-Za-z]*$/) && ["apiVersion", "kind", "metadata"].includes(prop) && extraLines.length > 0) continue;
+      if (name.match(/^[A-Z][A-Za-z]*$/) && ["apiVersion", "kind", "metadata"].includes(prop) && extraLines.length > 0)
+        continue;
       const optional = !required.has(prop) && sub.default === undefined;
-      if (sub.description) lines.push(`  /** ${sub.description.replace(/\*\//g, "*\\/").replace(/\s+/g, " ").trim()} */`);
+      if (sub.description)
+        lines.push(`  /** ${sub.description.replace(/\*\//g, "*\\/").replace(/\s+/g, " ").trim()} */`);
       lines.push(`  ${prop}${optional ? "?" : ""}: ${this.typeOf(sub, `${name}${pascal(prop)}`)};`);
     }
     const doc = schema.description ? `/** ${schema.description.replace(/\s+/g, " ").trim()} */\n` : "";
@@ -109,7 +118,9 @@ function main(): void {
       console.log(`generated ${target}`);
     }
   };
-  for (const file of readdirSync(crdDir).filter((f) => f.endsWith(".yaml")).sort()) {
+  for (const file of readdirSync(crdDir)
+    .filter((f) => f.endsWith(".yaml"))
+    .sort()) {
     const crd = parse(readFileSync(join(crdDir, file), "utf8")) as Crd;
     docs.push({ file, crd: crd });
     const kebab = crd.spec.names.kind.replace(/([a-z])([A-Z])/g, "$1-$2").toLowerCase();
@@ -120,7 +131,9 @@ function main(): void {
   mkdirSync(join(repoRoot, "docs"), { recursive: true });
   emit(join(repoRoot, "docs", "reference.md"), referenceDoc(docs), "crds/");
   if (drift.length > 0) {
-    console.error(`Generated files are out of date with crds/:\n  ${drift.join("\n  ")}\nRun \`npm run generate\` and commit the result.`);
+    console.error(
+      `Generated files are out of date with crds/:\n  ${drift.join("\n  ")}\nRun \`npm run generate\` and commit the result.`,
+    );
     process.exit(1);
   }
   if (check) console.log("generated files match crds/");

@@ -38,8 +38,11 @@ function rows(schema: DocSchema, path: string, out: string[]): void {
   for (const [name, sub] of Object.entries(schema.properties ?? {})) {
     const here = path === "" ? name : `${path}.${name}`;
     const rules = (sub["x-kubernetes-validations"] ?? []).map((v) => oneLine(v.message)).filter(Boolean);
-    const notes = [oneLine(sub.description), ...rules.map((r) => `Refused unless valid: “${r}”.`)].filter(Boolean).join(" ");
-    const def = sub.default === undefined ? (required.has(name) ? "required" : "") : `\`${JSON.stringify(sub.default)}\``;
+    const notes = [oneLine(sub.description), ...rules.map((r) => `Refused unless valid: “${r}”.`)]
+      .filter(Boolean)
+      .join(" ");
+    const def =
+      sub.default === undefined ? (required.has(name) ? "required" : "") : `\`${JSON.stringify(sub.default)}\``;
     out.push(`| \`${here}\` | ${typeText(sub)} | ${def} | ${notes} |`);
     if (sub.type === "object" && sub.properties) rows(sub, here, out);
     if (sub.type === "array" && sub.items?.properties) rows(sub.items, `${here}[]`, out);
@@ -61,8 +64,17 @@ export function referenceDoc(crds: readonly { file: string; crd: DocCrd }[]): st
     const version = crd.spec.versions[0];
     const spec = version?.schema.openAPIV3Schema.properties?.spec;
     if (!version || !spec) continue;
-    const short = crd.spec.names.shortNames?.length ? ` (short name \`${crd.spec.names.shortNames.join("`, `")}\`)` : "";
-    out.push(`## ${crd.spec.names.kind}${short}`, "", oneLine(version.schema.openAPIV3Schema.description), "", `Source: [\`crds/${file}\`](../crds/${file}).`, "");
+    const short = crd.spec.names.shortNames?.length
+      ? ` (short name \`${crd.spec.names.shortNames.join("`, `")}\`)`
+      : "";
+    out.push(
+      `## ${crd.spec.names.kind}${short}`,
+      "",
+      oneLine(version.schema.openAPIV3Schema.description),
+      "",
+      `Source: [\`crds/${file}\`](../crds/${file}).`,
+      "",
+    );
     const specRules = (spec["x-kubernetes-validations"] ?? []).map((v) => `- ${oneLine(v.message)}`);
     if (specRules.length > 0) out.push("Rules across fields:", "", ...specRules, "");
     out.push("| Field | Type | Default | Meaning |", "|---|---|---|---|");

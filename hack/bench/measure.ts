@@ -23,7 +23,11 @@ export function jobUuidOf(pod: V1Pod): string | undefined {
 }
 
 /** Watches the pods of one namespace and timestamps each job's pod as it is created and as it starts running. */
-export async function watchPods(kc: KubeConfig, namespace: string, list: () => Promise<{ items: V1Pod[] }>): Promise<{ times: PodTimes; stop(): Promise<void> }> {
+export async function watchPods(
+  kc: KubeConfig,
+  namespace: string,
+  list: () => Promise<{ items: V1Pod[] }>,
+): Promise<{ times: PodTimes; stop(): Promise<void> }> {
   const times: PodTimes = { created: new Map(), running: new Map(), podsPerJob: new Map() };
   const informer = makeInformer<V1Pod>(kc, `/api/v1/namespaces/${namespace}/pods`, list);
   const seen = (pod: V1Pod): void => {
@@ -39,9 +43,19 @@ export async function watchPods(kc: KubeConfig, namespace: string, list: () => P
   informer.on("add", seen);
   informer.on("update", seen);
   const state = { stopped: false };
-  informer.on("error", () => { setTimeout(() => { if (!state.stopped) void informer.start(); }, 500); });
+  informer.on("error", () => {
+    setTimeout(() => {
+      if (!state.stopped) void informer.start();
+    }, 500);
+  });
   await informer.start();
-  return { times, stop: async () => { state.stopped = true; await informer.stop(); } };
+  return {
+    times,
+    stop: async () => {
+      state.stopped = true;
+      await informer.stop();
+    },
+  };
 }
 
 /** p-th percentile (0–100) of `values` in ms, nearest rank. */
@@ -60,7 +74,9 @@ export class ProcessSampler {
 
   constructor(private readonly pids: readonly number[]) {
     this.startCpu = this.cpuSeconds();
-    this.timer = setInterval(() => { this.sample(); }, 250);
+    this.timer = setInterval(() => {
+      this.sample();
+    }, 250);
   }
 
   sample(): void {
@@ -80,7 +96,9 @@ export class ProcessSampler {
     let total = 0;
     for (const pid of this.pids) {
       try {
-        const fields = readFileSync(`/proc/${pid}/stat`, "utf8").replace(/^.*\) /, "").split(" ");
+        const fields = readFileSync(`/proc/${pid}/stat`, "utf8")
+          .replace(/^.*\) /, "")
+          .split(" ");
         total += (Number(fields[11]) + Number(fields[12])) / 100;
       } catch {
         // Gone.
@@ -95,6 +113,9 @@ export class ProcessSampler {
     clearInterval(this.timer);
     this.timer = undefined;
     const wall = (Date.now() - this.startMs) / 1000;
-    return { maxRssMb: this.maxRssBytes / 1024 / 1024, cpuCores: wall > 0 ? (this.cpuSeconds() - this.startCpu) / wall : 0 };
+    return {
+      maxRssMb: this.maxRssBytes / 1024 / 1024,
+      cpuCores: wall > 0 ? (this.cpuSeconds() - this.startCpu) / wall : 0,
+    };
   }
 }

@@ -28,7 +28,8 @@ export const PEER_VERSION: string = pin("AGENT_STACK_K8S_VERSION");
 /** The release tag at that commit, which the binary reports (`agent-stack-k8s version`). */
 export const PEER_RELEASE: string = pin("AGENT_STACK_K8S_RELEASE");
 
-const BUILD_HINT = "Build it with `bash hack/build-binaries.sh --with-peers` (or `bash hack/build-binaries.sh agent-stack-k8s`).";
+const BUILD_HINT =
+  "Build it with `bash hack/build-binaries.sh --with-peers` (or `bash hack/build-binaries.sh agent-stack-k8s`).";
 
 /** The agent-stack-k8s binary if it was built for the current pin (hack/bin/agent-stack-k8s links to the versioned build). */
 export function peerBinary(): string | undefined {
@@ -95,7 +96,10 @@ const TOKEN_KEY = "BUILDKITE_AGENT_TOKEN";
 
 /** A Kubernetes label value (≤ 63, alphanumeric ends, `-_.` inside) that is also a stack key (`[A-Za-z0-9_-]{1,80}`). */
 export function peerId(queue: string): string {
-  const id = `ask-${queue}`.replace(/[^A-Za-z0-9_-]/g, "-").slice(0, 63).replace(/[^A-Za-z0-9]+$/, "");
+  const id = `ask-${queue}`
+    .replace(/[^A-Za-z0-9_-]/g, "-")
+    .slice(0, 63)
+    .replace(/[^A-Za-z0-9]+$/, "");
   return id;
 }
 
@@ -118,13 +122,18 @@ export function peerConfig(opts: PeerOptions, id: string, tokenSecret: string): 
     "log-format": "logfmt",
     "no-color": true,
     // The fake speaks only the polling agent API (reference §6.7): a real agent in the pod must not try streaming.
-    "pod-spec-patch": { containers: [{ name: "agent", env: [{ name: "BUILDKITE_AGENT_PING_MODE", value: "poll-only" }] }] },
+    "pod-spec-patch": {
+      containers: [{ name: "agent", env: [{ name: "BUILDKITE_AGENT_PING_MODE", value: "poll-only" }] }],
+    },
     ...opts.extraConfig,
   };
 }
 
 async function putSecret(core: CoreV1Api, namespace: string, name: string, token: string): Promise<void> {
-  const body: V1Secret = { metadata: { name, labels: { "app.kubernetes.io/name": "agent-stack-k8s" } }, stringData: { [TOKEN_KEY]: token } };
+  const body: V1Secret = {
+    metadata: { name, labels: { "app.kubernetes.io/name": "agent-stack-k8s" } },
+    stringData: { [TOKEN_KEY]: token },
+  };
   try {
     await core.createNamespacedSecret({ namespace, body });
   } catch (err) {
@@ -136,12 +145,15 @@ async function putSecret(core: CoreV1Api, namespace: string, name: string, token
 /** The fake's control API base from its agent endpoint (`http://host:port/v3` → `http://host:port`). */
 function fakeStacks(agentEndpoint: string): () => Promise<readonly PeerStack[]> {
   const base = agentEndpoint.replace(/\/+$/, "");
-  if (!base.endsWith("/v3")) throw new Error(`agentEndpoint ${agentEndpoint} does not end in /v3; pass options.stacks to find the fake's stacks`);
+  if (!base.endsWith("/v3"))
+    throw new Error(
+      `agentEndpoint ${agentEndpoint} does not end in /v3; pass options.stacks to find the fake's stacks`,
+    );
   const url = `${base.slice(0, -"/v3".length)}/_fake/stacks`;
   return async () => {
     const res = await fetch(url, { signal: AbortSignal.timeout(2_000) });
     if (!res.ok) throw new Error(`GET ${url}: ${res.status}`);
-    return await res.json() as PeerStack[];
+    return (await res.json()) as PeerStack[];
   };
 }
 
@@ -171,15 +183,22 @@ export async function startAgentStackK8s(opts: PeerOptions): Promise<Peer> {
     args: ["--config", configFile],
     logFile: opts.logFile,
     // A clean environment: every config key is also read from an env var of its own name (NAMESPACE, QUEUE, IMAGE, …).
-    env: { PATH: process.env.PATH ?? "/usr/bin:/bin", HOME: process.env.HOME ?? "/tmp", KUBECONFIG: opts.kubeconfigPath },
+    env: {
+      PATH: process.env.PATH ?? "/usr/bin:/bin",
+      HOME: process.env.HOME ?? "/tmp",
+      KUBECONFIG: opts.kubeconfigPath,
+    },
     missingHint: BUILD_HINT,
   });
   const pid = proc.pid;
   if (pid === undefined) throw proc.failure("did not start");
   const stacks = opts.stacks ?? fakeStacks(opts.agentEndpoint);
   try {
-    await proc.waitReady(async () => (await stacks()).some((s) => s.key === id && s.type === "kubernetes" && s.state === "connected"),
-      opts.readyTimeoutMs ?? 30_000, `It should register the kubernetes stack ${id} at ${opts.agentEndpoint}/stacks/register.`);
+    await proc.waitReady(
+      async () => (await stacks()).some((s) => s.key === id && s.type === "kubernetes" && s.state === "connected"),
+      opts.readyTimeoutMs ?? 30_000,
+      `It should register the kubernetes stack ${id} at ${opts.agentEndpoint}/stacks/register.`,
+    );
   } catch (err) {
     await proc.stop(1_000);
     throw err;

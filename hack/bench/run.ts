@@ -50,13 +50,22 @@ function queuesFor(scenario: Scenario): BenchQueue[] {
 }
 
 const describe = (s: Scenario): string =>
-  s.kind === "burst" ? `burst of ${s.jobs}` : s.kind === "steady" ? `steady ${s.rate}/s for ${s.seconds} s` : `${s.jobs} in flight`;
+  s.kind === "burst"
+    ? `burst of ${s.jobs}`
+    : s.kind === "steady"
+      ? `steady ${s.rate}/s for ${s.seconds} s`
+      : `${s.jobs} in flight`;
 
 /**
  * Runs one scenario against one system on a fresh cluster and fake Buildkite, bounded by `deadlineMs`, and measures
  * it. Pods are completed by the fast runner (the agent's API calls, no process per job), the same for every system.
  */
-export async function runScenario(system: SystemUnderTest, scenario: Scenario, deadlineMs: number, log: (line: string) => void): Promise<Result> {
+export async function runScenario(
+  system: SystemUnderTest,
+  scenario: Scenario,
+  deadlineMs: number,
+  log: (line: string) => void,
+): Promise<Result> {
   const dir = await mkdtemp(join(tmpdir(), "bk-bench-"));
   const cluster = await LocalCluster.start({ nodePools: BENCH_NODES, log });
   const kc = cluster.kubeConfig();
@@ -70,11 +79,25 @@ export async function runScenario(system: SystemUnderTest, scenario: Scenario, d
     const core = kc.makeApiClient(CoreV1Api);
     await core.createNamespace({ body: { metadata: { name: namespace } } });
     const queues = queuesFor(scenario);
-    const ctx: BenchContext = { kc, kubeconfigPath: cluster.kubeconfigPath, namespace, fake, queues, dir, runnerMode: scenario.kind === "inflight" ? "kwok" : "fast" };
+    const ctx: BenchContext = {
+      kc,
+      kubeconfigPath: cluster.kubeconfigPath,
+      namespace,
+      fake,
+      queues,
+      dir,
+      runnerMode: scenario.kind === "inflight" ? "kwok" : "fast",
+    };
     const watched = await watchPods(kc, namespace, () => core.listNamespacedPod({ namespace }));
     pods = watched;
     if (scenario.kind !== "inflight") {
-      runner = await FastRunner.start({ kubeConfig: kc, namespaces: [namespace], fakeEndpoint: fake.agentEndpoint, adoptAll: system.adoptPods, concurrency: 64 });
+      runner = await FastRunner.start({
+        kubeConfig: kc,
+        namespaces: [namespace],
+        fakeEndpoint: fake.agentEndpoint,
+        adoptAll: system.adoptPods,
+        concurrency: 64,
+      });
     }
     log(`${system.name}: starting for ${describe(scenario)}`);
     running = await system.start(ctx);
@@ -82,11 +105,15 @@ export async function runScenario(system: SystemUnderTest, scenario: Scenario, d
     const started = Date.now();
     const uuids = await seed(fake, scenario, queues);
     const deadline = started + deadlineMs;
-    const target = scenario.kind === "inflight"
-      ? () => watched.times.running.size >= uuids.length
-      : () => uuids.every((u) => fake.job(u).state === "finished");
+    const target =
+      scenario.kind === "inflight"
+        ? () => watched.times.running.size >= uuids.length
+        : () => uuids.every((u) => fake.job(u).state === "finished");
     while (!target()) {
-      if (Date.now() > deadline) throw new Error(`${system.name}: ${describe(scenario)} did not complete within ${deadlineMs / 1000} s (${watched.times.created.size} pods created, ${uuids.filter((u) => fake.job(u).state === "finished").length} finished)`);
+      if (Date.now() > deadline)
+        throw new Error(
+          `${system.name}: ${describe(scenario)} did not complete within ${deadlineMs / 1000} s (${watched.times.created.size} pods created, ${uuids.filter((u) => fake.job(u).state === "finished").length} finished)`,
+        );
       await new Promise((r) => setTimeout(r, 250));
     }
     const seconds = (Date.now() - started) / 1000;
@@ -94,10 +121,11 @@ export async function runScenario(system: SystemUnderTest, scenario: Scenario, d
     const kubeCalls = await running.kubernetesRequests();
     const heapUsedMb = await running.heapUsedMb();
     const createdTimes = uuids.map((u) => watched.times.created.get(u)).filter((t) => t !== undefined);
-    const lags = (times: Map<string, number>): number[] => uuids.flatMap((u) => {
-      const at = times.get(u);
-      return at === undefined ? [] : [at - Date.parse(fake.job(u).scheduled_at)];
-    });
+    const lags = (times: Map<string, number>): number[] =>
+      uuids.flatMap((u) => {
+        const at = times.get(u);
+        return at === undefined ? [] : [at - Date.parse(fake.job(u).scheduled_at)];
+      });
     const created = lags(watched.times.created);
     const runningLags = lags(watched.times.running);
     const acquires = new Map<string, number>();
@@ -109,18 +137,26 @@ export async function runScenario(system: SystemUnderTest, scenario: Scenario, d
         acquires.set(uuid, (acquires.get(uuid) ?? 0) + 1);
       }
     }
-    const duplicates = [...acquires.values()].filter((n) => n > 1).length + [...watched.times.podsPerJob.values()].filter((s) => s.size > 1).length;
+    const duplicates =
+      [...acquires.values()].filter((n) => n > 1).length +
+      [...watched.times.podsPerJob.values()].filter((s) => s.size > 1).length;
     const leftovers = scenario.kind === "inflight" ? "n/a (held)" : await leftoversAfter(kc, namespace, 30_000);
     const spread = createdTimes.length > 1 ? (Math.max(...createdTimes) - Math.min(...createdTimes)) / 1000 : seconds;
     return {
-      system: system.name, scenario: describe(scenario), jobs: uuids.length, seconds,
+      system: system.name,
+      scenario: describe(scenario),
+      jobs: uuids.length,
+      seconds,
       podsPerSecond: createdTimes.length / Math.max(spread, 0.001),
       createdMs: [percentile(created, 50), percentile(created, 95), percentile(created, 99)],
       runningMs: [percentile(runningLags, 50), percentile(runningLags, 95), percentile(runningLags, 99)],
-      maxRssMb: usage.maxRssMb, heapUsedMb, cpuCores: usage.cpuCores,
+      maxRssMb: usage.maxRssMb,
+      heapUsedMb,
+      cpuCores: usage.cpuCores,
       buildkiteCallsPerJob: buildkiteCalls / uuids.length,
       kubernetesCallsPerJob: kubeCalls === undefined ? undefined : kubeCalls / uuids.length,
-      duplicates, leftovers,
+      duplicates,
+      leftovers,
     };
   } finally {
     await pods?.stop().catch(() => undefined);
@@ -153,15 +189,29 @@ async function seed(fake: FakeBuildkite, scenario: Scenario, queues: readonly Be
 }
 
 /** What is left in the namespace after the jobs ended: pods, unfinished BuildkiteJobs. */
-async function leftoversAfter(kc: ReturnType<LocalCluster["kubeConfig"]>, namespace: string, graceMs: number): Promise<string> {
+async function leftoversAfter(
+  kc: ReturnType<LocalCluster["kubeConfig"]>,
+  namespace: string,
+  graceMs: number,
+): Promise<string> {
   const core = kc.makeApiClient(CoreV1Api);
   const custom = kc.makeApiClient(CustomObjectsApi);
   const deadline = Date.now() + graceMs;
   for (;;) {
     const pods = (await core.listNamespacedPod({ namespace })).items.length;
-    const jobs = (await custom.listNamespacedCustomObject({ group: "buildkite.com", version: "v1alpha1", plural: "buildkitejobs", namespace }) as { items: BuildkiteJob[] }).items;
-    const unfinished = jobs.filter((j) => !["Succeeded", "Failed", "Canceled", "TimedOut"].includes(j.status?.phase ?? "")).length;
-    if ((pods === 0 && unfinished === 0) || Date.now() > deadline) return `${pods} pods, ${unfinished} unfinished BuildkiteJobs`;
+    const jobs = (
+      (await custom.listNamespacedCustomObject({
+        group: "buildkite.com",
+        version: "v1alpha1",
+        plural: "buildkitejobs",
+        namespace,
+      })) as { items: BuildkiteJob[] }
+    ).items;
+    const unfinished = jobs.filter(
+      (j) => !["Succeeded", "Failed", "Canceled", "TimedOut"].includes(j.status?.phase ?? ""),
+    ).length;
+    if ((pods === 0 && unfinished === 0) || Date.now() > deadline)
+      return `${pods} pods, ${unfinished} unfinished BuildkiteJobs`;
     await new Promise((r) => setTimeout(r, 500));
   }
 }

@@ -64,30 +64,72 @@ export const OURS: SystemUnderTest = {
   async start(ctx) {
     const core = ctx.kc.makeApiClient(CoreV1Api);
     const custom = ctx.kc.makeApiClient(CustomObjectsApi);
-    await core.createNamespacedSecret({ namespace: ctx.namespace, body: { metadata: { name: "bk-agent-token", labels: { "buildkite.com/agent-token": "true" } }, stringData: { token: ctx.fake.agentToken } } });
+    await core.createNamespacedSecret({
+      namespace: ctx.namespace,
+      body: {
+        metadata: { name: "bk-agent-token", labels: { "buildkite.com/agent-token": "true" } },
+        stringData: { token: ctx.fake.agentToken },
+      },
+    });
     const port = await freePort();
     const log = createWriteStream(join(ctx.dir, "operator.log"));
-    const child = spawn("setpriv", ["--pdeathsig", "SIGKILL", "--", process.execPath, join(repoRoot, "dist/operator/src/main.js"),
-      "--leader-elect=false", `--http-port=${port}`, "--log-level=warn", `--allowed-endpoints=${ctx.fake.agentEndpoint}`], {
-      env: { PATH: process.env.PATH ?? "/usr/bin:/bin", KUBECONFIG: ctx.kubeconfigPath }, stdio: ["ignore", "pipe", "pipe"],
-    });
+    const child = spawn(
+      "setpriv",
+      [
+        "--pdeathsig",
+        "SIGKILL",
+        "--",
+        process.execPath,
+        join(repoRoot, "dist/operator/src/main.js"),
+        "--leader-elect=false",
+        `--http-port=${port}`,
+        "--log-level=warn",
+        `--allowed-endpoints=${ctx.fake.agentEndpoint}`,
+      ],
+      {
+        env: { PATH: process.env.PATH ?? "/usr/bin:/bin", KUBECONFIG: ctx.kubeconfigPath },
+        stdio: ["ignore", "pipe", "pipe"],
+      },
+    );
     child.stdout.pipe(log);
     child.stderr.pipe(log);
     const exited = once(child, "exit");
-    await waitFor("the operator's /readyz", 60_000, async () => (await httpGet(`http://127.0.0.1:${port}/readyz`).catch(() => ({ status: 0 }))).status === 200);
+    await waitFor(
+      "the operator's /readyz",
+      60_000,
+      async () => (await httpGet(`http://127.0.0.1:${port}/readyz`).catch(() => ({ status: 0 }))).status === 200,
+    );
     for (const q of ctx.queues) {
-      await custom.createNamespacedCustomObject({ ...GROUP, plural: "buildkitequeues", namespace: ctx.namespace, body: {
-        apiVersion: "buildkite.com/v1alpha1", kind: "BuildkiteQueue", metadata: { name: q.key },
-        spec: {
-          queue: q.key, endpoint: ctx.fake.agentEndpoint, agentTokenSecretRef: { name: "bk-agent-token", key: "token" },
-          instanceShape: q.shape, maxVCPU: q.slots * q.vcpu, jobTTLSecondsAfterFinished: 3600,
-          ...(ctx.runnerMode === "fast" ? { podTemplate: { annotations: { "kwok.test/runner": "fast" } } } : {}),
+      await custom.createNamespacedCustomObject({
+        ...GROUP,
+        plural: "buildkitequeues",
+        namespace: ctx.namespace,
+        body: {
+          apiVersion: "buildkite.com/v1alpha1",
+          kind: "BuildkiteQueue",
+          metadata: { name: q.key },
+          spec: {
+            queue: q.key,
+            endpoint: ctx.fake.agentEndpoint,
+            agentTokenSecretRef: { name: "bk-agent-token", key: "token" },
+            instanceShape: q.shape,
+            maxVCPU: q.slots * q.vcpu,
+            jobTTLSecondsAfterFinished: 3600,
+            ...(ctx.runnerMode === "fast" ? { podTemplate: { annotations: { "kwok.test/runner": "fast" } } } : {}),
+          },
         },
-      } });
+      });
     }
     await waitFor("every queue registered with Buildkite", 60_000, async () => {
-      const list = await custom.listNamespacedCustomObject({ ...GROUP, plural: "buildkitequeues", namespace: ctx.namespace }) as { items: BuildkiteQueue[] };
-      return list.items.length === ctx.queues.length && list.items.every((q) => q.status?.conditions?.some((c) => c.type === "Registered" && c.status === "True"));
+      const list = (await custom.listNamespacedCustomObject({
+        ...GROUP,
+        plural: "buildkitequeues",
+        namespace: ctx.namespace,
+      })) as { items: BuildkiteQueue[] };
+      return (
+        list.items.length === ctx.queues.length &&
+        list.items.every((q) => q.status?.conditions?.some((c) => c.type === "Registered" && c.status === "True"))
+      );
     });
     return {
       pids: [child.pid ?? 0],
@@ -97,7 +139,9 @@ export const OURS: SystemUnderTest = {
       },
       async kubernetesRequests() {
         const page = (await httpGet(`http://127.0.0.1:${port}/metrics`)).body;
-        return page.split("\n").filter((l) => l.startsWith("buildkite_operator_kubernetes_requests_total{"))
+        return page
+          .split("\n")
+          .filter((l) => l.startsWith("buildkite_operator_kubernetes_requests_total{"))
           .reduce((sum, l) => sum + Number(l.split(" ").at(-1)), 0);
       },
       async heapUsedMb() {
@@ -114,13 +158,24 @@ export const AGENT_STACK_K8S: SystemUnderTest = {
   name: "agent-stack-k8s",
   adoptPods: true,
   async start(ctx) {
-    const peers = await Promise.all(ctx.queues.map((q) => startAgentStackK8s({
-      kubeconfigPath: ctx.kubeconfigPath, namespace: ctx.namespace, agentEndpoint: ctx.fake.agentEndpoint, agentToken: ctx.fake.agentToken,
-      queue: q.key, maxInFlight: q.slots, logFile: join(ctx.dir, `agent-stack-k8s-${q.key}.log`),
-    })));
+    const peers = await Promise.all(
+      ctx.queues.map((q) =>
+        startAgentStackK8s({
+          kubeconfigPath: ctx.kubeconfigPath,
+          namespace: ctx.namespace,
+          agentEndpoint: ctx.fake.agentEndpoint,
+          agentToken: ctx.fake.agentToken,
+          queue: q.key,
+          maxInFlight: q.slots,
+          logFile: join(ctx.dir, `agent-stack-k8s-${q.key}.log`),
+        }),
+      ),
+    );
     return {
       pids: peers.map((p) => p.pid),
-      async stop() { await Promise.all(peers.map((p) => p.stop())); },
+      async stop() {
+        await Promise.all(peers.map((p) => p.stop()));
+      },
       kubernetesRequests: () => Promise.resolve(undefined),
       heapUsedMb: () => Promise.resolve(undefined),
     };

@@ -2,7 +2,9 @@ import { expect } from "chai";
 import { armFaults, faultPoint, type FaultPoint } from "./fault-points.js";
 
 describe("fault points", () => {
-  afterEach(() => { armFaults(undefined); });
+  afterEach(() => {
+    armFaults(undefined);
+  });
 
   it("do nothing unless armed", () => {
     const hit: FaultPoint[] = [];
@@ -23,7 +25,11 @@ describe("fault points", () => {
   });
 
   it("refuse an unknown point or count, saying which are known", () => {
-    expect(() => { armFaults("after-lunch"); }).to.throw(/unknown fault point "after-lunch"; known: after-create-jobs/);
-    expect(() => { armFaults("after-reserve@0"); }).to.throw(/whole number/);
+    expect(() => {
+      armFaults("after-lunch");
+    }).to.throw(/unknown fault point "after-lunch"; known: after-create-jobs/);
+    expect(() => {
+      armFaults("after-reserve@0");
+    }).to.throw(/whole number/);
   });
 });

@@ -30,11 +30,18 @@ let onFault: (point: FaultPoint) => void = () => {
 export function armFaults(spec: string | undefined, fault?: (point: FaultPoint) => void): void {
   armed.clear();
   if (fault) onFault = fault;
-  for (const part of (spec ?? "").split(",").map((s) => s.trim()).filter((s) => s !== "")) {
+  for (const part of (spec ?? "")
+    .split(",")
+    .map((s) => s.trim())
+    .filter((s) => s !== "")) {
     const [name = "", nth = "1"] = part.split("@");
-    if (!(name in FAULT_POINTS)) throw new ConfigError(`BK_OPERATOR_FAULTS names unknown fault point "${name}"; known: ${Object.keys(FAULT_POINTS).join(", ")}`);
+    if (!(name in FAULT_POINTS))
+      throw new ConfigError(
+        `BK_OPERATOR_FAULTS names unknown fault point "${name}"; known: ${Object.keys(FAULT_POINTS).join(", ")}`,
+      );
     const n = Number(nth);
-    if (!Number.isInteger(n) || n < 1) throw new ConfigError(`BK_OPERATOR_FAULTS: "${part}" needs a whole number ≥ 1 after @`);
+    if (!Number.isInteger(n) || n < 1)
+      throw new ConfigError(`BK_OPERATOR_FAULTS: "${part}" needs a whole number ≥ 1 after @`);
     armed.set(name, n);
   }
 }

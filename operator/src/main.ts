@@ -35,24 +35,46 @@ async function main(): Promise<void> {
   // Served from the start, so liveness holds while the caches fill and /readyz says what is still missing.
   const registry = new Registry();
   const started: { operator?: Operator } = {};
-  const http = await HttpServer.start({ port: config.httpPort, registry, notReady: () => started.operator ? started.operator.notReady() : "starting: caches are filling", logger });
+  const http = await HttpServer.start({
+    port: config.httpPort,
+    registry,
+    notReady: () => (started.operator ? started.operator.notReady() : "starting: caches are filling"),
+    logger,
+  });
   const operator = await Operator.start({
-    kubeConfig, logger, workers: config.workers, registry,
-    allowedEndpoints: config.allowedEndpoints, clusterDNS: config.clusterDNS, watchNamespaces: config.watchNamespaces,
+    kubeConfig,
+    logger,
+    workers: config.workers,
+    registry,
+    allowedEndpoints: config.allowedEndpoints,
+    clusterDNS: config.clusterDNS,
+    watchNamespaces: config.watchNamespaces,
     buildkite: {
-      pollIntervalMs: config.pollIntervalMs, stateCheckIntervalMs: config.stateCheckIntervalMs, reservationExpirySeconds: config.reservationExpirySeconds,
+      pollIntervalMs: config.pollIntervalMs,
+      stateCheckIntervalMs: config.stateCheckIntervalMs,
+      reservationExpirySeconds: config.reservationExpirySeconds,
       ...(config.clusterId !== undefined ? { clusterId: config.clusterId } : {}),
     },
     timeouts: { pendingTimeoutSeconds: config.pendingTimeoutSeconds, startGraceSeconds: config.startGraceSeconds },
-    credentials: { recheckIntervalMs: config.credentialsRecheckSeconds * 1000, ...(config.stsEndpoint !== undefined ? { stsEndpoint: config.stsEndpoint } : {}) },
-    ...(config.leaderElect ? {
-      leaderElection: {
-        namespace: config.leaseNamespace, name: config.leaseName, identity: process.env.POD_NAME ?? `${hostname()}-${process.pid}`,
-        leaseDurationMs: config.leaseDurationSeconds * 1000,
-        // Exiting is the clean way back: the pod restarts and campaigns again with empty caches and no stale work.
-        onLost: () => { logger.error("Lost the leader lease; exiting to restart clean"); process.exit(1); },
-      },
-    } : {}),
+    credentials: {
+      recheckIntervalMs: config.credentialsRecheckSeconds * 1000,
+      ...(config.stsEndpoint !== undefined ? { stsEndpoint: config.stsEndpoint } : {}),
+    },
+    ...(config.leaderElect
+      ? {
+          leaderElection: {
+            namespace: config.leaseNamespace,
+            name: config.leaseName,
+            identity: process.env.POD_NAME ?? `${hostname()}-${process.pid}`,
+            leaseDurationMs: config.leaseDurationSeconds * 1000,
+            // Exiting is the clean way back: the pod restarts and campaigns again with empty caches and no stale work.
+            onLost: () => {
+              logger.error("Lost the leader lease; exiting to restart clean");
+              process.exit(1);
+            },
+          },
+        }
+      : {}),
   });
   started.operator = operator;
   const shutdown = (signal: NodeJS.Signals): void => {
@@ -68,6 +90,6 @@ async function main(): Promise<void> {
 }
 
 main().catch((err: unknown) => {
-  process.stderr.write(`buildkite-operator: ${err instanceof Error ? err.stack ?? err.message : String(err)}\n`);
+  process.stderr.write(`buildkite-operator: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
   process.exit(1);
 });

@@ -19,7 +19,8 @@ describe("the local Docker engine (for end-to-end tests)", function () {
     context = await mkdtemp(join(tmpdir(), "bk-operator-image-"));
     const source = join(repoRoot, "test", "e2e", "fixtures", "hello");
     await run("go", ["build", "-trimpath", "-o", join(context, "hello"), "."], {
-      cwd: source, env: { ...process.env, CGO_ENABLED: "0", GOTOOLCHAIN: "local" },
+      cwd: source,
+      env: { ...process.env, CGO_ENABLED: "0", GOTOOLCHAIN: "local" },
     });
     await copyFile(join(source, "Dockerfile"), join(context, "Dockerfile"));
   });
@@ -29,8 +30,13 @@ describe("the local Docker engine (for end-to-end tests)", function () {
   });
 
   it("builds an image FROM scratch without a registry and runs it through testcontainers", async () => {
-    const image = await GenericContainer.fromDockerfile(context).build("bk-operator-test/hello:latest", { deleteOnExit: false });
-    container = await image.withExposedPorts(8080).withWaitStrategy(Wait.forHttp("/", 8080).withStartupTimeout(30_000)).start();
+    const image = await GenericContainer.fromDockerfile(context).build("bk-operator-test/hello:latest", {
+      deleteOnExit: false,
+    });
+    container = await image
+      .withExposedPorts(8080)
+      .withWaitStrategy(Wait.forHttp("/", 8080).withStartupTimeout(30_000))
+      .start();
     const url = `http://${container.getHost()}:${container.getMappedPort(8080)}/`;
     const response = await httpGet(url);
     expect(response).to.deep.equal({ status: 200, body: "hello from scratch\n" });

@@ -18,7 +18,10 @@ import { freePort } from "../support/ports.js";
 
 const run = promisify(execFile);
 const IMAGE = "bk-operator-test/operator:e2e";
-const RESTRICTED = { "pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/enforce-version": "latest" };
+const RESTRICTED = {
+  "pod-security.kubernetes.io/enforce": "restricted",
+  "pod-security.kubernetes.io/enforce-version": "latest",
+};
 const KUBECONFIG_IN_CONTAINER = "/etc/buildkite-operator/kubeconfig";
 
 /**
@@ -29,7 +32,9 @@ class RestrictedContainer extends GenericContainer {
   constructor(image: string) {
     super(image);
     this.hostConfig.ReadonlyRootfs = true;
-    this.withDroppedCapabilities("ALL").withSecurityOpt("no-new-privileges").withTmpFs({ "/tmp": "rw,noexec,nosuid,size=64m" });
+    this.withDroppedCapabilities("ALL")
+      .withSecurityOpt("no-new-privileges")
+      .withTmpFs({ "/tmp": "rw,noexec,nosuid,size=64m" });
   }
 }
 
@@ -47,15 +52,26 @@ describe("The operator's container image: built without a registry, run as the c
 
   before(async () => {
     // The real build script, as a release would run it; dist/ is already compiled (the tests run from it).
-    await run("bash", [join(repoRoot, "hack", "build-image.sh"), IMAGE], { cwd: repoRoot, maxBuffer: 16 * 1024 * 1024 }).catch((err: unknown) => {
+    await run("bash", [join(repoRoot, "hack", "build-image.sh"), IMAGE], {
+      cwd: repoRoot,
+      maxBuffer: 16 * 1024 * 1024,
+    }).catch((err: unknown) => {
       const e = err as { stdout?: string; stderr?: string };
-      throw new Error(`hack/build-image.sh failed:\n${(e.stdout ?? "").slice(-3000)}${(e.stderr ?? "").slice(-3000)}`, { cause: err });
+      throw new Error(`hack/build-image.sh failed:\n${(e.stdout ?? "").slice(-3000)}${(e.stderr ?? "").slice(-3000)}`, {
+        cause: err,
+      });
     });
-    [cluster, fake, dir, port] = await Promise.all([LocalCluster.start(), FakeBuildkite.start(), mkdtemp(join(tmpdir(), "bk-operator-image-")), freePort()]);
+    [cluster, fake, dir, port] = await Promise.all([
+      LocalCluster.start(),
+      FakeBuildkite.start(),
+      mkdtemp(join(tmpdir(), "bk-operator-image-")),
+      freePort(),
+    ]);
     kc = cluster.kubeConfig();
   });
   afterEach(function () {
-    if (this.currentTest?.state === "failed") process.stderr.write(`\nLast lines of the operator container's log:\n${logs.slice(-40).join("\n")}\n`);
+    if (this.currentTest?.state === "failed")
+      process.stderr.write(`\nLast lines of the operator container's log:\n${logs.slice(-40).join("\n")}\n`);
   });
   after(async () => {
     await container?.stop();
@@ -69,26 +85,56 @@ describe("The operator's container image: built without a registry, run as the c
     // namespaced mode, rights only in the jobs' namespace, which must exist first.
     const releaseNs = await testNamespace(kc, "operator", RESTRICTED);
     t = new TestObjects(kc, await testNamespace(kc, "image-jobs", RESTRICTED));
-    await helm(["install", "bk", CHART_DIR, "--namespace", releaseNs, "--set", "replicaCount=1", "--set-json", `watchNamespaces=["${t.namespace}"]`],
-      cluster.kubeconfigPath);
-    const kubeconfig = await writeServiceAccountKubeconfig(kc, join(dir, "kubeconfig"), { namespace: releaseNs, name: "bk-buildkite-operator" },
-      cluster.server, cluster.pki.caCert);
+    await helm(
+      [
+        "install",
+        "bk",
+        CHART_DIR,
+        "--namespace",
+        releaseNs,
+        "--set",
+        "replicaCount=1",
+        "--set-json",
+        `watchNamespaces=["${t.namespace}"]`,
+      ],
+      cluster.kubeconfigPath,
+    );
+    const kubeconfig = await writeServiceAccountKubeconfig(
+      kc,
+      join(dir, "kubeconfig"),
+      { namespace: releaseNs, name: "bk-buildkite-operator" },
+      cluster.server,
+      cluster.pki.caCert,
+    );
 
     container = await new RestrictedContainer(IMAGE)
       // Host networking: the API server and the fake Buildkite listen on this machine's loopback.
       .withNetworkMode("host")
       .withBindMounts([{ source: kubeconfig, target: KUBECONFIG_IN_CONTAINER, mode: "ro" }])
       .withEnvironment({ KUBECONFIG: KUBECONFIG_IN_CONTAINER, POD_NAMESPACE: releaseNs })
-      .withCommand(["--log-level=debug", "--leader-elect=false", `--http-port=${port}`, "--poll-interval-ms=250", "--state-check-interval-ms=500",
-        `--allowed-endpoints=${fake.agentEndpoint}`, `--watch-namespaces=${t.namespace}`])
-      .withLogConsumer((stream) => { stream.on("data", (chunk: Buffer | string) => logs.push(...chunk.toString().split("\n").filter(Boolean))); })
+      .withCommand([
+        "--log-level=debug",
+        "--leader-elect=false",
+        `--http-port=${port}`,
+        "--poll-interval-ms=250",
+        "--state-check-interval-ms=500",
+        `--allowed-endpoints=${fake.agentEndpoint}`,
+        `--watch-namespaces=${t.namespace}`,
+      ])
+      .withLogConsumer((stream) => {
+        stream.on("data", (chunk: Buffer | string) => logs.push(...chunk.toString().split("\n").filter(Boolean)));
+      })
       .withWaitStrategy(Wait.forLogMessage(/Serving \/healthz/))
       .withStartupTimeout(60_000)
       .start();
 
     expect((await httpGet(`http://127.0.0.1:${port}/healthz`)).status).to.equal(200);
-    await eventually(async () => { expect((await httpGet(`http://127.0.0.1:${port}/readyz`)).status).to.equal(200); },
-      { what: "the container's /readyz", timeoutMs: 60_000 });
+    await eventually(
+      async () => {
+        expect((await httpGet(`http://127.0.0.1:${port}/readyz`)).status).to.equal(200);
+      },
+      { what: "the container's /readyz", timeoutMs: 60_000 },
+    );
     const uid = await container.exec(["/usr/local/bin/node", "-e", "process.stdout.write(String(process.getuid()))"]);
     expect(uid.output.trim(), "the uid the operator runs as").to.equal("65532");
     const metrics = (await httpGet(`http://127.0.0.1:${port}/metrics`)).body;
@@ -101,19 +147,39 @@ describe("The operator's container image: built without a registry, run as the c
     if (!container) this.skip();
     await t.createTokenSecret("bk-agent-token", fake.agentToken);
     await t.createQueue("image", { endpoint: fake.agentEndpoint, instanceShape: "LINUX_ARM64_2X4", maxVCPU: 2 });
-    await eventually(async () => {
-      const q = await t.queue("image");
-      expect(q?.status?.conditions?.find((c) => c.type === "Ready"), JSON.stringify(q?.status)).to.include({ status: "True" });
-    }, { what: "queue image Ready" });
+    await eventually(
+      async () => {
+        const q = await t.queue("image");
+        expect(
+          q?.status?.conditions?.find((c) => c.type === "Ready"),
+          JSON.stringify(q?.status),
+        ).to.include({ status: "True" });
+      },
+      { what: "queue image Ready" },
+    );
     const name = await t.createJob("image");
-    await t.jobWhen(name, "Running", (j) => { expect(j.status?.phase, JSON.stringify(j.status)).to.equal("Running"); });
+    await t.jobWhen(name, "Running", (j) => {
+      expect(j.status?.phase, JSON.stringify(j.status)).to.equal("Running");
+    });
     await t.exitPod(name, 0);
-    const done = await t.jobWhen(name, "Succeeded", (j) => { expect(j.status?.phase).to.equal("Succeeded"); });
+    const done = await t.jobWhen(name, "Succeeded", (j) => {
+      expect(j.status?.phase).to.equal("Succeeded");
+    });
     expect(done.status).to.include({ exitCode: 0, reason: "Completed" });
-    await eventually(async () => { expect(await t.pod(name)).to.equal(undefined); }, { what: "the finished pod to be deleted" });
-    await eventually(async () => {
-      expect((await httpGet(`http://127.0.0.1:${port}/metrics`)).body).to.match(/^buildkite_operator_jobs_completed_total\{[^}]*result="Succeeded"[^}]*\} 1$/m);
-    }, { what: "the completed job in /metrics" });
+    await eventually(
+      async () => {
+        expect(await t.pod(name)).to.equal(undefined);
+      },
+      { what: "the finished pod to be deleted" },
+    );
+    await eventually(
+      async () => {
+        expect((await httpGet(`http://127.0.0.1:${port}/metrics`)).body).to.match(
+          /^buildkite_operator_jobs_completed_total\{[^}]*result="Succeeded"[^}]*\} 1$/m,
+        );
+      },
+      { what: "the completed job in /metrics" },
+    );
     expect(rbacDenials(logs), "RBAC denials in the container's log").to.deep.equal([]);
   });
 });

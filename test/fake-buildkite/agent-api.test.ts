@@ -31,10 +31,15 @@ describe("fake Buildkite agent API", () => {
     fake = await FakeBuildkite.start({ clock: () => now, agentLostAfterMs: 30_000 });
     api = new FakeApiClient(fake.url, fake.agentToken);
   });
-  afterEach(async () => { await fake.stop(); });
+  afterEach(async () => {
+    await fake.stop();
+  });
 
   /** Registers and connects an agent as `buildkite-agent start --acquire-job` does; returns its session client. */
-  async function agent(queue = "default-q", ignoreInDispatches = true): Promise<{ session: FakeApiClient; registered: Registered }> {
+  async function agent(
+    queue = "default-q",
+    ignoreInDispatches = true,
+  ): Promise<{ session: FakeApiClient; registered: Registered }> {
     const res = await api.call<Registered>("POST", "/v3/register", {
       json: { name: "agent-1", meta_data: [`queue=${queue}`, "arch=arm64"], ignore_in_dispatches: ignoreInDispatches },
     });
@@ -70,7 +75,9 @@ describe("fake Buildkite agent API", () => {
     expect(res.body).to.include({ id: uuid, state: "accepted", chunks_max_size_bytes: 102_400 });
     expect(res.body.token).to.match(/^bkaj_/);
     expect(res.body.env).to.include({
-      BUILDKITE_AGENT_ID: registered.id, BUILDKITE_AGENT_NAME: "agent-1", BUILDKITE_AGENT_META_DATA_QUEUE: "default-q",
+      BUILDKITE_AGENT_ID: registered.id,
+      BUILDKITE_AGENT_NAME: "agent-1",
+      BUILDKITE_AGENT_META_DATA_QUEUE: "default-q",
       BUILDKITE_AGENT_META_DATA_ARCH: "arm64",
     });
     const again = await session.call("PUT", `/v3/jobs/${uuid}/acquire`, { headers: LOCK });
@@ -92,26 +99,42 @@ describe("fake Buildkite agent API", () => {
 
   it("runs a job: start, out-of-order gzip chunks assembled by offset, finish with a string exit status", async () => {
     const { job, jobApi } = await acquired();
-    expect((await jobApi.call("PUT", `/v3/jobs/${job.id}/start`, { json: { started_at: "2026-01-01T00:00:00Z" } })).status).to.equal(200);
-    expect((await jobApi.call("POST", `/v3/jobs/${job.id}/chunks?sequence=2&offset=6&size=6`, { gzipText: "world\n" })).status).to.equal(200);
-    expect((await jobApi.call("POST", `/v3/jobs/${job.id}/chunks?sequence=1&offset=0&size=6`, { gzipText: "hello " })).status).to.equal(200);
-    const mismatch = await jobApi.call("POST", `/v3/jobs/${job.id}/chunks?sequence=3&offset=12&size=99`, { gzipText: "x" });
+    expect(
+      (await jobApi.call("PUT", `/v3/jobs/${job.id}/start`, { json: { started_at: "2026-01-01T00:00:00Z" } })).status,
+    ).to.equal(200);
+    expect(
+      (await jobApi.call("POST", `/v3/jobs/${job.id}/chunks?sequence=2&offset=6&size=6`, { gzipText: "world\n" }))
+        .status,
+    ).to.equal(200);
+    expect(
+      (await jobApi.call("POST", `/v3/jobs/${job.id}/chunks?sequence=1&offset=0&size=6`, { gzipText: "hello " }))
+        .status,
+    ).to.equal(200);
+    const mismatch = await jobApi.call("POST", `/v3/jobs/${job.id}/chunks?sequence=3&offset=12&size=99`, {
+      gzipText: "x",
+    });
     expect(mismatch.status).to.equal(422);
     expect((await jobApi.call("GET", `/v3/jobs/${job.id}`)).body).to.deep.equal({ id: job.id, state: "running" });
-    const finished = await jobApi.call("PUT", `/v3/jobs/${job.id}/finish`, { json: { exit_status: "3", chunks_failed_count: 0 } });
+    const finished = await jobApi.call("PUT", `/v3/jobs/${job.id}/finish`, {
+      json: { exit_status: "3", chunks_failed_count: 0 },
+    });
     expect(finished.status).to.equal(200);
     const record = fake.job(job.id);
     expect(record).to.include({ state: "finished", exit_status: 3, log: "hello world\n" });
     expect(record.history.map((h) => h.to)).to.deep.equal(["scheduled", "accepted", "running", "finished"]);
     // The job token died with the job, so the agent stops retrying.
-    expect((await jobApi.call("PUT", `/v3/jobs/${job.id}/finish`, { json: { exit_status: "3" } })).status).to.equal(401);
+    expect((await jobApi.call("PUT", `/v3/jobs/${job.id}/finish`, { json: { exit_status: "3" } })).status).to.equal(
+      401,
+    );
   });
 
   it("refuses a job token for another job and log chunks before start", async () => {
     const { job, jobApi } = await acquired();
     const other = fake.seedJob({ queue_key: "default-q" });
     expect((await jobApi.call("GET", `/v3/jobs/${other}`)).status).to.equal(401);
-    expect((await jobApi.call("POST", `/v3/jobs/${job.id}/chunks?sequence=1&offset=0&size=1`, { gzipText: "x" })).status).to.equal(422);
+    expect(
+      (await jobApi.call("POST", `/v3/jobs/${job.id}/chunks?sequence=1&offset=0&size=1`, { gzipText: "x" })).status,
+    ).to.equal(422);
   });
 
   it("lets a running job be cancelled: the state poll says canceling and finish makes it canceled", async () => {
@@ -119,8 +142,15 @@ describe("fake Buildkite agent API", () => {
     await jobApi.call("PUT", `/v3/jobs/${job.id}/start`, { json: {} });
     expect(fake.cancel(job.id).state).to.equal("canceling");
     expect((await jobApi.call("GET", `/v3/jobs/${job.id}`)).body).to.include({ state: "canceling" });
-    await jobApi.call("PUT", `/v3/jobs/${job.id}/finish`, { json: { exit_status: "-1", signal: "SIGTERM", signal_reason: "cancel" } });
-    expect(fake.job(job.id)).to.include({ state: "canceled", signal: "SIGTERM", signal_reason: "cancel", exit_status: -1 });
+    await jobApi.call("PUT", `/v3/jobs/${job.id}/finish`, {
+      json: { exit_status: "-1", signal: "SIGTERM", signal_reason: "cancel" },
+    });
+    expect(fake.job(job.id)).to.include({
+      state: "canceled",
+      signal: "SIGTERM",
+      signal_reason: "cancel",
+      exit_status: -1,
+    });
   });
 
   it("times a running job out through timing_out to timed_out", async () => {
@@ -143,16 +173,23 @@ describe("fake Buildkite agent API", () => {
     expect(fake.job(job.id)).to.include({ state: "finished", exit_status: -1, finish_detail: "agent lost" });
     expect((await session.call("POST", "/v3/heartbeat", { json: {} })).status).to.equal(401);
     // A late finish from the lost agent is refused as already finished.
-    expect((await jobApi.call("PUT", `/v3/jobs/${job.id}/finish`, { json: { exit_status: "0" } })).status).to.equal(422);
+    expect((await jobApi.call("PUT", `/v3/jobs/${job.id}/finish`, { json: { exit_status: "0" } })).status).to.equal(
+      422,
+    );
   });
 
   it("binds an agent registered with a JAT to its job (403 for any other)", async () => {
-    await api.call("POST", "/v3/stacks/register", { json: { key: "op", type: "custom", queue_key: "default-q", metadata: {} } });
+    await api.call("POST", "/v3/stacks/register", {
+      json: { key: "op", type: "custom", queue_key: "default-q", metadata: {} },
+    });
     const mine = fake.seedJob({ queue_key: "default-q" });
     const other = fake.seedJob({ queue_key: "default-q" });
     await api.call("PUT", "/v3/stacks/op/scheduled-jobs/batch-reserve", { json: { job_uuids: [mine] } });
     const issued = await api.call<{ job_acquisition_tokens: { job_acquisition_token: string }[] }>(
-      "POST", "/v3/stacks/op/job-acquisition-tokens", { json: { job_uuids: [mine] } });
+      "POST",
+      "/v3/stacks/op/job-acquisition-tokens",
+      { json: { job_uuids: [mine] } },
+    );
     const jat = api.withToken(issued.body.job_acquisition_tokens[0]?.job_acquisition_token ?? "");
     const registered = await jat.call<Registered>("POST", "/v3/register", { json: { meta_data: ["queue=default-q"] } });
     const session = api.withToken(registered.body.access_token);

@@ -1,4 +1,14 @@
-import { HttpError, json, jsonObject, optionalInt, optionalString, param, type Params, type Reply, type Route } from "./http.js";
+import {
+  HttpError,
+  json,
+  jsonObject,
+  optionalInt,
+  optionalString,
+  param,
+  type Params,
+  type Reply,
+  type Route,
+} from "./http.js";
 import { TERMINAL_STATES } from "./model.js";
 import type { JobRecord } from "./records.js";
 import type { ApiContext } from "./store.js";

@@ -1,4 +1,14 @@
-import { HttpError, iso, json, jsonObject, optionalString, param, type Params, type Reply, type Route } from "./http.js";
+import {
+  HttpError,
+  iso,
+  json,
+  jsonObject,
+  optionalString,
+  param,
+  type Params,
+  type Reply,
+  type Route,
+} from "./http.js";
 import { AGENT_INTERVALS } from "./model.js";
 import type { AgentRecord, JobRecord } from "./records.js";
 import type { ApiContext, FakeStore } from "./store.js";
@@ -76,7 +86,10 @@ function bindJob(store: FakeStore, job: JobRecord, agent: AgentRecord): string {
   for (const tag of agent.tags) {
     const eq = tag.indexOf("=");
     if (eq <= 0) continue;
-    const key = tag.slice(0, eq).toUpperCase().replace(/[^A-Z0-9]/g, "_");
+    const key = tag
+      .slice(0, eq)
+      .toUpperCase()
+      .replace(/[^A-Z0-9]/g, "_");
     agentEnv[`BUILDKITE_AGENT_META_DATA_${key}`] = tag.slice(eq + 1);
   }
   job.env = { ...job.env, ...agentEnv };

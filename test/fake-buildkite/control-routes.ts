@@ -1,6 +1,16 @@
 import type { FakeControl } from "./control.js";
 import { parseFault } from "./faults.js";
-import { HttpError, json, jsonObject, optionalString, param, type FakeRequest, type Params, type Reply, type Route } from "./http.js";
+import {
+  HttpError,
+  json,
+  jsonObject,
+  optionalString,
+  param,
+  type FakeRequest,
+  type Params,
+  type Reply,
+  type Route,
+} from "./http.js";
 import { parseSeedBody } from "./seed.js";
 
 /**
@@ -65,7 +75,10 @@ function tokens(ctx: ControlContext): Reply {
     return json(200, { revoked: true });
   }
   const description = optionalString(body, "description");
-  const value = ctx.control.createToken({ ...(token === undefined ? {} : { token }), ...(description === undefined ? {} : { description }) });
+  const value = ctx.control.createToken({
+    ...(token === undefined ? {} : { token }),
+    ...(description === undefined ? {} : { description }),
+  });
   return json(201, { token: value });
 }
 
@@ -76,8 +89,13 @@ function rateLimits(ctx: ControlContext): Reply {
   return json(200, { enabled });
 }
 
-const route = (method: string, pattern: string, handle: Handler): Route<ControlContext> =>
-  ({ name: `fake.${method} ${pattern}`, method, pattern, auth: [], handle });
+const route = (method: string, pattern: string, handle: Handler): Route<ControlContext> => ({
+  name: `fake.${method} ${pattern}`,
+  method,
+  pattern,
+  auth: [],
+  handle,
+});
 
 /** Every control route. */
 export const controlRoutes: readonly Route<ControlContext>[] = [

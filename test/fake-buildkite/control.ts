@@ -6,7 +6,14 @@ import type { AgentRecord } from "./records.js";
 import type { RequestLog, RequestLogEntry } from "./request-log.js";
 import type { SeedJobOptions } from "./seed.js";
 import type { FakeStore } from "./store.js";
-import { agentView, jobRecordView, stackView, type FakeAgentView, type FakeJobRecord, type FakeStackView } from "./views.js";
+import {
+  agentView,
+  jobRecordView,
+  stackView,
+  type FakeAgentView,
+  type FakeJobRecord,
+  type FakeStackView,
+} from "./views.js";
 
 /** A queue as the control API reports it. */
 export interface FakeQueueView {

@@ -13,7 +13,12 @@ import { stacksRoutes } from "./stacks-routes.js";
 import type { ApiContext, FakeStore, Principal } from "./store.js";
 
 /** Every Buildkite API route the fake implements; anything else is 404 "not implemented in fake". */
-const API_ROUTES: readonly Route<ApiContext>[] = [...stacksRoutes, ...stackJobRoutes, ...agentRoutes, ...agentJobRoutes];
+const API_ROUTES: readonly Route<ApiContext>[] = [
+  ...stacksRoutes,
+  ...stackJobRoutes,
+  ...agentRoutes,
+  ...agentJobRoutes,
+];
 
 /** A body larger than this is refused; real log chunks are ≤ 100 KiB and job payloads a few hundred KiB. */
 const MAX_BODY_BYTES = 64 * 1024 * 1024;
@@ -58,7 +63,11 @@ function tokenOf(req: IncomingMessage): string | undefined {
 
 function errorReply(err: unknown, headers: Readonly<Record<string, string>> = {}): Reply {
   if (err instanceof HttpError) {
-    return { status: err.status, body: { message: err.message, ...err.extra }, headers: { ...headers, ...err.headers } };
+    return {
+      status: err.status,
+      body: { message: err.message, ...err.extra },
+      headers: { ...headers, ...err.headers },
+    };
   }
   const message = err instanceof Error ? err.message : String(err);
   return { status: 500, body: { message: `fake Buildkite internal error: ${message}` }, headers };
@@ -81,7 +90,12 @@ function send(res: ServerResponse, reply: Reply): void {
   res.end(payload);
 }
 
-async function handleApi(deps: DispatchDeps, request: FakeRequest, principal: Principal, logRoute: (name: string) => void): Promise<Reply> {
+async function handleApi(
+  deps: DispatchDeps,
+  request: FakeRequest,
+  principal: Principal,
+  logRoute: (name: string) => void,
+): Promise<Reply> {
   const matched = matchRoute(API_ROUTES, request.method, request.segments);
   if (!matched) return errorReply(new HttpError(404, "not implemented in fake"));
   const { route, params } = matched;
@@ -92,7 +106,8 @@ async function handleApi(deps: DispatchDeps, request: FakeRequest, principal: Pr
     if (fault.reply) return fault.reply;
   }
   if (!route.auth.includes(principal.class)) {
-    const message = principal.class === "none" ? principal.reason : `this endpoint does not accept a ${principal.class} token`;
+    const message =
+      principal.class === "none" ? principal.reason : `this endpoint does not accept a ${principal.class} token`;
     return errorReply(new HttpError(401, message));
   }
   deps.store.touch(principal);
@@ -125,7 +140,12 @@ export async function dispatch(deps: DispatchDeps, req: IncomingMessage, res: Se
     principal = deps.store.identify(tokenOf(req));
     body = await readBody(req);
     const request: FakeRequest = {
-      method, path: url.pathname, segments: pathSegments(url.pathname), query: url.searchParams, headers: req.headers, body,
+      method,
+      path: url.pathname,
+      segments: pathSegments(url.pathname),
+      query: url.searchParams,
+      headers: req.headers,
+      body,
     };
     if (isControl) {
       const matched = matchRoute(controlRoutes, method, request.segments);
@@ -133,7 +153,9 @@ export async function dispatch(deps: DispatchDeps, req: IncomingMessage, res: Se
         ? matched.route.handle({ control: deps.control, req: request }, matched.params)
         : errorReply(new HttpError(404, "not implemented in fake"));
     } else {
-      reply = await handleApi(deps, request, principal, (name) => { routeName = name; });
+      reply = await handleApi(deps, request, principal, (name) => {
+        routeName = name;
+      });
     }
   } catch (err) {
     reply = errorReply(err);

@@ -46,7 +46,8 @@ export class Faults {
     if (spec.status !== undefined && (!Number.isInteger(spec.status) || spec.status < 100 || spec.status > 599)) {
       throw new HttpError(422, "status must be an HTTP status code");
     }
-    if (spec.status === undefined && spec.delay_ms === undefined) throw new HttpError(422, "a fault needs a status or delay_ms");
+    if (spec.status === undefined && spec.delay_ms === undefined)
+      throw new HttpError(422, "a fault needs a status or delay_ms");
     this.#armed.push({ spec, remaining: count });
   }
 
@@ -67,7 +68,8 @@ export class Faults {
     armed.remaining -= 1;
     if (armed.remaining === 0) this.#armed.splice(index, 1);
     const { spec } = armed;
-    const headers: Record<string, string> = spec.retry_after === undefined ? {} : { "Retry-After": String(spec.retry_after) };
+    const headers: Record<string, string> =
+      spec.retry_after === undefined ? {} : { "Retry-After": String(spec.retry_after) };
     const body = spec.body ?? { message: "injected fault" };
     if (typeof body === "string") headers["Content-Type"] = "text/html; charset=utf-8";
     return {
@@ -84,7 +86,8 @@ export function parseFault(body: Record<string, unknown>): FaultSpec {
   const num = (name: string): number | undefined => {
     const value = body[name];
     if (value === undefined || value === null) return undefined;
-    if (typeof value !== "number" || !Number.isFinite(value) || value < 0) throw new HttpError(422, `${name} must be a number ≥ 0`);
+    if (typeof value !== "number" || !Number.isFinite(value) || value < 0)
+      throw new HttpError(422, `${name} must be a number ≥ 0`);
     return value;
   };
   const raw = body.body;
@@ -92,6 +95,11 @@ export function parseFault(body: Record<string, unknown>): FaultSpec {
     throw new HttpError(422, "body must be a string or an object");
   }
   return compact<FaultSpec>({
-    route, status: num("status"), count: num("count"), retry_after: num("retry_after"), delay_ms: num("delay_ms"), body: raw ?? undefined,
+    route,
+    status: num("status"),
+    count: num("count"),
+    retry_after: num("retry_after"),
+    delay_ms: num("delay_ms"),
+    body: raw ?? undefined,
   });
 }

@@ -53,7 +53,10 @@ export interface Route<C> {
 /** Splits and decodes a path; a malformed escape is the client's error. */
 export function pathSegments(path: string): string[] {
   try {
-    return path.split("/").filter((s) => s.length > 0).map((s) => decodeURIComponent(s));
+    return path
+      .split("/")
+      .filter((s) => s.length > 0)
+      .map((s) => decodeURIComponent(s));
   } catch (err) {
     throw new HttpError(400, `malformed path ${path}: ${err instanceof Error ? err.message : String(err)}`);
   }

@@ -19,13 +19,19 @@ async function main(): Promise<void> {
     strict: true,
   });
   const port = Number(values.port);
-  if (!Number.isInteger(port) || port < 0 || port > 65_535) throw new Error(`--port must be a port number, not ${values.port}`);
-  const fake = await FakeBuildkite.start({ port, host: values.host, agentToken: values.token, rateLimits: values["rate-limits"] });
+  if (!Number.isInteger(port) || port < 0 || port > 65_535)
+    throw new Error(`--port must be a port number, not ${values.port}`);
+  const fake = await FakeBuildkite.start({
+    port,
+    host: values.host,
+    agentToken: values.token,
+    rateLimits: values["rate-limits"],
+  });
   process.stdout.write(
     `Fake Buildkite listening on ${fake.url}\n` +
-    `  agent endpoint: ${fake.agentEndpoint}\n` +
-    `  agent token:    ${fake.agentToken}\n` +
-    `  control API:    ${fake.url}/_fake (POST /_fake/jobs to seed a job)\n`,
+      `  agent endpoint: ${fake.agentEndpoint}\n` +
+      `  agent token:    ${fake.agentToken}\n` +
+      `  control API:    ${fake.url}/_fake (POST /_fake/jobs to seed a job)\n`,
   );
   await new Promise<void>((resolve) => {
     process.once("SIGINT", resolve);

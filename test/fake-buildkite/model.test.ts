@@ -61,14 +61,27 @@ describe("fake Buildkite job state machine", () => {
   for (const [from, event, expected] of TABLE) {
     it(`${event} from ${from} → ${String(expected)}`, () => {
       const result = transition(from, event);
-      expect(result).to.deep.equal(typeof expected === "number" ? { ok: false, status: expected } : { ok: true, to: expected });
+      expect(result).to.deep.equal(
+        typeof expected === "number" ? { ok: false, status: expected } : { ok: true, to: expected },
+      );
     });
   }
 
   it("never moves a job out of a terminal state", () => {
     const events: JobEvent[] = [
-      "reserve", "reservation_expired", "stack_finish", "acquire", "dispatch", "accept", "start", "cancel", "timeout",
-      "agent_finish", "expire", "agent_lost", "unlock",
+      "reserve",
+      "reservation_expired",
+      "stack_finish",
+      "acquire",
+      "dispatch",
+      "accept",
+      "start",
+      "cancel",
+      "timeout",
+      "agent_finish",
+      "expire",
+      "agent_lost",
+      "unlock",
     ];
     for (const state of TERMINAL_STATES) {
       for (const event of events) expect(transition(state, event).ok, `${event} from ${state}`).to.equal(false);

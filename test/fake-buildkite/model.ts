@@ -6,9 +6,30 @@
 
 /** Every job state Buildkite reports (§3.1); `reserved` exists only for the Stacks API. */
 export const JOB_STATES = [
-  "pending", "waiting", "waiting_failed", "blocked", "blocked_failed", "unblocked", "unblocked_failed",
-  "limiting", "limited", "platform_limiting", "platform_limited", "scheduled", "reserved", "assigned", "accepted",
-  "running", "finished", "canceling", "canceled", "timing_out", "timed_out", "expired", "skipped", "broken",
+  "pending",
+  "waiting",
+  "waiting_failed",
+  "blocked",
+  "blocked_failed",
+  "unblocked",
+  "unblocked_failed",
+  "limiting",
+  "limited",
+  "platform_limiting",
+  "platform_limited",
+  "scheduled",
+  "reserved",
+  "assigned",
+  "accepted",
+  "running",
+  "finished",
+  "canceling",
+  "canceled",
+  "timing_out",
+  "timed_out",
+  "expired",
+  "skipped",
+  "broken",
 ] as const;
 
 /** A Buildkite job state. */
@@ -16,7 +37,14 @@ export type JobState = (typeof JOB_STATES)[number];
 
 /** States after which nothing more happens to a job. */
 export const TERMINAL_STATES: ReadonlySet<JobState> = new Set<JobState>([
-  "finished", "canceled", "timed_out", "expired", "skipped", "broken", "waiting_failed", "blocked_failed",
+  "finished",
+  "canceled",
+  "timed_out",
+  "expired",
+  "skipped",
+  "broken",
+  "waiting_failed",
+  "blocked_failed",
   "unblocked_failed",
 ]);
 
@@ -25,7 +53,14 @@ export const TERMINAL_STATES: ReadonlySet<JobState> = new Set<JobState>([
  * acquires such a job gets 423 Locked and retries after `Retry-After` (§2.5).
  */
 export const LOCKED_STATES: ReadonlySet<JobState> = new Set<JobState>([
-  "pending", "waiting", "blocked", "unblocked", "limiting", "limited", "platform_limiting", "platform_limited",
+  "pending",
+  "waiting",
+  "blocked",
+  "unblocked",
+  "limiting",
+  "limited",
+  "platform_limiting",
+  "platform_limited",
 ]);
 
 /** Something that happens to a job, named by what causes it. */
@@ -45,7 +80,8 @@ export type JobEvent =
   | "unlock"; // dependencies met (test control)
 
 /** The outcome of an event: the new state, or the HTTP status that refuses it. */
-export type Transition = { readonly ok: true; readonly to: JobState } | { readonly ok: false; readonly status: 422 | 423 };
+export type Transition =
+  { readonly ok: true; readonly to: JobState } | { readonly ok: false; readonly status: 422 | 423 };
 
 const to = (state: JobState): Transition => ({ ok: true, to: state });
 const refuse: Transition = { ok: false, status: 422 };
@@ -77,7 +113,8 @@ export function transition(from: JobState, event: JobEvent): Transition {
       // the agent's first state poll sees it and finishes the job as canceled.
       return from === "canceling" ? to("canceling") : refuse;
     case "cancel":
-      if (from === "scheduled" || from === "reserved" || from === "assigned" || LOCKED_STATES.has(from)) return to("canceled");
+      if (from === "scheduled" || from === "reserved" || from === "assigned" || LOCKED_STATES.has(from))
+        return to("canceled");
       // An agent has the job: it learns of the cancellation by polling and finishes the job itself.
       return from === "accepted" || from === "running" ? to("canceling") : refuse;
     case "timeout":

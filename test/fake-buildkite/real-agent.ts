@@ -48,24 +48,38 @@ export class RealAgent {
   readonly #exited: Promise<AgentExit>;
   #exit: AgentExit | undefined;
 
-  private constructor(readonly name: string, readonly logFile: string, child: ChildProcess, log: WriteStream) {
+  private constructor(
+    readonly name: string,
+    readonly logFile: string,
+    child: ChildProcess,
+    log: WriteStream,
+  ) {
     this.#child = child;
     this.#log = log;
     const keep = (chunk: Buffer): void => {
       log.write(chunk);
-      this.#tail.push(...chunk.toString("utf8").split("\n").filter((l) => l.length > 0));
+      this.#tail.push(
+        ...chunk
+          .toString("utf8")
+          .split("\n")
+          .filter((l) => l.length > 0),
+      );
       if (this.#tail.length > TAIL_LINES) this.#tail.splice(0, this.#tail.length - TAIL_LINES);
     };
     child.stdout?.on("data", keep);
     child.stderr?.on("data", keep);
-    const forget = onExit(() => { child.kill("SIGKILL"); });
+    const forget = onExit(() => {
+      child.kill("SIGKILL");
+    });
     this.#exited = new Promise((resolve) => {
       const ended = (exit: AgentExit): void => {
         forget();
         this.#exit ??= exit;
         resolve(this.#exit);
       };
-      child.on("exit", (code, signal) => { ended({ code, signal }); });
+      child.on("exit", (code, signal) => {
+        ended({ code, signal });
+      });
       // A spawn failure (no setpriv) emits "error" and never "exit"; keep the reason for the failure message.
       child.on("error", (err) => {
         this.#tail.push(`spawn failed: ${err.message}`);
@@ -77,8 +91,14 @@ export class RealAgent {
   /** Starts the agent with a clean environment: nothing from the test runner's own `BUILDKITE_*` leaks in. */
   static async start(options: RealAgentOptions): Promise<RealAgent> {
     const binary = hackBinary("buildkite-agent");
-    if (!existsSync(binary)) throw new ComponentError(`buildkite-agent: binary ${binary} is missing. Run \`bash hack/build-binaries.sh\`.`);
-    const dirs = { builds: join(options.dir, "builds"), hooks: join(options.dir, "hooks"), plugins: join(options.dir, "plugins"), home: join(options.dir, "home") };
+    if (!existsSync(binary))
+      throw new ComponentError(`buildkite-agent: binary ${binary} is missing. Run \`bash hack/build-binaries.sh\`.`);
+    const dirs = {
+      builds: join(options.dir, "builds"),
+      hooks: join(options.dir, "hooks"),
+      plugins: join(options.dir, "plugins"),
+      home: join(options.dir, "home"),
+    };
     for (const dir of Object.values(dirs)) await mkdir(dir, { recursive: true });
     // An empty config file keeps a machine-wide /etc/buildkite-agent/buildkite-agent.cfg out of the test.
     const config = join(options.dir, "agent.cfg");
@@ -102,11 +122,20 @@ export class RealAgent {
       BUILDKITE_AGENT_NO_COLOR: "true",
       ...options.env,
     };
-    const args = ["start", "--acquire-job", options.jobId, ...(options.reflectExitStatus === true ? ["--reflect-exit-status"] : [])];
+    const args = [
+      "start",
+      "--acquire-job",
+      options.jobId,
+      ...(options.reflectExitStatus === true ? ["--reflect-exit-status"] : []),
+    ];
     const logFile = join(options.dir, "agent.log");
     const log = createWriteStream(logFile, { flags: "a" });
     // setpriv --pdeathsig: the kernel kills the agent if the test runner dies without cleaning up.
-    const child = spawn("setpriv", ["--pdeathsig", "SIGKILL", "--", binary, ...args], { env, cwd: options.dir, stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn("setpriv", ["--pdeathsig", "SIGKILL", "--", binary, ...args], {
+      env,
+      cwd: options.dir,
+      stdio: ["ignore", "pipe", "pipe"],
+    });
     return new RealAgent(`buildkite-agent (${name})`, logFile, child, log);
   }
 
@@ -123,19 +152,27 @@ export class RealAgent {
   /** Waits for the agent to exit on its own; after `timeoutMs` kills it and fails with its last log lines. */
   async waitForExit(timeoutMs: number): Promise<AgentExit> {
     let timer: NodeJS.Timeout | undefined;
-    const timedOut = new Promise<"timeout">((resolve) => { timer = setTimeout(() => { resolve("timeout"); }, timeoutMs); });
+    const timedOut = new Promise<"timeout">((resolve) => {
+      timer = setTimeout(() => {
+        resolve("timeout");
+      }, timeoutMs);
+    });
     const result = await Promise.race([this.#exited, timedOut]);
     clearTimeout(timer);
     if (result !== "timeout") return result;
     await this.stop(1_000);
-    throw new ComponentError(`${this.name} did not exit within ${timeoutMs / 1000} s.\nLast log lines (${this.logFile}):\n${this.tail()}`);
+    throw new ComponentError(
+      `${this.name} did not exit within ${timeoutMs / 1000} s.\nLast log lines (${this.logFile}):\n${this.tail()}`,
+    );
   }
 
   /** Stops the agent if it still runs (SIGTERM, then SIGKILL after `graceMs`) and closes its log. */
   async stop(graceMs = 5_000): Promise<void> {
     if (this.#exit === undefined) {
       this.#child.kill("SIGTERM");
-      const timer = setTimeout(() => { this.#child.kill("SIGKILL"); }, graceMs);
+      const timer = setTimeout(() => {
+        this.#child.kill("SIGKILL");
+      }, graceMs);
       await this.#exited;
       clearTimeout(timer);
     }

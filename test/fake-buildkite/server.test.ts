@@ -11,11 +11,16 @@ describe("fake Buildkite server: rate limits, faults, auth, request log, control
     now = Date.UTC(2026, 0, 1);
     fake = await FakeBuildkite.start({ clock: () => now, rateLimits: true });
     api = new FakeApiClient(fake.url, fake.agentToken);
-    await api.call("POST", "/v3/stacks/register", { json: { key: "op", type: "custom", queue_key: "default-q", metadata: {} } });
+    await api.call("POST", "/v3/stacks/register", {
+      json: { key: "op", type: "custom", queue_key: "default-q", metadata: {} },
+    });
   });
-  afterEach(async () => { await fake.stop(); });
+  afterEach(async () => {
+    await fake.stop();
+  });
 
-  const list = (): ReturnType<FakeApiClient["call"]> => api.call("GET", "/v3/stacks/op/scheduled-jobs?queue_key=default-q");
+  const list = (): ReturnType<FakeApiClient["call"]> =>
+    api.call("GET", "/v3/stacks/op/scheduled-jobs?queue_key=default-q");
 
   it("limits listing to 10 per second per stack with 429, Retry-After and RateLimit headers", async () => {
     for (let i = 1; i <= 10; i++) {
@@ -31,7 +36,10 @@ describe("fake Buildkite server: rate limits, faults, auth, request log, control
     expect(limited.headers.get("retry-after")).to.equal("1");
     expect(limited.body).to.deep.equal({
       message: "You have exceeded your API rate limit. Please wait 1 seconds before making more requests.",
-      scope: "list-scheduled-jobs", limit: 10, current: 11, reset: 1,
+      scope: "list-scheduled-jobs",
+      limit: 10,
+      current: 11,
+      reset: 1,
     });
     // Other scopes and other stacks have their own windows.
     expect((await api.call("POST", "/v3/stacks/op/jobs/get-states", { json: { job_uuids: [] } })).status).to.equal(200);
@@ -64,7 +72,10 @@ describe("fake Buildkite server: rate limits, faults, auth, request log, control
       expect(res.headers.get("content-type")).to.match(/text\/html/);
     }
     expect((await api.call("POST", "/v3/register", { json: {} })).status).to.equal(200);
-    const armed = await api.call("POST", "/_fake/faults", { json: { route: "stacks.scheduled-jobs", delay_ms: 50 }, token: null });
+    const armed = await api.call("POST", "/_fake/faults", {
+      json: { route: "stacks.scheduled-jobs", delay_ms: 50 },
+      token: null,
+    });
     expect(armed.status).to.equal(201);
     const started = performance.now();
     expect((await list()).status).to.equal(200);
@@ -73,7 +84,9 @@ describe("fake Buildkite server: rate limits, faults, auth, request log, control
   });
 
   it("accepts only agent tokens on Stacks routes and only session tokens on agent session routes", async () => {
-    const registered = await api.call<{ access_token: string }>("POST", "/v3/register", { json: { meta_data: ["queue=default-q"] } });
+    const registered = await api.call<{ access_token: string }>("POST", "/v3/register", {
+      json: { meta_data: ["queue=default-q"] },
+    });
     const session = api.withToken(registered.body.access_token);
     const onStacks = await session.call("GET", "/v3/stacks/op/scheduled-jobs?queue_key=default-q");
     expect(onStacks.status).to.equal(401);
@@ -85,7 +98,9 @@ describe("fake Buildkite server: rate limits, faults, auth, request log, control
   });
 
   it("logs requests with route and token class but never a token value", async () => {
-    const registered = await api.call<{ access_token: string }>("POST", "/v3/register", { json: { name: "a", meta_data: [] } });
+    const registered = await api.call<{ access_token: string }>("POST", "/v3/register", {
+      json: { name: "a", meta_data: [] },
+    });
     await api.withToken(registered.body.access_token).call("POST", "/v3/connect");
     await api.call("GET", "/v3/nowhere", { token: null });
     await api.call("GET", "/_fake/jobs", { token: null });
@@ -119,7 +134,8 @@ describe("fake Buildkite server: rate limits, faults, auth, request log, control
 
   it("seeds, reads and cancels jobs through the control API, and counts them in /v3/metrics", async () => {
     const seeded = await api.call<{ id: string; state: string; env: Record<string, string> }>("POST", "/_fake/jobs", {
-      json: { queue_key: "default-q", command: "echo hi", env: { FOO: "bar" } }, token: null,
+      json: { queue_key: "default-q", command: "echo hi", env: { FOO: "bar" } },
+      token: null,
     });
     expect(seeded.status).to.equal(201);
     expect(seeded.body.state).to.equal("scheduled");
@@ -130,11 +146,19 @@ describe("fake Buildkite server: rate limits, faults, auth, request log, control
     expect((await api.call("GET", "/_fake/jobs/nope", { token: null })).status).to.equal(404);
     expect((await api.call("POST", "/_fake/jobs", { json: { state: "running" }, token: null })).status).to.equal(422);
     fake.seedJob({ queue_key: "default-q" });
-    const metrics = await api.call<{ jobs: { scheduled: number; queues: Record<string, { scheduled: number }> } }>("GET", "/v3/metrics");
+    const metrics = await api.call<{ jobs: { scheduled: number; queues: Record<string, { scheduled: number }> } }>(
+      "GET",
+      "/v3/metrics",
+    );
     expect(metrics.body.jobs.scheduled).to.equal(1);
     expect(metrics.body.jobs.queues["default-q"]?.scheduled).to.equal(1);
-    const token = await api.call<{ token: string }>("POST", "/_fake/tokens", { json: { token: "bkct_extra" }, token: null });
+    const token = await api.call<{ token: string }>("POST", "/_fake/tokens", {
+      json: { token: "bkct_extra" },
+      token: null,
+    });
     expect(token.body.token).to.equal("bkct_extra");
-    expect((await api.withToken("bkct_extra").call("GET", "/v3/token")).body).to.include({ cluster_name: "fake-cluster" });
+    expect((await api.withToken("bkct_extra").call("GET", "/v3/token")).body).to.include({
+      cluster_name: "fake-cluster",
+    });
   });
 });

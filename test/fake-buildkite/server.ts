@@ -35,7 +35,10 @@ class Sleepers {
   sleep(ms: number): Promise<void> {
     return new Promise((resolve) => {
       const sleeper = {
-        timer: setTimeout(() => { this.#pending.delete(sleeper); resolve(); }, ms),
+        timer: setTimeout(() => {
+          this.#pending.delete(sleeper);
+          resolve();
+        }, ms),
         wake: resolve,
       };
       this.#pending.add(sleeper);
@@ -79,7 +82,9 @@ export class FakeBuildkite {
     this.agentToken = agentToken;
     this.#control = control;
     // Lost-agent detection must happen even when nobody calls; unref'd so the fake never holds a process open.
-    this.#timer = setInterval(() => { control.sweep(); }, SWEEP_INTERVAL_MS);
+    this.#timer = setInterval(() => {
+      control.sweep();
+    }, SWEEP_INTERVAL_MS);
     this.#timer.unref();
   }
 
@@ -121,7 +126,11 @@ export class FakeBuildkite {
   async stop(): Promise<void> {
     clearInterval(this.#timer);
     this.#sleepers.wakeAll();
-    const closed = new Promise<void>((resolve) => { this.#server.close(() => { resolve(); }); });
+    const closed = new Promise<void>((resolve) => {
+      this.#server.close(() => {
+        resolve();
+      });
+    });
     this.#server.closeAllConnections();
     await closed;
   }

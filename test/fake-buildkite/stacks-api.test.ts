@@ -3,7 +3,13 @@ import { FakeBuildkite } from "./server.js";
 import { FakeApiClient, type ApiResponse } from "./test-client.js";
 
 interface ListBody {
-  jobs: { id: string; scheduled_at: string; pipeline: { slug: string }; build: { number: number }; step: { key: string | null } }[];
+  jobs: {
+    id: string;
+    scheduled_at: string;
+    pipeline: { slug: string };
+    build: { number: number };
+    step: { key: string | null };
+  }[];
   page_info: { has_next_page: boolean; end_cursor: string | null };
   cluster_queue: { id: string; paused: boolean; dispatch_paused: boolean };
 }
@@ -23,21 +29,29 @@ describe("fake Buildkite Stacks API: register, list, reserve", () => {
     fake = await FakeBuildkite.start({ clock: () => now });
     api = new FakeApiClient(fake.url, fake.agentToken);
   });
-  afterEach(async () => { await fake.stop(); });
+  afterEach(async () => {
+    await fake.stop();
+  });
 
   const register = (key: string, queueKey = "default-q"): Promise<unknown> =>
     api.call("POST", "/v3/stacks/register", { json: { key, type: "custom", queue_key: queueKey, metadata: {} } });
   const list = (key: string, query = "queue_key=default-q"): Promise<ApiResponse<ListBody>> =>
     api.call<ListBody>("GET", `/v3/stacks/${key}/scheduled-jobs?${query}`);
   const reserve = (key: string, uuids: string[], expiry?: number): Promise<ApiResponse<ReserveBody>> =>
-    api.call<ReserveBody>("PUT", `/v3/stacks/${key}/scheduled-jobs/batch-reserve`,
-      { json: { job_uuids: uuids, ...(expiry === undefined ? {} : { reservation_expiry_seconds: expiry }) } });
+    api.call<ReserveBody>("PUT", `/v3/stacks/${key}/scheduled-jobs/batch-reserve`, {
+      json: { job_uuids: uuids, ...(expiry === undefined ? {} : { reservation_expiry_seconds: expiry }) },
+    });
 
   it("registers a stack with 201, then updates it with 200, echoing cluster_queue_key", async () => {
     const body = { key: "op-1", type: "custom", queue_key: "__default__", metadata: { version: "1" } };
     const first = await api.call("POST", "/v3/stacks/register", { json: body });
     expect(first.status).to.equal(201);
-    expect(first.body).to.include({ key: "op-1", type: "custom", cluster_queue_key: "__default__", state: "connected" });
+    expect(first.body).to.include({
+      key: "op-1",
+      type: "custom",
+      cluster_queue_key: "__default__",
+      state: "connected",
+    });
     expect(first.body.metadata).to.deep.equal({ version: "1" });
     const again = await api.call("POST", "/v3/stacks/register", { json: { ...body, queue_key: "default-q" } });
     expect(again.status).to.equal(200);
@@ -62,7 +76,9 @@ describe("fake Buildkite Stacks API: register, list, reserve", () => {
     const anonymous = await api.call("GET", "/v3/stacks/op/scheduled-jobs?queue_key=default-q", { token: null });
     expect(anonymous.status).to.equal(401);
     expect(anonymous.body.message).to.match(/Authorization/);
-    expect((await api.call("GET", "/v3/stacks/op/scheduled-jobs?queue_key=default-q", { token: "bkct_wrong" })).status).to.equal(401);
+    expect(
+      (await api.call("GET", "/v3/stacks/op/scheduled-jobs?queue_key=default-q", { token: "bkct_wrong" })).status,
+    ).to.equal(401);
     expect((await list("op")).status).to.equal(404);
   });
 
@@ -92,7 +108,10 @@ describe("fake Buildkite Stacks API: register, list, reserve", () => {
     const empty = await list("op", "queue_key=empty-q");
     expect(empty.status).to.equal(404);
     await register("op2", "empty-q");
-    expect((await list("op2", "queue_key=empty-q")).body.page_info).to.deep.equal({ has_next_page: false, end_cursor: null });
+    expect((await list("op2", "queue_key=empty-q")).body.page_info).to.deep.equal({
+      has_next_page: false,
+      end_cursor: null,
+    });
     expect((await list("op", "queue_key=default-q&limit=1001")).status).to.equal(400);
     expect((await list("op", "limit=1")).status).to.equal(400);
   });
@@ -102,7 +121,10 @@ describe("fake Buildkite Stacks API: register, list, reserve", () => {
     const id = fake.seedJob();
     for (const spelling of ["_default", "__default__", "~", "-", "default"]) {
       const res = await list("op", `queue_key=${encodeURIComponent(spelling)}`);
-      expect(res.body.jobs.map((j) => j.id), spelling).to.deep.equal([id]);
+      expect(
+        res.body.jobs.map((j) => j.id),
+        spelling,
+      ).to.deep.equal([id]);
     }
   });
 
@@ -126,7 +148,14 @@ describe("fake Buildkite Stacks API: register, list, reserve", () => {
     expect((await reserve("op", [job], 1200)).body.reserved).to.deep.equal([job]);
     expect(fake.job(job).reservation?.expires_at).to.equal(new Date(now + 1_200_000).toISOString());
     expect((await reserve("op", [job], 3601)).status).to.equal(422);
-    expect((await reserve("op", Array.from({ length: 1001 }, (_, i) => String(i)))).status).to.equal(400);
+    expect(
+      (
+        await reserve(
+          "op",
+          Array.from({ length: 1001 }, (_, i) => String(i)),
+        )
+      ).status,
+    ).to.equal(400);
   });
 
   it("gives a job to exactly one of two stacks racing to reserve it", async () => {
@@ -166,7 +195,9 @@ describe("fake Buildkite Stacks API: register, list, reserve", () => {
 
   it("refuses a 31st active stack with 403", async () => {
     for (let i = 0; i < 30; i++) await register(`op-${i}`);
-    const res = await api.call("POST", "/v3/stacks/register", { json: { key: "op-30", type: "custom", queue_key: "q", metadata: {} } });
+    const res = await api.call("POST", "/v3/stacks/register", {
+      json: { key: "op-30", type: "custom", queue_key: "q", metadata: {} },
+    });
     expect(res.status).to.equal(403);
     expect(res.body.message).to.equal("Stack limit exceeded");
   });

@@ -1,4 +1,16 @@
-import { HttpError, iso, isRecord, json, jsonObject, optionalInt, param, stringArray, type Params, type Reply, type Route } from "./http.js";
+import {
+  HttpError,
+  iso,
+  isRecord,
+  json,
+  jsonObject,
+  optionalInt,
+  param,
+  stringArray,
+  type Params,
+  type Reply,
+  type Route,
+} from "./http.js";
 import { LIMITS, TERMINAL_STATES } from "./model.js";
 import { FakeStore, type ApiContext } from "./store.js";
 
@@ -22,9 +34,13 @@ function finish(ctx: ApiContext, params: Params): Reply {
   const exitStatus = optionalInt(body, "exit_status") ?? -1;
   const { store } = ctx;
   const job = store.job(param(params, "uuid"));
-  store.apply(job, "stack_finish", TERMINAL_STATES.has(job.state)
-    ? `Job ${job.uuid} has already finished`
-    : `Job ${job.uuid} is ${job.state}; only scheduled or reserved jobs can be finished by a stack`);
+  store.apply(
+    job,
+    "stack_finish",
+    TERMINAL_STATES.has(job.state)
+      ? `Job ${job.uuid} has already finished`
+      : `Job ${job.uuid} is ${job.state}; only scheduled or reserved jobs can be finished by a stack`,
+  );
   job.exit_status = exitStatus;
   job.signal_reason = "stack_error";
   job.finish_detail = detail;
@@ -38,10 +54,15 @@ function notificationProblem(store: FakeStore, item: unknown): string | undefine
   if (!job) return "job not found";
   const detail = item.detail;
   if (typeof detail !== "string" || detail === "") return "detail must not be empty";
-  if (detail.length > LIMITS.maxNotificationDetail) return `detail may be at most ${LIMITS.maxNotificationDetail} characters`;
+  if (detail.length > LIMITS.maxNotificationDetail)
+    return `detail may be at most ${LIMITS.maxNotificationDetail} characters`;
   const now = store.now();
-  const stamp = item.timestamp === undefined || item.timestamp === null ? now
-    : typeof item.timestamp === "string" ? Date.parse(item.timestamp) : Number.NaN;
+  const stamp =
+    item.timestamp === undefined || item.timestamp === null
+      ? now
+      : typeof item.timestamp === "string"
+        ? Date.parse(item.timestamp)
+        : Number.NaN;
   if (Number.isNaN(stamp)) return "timestamp must be an RFC 3339 time";
   if (stamp > now + FUTURE_SKEW_MS) return "timestamp must not be in the future";
   if (stamp < job.created_at) return "timestamp must not be before the job was created";
@@ -59,7 +80,8 @@ function notifications(ctx: ApiContext, params: Params): Reply {
   ctx.store.stack(param(params, "key"));
   const items = jsonObject(ctx.req).notifications;
   if (!Array.isArray(items)) throw new HttpError(400, "notifications must be an array");
-  if (items.length > LIMITS.maxBatch) throw new HttpError(400, `notifications may hold at most ${LIMITS.maxBatch} items`);
+  if (items.length > LIMITS.maxBatch)
+    throw new HttpError(400, `notifications may hold at most ${LIMITS.maxBatch} items`);
   // Partial success: valid items are kept, refusals are reported grouped by reason with their indexes.
   const byReason = new Map<string, number[]>();
   items.forEach((item: unknown, index) => {
@@ -81,7 +103,8 @@ function jobAcquisitionTokens(ctx: ApiContext, params: Params): Reply {
   const stackQueue = store.queueKey(stack.queue_key);
   for (const uuid of uuids) {
     const job = store.jobs.get(uuid);
-    if (job && job.queue_key !== stackQueue) throw new HttpError(403, "job does not belong to the registered stack queue");
+    if (job && job.queue_key !== stackQueue)
+      throw new HttpError(403, "job does not belong to the registered stack queue");
   }
   const issued: { job_uuid: string; job_acquisition_token: string; expires_at: string }[] = [];
   const notIssued: string[] = [];
@@ -103,7 +126,25 @@ function jobAcquisitionTokens(ctx: ApiContext, params: Params): Reply {
 
 /** Stacks routes that act on one job the stack holds. */
 export const stackJobRoutes: readonly Route<ApiContext>[] = [
-  { name: "stacks.finish", method: "POST", pattern: "/v3/stacks/:key/jobs/:uuid/finish", auth: ["agent"], handle: finish },
-  { name: "stacks.notifications", method: "POST", pattern: "/v3/stacks/:key/notifications", auth: ["agent"], handle: notifications },
-  { name: "stacks.job-acquisition-tokens", method: "POST", pattern: "/v3/stacks/:key/job-acquisition-tokens", auth: ["agent"], handle: jobAcquisitionTokens },
+  {
+    name: "stacks.finish",
+    method: "POST",
+    pattern: "/v3/stacks/:key/jobs/:uuid/finish",
+    auth: ["agent"],
+    handle: finish,
+  },
+  {
+    name: "stacks.notifications",
+    method: "POST",
+    pattern: "/v3/stacks/:key/notifications",
+    auth: ["agent"],
+    handle: notifications,
+  },
+  {
+    name: "stacks.job-acquisition-tokens",
+    method: "POST",
+    pattern: "/v3/stacks/:key/job-acquisition-tokens",
+    auth: ["agent"],
+    handle: jobAcquisitionTokens,
+  },
 ];

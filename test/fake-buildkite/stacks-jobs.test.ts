@@ -16,31 +16,64 @@ describe("fake Buildkite Stacks API: jobs the stack holds", () => {
     now = Date.UTC(2026, 0, 1);
     fake = await FakeBuildkite.start({ clock: () => now });
     api = new FakeApiClient(fake.url, fake.agentToken);
-    await api.call("POST", "/v3/stacks/register", { json: { key: "op", type: "custom", queue_key: "default-q", metadata: {} } });
+    await api.call("POST", "/v3/stacks/register", {
+      json: { key: "op", type: "custom", queue_key: "default-q", metadata: {} },
+    });
   });
-  afterEach(async () => { await fake.stop(); });
+  afterEach(async () => {
+    await fake.stop();
+  });
 
   const reserve = (uuids: string[], seconds = 900): Promise<unknown> =>
-    api.call("PUT", "/v3/stacks/op/scheduled-jobs/batch-reserve", { json: { job_uuids: uuids, reservation_expiry_seconds: seconds } });
+    api.call("PUT", "/v3/stacks/op/scheduled-jobs/batch-reserve", {
+      json: { job_uuids: uuids, reservation_expiry_seconds: seconds },
+    });
   const finish = (uuid: string, json: unknown): Promise<{ status: number; body: Record<string, unknown> }> =>
     api.call("POST", `/v3/stacks/op/jobs/${uuid}/finish`, { json });
 
   it("shows a reserved job's env and command, and 404 once it is no longer runnable", async () => {
     const job = fake.seedJob({ queue_key: "default-q", command: "make test", env: { EXTRA: "1" } });
     await reserve([job]);
-    const res = await api.call<{ id: string; command: string; env: Record<string, string> }>("GET", `/v3/stacks/op/jobs/${job}`);
+    const res = await api.call<{ id: string; command: string; env: Record<string, string> }>(
+      "GET",
+      `/v3/stacks/op/jobs/${job}`,
+    );
     expect(res.status).to.equal(200);
     expect(res.body.command).to.equal("make test");
     expect(res.body.env).to.include({
-      BUILDKITE_JOB_ID: job, BUILDKITE_COMMAND: "make test", BUILDKITE_COMMIT: "HEAD", BUILDKITE_BRANCH: "main",
-      BUILDKITE_PIPELINE_PROVIDER: "git", BUILDKITE_PLUGINS: "[]", BUILDKITE_ORGANIZATION_SLUG: "fake-org", EXTRA: "1",
+      BUILDKITE_JOB_ID: job,
+      BUILDKITE_COMMAND: "make test",
+      BUILDKITE_COMMIT: "HEAD",
+      BUILDKITE_BRANCH: "main",
+      BUILDKITE_PIPELINE_PROVIDER: "git",
+      BUILDKITE_PLUGINS: "[]",
+      BUILDKITE_ORGANIZATION_SLUG: "fake-org",
+      EXTRA: "1",
     });
     expect(res.body.env).to.have.keys([
-      "CI", "BUILDKITE", "BUILDKITE_JOB_ID", "BUILDKITE_BUILD_ID", "BUILDKITE_BUILD_NUMBER", "BUILDKITE_BUILD_URL",
-      "BUILDKITE_REPO", "BUILDKITE_COMMIT", "BUILDKITE_BRANCH", "BUILDKITE_MESSAGE", "BUILDKITE_SOURCE",
-      "BUILDKITE_PULL_REQUEST", "BUILDKITE_PIPELINE_SLUG", "BUILDKITE_PIPELINE_ID", "BUILDKITE_PIPELINE_PROVIDER",
-      "BUILDKITE_ORGANIZATION_SLUG", "BUILDKITE_COMMAND", "BUILDKITE_PLUGINS", "BUILDKITE_LABEL", "BUILDKITE_STEP_KEY",
-      "BUILDKITE_RETRY_COUNT", "BUILDKITE_COMPUTE_TYPE", "EXTRA",
+      "CI",
+      "BUILDKITE",
+      "BUILDKITE_JOB_ID",
+      "BUILDKITE_BUILD_ID",
+      "BUILDKITE_BUILD_NUMBER",
+      "BUILDKITE_BUILD_URL",
+      "BUILDKITE_REPO",
+      "BUILDKITE_COMMIT",
+      "BUILDKITE_BRANCH",
+      "BUILDKITE_MESSAGE",
+      "BUILDKITE_SOURCE",
+      "BUILDKITE_PULL_REQUEST",
+      "BUILDKITE_PIPELINE_SLUG",
+      "BUILDKITE_PIPELINE_ID",
+      "BUILDKITE_PIPELINE_PROVIDER",
+      "BUILDKITE_ORGANIZATION_SLUG",
+      "BUILDKITE_COMMAND",
+      "BUILDKITE_PLUGINS",
+      "BUILDKITE_LABEL",
+      "BUILDKITE_STEP_KEY",
+      "BUILDKITE_RETRY_COUNT",
+      "BUILDKITE_COMPUTE_TYPE",
+      "EXTRA",
     ]);
     fake.cancel(job);
     expect((await api.call("GET", `/v3/stacks/op/jobs/${job}`)).status).to.equal(404);
@@ -51,8 +84,9 @@ describe("fake Buildkite Stacks API: jobs the stack holds", () => {
     const b = fake.seedJob({ queue_key: "default-q" });
     await reserve([a]);
     fake.cancel(b);
-    const res = await api.call<{ states: Record<string, string> }>("POST", "/v3/stacks/op/jobs/get-states",
-      { json: { job_uuids: [a, b, "unknown"] } });
+    const res = await api.call<{ states: Record<string, string> }>("POST", "/v3/stacks/op/jobs/get-states", {
+      json: { job_uuids: [a, b, "unknown"] },
+    });
     expect(res.body.states).to.deep.equal({ [a]: "reserved", [b]: "canceled" });
   });
 
@@ -61,7 +95,12 @@ describe("fake Buildkite Stacks API: jobs the stack holds", () => {
     await reserve([job]);
     const first = await finish(job, { detail: "image pull failed" });
     expect(first.status).to.equal(200);
-    expect(fake.job(job)).to.include({ state: "finished", exit_status: -1, signal_reason: "stack_error", finish_detail: "image pull failed" });
+    expect(fake.job(job)).to.include({
+      state: "finished",
+      exit_status: -1,
+      signal_reason: "stack_error",
+      finish_detail: "image pull failed",
+    });
     const second = await finish(job, { detail: "again" });
     expect(second.status).to.equal(422);
     expect(second.body.message).to.match(/already finished/);
@@ -81,20 +120,24 @@ describe("fake Buildkite Stacks API: jobs the stack holds", () => {
     const job = fake.seedJob({ queue_key: "default-q" });
     const created = now;
     now += 5000;
-    const res = await api.call<{ errors: { error: string; indexes: number[] }[] }>("POST", "/v3/stacks/op/notifications", {
-      json: {
-        notifications: [
-          { job_uuid: job, detail: "Pod created" },
-          { job_uuid: job, detail: "" },
-          { job_uuid: "unknown", detail: "x" },
-          { job_uuid: job, detail: "Pod running", timestamp: new Date(now - 1000).toISOString() },
-          { job_uuid: job, detail: "y".repeat(257) },
-          { job_uuid: job, detail: "later", timestamp: new Date(now + 60_000).toISOString() },
-          { job_uuid: job, detail: "" },
-          { job_uuid: job, detail: "early", timestamp: new Date(created - 1000).toISOString() },
-        ],
+    const res = await api.call<{ errors: { error: string; indexes: number[] }[] }>(
+      "POST",
+      "/v3/stacks/op/notifications",
+      {
+        json: {
+          notifications: [
+            { job_uuid: job, detail: "Pod created" },
+            { job_uuid: job, detail: "" },
+            { job_uuid: "unknown", detail: "x" },
+            { job_uuid: job, detail: "Pod running", timestamp: new Date(now - 1000).toISOString() },
+            { job_uuid: job, detail: "y".repeat(257) },
+            { job_uuid: job, detail: "later", timestamp: new Date(now + 60_000).toISOString() },
+            { job_uuid: job, detail: "" },
+            { job_uuid: job, detail: "early", timestamp: new Date(created - 1000).toISOString() },
+          ],
+        },
       },
-    });
+    );
     expect(res.status).to.equal(200);
     expect(res.body.errors).to.have.deep.members([
       { error: "detail must not be empty", indexes: [1, 6] },
@@ -109,12 +152,18 @@ describe("fake Buildkite Stacks API: jobs the stack holds", () => {
   it("caps notifications at 100 per job and refuses them 300 s after the job finished", async () => {
     const job = fake.seedJob({ queue_key: "default-q" });
     const many = Array.from({ length: 101 }, (_, i) => ({ job_uuid: job, detail: `n${i}` }));
-    const capped = await api.call<{ errors: { error: string; indexes: number[] }[] }>("POST", "/v3/stacks/op/notifications", { json: { notifications: many } });
+    const capped = await api.call<{ errors: { error: string; indexes: number[] }[] }>(
+      "POST",
+      "/v3/stacks/op/notifications",
+      { json: { notifications: many } },
+    );
     expect(capped.body.errors).to.deep.equal([{ error: "job already has 100 notifications", indexes: [100] }]);
     const done = fake.seedJob({ queue_key: "default-q" });
     await finish(done, { detail: "gave up" });
     now += 300_001;
-    const late = await api.call<{ errors: { error: string }[] }>("POST", "/v3/stacks/op/notifications", { json: { notifications: [{ job_uuid: done, detail: "late" }] } });
+    const late = await api.call<{ errors: { error: string }[] }>("POST", "/v3/stacks/op/notifications", {
+      json: { notifications: [{ job_uuid: done, detail: "late" }] },
+    });
     expect(late.body.errors[0]?.error).to.equal("job finished more than 300 seconds ago");
   });
 
@@ -122,7 +171,9 @@ describe("fake Buildkite Stacks API: jobs the stack holds", () => {
     const job = fake.seedJob({ queue_key: "default-q" });
     const unreserved = fake.seedJob({ queue_key: "default-q" });
     await reserve([job], 60);
-    const res = await api.call<JatBody>("POST", "/v3/stacks/op/job-acquisition-tokens", { json: { job_uuids: [job, unreserved] } });
+    const res = await api.call<JatBody>("POST", "/v3/stacks/op/job-acquisition-tokens", {
+      json: { job_uuids: [job, unreserved] },
+    });
     expect(res.status).to.equal(201);
     expect(res.body.not_issued).to.deep.equal([unreserved]);
     const [issued] = res.body.job_acquisition_tokens;
@@ -130,7 +181,9 @@ describe("fake Buildkite Stacks API: jobs the stack holds", () => {
     expect(issued?.job_acquisition_token).to.match(/^bkjat_/);
     expect(issued?.expires_at).to.equal(new Date(now + 60_000).toISOString());
     const jat = api.withToken(issued?.job_acquisition_token ?? "");
-    const registered = await jat.call("POST", "/v3/register", { json: { name: "pod-agent", meta_data: ["queue=default-q"] } });
+    const registered = await jat.call("POST", "/v3/register", {
+      json: { name: "pod-agent", meta_data: ["queue=default-q"] },
+    });
     expect(registered.status).to.equal(200);
     const reused = await jat.call("POST", "/v3/register", { json: {} });
     expect(reused.status).to.equal(401);
@@ -144,7 +197,9 @@ describe("fake Buildkite Stacks API: jobs the stack holds", () => {
     expect(res.body.message).to.equal("job does not belong to the registered stack queue");
     const job = fake.seedJob({ queue_key: "default-q" });
     await reserve([job], 60);
-    const issued = await api.call<JatBody>("POST", "/v3/stacks/op/job-acquisition-tokens", { json: { job_uuids: [job], token_lifetime_seconds: 3600 } });
+    const issued = await api.call<JatBody>("POST", "/v3/stacks/op/job-acquisition-tokens", {
+      json: { job_uuids: [job], token_lifetime_seconds: 3600 },
+    });
     now += 60_000;
     const jat = api.withToken(issued.body.job_acquisition_tokens[0]?.job_acquisition_token ?? "");
     const expired = await jat.call("POST", "/v3/register", { json: {} });

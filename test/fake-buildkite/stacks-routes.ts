@@ -1,5 +1,16 @@
 import { randomUUID } from "node:crypto";
-import { HttpError, isRecord, json, jsonObject, optionalInt, param, stringArray, type Params, type Reply, type Route } from "./http.js";
+import {
+  HttpError,
+  isRecord,
+  json,
+  jsonObject,
+  optionalInt,
+  param,
+  stringArray,
+  type Params,
+  type Reply,
+  type Route,
+} from "./http.js";
 import { LIMITS, transition } from "./model.js";
 import type { JobRecord, StackRecord } from "./records.js";
 import type { ApiContext } from "./store.js";
@@ -24,7 +35,8 @@ function register(ctx: ApiContext): Reply {
   if (typeof key !== "string" || !STACK_KEY.test(key)) {
     throw new HttpError(422, "key must be 1–80 letters, digits, underscores or hyphens");
   }
-  if (typeof type !== "string" || !STACK_TYPES.has(type)) throw new HttpError(422, "type must be kubernetes, elastic or custom");
+  if (typeof type !== "string" || !STACK_TYPES.has(type))
+    throw new HttpError(422, "type must be kubernetes, elastic or custom");
   if (typeof queueKey !== "string" || queueKey === "") throw new HttpError(422, "queue_key is required");
   const meta = validMetadata(metadata);
   const { store } = ctx;
@@ -34,9 +46,21 @@ function register(ctx: ApiContext): Reply {
   // The queue binding "isn't enforced" (§1.4), so any queue name is accepted and created on first use.
   store.queue(queueKey);
   const stack: StackRecord = existing ?? {
-    id: randomUUID(), key, type, queue_key: queueKey, metadata: meta, state: "connected", last_connected_on: store.now(),
+    id: randomUUID(),
+    key,
+    type,
+    queue_key: queueKey,
+    metadata: meta,
+    state: "connected",
+    last_connected_on: store.now(),
   };
-  Object.assign(stack, { type, queue_key: queueKey, metadata: meta, state: "connected", last_connected_on: store.now() });
+  Object.assign(stack, {
+    type,
+    queue_key: queueKey,
+    metadata: meta,
+    state: "connected",
+    last_connected_on: store.now(),
+  });
   store.stacks.set(key, stack);
   return json(existing ? 200 : 201, stackView(stack, store.organization.uuid));
 }
@@ -134,7 +158,8 @@ function showJob(ctx: ApiContext, params: Params): Reply {
   const uuid = param(params, "uuid");
   const job = ctx.store.jobs.get(uuid);
   // Only runnable jobs are shown; a cancelled or taken job is "no longer runnable" (§6.3, best guess).
-  if (job?.state !== "scheduled" && job?.state !== "reserved") throw new HttpError(404, `No runnable job found with id ${uuid}`);
+  if (job?.state !== "scheduled" && job?.state !== "reserved")
+    throw new HttpError(404, `No runnable job found with id ${uuid}`);
   return json(200, { id: job.uuid, env: job.env, command: job.command });
 }
 
@@ -168,9 +193,14 @@ function metrics(ctx: ApiContext): Reply {
   const { store } = ctx;
   const jobs = { scheduled: 0, running: 0, waiting: 0, total: 0, queues: {} as Record<string, Record<string, number>> };
   for (const job of store.jobs.values()) {
-    const kind = job.state === "scheduled" || job.state === "reserved" ? "scheduled"
-      : ["assigned", "accepted", "running", "canceling", "timing_out"].includes(job.state) ? "running"
-        : ["waiting", "blocked", "limited", "limiting", "pending"].includes(job.state) ? "waiting" : undefined;
+    const kind =
+      job.state === "scheduled" || job.state === "reserved"
+        ? "scheduled"
+        : ["assigned", "accepted", "running", "canceling", "timing_out"].includes(job.state)
+          ? "running"
+          : ["waiting", "blocked", "limited", "limiting", "pending"].includes(job.state)
+            ? "waiting"
+            : undefined;
     if (!kind) continue;
     const q = (jobs.queues[job.queue_key] ??= { scheduled: 0, running: 0, waiting: 0, total: 0 });
     q[kind] = (q[kind] ?? 0) + 1;
@@ -194,10 +224,34 @@ function metrics(ctx: ApiContext): Reply {
 /** The Stacks API routes for registration, listing and reservation, plus the token-identity and metrics endpoints that also take an agent token. */
 export const stacksRoutes: readonly Route<ApiContext>[] = [
   { name: "stacks.register", method: "POST", pattern: "/v3/stacks/register", auth: ["agent"], handle: register },
-  { name: "stacks.deregister", method: "POST", pattern: "/v3/stacks/:key/deregister", auth: ["agent"], handle: deregister },
-  { name: "stacks.scheduled-jobs", method: "GET", pattern: "/v3/stacks/:key/scheduled-jobs", auth: ["agent"], handle: listScheduled },
-  { name: "stacks.batch-reserve", method: "PUT", pattern: "/v3/stacks/:key/scheduled-jobs/batch-reserve", auth: ["agent"], handle: batchReserve },
-  { name: "stacks.get-states", method: "POST", pattern: "/v3/stacks/:key/jobs/get-states", auth: ["agent"], handle: getStates },
+  {
+    name: "stacks.deregister",
+    method: "POST",
+    pattern: "/v3/stacks/:key/deregister",
+    auth: ["agent"],
+    handle: deregister,
+  },
+  {
+    name: "stacks.scheduled-jobs",
+    method: "GET",
+    pattern: "/v3/stacks/:key/scheduled-jobs",
+    auth: ["agent"],
+    handle: listScheduled,
+  },
+  {
+    name: "stacks.batch-reserve",
+    method: "PUT",
+    pattern: "/v3/stacks/:key/scheduled-jobs/batch-reserve",
+    auth: ["agent"],
+    handle: batchReserve,
+  },
+  {
+    name: "stacks.get-states",
+    method: "POST",
+    pattern: "/v3/stacks/:key/jobs/get-states",
+    auth: ["agent"],
+    handle: getStates,
+  },
   { name: "stacks.job", method: "GET", pattern: "/v3/stacks/:key/jobs/:uuid", auth: ["agent"], handle: showJob },
   { name: "token", method: "GET", pattern: "/v3/token", auth: ["agent"], handle: tokenInfo },
   { name: "metrics", method: "GET", pattern: "/v3/metrics", auth: ["agent"], handle: metrics },

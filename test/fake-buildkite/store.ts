@@ -113,7 +113,8 @@ export class FakeStore {
 
   /** Classifies a token. Messages never repeat the token. */
   identify(value: string | undefined): Principal {
-    if (value === undefined) return { class: "none", reason: "missing Authorization header (expected `Token <token>`)" };
+    if (value === undefined)
+      return { class: "none", reason: "missing Authorization header (expected `Token <token>`)" };
     const token = this.agentTokens.get(value);
     if (token) return token.revoked ? { class: "none", reason: "agent token revoked" } : { class: "agent", token };
     const agent = this.#sessions.get(value);
@@ -123,7 +124,8 @@ export class FakeStore {
         : { class: "session", agent };
     }
     const job = this.#jobTokens.get(value);
-    if (job) return job.job_token?.revoked === false ? { class: "job", job } : { class: "none", reason: "job token revoked" };
+    if (job)
+      return job.job_token?.revoked === false ? { class: "job", job } : { class: "none", reason: "job token revoked" };
     const jat = this.jats.get(value);
     if (jat) {
       const problem = this.#jatProblem(jat);
@@ -142,7 +144,13 @@ export class FakeStore {
   }
 
   /** Registers an agent and opens its session. */
-  registerAgent(input: { name: string | undefined; tags: readonly string[]; ignoreInDispatches: boolean; features: readonly string[]; boundJob: string | undefined }): AgentRecord {
+  registerAgent(input: {
+    name: string | undefined;
+    tags: readonly string[];
+    ignoreInDispatches: boolean;
+    features: readonly string[];
+    boundJob: string | undefined;
+  }): AgentRecord {
     this.#agentSeq += 1;
     const queueTag = input.tags.find((t) => t.startsWith("queue="))?.slice("queue=".length);
     const agent: AgentRecord = {
@@ -188,7 +196,10 @@ export class FakeStore {
     this.#jobSeq += 1;
     const queue = this.queue(options.queue_key);
     const job = seedJobRecord(options, {
-      seq: this.#jobSeq, now: this.now(), queueKey: queue.key, organizationSlug: this.organization.slug,
+      seq: this.#jobSeq,
+      now: this.now(),
+      queueKey: queue.key,
+      organizationSlug: this.organization.slug,
     });
     if (this.jobs.has(job.uuid)) throw new HttpError(422, `job ${job.uuid} already exists`);
     this.jobs.set(job.uuid, job);
@@ -210,7 +221,8 @@ export class FakeStore {
     const result = transition(job.state, event);
     if (!result.ok) {
       const message = refusal ?? `Job ${job.uuid} is ${job.state}; ${event.replace("_", " ")} is not allowed`;
-      const headers: Record<string, string> = result.status === 423 ? { "Retry-After": String(job.retry_after_seconds) } : {};
+      const headers: Record<string, string> =
+        result.status === 423 ? { "Retry-After": String(job.retry_after_seconds) } : {};
       throw new HttpError(result.status, message, headers);
     }
     this.setState(job, result.to, event);
@@ -235,9 +247,12 @@ export class FakeStore {
 
   /** Notes that an agent was heard from (heartbeat or any other call with its session or job token). */
   touch(principal: Principal): void {
-    const agent = principal.class === "session" ? principal.agent
-      : principal.class === "job" && principal.job.agent_uuid !== undefined ? this.agents.get(principal.job.agent_uuid)
-        : undefined;
+    const agent =
+      principal.class === "session"
+        ? principal.agent
+        : principal.class === "job" && principal.job.agent_uuid !== undefined
+          ? this.agents.get(principal.job.agent_uuid)
+          : undefined;
     if (agent) agent.last_seen_at = this.now();
   }
 

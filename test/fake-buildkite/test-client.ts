@@ -24,14 +24,21 @@ export interface CallOptions {
  * as JSON when they are JSON and otherwise left as text; the caller names the shape it expects.
  */
 export class FakeApiClient {
-  constructor(readonly baseUrl: string, readonly token: string | undefined) {}
+  constructor(
+    readonly baseUrl: string,
+    readonly token: string | undefined,
+  ) {}
 
   /** A client for the same fake with another token. */
   withToken(token: string): FakeApiClient {
     return new FakeApiClient(this.baseUrl, token);
   }
 
-  async call<T = Record<string, unknown>>(method: string, path: string, options: CallOptions = {}): Promise<ApiResponse<T>> {
+  async call<T = Record<string, unknown>>(
+    method: string,
+    path: string,
+    options: CallOptions = {},
+  ): Promise<ApiResponse<T>> {
     const headers: Record<string, string> = { ...options.headers };
     const token = options.token === undefined ? this.token : options.token;
     if (token !== null && token !== undefined) headers.Authorization = `Token ${token}`;
@@ -44,7 +51,12 @@ export class FakeApiClient {
       headers["Content-Encoding"] = "gzip";
       body = gzipSync(Buffer.from(options.gzipText));
     }
-    const res = await fetch(`${this.baseUrl}${path}`, { method, headers, ...(body === undefined ? {} : { body }), signal: AbortSignal.timeout(10_000) });
+    const res = await fetch(`${this.baseUrl}${path}`, {
+      method,
+      headers,
+      ...(body === undefined ? {} : { body }),
+      signal: AbortSignal.timeout(10_000),
+    });
     const text = await res.text();
     let parsed: unknown = text;
     if ((res.headers.get("content-type") ?? "").includes("json")) parsed = JSON.parse(text);

@@ -37,7 +37,12 @@ export interface FakeJobRecord {
   readonly log: string;
   readonly chunks: readonly { readonly sequence: number; readonly offset: number; readonly size: number }[];
   readonly notifications: readonly { readonly detail: string; readonly timestamp: string }[];
-  readonly history: readonly { readonly from: JobState | null; readonly to: JobState; readonly event: JobEvent | "seed"; readonly at: string }[];
+  readonly history: readonly {
+    readonly from: JobState | null;
+    readonly to: JobState;
+    readonly event: JobEvent | "seed";
+    readonly at: string;
+  }[];
 }
 
 /**
@@ -70,7 +75,9 @@ export function jobRecordView(job: JobRecord): FakeJobRecord {
     pipeline: { ...job.pipeline },
     build: { ...job.build },
     step: { ...job.step },
-    reservation: job.reservation ? { stack_key: job.reservation.stack_key, expires_at: iso(job.reservation.expires_at) } : null,
+    reservation: job.reservation
+      ? { stack_key: job.reservation.stack_key, expires_at: iso(job.reservation.expires_at) }
+      : null,
     agent_id: job.agent_uuid ?? null,
     exit_status: job.exit_status ?? null,
     signal: job.signal ?? null,
@@ -78,7 +85,8 @@ export function jobRecordView(job: JobRecord): FakeJobRecord {
     chunks_failed_count: job.chunks_failed_count ?? null,
     finish_detail: job.finish_detail ?? null,
     log: assembleLog(job),
-    chunks: [...job.chunks.values()].sort((a, b) => a.sequence - b.sequence)
+    chunks: [...job.chunks.values()]
+      .sort((a, b) => a.sequence - b.sequence)
       .map((c) => ({ sequence: c.sequence, offset: c.offset, size: c.size })),
     notifications: job.notifications.map((n) => ({ detail: n.detail, timestamp: iso(n.timestamp) })),
     history: job.history.map((h) => ({ from: h.from, to: h.to, event: h.event, at: iso(h.at) })),

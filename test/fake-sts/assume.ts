@@ -39,17 +39,26 @@ export function validateRequest(params: URLSearchParams): AssumeRequest {
   const webIdentityToken = params.get("WebIdentityToken") ?? undefined;
   const duration = params.get("DurationSeconds") ?? undefined;
   if (roleArn === undefined) throw validationError("roleArn", undefined, "Member must not be null");
-  if (roleArn.length < 20 || roleArn.length > 2048) throw validationError("roleArn", roleArn, "Member must have length between 20 and 2048");
+  if (roleArn.length < 20 || roleArn.length > 2048)
+    throw validationError("roleArn", roleArn, "Member must have length between 20 and 2048");
   if (roleSessionName === undefined) throw validationError("roleSessionName", undefined, "Member must not be null");
-  if (roleSessionName.length < 2 || roleSessionName.length > 64) throw validationError("roleSessionName", roleSessionName, "Member must have length between 2 and 64");
-  if (!SESSION_NAME.test(roleSessionName)) throw validationError("roleSessionName", roleSessionName, "Member must satisfy regular expression pattern: [\\w+=,.@-]*");
+  if (roleSessionName.length < 2 || roleSessionName.length > 64)
+    throw validationError("roleSessionName", roleSessionName, "Member must have length between 2 and 64");
+  if (!SESSION_NAME.test(roleSessionName))
+    throw validationError(
+      "roleSessionName",
+      roleSessionName,
+      "Member must satisfy regular expression pattern: [\\w+=,.@-]*",
+    );
   // the token is never echoed back, not even in an error
   if (webIdentityToken === undefined) throw validationError("webIdentityToken", undefined, "Member must not be null");
-  if (webIdentityToken.length < 4 || webIdentityToken.length > 20_000) throw validationError("webIdentityToken", "***", "Member must have length between 4 and 20000");
+  if (webIdentityToken.length < 4 || webIdentityToken.length > 20_000)
+    throw validationError("webIdentityToken", "***", "Member must have length between 4 and 20000");
   let durationSeconds = 3600;
   if (duration !== undefined) {
     durationSeconds = /^\d+$/.test(duration) ? Number(duration) : NaN;
-    if (!(durationSeconds >= 900 && durationSeconds <= 43_200)) throw validationError("durationSeconds", duration, "Member must have value between 900 and 43200");
+    if (!(durationSeconds >= 900 && durationSeconds <= 43_200))
+      throw validationError("durationSeconds", duration, "Member must have value between 900 and 43200");
   }
   return { roleArn, roleSessionName, webIdentityToken, durationSeconds };
 }
@@ -68,40 +77,61 @@ export interface AssumeContext {
  * its validity window and carry the provider's client ID as audience; then the role's trust policy must admit its
  * subject. Returns fresh (fake) credentials, or throws the {@link StsError} AWS would answer with.
  */
-export async function assumeRole(req: AssumeRequest, ctx: AssumeContext): Promise<{ result: AssumeRoleResult; claims: JwtClaims }> {
+export async function assumeRole(
+  req: AssumeRequest,
+  ctx: AssumeContext,
+): Promise<{ result: AssumeRoleResult; claims: JwtClaims }> {
   const arn = ROLE_ARN.exec(req.roleArn);
   if (!arn) throw validationError("roleArn", req.roleArn, "Member must be an IAM role ARN");
   const [, account = "", roleName = ""] = arn;
   const jwt = parseJwt(req.webIdentityToken);
   const { claims } = jwt;
   if (claims.iss !== ctx.issuer) {
-    throw invalidIdentityToken(`No OpenIDConnect provider found in your account for ${typeof claims.iss === "string" ? claims.iss : "(no iss claim)"}`);
+    throw invalidIdentityToken(
+      `No OpenIDConnect provider found in your account for ${typeof claims.iss === "string" ? claims.iss : "(no iss claim)"}`,
+    );
   }
   let verified = verifyRs256(jwt, await ctx.keys.get().catch(unreachableKeys));
   // a key id the cached set lacks: the issuer may have rotated its keys since
   if (verified === "noKey") verified = verifyRs256(jwt, await ctx.keys.get(true).catch(unreachableKeys));
-  if (verified === "noKey") throw invalidIdentityToken("Couldn't retrieve verification key from your identity provider, please reference AssumeRoleWithWebIdentity documentation for requirements");
-  if (!verified) throw invalidIdentityToken("The web identity token's signature could not be verified with the identity provider's published keys");
+  if (verified === "noKey")
+    throw invalidIdentityToken(
+      "Couldn't retrieve verification key from your identity provider, please reference AssumeRoleWithWebIdentity documentation for requirements",
+    );
+  if (!verified)
+    throw invalidIdentityToken(
+      "The web identity token's signature could not be verified with the identity provider's published keys",
+    );
   const exp = numericDateMs(claims.exp);
   if (exp === undefined) throw invalidIdentityToken("The web identity token has no exp claim");
   if (ctx.nowMs >= exp) {
-    throw new StsError(400, "ExpiredTokenException", `Token expired: current date/time ${awsTimestamp(new Date(ctx.nowMs))} must be before the expiration date/time ${awsTimestamp(new Date(exp))}`);
+    throw new StsError(
+      400,
+      "ExpiredTokenException",
+      `Token expired: current date/time ${awsTimestamp(new Date(ctx.nowMs))} must be before the expiration date/time ${awsTimestamp(new Date(exp))}`,
+    );
   }
   const nbf = numericDateMs(claims.nbf);
-  if (nbf !== undefined && ctx.nowMs < nbf) throw invalidIdentityToken(`The web identity token is not valid before ${awsTimestamp(new Date(nbf))}`);
+  if (nbf !== undefined && ctx.nowMs < nbf)
+    throw invalidIdentityToken(`The web identity token is not valid before ${awsTimestamp(new Date(nbf))}`);
   const role = ctx.roles.get(req.roleArn);
   const audience = role?.audience ?? DEFAULT_AUDIENCE;
   if (!audiences(claims).includes(audience)) throw invalidIdentityToken("Incorrect token audience");
   const subject = typeof claims.sub === "string" ? claims.sub : "";
   if (!role || !role.allowedSubjects.some((pattern) => stringLike(pattern, subject))) throw accessDenied();
   if (req.durationSeconds > (role.maxSessionDurationSeconds ?? 3600)) {
-    throw new StsError(400, "ValidationError", "The requested DurationSeconds exceeds the MaxSessionDuration set for this role.");
+    throw new StsError(
+      400,
+      "ValidationError",
+      "The requested DurationSeconds exceeds the MaxSessionDuration set for this role.",
+    );
   }
   const roleId = `AROA${stableId(req.roleArn)}`;
   return {
     claims,
     result: {
-      subject, audience,
+      subject,
+      audience,
       assumedRoleArn: `arn:aws:sts::${account}:assumed-role/${roleName}/${req.roleSessionName}`,
       assumedRoleId: `${roleId}:${req.roleSessionName}`,
       provider: `arn:aws:iam::${account}:oidc-provider/${ctx.issuer.replace(/^https:\/\//, "")}`,
@@ -116,12 +146,18 @@ export async function assumeRole(req: AssumeRequest, ctx: AssumeContext): Promis
 }
 
 function unreachableKeys(err: unknown): never {
-  throw invalidIdentityToken("Couldn't retrieve verification key from your identity provider, please reference AssumeRoleWithWebIdentity documentation for requirements", { cause: err });
+  throw invalidIdentityToken(
+    "Couldn't retrieve verification key from your identity provider, please reference AssumeRoleWithWebIdentity documentation for requirements",
+    { cause: err },
+  );
 }
 
 /** IAM's StringLike: `*` any run of characters, `?` any one; everything else literal. */
 export function stringLike(pattern: string, value: string): boolean {
-  const re = pattern.replace(/[.+^${}()|[\]\\]/g, "\\$&").replace(/\*/g, ".*").replace(/\?/g, ".");
+  const re = pattern
+    .replace(/[.+^${}()|[\]\\]/g, "\\$&")
+    .replace(/\*/g, ".*")
+    .replace(/\?/g, ".");
   return new RegExp(`^${re}$`, "s").test(value);
 }
 

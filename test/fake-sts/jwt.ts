@@ -39,7 +39,9 @@ const BASE64URL = /^[A-Za-z0-9_-]*$/;
 export function parseJwt(token: string): ParsedJwt {
   const parts = token.split(".");
   if (parts.length !== 3 || !parts.every((p) => BASE64URL.test(p))) {
-    throw invalidIdentityToken("The web identity token is not a JSON Web Token (three base64url parts separated by dots)");
+    throw invalidIdentityToken(
+      "The web identity token is not a JSON Web Token (three base64url parts separated by dots)",
+    );
   }
   const [header = "", payload = "", signature = ""] = parts;
   const decode = (part: string, what: string): Record<string, unknown> => {
@@ -67,11 +69,18 @@ export function parseJwt(token: string): ParsedJwt {
 export function verifyRs256(jwt: ParsedJwt, jwks: Jwks): boolean | "noKey" {
   if (jwt.header.alg !== "RS256") return false;
   const kid = typeof jwt.header.kid === "string" ? jwt.header.kid : undefined;
-  const candidates = jwks.keys.filter((k) => k.kty === "RSA" && (kid === undefined || k.kid === kid) && (k.use === undefined || k.use === "sig"));
+  const candidates = jwks.keys.filter(
+    (k) => k.kty === "RSA" && (kid === undefined || k.kid === kid) && (k.use === undefined || k.use === "sig"),
+  );
   if (candidates.length === 0) return "noKey";
   return candidates.some((jwk) => {
     try {
-      return verify("sha256", Buffer.from(jwt.signingInput), createPublicKey({ key: jwk, format: "jwk" }), jwt.signature);
+      return verify(
+        "sha256",
+        Buffer.from(jwt.signingInput),
+        createPublicKey({ key: jwk, format: "jwk" }),
+        jwt.signature,
+      );
     } catch {
       return false;
     }

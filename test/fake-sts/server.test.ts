@@ -12,10 +12,18 @@ describe("fake STS server (with @aws-sdk/client-sts)", function () {
   let sts: FakeSts;
   let client: STSClient;
 
-  const assume = (token: string, roleArn = ROLE) => client.send(new AssumeRoleWithWebIdentityCommand({
-    RoleArn: roleArn, RoleSessionName: "unit", WebIdentityToken: token, DurationSeconds: 900,
-  }));
-  async function failure(promise: Promise<unknown>): Promise<Error & { Code?: string; $metadata?: { httpStatusCode?: number } }> {
+  const assume = (token: string, roleArn = ROLE) =>
+    client.send(
+      new AssumeRoleWithWebIdentityCommand({
+        RoleArn: roleArn,
+        RoleSessionName: "unit",
+        WebIdentityToken: token,
+        DurationSeconds: 900,
+      }),
+    );
+  async function failure(
+    promise: Promise<unknown>,
+  ): Promise<Error & { Code?: string; $metadata?: { httpStatusCode?: number } }> {
     try {
       await promise;
     } catch (err) {
@@ -24,14 +32,18 @@ describe("fake STS server (with @aws-sdk/client-sts)", function () {
     }
     throw new Error("expected the call to fail");
   }
-  const form = (params: Record<string, string>) => new URLSearchParams({ Action: "AssumeRoleWithWebIdentity", Version: "2011-06-15", ...params });
+  const form = (params: Record<string, string>) =>
+    new URLSearchParams({ Action: "AssumeRoleWithWebIdentity", Version: "2011-06-15", ...params });
 
   beforeEach(async () => {
     sts = await FakeSts.start({ issuer: issuer.issuer, jwks: () => Promise.resolve(issuer.jwks()) });
     sts.addRole({ arn: ROLE, allowedSubjects: ["system:serviceaccount:ci:bkq-linux"] });
     client = new STSClient({
-      region: "eu-west-1", endpoint: sts.url, maxAttempts: 1,
-      credentials: () => Promise.reject(new Error("AssumeRoleWithWebIdentity is unsigned: no credentials should be asked for")),
+      region: "eu-west-1",
+      endpoint: sts.url,
+      maxAttempts: 1,
+      credentials: () =>
+        Promise.reject(new Error("AssumeRoleWithWebIdentity is unsigned: no credentials should be asked for")),
     });
   });
   afterEach(async () => {
@@ -46,14 +58,21 @@ describe("fake STS server (with @aws-sdk/client-sts)", function () {
     expect(out.Credentials?.SessionToken).to.be.a("string").and.not.be.empty;
     expect(out.Credentials?.Expiration).to.be.instanceOf(Date);
     expect(out.AssumedRoleUser?.Arn).to.equal("arn:aws:sts::123456789012:assumed-role/ci-deploy/unit");
-    expect(out).to.deep.include({ SubjectFromWebIdentityToken: "system:serviceaccount:ci:bkq-linux", Audience: "sts.amazonaws.com" });
+    expect(out).to.deep.include({
+      SubjectFromWebIdentityToken: "system:serviceaccount:ci:bkq-linux",
+      Audience: "sts.amazonaws.com",
+    });
     expect(out.Provider).to.equal("arn:aws:iam::123456789012:oidc-provider/issuer.test");
     expect(out.$metadata.requestId).to.match(/^[0-9a-f-]{36}$/);
   });
 
   it("answers AWS's error shape: the SDK sees the code, the message and the HTTP status", async () => {
     const denied = await failure(assume(issuer.token({ sub: "system:serviceaccount:ci:other" })));
-    expect(denied).to.include({ name: "AccessDenied", Code: "AccessDenied", message: "Not authorized to perform sts:AssumeRoleWithWebIdentity" });
+    expect(denied).to.include({
+      name: "AccessDenied",
+      Code: "AccessDenied",
+      message: "Not authorized to perform sts:AssumeRoleWithWebIdentity",
+    });
     expect(denied.$metadata?.httpStatusCode).to.equal(403);
     const invalid = await failure(assume(issuer.token({ aud: "other" })));
     expect(invalid).to.include({ name: "InvalidIdentityTokenException", Code: "InvalidIdentityToken" });
@@ -63,15 +82,24 @@ describe("fake STS server (with @aws-sdk/client-sts)", function () {
   });
 
   it("serves the GET query form, and writes errors as ErrorResponse/Error{Type, Code, Message}/RequestId", async () => {
-    const ok = await fetch(`${sts.url}/?${form({ RoleArn: ROLE, RoleSessionName: "get", WebIdentityToken: issuer.token() }).toString()}`);
+    const ok = await fetch(
+      `${sts.url}/?${form({ RoleArn: ROLE, RoleSessionName: "get", WebIdentityToken: issuer.token() }).toString()}`,
+    );
     expect(ok.status).to.equal(200);
     const body = await ok.text();
-    expect(body).to.match(/^<AssumeRoleWithWebIdentityResponse xmlns="https:\/\/sts.amazonaws.com\/doc\/2011-06-15\/">/);
+    expect(body).to.match(
+      /^<AssumeRoleWithWebIdentityResponse xmlns="https:\/\/sts.amazonaws.com\/doc\/2011-06-15\/">/,
+    );
     expect(body).to.match(/<ResponseMetadata>\s*<RequestId>[0-9a-f-]{36}<\/RequestId>/);
     const bad = await fetch(sts.url, { method: "POST", body: form({ RoleArn: ROLE, RoleSessionName: "post" }) });
     expect(bad.status).to.equal(400);
-    expect(await bad.text()).to.match(/<ErrorResponse [^>]*>\s*<Error>\s*<Type>Sender<\/Type>\s*<Code>ValidationError<\/Code>\s*<Message>1 validation error detected: Value null at 'webIdentityToken'.*<\/Message>\s*<\/Error>\s*<RequestId>[0-9a-f-]{36}<\/RequestId>\s*<\/ErrorResponse>/s);
-    const unknown = await fetch(sts.url, { method: "POST", body: new URLSearchParams({ Action: "GetCallerIdentity", Version: "2011-06-15" }) });
+    expect(await bad.text()).to.match(
+      /<ErrorResponse [^>]*>\s*<Error>\s*<Type>Sender<\/Type>\s*<Code>ValidationError<\/Code>\s*<Message>1 validation error detected: Value null at 'webIdentityToken'.*<\/Message>\s*<\/Error>\s*<RequestId>[0-9a-f-]{36}<\/RequestId>\s*<\/ErrorResponse>/s,
+    );
+    const unknown = await fetch(sts.url, {
+      method: "POST",
+      body: new URLSearchParams({ Action: "GetCallerIdentity", Version: "2011-06-15" }),
+    });
     expect(await unknown.text()).to.include("<Code>InvalidAction</Code>");
   });
 
@@ -114,10 +142,23 @@ describe("fake STS server (with @aws-sdk/client-sts)", function () {
 
   it("can hang a request, which a client's timeout ends", async () => {
     sts.injectFault({ kind: "hang" });
-    const impatient = new STSClient({ region: "eu-west-1", endpoint: sts.url, maxAttempts: 1, requestHandler: { requestTimeout: 200, throwOnRequestTimeout: true },
-      credentials: () => Promise.reject(new Error("unsigned")) });
+    const impatient = new STSClient({
+      region: "eu-west-1",
+      endpoint: sts.url,
+      maxAttempts: 1,
+      requestHandler: { requestTimeout: 200, throwOnRequestTimeout: true },
+      credentials: () => Promise.reject(new Error("unsigned")),
+    });
     try {
-      const err = await failure(impatient.send(new AssumeRoleWithWebIdentityCommand({ RoleArn: ROLE, RoleSessionName: "hang", WebIdentityToken: issuer.token() })));
+      const err = await failure(
+        impatient.send(
+          new AssumeRoleWithWebIdentityCommand({
+            RoleArn: ROLE,
+            RoleSessionName: "hang",
+            WebIdentityToken: issuer.token(),
+          }),
+        ),
+      );
       expect(err.name).to.equal("TimeoutError");
     } finally {
       impatient.destroy();

@@ -63,7 +63,11 @@ export class FakeSts {
   private skewMs = 0;
   private down: DownMode | undefined;
 
-  private constructor(private readonly server: Server, private readonly port: number, private readonly options: FakeStsOptions) {
+  private constructor(
+    private readonly server: Server,
+    private readonly port: number,
+    private readonly options: FakeStsOptions,
+  ) {
     this.url = `http://127.0.0.1:${String(port)}`;
     this.keys = new KeyCache(options.jwks);
   }
@@ -72,7 +76,9 @@ export class FakeSts {
     const server = createServer();
     await listen(server, options.port ?? 0);
     const fake = new FakeSts(server, (server.address() as AddressInfo).port, options);
-    server.on("request", (req, res) => { void fake.handle(req, res); });
+    server.on("request", (req, res) => {
+      void fake.handle(req, res);
+    });
     return fake;
   }
 
@@ -91,7 +97,11 @@ export class FakeSts {
     this.down = down ? mode : undefined;
     this.dropHanging();
     if (down && mode === "refuse" && !wasRefusing) {
-      const closed = new Promise<void>((resolve) => this.server.close(() => { resolve(); }));
+      const closed = new Promise<void>((resolve) =>
+        this.server.close(() => {
+          resolve();
+        }),
+      );
       this.server.closeAllConnections();
       await closed;
     } else if (wasRefusing && this.down !== "refuse") {
@@ -126,7 +136,11 @@ export class FakeSts {
   async stop(): Promise<void> {
     this.dropHanging();
     if (this.down === "refuse") return;
-    const closed = new Promise<void>((resolve) => this.server.close(() => { resolve(); }));
+    const closed = new Promise<void>((resolve) =>
+      this.server.close(() => {
+        resolve();
+      }),
+    );
     this.server.closeAllConnections();
     await closed;
   }
@@ -138,8 +152,16 @@ export class FakeSts {
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const requestId = randomUUID();
     const record: StsRequestRecord = {
-      at: new Date(this.nowMs()), method: req.method ?? "", action: undefined, roleArn: undefined, roleSessionName: undefined,
-      durationSeconds: undefined, subject: undefined, status: 0, code: undefined, requestId,
+      at: new Date(this.nowMs()),
+      method: req.method ?? "",
+      action: undefined,
+      roleArn: undefined,
+      roleSessionName: undefined,
+      durationSeconds: undefined,
+      subject: undefined,
+      status: 0,
+      code: undefined,
+      requestId,
     };
     this.log.push(record);
     try {
@@ -150,7 +172,8 @@ export class FakeSts {
       const duration = params.get("DurationSeconds");
       record.durationSeconds = duration === null ? undefined : Number(duration);
       record.subject = subjectOf(params.get("WebIdentityToken"));
-      if (this.down === "unavailable") throw new StsError(503, "ServiceUnavailable", "Service is unavailable. Please try again later.");
+      if (this.down === "unavailable")
+        throw new StsError(503, "ServiceUnavailable", "Service is unavailable. Please try again later.");
       const fault = this.faults.shift();
       if (fault?.kind === "hang") {
         record.code = "(hang)";
@@ -167,7 +190,15 @@ export class FakeSts {
       this.reply(res, 200, assumeRoleResponseXml(await this.dispatch(params), requestId), requestId);
       record.status = 200;
     } catch (err) {
-      const sts = err instanceof StsError ? err : new StsError(500, "InternalFailure", "The request processing has failed because of an unknown error, exception or failure.", { cause: err });
+      const sts =
+        err instanceof StsError
+          ? err
+          : new StsError(
+              500,
+              "InternalFailure",
+              "The request processing has failed because of an unknown error, exception or failure.",
+              { cause: err },
+            );
       record.status = sts.status;
       record.code = sts.code;
       this.reply(res, sts.status, errorResponseXml(sts, requestId), requestId);
@@ -179,15 +210,28 @@ export class FakeSts {
     if (action === null) throw new StsError(400, "MissingAction", "Missing Action");
     const version = params.get("Version");
     if (action !== "AssumeRoleWithWebIdentity" || version !== "2011-06-15") {
-      throw new StsError(400, "InvalidAction", `Could not find operation ${action} for version ${version ?? "NO_VERSION_SPECIFIED"}`);
+      throw new StsError(
+        400,
+        "InvalidAction",
+        `Could not find operation ${action} for version ${version ?? "NO_VERSION_SPECIFIED"}`,
+      );
     }
     const request = validateRequest(params);
-    const { result } = await assumeRole(request, { issuer: this.options.issuer, keys: this.keys, roles: this.roles, nowMs: this.nowMs() });
+    const { result } = await assumeRole(request, {
+      issuer: this.options.issuer,
+      keys: this.keys,
+      roles: this.roles,
+      nowMs: this.nowMs(),
+    });
     return result;
   }
 
   private reply(res: ServerResponse, status: number, body: string, requestId: string): void {
-    res.writeHead(status, { "content-type": "text/xml", "x-amzn-requestid": requestId, "content-length": Buffer.byteLength(body) });
+    res.writeHead(status, {
+      "content-type": "text/xml",
+      "x-amzn-requestid": requestId,
+      "content-length": Buffer.byteLength(body),
+    });
     res.end(body);
   }
 
@@ -215,7 +259,11 @@ async function readParams(req: IncomingMessage): Promise<URLSearchParams> {
   if (req.method === "POST") {
     const type = req.headers["content-type"] ?? "";
     if (!type.startsWith("application/x-www-form-urlencoded")) {
-      throw new StsError(400, "ValidationError", `Unsupported content type ${type || "(none)"}; expected application/x-www-form-urlencoded`);
+      throw new StsError(
+        400,
+        "ValidationError",
+        `Unsupported content type ${type || "(none)"}; expected application/x-www-form-urlencoded`,
+      );
     }
     for (const [k, v] of new URLSearchParams(Buffer.concat(chunks).toString("utf8"))) params.append(k, v);
   } else if (req.method !== "GET") {

@@ -7,7 +7,10 @@ export class TestIssuer {
   private readonly privateKey: KeyObject;
   private readonly publicJwk: Jwk;
 
-  constructor(readonly issuer = "https://issuer.test", kid = "test-key-1") {
+  constructor(
+    readonly issuer = "https://issuer.test",
+    kid = "test-key-1",
+  ) {
     const { privateKey, publicKey } = generateKeyPairSync("rsa", { modulusLength: 2048 });
     this.kid = kid;
     this.privateKey = privateKey;
@@ -22,8 +25,13 @@ export class TestIssuer {
   token(claims: JwtClaims = {}, options: { nowMs?: number; header?: Record<string, unknown> } = {}): string {
     const now = Math.floor((options.nowMs ?? Date.now()) / 1000);
     const payload: JwtClaims = {
-      iss: this.issuer, sub: "system:serviceaccount:ci:bkq-linux", aud: ["sts.amazonaws.com"],
-      iat: now, nbf: now, exp: now + 600, ...claims,
+      iss: this.issuer,
+      sub: "system:serviceaccount:ci:bkq-linux",
+      aud: ["sts.amazonaws.com"],
+      iat: now,
+      nbf: now,
+      exp: now + 600,
+      ...claims,
     };
     return this.signRaw({ alg: "RS256", kid: this.kid, ...options.header }, payload);
   }

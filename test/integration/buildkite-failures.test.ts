@@ -49,16 +49,41 @@ describe("Jobs that cannot run are failed and reported to Buildkite in words a p
     const uuid = s.fake.seedJob({ queue_key: "pull" });
     const name = jobResourceName(uuid);
     // Playing kubelet: the image pull fails.
-    const pod = await eventually(async () => {
-      const p = await s.t.pod(name);
-      expect(p?.spec?.nodeName, "the pod placed on a node").to.be.a("string");
-      return p;
-    }, { what: "the job's pod on a node" });
-    await s.t.core.patchNamespacedPodStatus({
-      name, namespace: s.t.namespace,
-      body: { status: { phase: "Pending", containerStatuses: [{ name: "agent", image: pod?.spec?.containers[0]?.image ?? "", imageID: "", ready: false, restartCount: 0,
-        state: { waiting: { reason: "ImagePullBackOff", message: "Back-off pulling image \"registry.invalid/agent:missing\"" } } }] } },
-    }, setHeaderOptions("Content-Type", PatchStrategy.MergePatch));
+    const pod = await eventually(
+      async () => {
+        const p = await s.t.pod(name);
+        expect(p?.spec?.nodeName, "the pod placed on a node").to.be.a("string");
+        return p;
+      },
+      { what: "the job's pod on a node" },
+    );
+    await s.t.core.patchNamespacedPodStatus(
+      {
+        name,
+        namespace: s.t.namespace,
+        body: {
+          status: {
+            phase: "Pending",
+            containerStatuses: [
+              {
+                name: "agent",
+                image: pod?.spec?.containers[0]?.image ?? "",
+                imageID: "",
+                ready: false,
+                restartCount: 0,
+                state: {
+                  waiting: {
+                    reason: "ImagePullBackOff",
+                    message: 'Back-off pulling image "registry.invalid/agent:missing"',
+                  },
+                },
+              },
+            ],
+          },
+        },
+      },
+      setHeaderOptions("Content-Type", PatchStrategy.MergePatch),
+    );
     const job = await s.jobPhase(uuid, "Failed");
     expect(job.status?.reason).to.equal("ImagePullFailed");
     const finished = await s.buildkiteState(uuid, "finished");
@@ -77,13 +102,19 @@ describe("Jobs that cannot run are failed and reported to Buildkite in words a p
   });
 
   it("fails a job whose pod the API server refuses and reports it to Buildkite", async () => {
-    await s.t.core.createNamespacedResourceQuota({ namespace: s.t.namespace, body: { metadata: { name: "no-pods" }, spec: { hard: { pods: "0" } } } });
+    await s.t.core.createNamespacedResourceQuota({
+      namespace: s.t.namespace,
+      body: { metadata: { name: "no-pods" }, spec: { hard: { pods: "0" } } },
+    });
     await s.queue("refused", "real");
     await s.condition("refused", "Registered", "True");
-    await eventually(async () => {
-      const quota = await s.t.core.readNamespacedResourceQuota({ name: "no-pods", namespace: s.t.namespace });
-      expect(quota.status?.hard?.pods).to.equal("0");
-    }, { what: "the quota to be in force" });
+    await eventually(
+      async () => {
+        const quota = await s.t.core.readNamespacedResourceQuota({ name: "no-pods", namespace: s.t.namespace });
+        expect(quota.status?.hard?.pods).to.equal("0");
+      },
+      { what: "the quota to be in force" },
+    );
     const uuid = s.fake.seedJob({ queue_key: "refused" });
     const job = await s.jobPhase(uuid, "Failed");
     expect(job.status?.reason).to.equal("PodRejected");

@@ -18,7 +18,10 @@ describe("Buildkite jobs flow from the Stacks API through BuildkiteJobs to pods 
   before(async () => {
     const kc = testCluster().kubeConfig();
     s = await BuildkiteScenario.start(kc, "bk-flow");
-    operator = await startTestOperator(kc, "buildkite-flow", { buildkite: FAST, allowedEndpoints: [s.fake.agentEndpoint] });
+    operator = await startTestOperator(kc, "buildkite-flow", {
+      buildkite: FAST,
+      allowedEndpoints: [s.fake.agentEndpoint],
+    });
   });
   after(async () => {
     await operator?.stop();
@@ -28,8 +31,13 @@ describe("Buildkite jobs flow from the Stacks API through BuildkiteJobs to pods 
   it("registers a custom stack per queue and runs a job: exit 3 and its log reach Buildkite, the BuildkiteJob is Failed with exit 3, the pod is deleted", async () => {
     await s.queue("happy", "real", { instanceShape: "LINUX_ARM64_2X4", maxVCPU: 4 });
     const message = await s.condition("happy", "Registered", "True");
-    expect(message).to.match(/^Registered as Buildkite stack bk-op-bk-flow-[0-9a-f-]+happy-[0-9a-f]{16} for queue happy/);
-    expect(s.fake.stacks().find((st) => st.cluster_queue_key === "happy")).to.include({ type: "custom", state: "connected" });
+    expect(message).to.match(
+      /^Registered as Buildkite stack bk-op-bk-flow-[0-9a-f-]+happy-[0-9a-f]{16} for queue happy/,
+    );
+    expect(s.fake.stacks().find((st) => st.cluster_queue_key === "happy")).to.include({
+      type: "custom",
+      state: "connected",
+    });
 
     const uuid = s.fake.seedJob({ queue_key: "happy", command: "echo marker-7f3a; exit 3" });
     const done = await s.buildkiteState(uuid, "finished");
@@ -43,45 +51,90 @@ describe("Buildkite jobs flow from the Stacks API through BuildkiteJobs to pods 
     expect(run?.exitCode).to.equal(3);
     // The pod held a token for its one job, in a Secret its BuildkiteJob owns, never the queue's agent token.
     const registrations = s.fake.requests().filter((r) => r.route === "agent.register" && r.status < 300);
-    expect(registrations.map((r) => r.token_class)).to.include("jat").and.not.include("agent");
+    expect(registrations.map((r) => r.token_class))
+      .to.include("jat")
+      .and.not.include("agent");
     const secret = await s.t.core.readNamespacedSecret({ name: jobTokenSecretName(uuid), namespace: s.t.namespace });
-    expect(secret.metadata?.ownerReferences?.[0]).to.include({ kind: "BuildkiteJob", name: jobResourceName(uuid), uid: job.metadata.uid });
-    expect((await s.t.queue("happy"))?.status?.conditions?.find((c) => c.type === "JobTokens")).to.include({ status: "True", reason: "Issued" });
+    expect(secret.metadata?.ownerReferences?.[0]).to.include({
+      kind: "BuildkiteJob",
+      name: jobResourceName(uuid),
+      uid: job.metadata.uid,
+    });
+    expect((await s.t.queue("happy"))?.status?.conditions?.find((c) => c.type === "JobTokens")).to.include({
+      status: "True",
+      reason: "Issued",
+    });
     const timeline = done.notifications.map((n) => n.detail);
-    expect(timeline.some((d) => d.startsWith(`Created pod ${jobResourceName(uuid)} (LINUX_ARM64_2X4)`)), timeline.join(" | ")).to.equal(true);
-    expect(timeline.some((d) => d.startsWith("Pod placed on node ")), timeline.join(" | ")).to.equal(true);
+    expect(
+      timeline.some((d) => d.startsWith(`Created pod ${jobResourceName(uuid)} (LINUX_ARM64_2X4)`)),
+      timeline.join(" | "),
+    ).to.equal(true);
+    expect(
+      timeline.some((d) => d.startsWith("Pod placed on node ")),
+      timeline.join(" | "),
+    ).to.equal(true);
   });
 
   it("reserves nothing while Buildkite refuses job tokens (Required, the default), says so, and runs the job with its own token once they come", async () => {
-    s.fake.injectFault({ route: "stacks.job-acquisition-tokens", status: 404, count: 1, body: { message: "Not Found" } });
+    s.fake.injectFault({
+      route: "stacks.job-acquisition-tokens",
+      status: 404,
+      count: 1,
+      body: { message: "Not Found" },
+    });
     const uuid = s.fake.seedJob({ queue_key: "required", command: "exit 0" });
     await s.queue("required", "real");
     const message = await s.condition("required", "JobTokens", "False", "JobTokensRefused");
     expect(message).to.include("no job is reserved").and.include("spec.jobTokens: Preferred");
     // Not reserved: the job stays offered to every stack instead of hiding behind a reservation nobody runs.
     expect(s.fake.job(uuid).state, "the job's state in Buildkite while job tokens are refused").to.equal("scheduled");
-    expect(s.fake.requests().filter((r) => JSON.stringify(r.body ?? {}).includes(uuid) && r.route?.includes("reserve") === true), "reserve calls for the job").to.deep.equal([]);
+    expect(
+      s.fake
+        .requests()
+        .filter((r) => JSON.stringify(r.body ?? {}).includes(uuid) && r.route?.includes("reserve") === true),
+      "reserve calls for the job",
+    ).to.deep.equal([]);
     await s.buildkiteState(uuid, "finished");
     const job = await s.jobPhase(uuid, "Succeeded");
-    expect(job.metadata.annotations?.["buildkite.com/agent-token-secret"], "the job's own token Secret").to.equal(jobTokenSecretName(uuid));
+    expect(job.metadata.annotations?.["buildkite.com/agent-token-secret"], "the job's own token Secret").to.equal(
+      jobTokenSecretName(uuid),
+    );
     await s.condition("required", "JobTokens", "True", "Issued");
   });
 
   it("keeps a job whose token Buildkite did not issue waiting for it, never switching the queue to the cluster token", async () => {
     const uuid = s.fake.seedJob({ queue_key: "odd-one", command: "exit 0" });
     // The probe and the first issue both answer "not issued" for this job; the next asks succeed.
-    s.fake.injectFault({ route: "stacks.job-acquisition-tokens", status: 201, count: 2, body: { job_acquisition_tokens: [], not_issued: [uuid] } });
+    s.fake.injectFault({
+      route: "stacks.job-acquisition-tokens",
+      status: 201,
+      count: 2,
+      body: { job_acquisition_tokens: [], not_issued: [uuid] },
+    });
     await s.queue("odd-one", "real");
     await s.buildkiteState(uuid, "finished");
     const job = await s.jobPhase(uuid, "Succeeded");
-    expect(job.metadata.annotations?.["buildkite.com/agent-token-secret"], "the job's own token Secret").to.equal(jobTokenSecretName(uuid));
+    expect(job.metadata.annotations?.["buildkite.com/agent-token-secret"], "the job's own token Secret").to.equal(
+      jobTokenSecretName(uuid),
+    );
     const q = await s.t.queue("odd-one");
-    expect(q?.status?.conditions?.find((c) => c.type === "JobTokens"), "the queue's JobTokens").to.include({ status: "True", reason: "Issued" });
-    expect((await s.t.events("odd-one")).map((e) => e.reason), "the queue's Events").to.not.include("FallbackToAgentToken");
+    expect(
+      q?.status?.conditions?.find((c) => c.type === "JobTokens"),
+      "the queue's JobTokens",
+    ).to.include({ status: "True", reason: "Issued" });
+    expect(
+      (await s.t.events("odd-one")).map((e) => e.reason),
+      "the queue's Events",
+    ).to.not.include("FallbackToAgentToken");
   });
 
   it("falls back to the queue's agent token only when the queue opts in (Preferred), and says so on the queue", async () => {
-    s.fake.injectFault({ route: "stacks.job-acquisition-tokens", status: 404, count: 1, body: { message: "Not Found" } });
+    s.fake.injectFault({
+      route: "stacks.job-acquisition-tokens",
+      status: 404,
+      count: 1,
+      body: { message: "Not Found" },
+    });
     await s.queue("fallback", "real", { jobTokens: "Preferred" });
     const uuid = s.fake.seedJob({ queue_key: "fallback", command: "exit 0" });
     await s.buildkiteState(uuid, "finished");
@@ -102,16 +155,25 @@ describe("Buildkite jobs flow from the Stacks API through BuildkiteJobs to pods 
     expect(spec?.hostPID ?? false).to.equal(false);
     expect(spec?.volumes?.filter((v) => v.hostPath !== undefined)).to.deep.equal([]);
     const mounts = spec?.containers.flatMap((c) => c.volumeMounts ?? []) ?? [];
-    expect(mounts.map((m) => m.mountPath)).to.not.include.members(["/var/run/docker.sock", "/var/run/secrets/kubernetes.io/serviceaccount"]);
+    expect(mounts.map((m) => m.mountPath)).to.not.include.members([
+      "/var/run/docker.sock",
+      "/var/run/secrets/kubernetes.io/serviceaccount",
+    ]);
     // The only projected token is IRSA's, for STS's audience, not the API server's.
     const projected = spec?.volumes?.flatMap((v) => v.projected?.sources ?? []) ?? [];
     expect(projected.map((p) => p.serviceAccountToken?.audience)).to.deep.equal(["sts.amazonaws.com"]);
     expect(spec?.containers.map((c) => c.name)).to.deep.equal(["agent"]);
-    const withToken = spec?.containers.filter((c) => c.env?.some((e) => e.name === "BUILDKITE_AGENT_TOKEN")).map((c) => c.name);
+    const withToken = spec?.containers
+      .filter((c) => c.env?.some((e) => e.name === "BUILDKITE_AGENT_TOKEN"))
+      .map((c) => c.name);
     expect(withToken).to.deep.equal(["agent"]);
     const tokenRef = spec?.containers[0]?.env?.find((e) => e.name === "BUILDKITE_AGENT_TOKEN")?.valueFrom?.secretKeyRef;
     expect(tokenRef?.name).to.equal(jobTokenSecretName(uuid));
-    expect(spec?.containers[0]?.securityContext).to.deep.include({ allowPrivilegeEscalation: false, runAsNonRoot: true, capabilities: { drop: ["ALL"] } });
+    expect(spec?.containers[0]?.securityContext).to.deep.include({
+      allowPrivilegeEscalation: false,
+      runAsNonRoot: true,
+      capabilities: { drop: ["ALL"] },
+    });
     s.fake.cancel(uuid);
     await s.jobPhase(uuid, "Canceled");
   });
@@ -143,10 +205,15 @@ describe("Buildkite jobs flow from the Stacks API through BuildkiteJobs to pods 
     await s.condition("paused", "Dispatching", "False", "PausedInSpec");
     const uuid = s.fake.seedJob({ queue_key: "paused", command: "exit 0" });
     const listsBefore = s.fake.requests().filter((r) => r.route === "stacks.scheduled-jobs").length;
-    await eventually(() => {
-      expect(s.fake.requests().filter((r) => r.route === "stacks.scheduled-jobs").length).to.be.greaterThan(listsBefore + 3);
-      return Promise.resolve();
-    }, { what: "a few more polls" });
+    await eventually(
+      () => {
+        expect(s.fake.requests().filter((r) => r.route === "stacks.scheduled-jobs").length).to.be.greaterThan(
+          listsBefore + 3,
+        );
+        return Promise.resolve();
+      },
+      { what: "a few more polls" },
+    );
     expect(await s.jobsOf("paused")).to.deep.equal([]);
     expect(s.fake.job(uuid).state).to.equal("scheduled");
 
@@ -174,12 +241,16 @@ describe("Buildkite jobs flow from the Stacks API through BuildkiteJobs to pods 
   });
 
   it("runs 30 jobs on a LINUX_AMD64_4X16 queue with maxVCPU 16: never more than 4 at once, reserved in priority order, each once", async () => {
-    const uuids = Array.from({ length: 30 }, (_, i) => s.fake.seedJob({ queue_key: "thirty", command: "sleep 0.3", priority: (i * 7) % 10 }));
+    const uuids = Array.from({ length: 30 }, (_, i) =>
+      s.fake.seedJob({ queue_key: "thirty", command: "sleep 0.3", priority: (i * 7) % 10 }),
+    );
     let most = 0;
     const sampling = { on: true };
     const sampler = (async () => {
       while (sampling.on) {
-        const active = (await s.jobsOf("thirty")).filter((j) => !["Succeeded", "Failed", "Canceled", "TimedOut"].includes(j.status?.phase ?? "")).length;
+        const active = (await s.jobsOf("thirty")).filter(
+          (j) => !["Succeeded", "Failed", "Canceled", "TimedOut"].includes(j.status?.phase ?? ""),
+        ).length;
         most = Math.max(most, active);
         await new Promise((r) => setTimeout(r, 50));
       }
@@ -196,15 +267,26 @@ describe("Buildkite jobs flow from the Stacks API through BuildkiteJobs to pods 
     expect(overlap, "most agents running at once").to.be.within(1, 4);
     for (const uuid of uuids) expect(s.acquisitions().get(uuid), uuid).to.equal(1);
     const priority = new Map(uuids.map((u) => [u, s.fake.job(u).priority]));
-    const order = s.reservationOrder().filter((u) => priority.has(u)).map((u) => priority.get(u) ?? -1);
+    const order = s
+      .reservationOrder()
+      .filter((u) => priority.has(u))
+      .map((u) => priority.get(u) ?? -1);
     expect(order).to.have.length(30);
     expect(order, "priorities in the order jobs were reserved").to.deep.equal([...order].sort((a, b) => b - a));
     for (const uuid of uuids) await s.jobPhase(uuid, "Succeeded");
-    await eventually(async () => { expect((await s.t.queue("thirty"))?.status).to.include({ concurrency: 4, active: 0 }); }, { what: "every slot free again" });
+    await eventually(
+      async () => {
+        expect((await s.t.queue("thirty"))?.status).to.include({ concurrency: 4, active: 0 });
+      },
+      { what: "every slot free again" },
+    );
   });
 
   it("never runs a job twice with two operators on one queue", async () => {
-    const second = await startTestOperator(s.kc, "buildkite-flow-second", { buildkite: FAST, allowedEndpoints: [s.fake.agentEndpoint] });
+    const second = await startTestOperator(s.kc, "buildkite-flow-second", {
+      buildkite: FAST,
+      allowedEndpoints: [s.fake.agentEndpoint],
+    });
     try {
       await s.queue("twice", "real", { maxVCPU: 32 });
       const uuids = Array.from({ length: 6 }, () => s.fake.seedJob({ queue_key: "twice", command: "sleep 0.2" }));
@@ -245,15 +327,27 @@ describe("Buildkite jobs flow from the Stacks API through BuildkiteJobs to pods 
     }
 
     // A Secret that is not marked as an agent token (here, some other credential of the namespace) is never read out.
-    await s.t.core.createNamespacedSecret({ namespace: s.t.namespace, body: { metadata: { name: "db-password" }, stringData: { token: s.fake.agentToken } } });
+    await s.t.core.createNamespacedSecret({
+      namespace: s.t.namespace,
+      body: { metadata: { name: "db-password" }, stringData: { token: s.fake.agentToken } },
+    });
     await s.queue("deputy-secret", "real", { agentTokenSecretRef: { name: "db-password", key: "token" } });
     const unmarked = await s.condition("deputy-secret", "Ready", "False", "AgentTokenSecretNotMarked");
     expect(unmarked).to.include(`kubectl label secret db-password -n ${s.t.namespace} buildkite.com/agent-token=true`);
     await s.condition("deputy-secret", "Registered", "False", "AgentTokenSecretNotMarked");
-    expect(s.fake.stacks().filter((st) => st.cluster_queue_key === "deputy-secret"), "stacks registered with the unmarked Secret").to.deep.equal([]);
+    expect(
+      s.fake.stacks().filter((st) => st.cluster_queue_key === "deputy-secret"),
+      "stacks registered with the unmarked Secret",
+    ).to.deep.equal([]);
     // Marked by a person, the same Secret is used.
-    await s.t.core.patchNamespacedSecret({ name: "db-password", namespace: s.t.namespace, body: { metadata: { labels: { "buildkite.com/agent-token": "true" } } } },
-      setHeaderOptions("Content-Type", PatchStrategy.MergePatch));
+    await s.t.core.patchNamespacedSecret(
+      {
+        name: "db-password",
+        namespace: s.t.namespace,
+        body: { metadata: { labels: { "buildkite.com/agent-token": "true" } } },
+      },
+      setHeaderOptions("Content-Type", PatchStrategy.MergePatch),
+    );
     await s.condition("deputy-secret", "Registered", "True", undefined, 60_000);
   });
 
@@ -263,21 +357,44 @@ describe("Buildkite jobs flow from the Stacks API through BuildkiteJobs to pods 
     await s.jobPhase(uuid, "Starting");
     await operator?.stop();
     operator = undefined;
-    await s.t.custom.deleteNamespacedCustomObject({ group: "buildkite.com", version: "v1alpha1", namespace: s.t.namespace, plural: "buildkitequeues", name: "doomed" });
-    expect((await s.t.queue("doomed"))?.metadata.deletionTimestamp, "the queue, held by its finalizer").to.not.equal(undefined);
-    operator = await startTestOperator(s.kc, "buildkite-flow-after-delete", { buildkite: FAST, allowedEndpoints: [s.fake.agentEndpoint] });
+    await s.t.custom.deleteNamespacedCustomObject({
+      group: "buildkite.com",
+      version: "v1alpha1",
+      namespace: s.t.namespace,
+      plural: "buildkitequeues",
+      name: "doomed",
+    });
+    expect((await s.t.queue("doomed"))?.metadata.deletionTimestamp, "the queue, held by its finalizer").to.not.equal(
+      undefined,
+    );
+    operator = await startTestOperator(s.kc, "buildkite-flow-after-delete", {
+      buildkite: FAST,
+      allowedEndpoints: [s.fake.agentEndpoint],
+    });
     const finished = await s.buildkiteState(uuid, "finished");
     expect(finished.finish_detail).to.include(`BuildkiteQueue ${s.t.namespace}/doomed was deleted`);
-    await eventually(async () => {
-      expect(s.fake.stacks().find((st) => st.cluster_queue_key === "doomed")?.state, "the queue's stack").to.equal("disconnected");
-      expect(await s.t.queue("doomed"), "the queue").to.equal(undefined);
-    }, { what: "the stack deregistered and the queue gone", timeoutMs: 60_000 });
+    await eventually(
+      async () => {
+        expect(s.fake.stacks().find((st) => st.cluster_queue_key === "doomed")?.state, "the queue's stack").to.equal(
+          "disconnected",
+        );
+        expect(await s.t.queue("doomed"), "the queue").to.equal(undefined);
+      },
+      { what: "the stack deregistered and the queue gone", timeoutMs: 60_000 },
+    );
   });
 });
 
 /** The most runs whose [start, finish] intervals overlap at one moment. */
 function maxOverlap(runs: readonly { startedAt: Date; finishedAt: Date | undefined }[]): number {
-  const edges = runs.flatMap((r) => [[r.startedAt.getTime(), 1], [(r.finishedAt ?? new Date()).getTime(), -1]] as const)
+  const edges = runs
+    .flatMap(
+      (r) =>
+        [
+          [r.startedAt.getTime(), 1],
+          [(r.finishedAt ?? new Date()).getTime(), -1],
+        ] as const,
+    )
     .sort((a, b) => a[0] - b[0] || a[1] - b[1]);
   let now = 0;
   let most = 0;

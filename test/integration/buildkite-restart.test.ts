@@ -7,7 +7,12 @@ import { testCluster } from "../support/global-cluster.js";
 import { OperatorProcess } from "../support/operator-process.js";
 import { RUNNER_ANNOTATION } from "../support/pod-runner.js";
 
-const FAST = ["--poll-interval-ms=250", "--state-check-interval-ms=500", "--reservation-expiry-seconds=3", "--lease-duration-seconds=3"];
+const FAST = [
+  "--poll-interval-ms=250",
+  "--state-check-interval-ms=500",
+  "--reservation-expiry-seconds=3",
+  "--lease-duration-seconds=3",
+];
 const TERMINAL = ["Succeeded", "Failed", "Canceled", "TimedOut"];
 
 describe("Reservations and restarts: the operator process killed mid-run loses no job and runs none twice", function () {
@@ -31,15 +36,32 @@ describe("Reservations and restarts: the operator process killed mid-run loses n
     await s.queue("held", "hold");
     const uuid = s.fake.seedJob({ queue_key: "held", command: "echo once" });
     await s.jobPhase(uuid, "Starting");
-    const reserves = (): number => s.fake.requests().filter((r) => r.route === "stacks.batch-reserve" && ((r.body as { job_uuids?: string[] }).job_uuids ?? []).includes(uuid)).length;
-    await eventually(() => { expect(reserves(), "reservations of the job").to.be.at.least(4); return Promise.resolve(); },
-      { what: "the reservation to be extended several times", timeoutMs: 20_000 });
+    const reserves = (): number =>
+      s.fake
+        .requests()
+        .filter(
+          (r) =>
+            r.route === "stacks.batch-reserve" && ((r.body as { job_uuids?: string[] }).job_uuids ?? []).includes(uuid),
+        ).length;
+    await eventually(
+      () => {
+        expect(reserves(), "reservations of the job").to.be.at.least(4);
+        return Promise.resolve();
+      },
+      { what: "the reservation to be extended several times", timeoutMs: 20_000 },
+    );
     // Well past the 3 s expiry, the job is still ours.
     expect(s.fake.job(uuid).state).to.equal("reserved");
 
     await operator.kill();
-    await eventually(() => { s.fake.sweep(); expect(s.fake.job(uuid).state).to.equal("scheduled"); return Promise.resolve(); },
-      { what: "the reservation to lapse once nobody extends it", timeoutMs: 20_000 });
+    await eventually(
+      () => {
+        s.fake.sweep();
+        expect(s.fake.job(uuid).state).to.equal("scheduled");
+        return Promise.resolve();
+      },
+      { what: "the reservation to lapse once nobody extends it", timeoutMs: 20_000 },
+    );
 
     const tokenOf = async (): Promise<string | undefined> =>
       (await s.t.core.readNamespacedSecret({ name: jobTokenSecretName(uuid), namespace: s.t.namespace })).data?.token;
@@ -48,10 +70,21 @@ describe("Reservations and restarts: the operator process killed mid-run loses n
     await s.buildkiteState(uuid, "reserved", 30_000);
     // The job token died with the lapsed reservation; the pod may start once the new one is in its Secret (a kubelet
     // reads the Secret when the container starts).
-    await eventually(async () => { expect(await tokenOf(), "the job's token Secret").to.not.equal(lapsedToken); }, { what: "a fresh job token" });
+    await eventually(
+      async () => {
+        expect(await tokenOf(), "the job's token Secret").to.not.equal(lapsedToken);
+      },
+      { what: "a fresh job token" },
+    );
     // Now let the held pod run.
-    await s.t.core.patchNamespacedPod({ name: jobResourceName(uuid), namespace: s.t.namespace, body: { metadata: { annotations: { [RUNNER_ANNOTATION]: "real" } } } },
-      setHeaderOptions("Content-Type", PatchStrategy.MergePatch));
+    await s.t.core.patchNamespacedPod(
+      {
+        name: jobResourceName(uuid),
+        namespace: s.t.namespace,
+        body: { metadata: { annotations: { [RUNNER_ANNOTATION]: "real" } } },
+      },
+      setHeaderOptions("Content-Type", PatchStrategy.MergePatch),
+    );
     const done = await s.buildkiteState(uuid, "finished");
     expect(done.exit_status).to.equal(0);
     expect(s.acquisitions().get(uuid)).to.equal(1);
@@ -63,11 +96,16 @@ describe("Reservations and restarts: the operator process killed mid-run loses n
     await operator?.stop();
     operator = OperatorProcess.start("restart-c", FLAGS);
     await s.queue("busy", "real", { instanceShape: "LINUX_AMD64_4X16", maxVCPU: 16 });
-    const uuids = Array.from({ length: 12 }, (_, i) => s.fake.seedJob({ queue_key: "busy", command: "sleep 1", priority: i % 3 }));
-    await eventually(() => {
-      expect(uuids.filter((u) => s.fake.job(u).state === "finished").length).to.be.at.least(3);
-      return Promise.resolve();
-    }, { what: "a few jobs finished", timeoutMs: 60_000 });
+    const uuids = Array.from({ length: 12 }, (_, i) =>
+      s.fake.seedJob({ queue_key: "busy", command: "sleep 1", priority: i % 3 }),
+    );
+    await eventually(
+      () => {
+        expect(uuids.filter((u) => s.fake.job(u).state === "finished").length).to.be.at.least(3);
+        return Promise.resolve();
+      },
+      { what: "a few jobs finished", timeoutMs: 60_000 },
+    );
     await operator.kill();
     operator = OperatorProcess.start("restart-d", FLAGS);
     for (const uuid of uuids) await s.buildkiteState(uuid, "finished", 120_000);
@@ -79,11 +117,17 @@ describe("Reservations and restarts: the operator process killed mid-run loses n
     expect(runs).to.have.length(12);
     const jobs = await s.jobsOf("busy");
     expect(jobs).to.have.length(12);
-    await eventually(async () => {
-      const all = await s.jobsOf("busy");
-      expect(all.every((j) => TERMINAL.includes(j.status?.phase ?? "")), "every job terminal").to.equal(true);
-      const q = await s.t.queue("busy");
-      expect(q?.status).to.include({ active: 0, concurrency: 4 });
-    }, { what: "every job ended and the queue's slots free" });
+    await eventually(
+      async () => {
+        const all = await s.jobsOf("busy");
+        expect(
+          all.every((j) => TERMINAL.includes(j.status?.phase ?? "")),
+          "every job terminal",
+        ).to.equal(true);
+        const q = await s.t.queue("busy");
+        expect(q?.status).to.include({ active: 0, concurrency: 4 });
+      },
+      { what: "every job ended and the queue's slots free" },
+    );
   });
 });

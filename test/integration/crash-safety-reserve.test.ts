@@ -10,7 +10,12 @@ import { OperatorProcess } from "../support/operator-process.js";
  * Reservations are 900 s here, as in production: a job reserved and then forgotten by a crash would hide from every
  * stack for 15 minutes, far beyond these tests' time limit, so finishing at all proves nothing was hidden.
  */
-const FLAGS = ["--poll-interval-ms=250", "--state-check-interval-ms=500", "--reservation-expiry-seconds=900", "--lease-duration-seconds=3"];
+const FLAGS = [
+  "--poll-interval-ms=250",
+  "--state-check-interval-ms=500",
+  "--reservation-expiry-seconds=900",
+  "--lease-duration-seconds=3",
+];
 /** The queue's slots: 16 vCPU of 4-vCPU jobs. */
 const SLOTS = 4;
 
@@ -23,7 +28,12 @@ describe("Crash safety of dispatch: an operator killed between recording, reserv
 
   before(async () => {
     s = await BuildkiteScenario.start(testCluster().kubeConfig(), "bk-crash");
-    runner = await FastRunner.start({ kubeConfig: s.kc, namespaces: [s.t.namespace], fakeEndpoint: s.fake.agentEndpoint, durationMs: 200 });
+    runner = await FastRunner.start({
+      kubeConfig: s.kc,
+      namespaces: [s.t.namespace],
+      fakeEndpoint: s.fake.agentEndpoint,
+      durationMs: 200,
+    });
     flags = [...FLAGS, `--lease-namespace=${s.t.namespace}`, `--allowed-endpoints=${s.fake.agentEndpoint}`];
   });
   after(async () => {
@@ -35,13 +45,23 @@ describe("Crash safety of dispatch: an operator killed between recording, reserv
   /** Runs 8 jobs on 4 slots with the operator dying at `fault`, then a fresh one; samples the slots throughout. */
   async function survive(queue: string, fault: string, whileDown: (uuids: string[]) => Promise<void>): Promise<void> {
     await s.queue(queue, "fast", { instanceShape: "LINUX_AMD64_4X16", maxVCPU: 16 });
-    const uuids = Array.from({ length: 8 }, (_, i) => s.fake.seedJob({ queue_key: queue, command: "true", priority: i % 2 }));
+    const uuids = Array.from({ length: 8 }, (_, i) =>
+      s.fake.seedJob({ queue_key: queue, command: "true", priority: i % 2 }),
+    );
     let most = 0;
     const sampling = { on: true };
     const sampler = (async () => {
       while (sampling.on) {
-        const pods = await s.t.core.listNamespacedPod({ namespace: s.t.namespace, labelSelector: `${LABELS.queue}=${queue}` });
-        const live = pods.items.filter((p) => p.status?.phase !== "Succeeded" && p.status?.phase !== "Failed" && p.metadata?.deletionTimestamp === undefined);
+        const pods = await s.t.core.listNamespacedPod({
+          namespace: s.t.namespace,
+          labelSelector: `${LABELS.queue}=${queue}`,
+        });
+        const live = pods.items.filter(
+          (p) =>
+            p.status?.phase !== "Succeeded" &&
+            p.status?.phase !== "Failed" &&
+            p.metadata?.deletionTimestamp === undefined,
+        );
         most = Math.max(most, live.length);
         await new Promise((r) => setTimeout(r, 100));
       }
@@ -62,7 +82,12 @@ describe("Crash safety of dispatch: an operator killed between recording, reserv
       expect(s.fake.job(uuid).exit_status, uuid).to.equal(0);
     }
     expect(most, "job pods of the queue alive at once").to.be.within(1, SLOTS);
-    await eventually(async () => { expect(await s.jobsOf(queue)).to.have.length(uuids.length); }, { what: "one BuildkiteJob per job" });
+    await eventually(
+      async () => {
+        expect(await s.jobsOf(queue)).to.have.length(uuids.length);
+      },
+      { what: "one BuildkiteJob per job" },
+    );
   }
 
   it("killed after recording jobs and before reserving them: they stay scheduled in Buildkite, and the next operator runs each once", async () => {
@@ -80,7 +105,10 @@ describe("Crash safety of dispatch: an operator killed between recording, reserv
       const reserved = uuids.filter((u) => s.fake.job(u).state === "reserved");
       expect(reserved).to.not.be.empty;
       const recorded = new Set((await s.jobsOf("reserved")).map((j) => j.spec.uuid));
-      expect(reserved.filter((u) => !recorded.has(u)), "reserved without a record").to.deep.equal([]);
+      expect(
+        reserved.filter((u) => !recorded.has(u)),
+        "reserved without a record",
+      ).to.deep.equal([]);
     });
     await operators.at(-1)?.stop();
   });

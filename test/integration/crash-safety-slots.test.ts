@@ -39,18 +39,37 @@ describe("Crash safety of slots: an operator killed between creating a pod and r
 
   before(async () => {
     s = await BuildkiteScenario.start(testCluster().kubeConfig(), "bk-slots");
-    runner = await FastRunner.start({ kubeConfig: s.kc, namespaces: [s.t.namespace], fakeEndpoint: s.fake.agentEndpoint, durationMs: RUN_MS });
+    runner = await FastRunner.start({
+      kubeConfig: s.kc,
+      namespaces: [s.t.namespace],
+      fakeEndpoint: s.fake.agentEndpoint,
+      durationMs: RUN_MS,
+    });
     // The test cluster has no storage provisioner: static volumes of the test's own class let the cache claims bind,
     // so the pods are scheduled and run.
     storage = s.kc.makeApiClient(StorageV1Api);
     storageClass = `slots-${s.t.namespace}`;
-    await storage.createStorageClass({ body: { metadata: { name: storageClass }, provisioner: "kubernetes.io/no-provisioner", volumeBindingMode: "Immediate" } });
+    await storage.createStorageClass({
+      body: {
+        metadata: { name: storageClass },
+        provisioner: "kubernetes.io/no-provisioner",
+        volumeBindingMode: "Immediate",
+      },
+    });
     for (let i = 0; i < 2 * SLOTS; i++) {
       const name = `${storageClass}-${i}`;
-      await s.t.core.createPersistentVolume({ body: { metadata: { name }, spec: {
-        capacity: { storage: "1Gi" }, accessModes: ["ReadWriteOnce"], storageClassName: storageClass, persistentVolumeReclaimPolicy: "Retain",
-        hostPath: { path: `/tmp/${name}` },
-      } } });
+      await s.t.core.createPersistentVolume({
+        body: {
+          metadata: { name },
+          spec: {
+            capacity: { storage: "1Gi" },
+            accessModes: ["ReadWriteOnce"],
+            storageClassName: storageClass,
+            persistentVolumeReclaimPolicy: "Retain",
+            hostPath: { path: `/tmp/${name}` },
+          },
+        },
+      });
       volumes.push(name);
     }
   });
@@ -63,9 +82,16 @@ describe("Crash safety of slots: an operator killed between creating a pod and r
   });
 
   it(`runs ${JOBS} jobs on ${SLOTS} slots across the crash: no two live pods ever share a slot, never more than ${SLOTS} run, each job runs once`, async () => {
-    const flags = ["--leader-elect=false", "--poll-interval-ms=250", "--state-check-interval-ms=500", "--reservation-expiry-seconds=15", `--allowed-endpoints=${s.fake.agentEndpoint}`];
+    const flags = [
+      "--leader-elect=false",
+      "--poll-interval-ms=250",
+      "--state-check-interval-ms=500",
+      "--reservation-expiry-seconds=15",
+      `--allowed-endpoints=${s.fake.agentEndpoint}`,
+    ];
     await s.queue(QUEUE, "fast", {
-      instanceShape: "LINUX_AMD64_2X4", maxVCPU: 2 * SLOTS,
+      instanceShape: "LINUX_AMD64_2X4",
+      maxVCPU: 2 * SLOTS,
       cache: [{ name: "work", size: "1Gi", mountPath: "/cache/work", storageClassName: storageClass }],
     });
     // One job first, so the pod made just before the crash is certainly the only one: its job holds a slot that
@@ -75,18 +101,27 @@ describe("Crash safety of slots: an operator killed between creating a pod and r
     await operator.exit;
     const crashed = await s.t.pod(jobResourceName(first));
     expect(crashed, "the pod created just before the crash").to.not.equal(undefined);
-    expect((await s.t.job(jobResourceName(first)))?.status?.slot, "the slot recorded before the crash").to.equal(undefined);
+    expect((await s.t.job(jobResourceName(first)))?.status?.slot, "the slot recorded before the crash").to.equal(
+      undefined,
+    );
 
-    const uuids = [first, ...Array.from({ length: JOBS - 1 }, () => s.fake.seedJob({ queue_key: QUEUE, command: "true" }))];
+    const uuids = [
+      first,
+      ...Array.from({ length: JOBS - 1 }, () => s.fake.seedJob({ queue_key: QUEUE, command: "true" })),
+    ];
     operator = OperatorProcess.start("slots-after", flags);
 
     const violations: string[] = [];
     let peak = 0;
     const sample = async (): Promise<void> => {
-      const pods = await s.t.core.listNamespacedPod({ namespace: s.t.namespace, labelSelector: `${LABELS.queue}=${QUEUE}` });
+      const pods = await s.t.core.listNamespacedPod({
+        namespace: s.t.namespace,
+        labelSelector: `${LABELS.queue}=${QUEUE}`,
+      });
       const live = pods.items.filter((p) => !TERMINAL_POD.has(p.status?.phase ?? ""));
       peak = Math.max(peak, live.length);
-      if (live.length > SLOTS) violations.push(`${live.length} live pods: ${live.map((p) => p.metadata?.name).join(", ")}`);
+      if (live.length > SLOTS)
+        violations.push(`${live.length} live pods: ${live.map((p) => p.metadata?.name).join(", ")}`);
       const holders = new Map<number, string>();
       for (const pod of live) {
         const slot = claimSlot(pod);
@@ -96,17 +131,32 @@ describe("Crash safety of slots: an operator killed between creating a pod and r
         holders.set(slot, pod.metadata?.name ?? "");
       }
     };
-    await eventually(async () => {
-      await sample();
-      expect(uuids.filter((u) => s.fake.job(u).state !== "finished"), "jobs not finished in Buildkite").to.deep.equal([]);
-    }, { what: "every job finished", timeoutMs: 150_000, intervalMs: 50 });
+    await eventually(
+      async () => {
+        await sample();
+        expect(
+          uuids.filter((u) => s.fake.job(u).state !== "finished"),
+          "jobs not finished in Buildkite",
+        ).to.deep.equal([]);
+      },
+      { what: "every job finished", timeoutMs: 150_000, intervalMs: 50 },
+    );
 
     expect([...new Set(violations)], "slot and concurrency violations").to.deep.equal([]);
     expect(peak, "most pods live at once").to.equal(SLOTS);
     const acquired = s.acquisitions();
-    expect(uuids.filter((u) => acquired.get(u) !== 1), "jobs not acquired exactly once").to.deep.equal([]);
-    expect(uuids.filter((u) => s.fake.job(u).exit_status !== 0), "jobs that did not succeed").to.deep.equal([]);
+    expect(
+      uuids.filter((u) => acquired.get(u) !== 1),
+      "jobs not acquired exactly once",
+    ).to.deep.equal([]);
+    expect(
+      uuids.filter((u) => s.fake.job(u).exit_status !== 0),
+      "jobs that did not succeed",
+    ).to.deep.equal([]);
     expect(runner.stats().acquireFailures, "pods that tried to acquire a job already taken").to.equal(0);
-    expect((await s.t.job(jobResourceName(first)))?.status?.slot, "the slot of the job whose pod was made before the crash").to.equal(claimSlot(crashed ?? {}));
+    expect(
+      (await s.t.job(jobResourceName(first)))?.status?.slot,
+      "the slot of the job whose pod was made before the crash",
+    ).to.equal(claimSlot(crashed ?? {}));
   });
 });

@@ -46,10 +46,14 @@ describe("AWS credentials through IRSA: checked before jobs need them, and obtai
     await s.stop();
   });
 
-  const awsQueue = (name: string, roleArn = ROLE): Promise<void> => s.queue(name, "real", {
-    aws: { roleArn, region: "eu-west-1", stsEndpoint: sts.url },
-    podTemplate: { annotations: { "kwok.test/runner": "real" }, env: [{ name: "NODE_PATH", value: join(repoRoot, "node_modules") }] },
-  });
+  const awsQueue = (name: string, roleArn = ROLE): Promise<void> =>
+    s.queue(name, "real", {
+      aws: { roleArn, region: "eu-west-1", stsEndpoint: sts.url },
+      podTemplate: {
+        annotations: { "kwok.test/runner": "real" },
+        env: [{ name: "NODE_PATH", value: join(repoRoot, "node_modules") }],
+      },
+    });
 
   it("shows the assumed role on a correct queue, and the job's own AWS SDK receives the role's credentials", async () => {
     sts.addRole({ arn: ROLE, allowedSubjects: [`system:serviceaccount:${s.t.namespace}:bkq-deploy`] });
@@ -66,12 +70,20 @@ describe("AWS credentials through IRSA: checked before jobs need them, and obtai
     const job = await s.t.job(jobResourceName(uuid));
     if (!job) throw new Error("the BuildkiteJob is gone");
     const session = roleSessionName(job);
-    expect(session).to.match(new RegExp(`^bk-${job.spec.pipelineSlug ?? ""}-${String(job.spec.buildNumber ?? "")}-${uuid}$`));
-    expect(calls.map((c) => c.roleSessionName), "session names STS received").to.include(session);
+    expect(session).to.match(
+      new RegExp(`^bk-${job.spec.pipelineSlug ?? ""}-${String(job.spec.buildNumber ?? "")}-${uuid}$`),
+    );
+    expect(
+      calls.map((c) => c.roleSessionName),
+      "session names STS received",
+    ).to.include(session);
   });
 
   it("says within seconds, before any job fails, that a role's trust policy does not allow the queue's ServiceAccount, and tells each job's timeline", async () => {
-    sts.addRole({ arn: "arn:aws:iam::123456789012:role/wrong-trust", allowedSubjects: ["system:serviceaccount:other:someone"] });
+    sts.addRole({
+      arn: "arn:aws:iam::123456789012:role/wrong-trust",
+      allowedSubjects: ["system:serviceaccount:other:someone"],
+    });
     await awsQueue("broken", "arn:aws:iam::123456789012:role/wrong-trust");
     const message = await s.condition("broken", "CredentialsReady", "False", "AccessDenied", 15_000);
     expect(message).to.include(`system:serviceaccount:${s.t.namespace}:bkq-broken`);

@@ -47,7 +47,10 @@ describe("AWS credentials preflight (real API server tokens, fake STS)", functio
     // The issuer is the API server's URL; its discovery document and keys are readable without credentials (the
     // harness binds system:service-account-issuer-discovery to system:unauthenticated, as EKS serves them publicly).
     sts = await FakeSts.start({ issuer: server, jwks: oidcDiscovery(server, { ca: readFileSync(pki.caCert) }) });
-    logger = createLogger("debug", createWriteStream(join(testCluster().dir, "credentials-preflight.log"), { flags: "a" }));
+    logger = createLogger(
+      "debug",
+      createWriteStream(join(testCluster().dir, "credentials-preflight.log"), { flags: "a" }),
+    );
     recorder = new EventRecorder({ core: t.core, component: "buildkite-operator", clock: realClock, logger });
     informers = createInformers(kc, realClock, logger);
     await Promise.all(informers.all.map((i) => i.start()));
@@ -77,13 +80,29 @@ describe("AWS credentials preflight (real API server tokens, fake STS)", functio
       list: () => all.list(t.namespace).filter((q) => q.metadata.name === name),
     };
     const ctx: ControllerContext = {
-      clients: { core: kc.makeApiClient(CoreV1Api), custom: kc.makeApiClient(CustomObjectsApi), objects: KubernetesObjectApi.makeApiClient(kc) },
+      clients: {
+        core: kc.makeApiClient(CoreV1Api),
+        custom: kc.makeApiClient(CustomObjectsApi),
+        objects: KubernetesObjectApi.makeApiClient(kc),
+      },
       caches: { ...informers.caches, queues: only },
-      clock: realClock, logger, recorder, metrics: new Metrics(undefined, { processMetrics: false }), expectations: new Expectations(realClock),
+      clock: realClock,
+      logger,
+      recorder,
+      metrics: new Metrics(undefined, { processMetrics: false }),
+      expectations: new Expectations(realClock),
     };
     changed = [];
-    const p = new CredentialsPreflight(ctx, { stsEndpoint: sts.url, recheckIntervalMs: 300_000, maxBackoffMs: 2_000 }, (key) => { changed.push(key); });
-    informers.listeners.queues.add(() => { p.sync(); });
+    const p = new CredentialsPreflight(
+      ctx,
+      { stsEndpoint: sts.url, recheckIntervalMs: 300_000, maxBackoffMs: 2_000 },
+      (key) => {
+        changed.push(key);
+      },
+    );
+    informers.listeners.queues.add(() => {
+      p.sync();
+    });
     preflight = p;
     p.sync();
     return p;
@@ -94,27 +113,46 @@ describe("AWS credentials preflight (real API server tokens, fake STS)", functio
   const timeline = (p: CredentialsPreflight, name: string): string | undefined => {
     const condition = p.conditions(key(name))[0];
     const queue = informers.caches.queues.get(name, t.namespace);
-    return condition && queue ? timelineNotes({ ...jobFixture(undefined, name, t.namespace), status: { podUID: "u" } }, { ...queue, status: { conditions: [condition as never] } }).find((n) => n.fact === "credentials")?.text : undefined;
+    return condition && queue
+      ? timelineNotes(
+          { ...jobFixture(undefined, name, t.namespace), status: { podUID: "u" } },
+          { ...queue, status: { conditions: [condition as never] } },
+        ).find((n) => n.fact === "credentials")?.text
+      : undefined;
   };
   const subject = (name: string): string => `system:serviceaccount:${t.namespace}:bkq-${name}`;
   async function createServiceAccount(queue: string): Promise<void> {
-    await t.core.createNamespacedServiceAccount({ namespace: t.namespace, body: { metadata: { name: `bkq-${queue}` } } });
+    await t.core.createNamespacedServiceAccount({
+      namespace: t.namespace,
+      body: { metadata: { name: `bkq-${queue}` } },
+    });
   }
   async function createQueue(name: string, aws: Record<string, unknown>): Promise<void> {
     await t.createQueue(name, { aws: { region: "eu-west-1", ...aws } });
   }
   /** Waits until the queue's CredentialsReady condition has `fields`, and returns it. */
-  async function credentialsWhen(p: CredentialsPreflight, name: string, fields: Partial<ConditionUpdate>, timeoutMs = 20_000): Promise<ConditionUpdate> {
-    return eventually(() => {
-      const [condition] = p.conditions(key(name));
-      expect(condition, `CredentialsReady of ${name}: ${JSON.stringify(condition)}`).to.include(fields);
-      return condition as ConditionUpdate;
-    }, { timeoutMs, what: `CredentialsReady ${JSON.stringify(fields)} on queue ${name}` });
+  async function credentialsWhen(
+    p: CredentialsPreflight,
+    name: string,
+    fields: Partial<ConditionUpdate>,
+    timeoutMs = 20_000,
+  ): Promise<ConditionUpdate> {
+    return eventually(
+      () => {
+        const [condition] = p.conditions(key(name));
+        expect(condition, `CredentialsReady of ${name}: ${JSON.stringify(condition)}`).to.include(fields);
+        return condition as ConditionUpdate;
+      },
+      { timeoutMs, what: `CredentialsReady ${JSON.stringify(fields)} on queue ${name}` },
+    );
   }
   async function expectEvent(name: string, type: string, reason: string): Promise<void> {
-    await eventually(async () => {
-      expect((await t.events(name)).map((e) => `${e.type}/${e.reason}`)).to.include(`${type}/${reason}`);
-    }, { what: `a ${type} ${reason} Event on queue ${name}` });
+    await eventually(
+      async () => {
+        expect((await t.events(name)).map((e) => `${e.type}/${e.reason}`)).to.include(`${type}/${reason}`);
+      },
+      { what: `a ${type} ${reason} Event on queue ${name}` },
+    );
   }
 
   it("is True when the trust policy admits the queue's ServiceAccount, naming the role and the expiry", async () => {
@@ -123,12 +161,21 @@ describe("AWS credentials preflight (real API server tokens, fake STS)", functio
     await createQueue("good", { roleArn: role("good") });
     const p = startPreflight("good");
     const ready = await credentialsWhen(p, "good", { status: "True", reason: "RoleAssumed" });
-    expect(ready.message).to.match(new RegExp(`^ServiceAccount ${t.namespace}/bkq-good assumed role ${role("good")} \\(as arn:aws:sts::${ACCOUNT}:assumed-role/good/buildkite-operator-preflight\\); credentials valid until \\d{4}-`));
+    expect(ready.message).to.match(
+      new RegExp(
+        `^ServiceAccount ${t.namespace}/bkq-good assumed role ${role("good")} \\(as arn:aws:sts::${ACCOUNT}:assumed-role/good/buildkite-operator-preflight\\); credentials valid until \\d{4}-`,
+      ),
+    );
     expect(timeline(p, "good")).to.equal(undefined);
     expect(changed).to.include(key("good"));
     await expectEvent("good", "Normal", "RoleAssumed");
     const calls = sts.requests().filter((r) => r.subject === subject("good"));
-    expect(calls.map((r) => [r.action, r.status, r.roleArn, r.durationSeconds])).to.deep.include(["AssumeRoleWithWebIdentity", 200, role("good"), 900]);
+    expect(calls.map((r) => [r.action, r.status, r.roleArn, r.durationSeconds])).to.deep.include([
+      "AssumeRoleWithWebIdentity",
+      200,
+      role("good"),
+      900,
+    ]);
   });
 
   it("is False AccessDenied with the expected sub when the trust policy names another subject, and True once spec.aws points at a role that admits it", async () => {
@@ -141,7 +188,8 @@ describe("AWS credentials preflight (real API server tokens, fake STS)", functio
     const issuer = testCluster().server.replace(/^https:\/\//, "");
     expect(denied.message).to.include(`${issuer}:sub = "${subject("wrongsub")}"`);
     expect(timeline(p, "wrongsub")).to.equal(
-      `AWS credentials will not work in this job: ServiceAccount ${t.namespace}/bkq-wrongsub cannot assume role ${role("strict")} (AccessDenied). See: kubectl describe buildkitequeue wrongsub -n ${t.namespace}`);
+      `AWS credentials will not work in this job: ServiceAccount ${t.namespace}/bkq-wrongsub cannot assume role ${role("strict")} (AccessDenied). See: kubectl describe buildkitequeue wrongsub -n ${t.namespace}`,
+    );
     await expectEvent("wrongsub", "Warning", "AccessDenied");
 
     // the next retry of the refusal is 10 s out: only a spec change can make it True sooner
@@ -182,7 +230,12 @@ describe("AWS credentials preflight (real API server tokens, fake STS)", functio
     expect(timeline(p, "flaky")).to.equal(undefined);
     await expectEvent("flaky", "Warning", "StsUnavailable");
     // retries grow (1 s, 2 s, then the 2 s maximum): a few in 4 s, never a hot loop
-    await eventually(() => { expect(down.message).to.not.equal(p.conditions(key("flaky"))[0]?.message); }, { timeoutMs: 5_000, what: "a retry" });
+    await eventually(
+      () => {
+        expect(down.message).to.not.equal(p.conditions(key("flaky"))[0]?.message);
+      },
+      { timeoutMs: 5_000, what: "a retry" },
+    );
     await sts.setDown(false);
     await credentialsWhen(p, "flaky", { status: "True", reason: "RoleAssumed" }, 10_000);
     await expectEvent("flaky", "Normal", "RoleAssumed");
@@ -205,10 +258,13 @@ describe("AWS credentials preflight (real API server tokens, fake STS)", functio
     await credentialsWhen(p, "dropped", { status: "True" });
     changed.length = 0;
     await t.patchQueueSpec("dropped", { aws: null });
-    await eventually(() => {
-      expect(p.conditions(key("dropped"))).to.deep.equal([]);
-      expect(changed, "a status rewrite, so the condition goes").to.include(key("dropped"));
-    }, { what: "the CredentialsReady condition to go" });
+    await eventually(
+      () => {
+        expect(p.conditions(key("dropped"))).to.deep.equal([]);
+        expect(changed, "a status rewrite, so the condition goes").to.include(key("dropped"));
+      },
+      { what: "the CredentialsReady condition to go" },
+    );
     expect(timeline(p, "dropped")).to.equal(undefined);
     await t.createQueue("plain", {});
     p.sync();

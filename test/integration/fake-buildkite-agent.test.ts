@@ -36,7 +36,13 @@ describe("the real buildkite-agent against the fake Buildkite", function () {
 
   async function startAgent(jobId: string, name: string, reflectExitStatus: boolean): Promise<RealAgent> {
     const agent = await RealAgent.start({
-      endpoint: fake.agentEndpoint, token: fake.agentToken, jobId, queue: QUEUE, dir: join(root, name), name, reflectExitStatus,
+      endpoint: fake.agentEndpoint,
+      token: fake.agentToken,
+      jobId,
+      queue: QUEUE,
+      dir: join(root, name),
+      name,
+      reflectExitStatus,
     });
     agents.push(agent);
     return agent;
@@ -57,7 +63,14 @@ describe("the real buildkite-agent against the fake Buildkite", function () {
     const log = fake.requests();
     const routes = log.map((r) => r.route);
     const first = (route: string): number => routes.indexOf(route);
-    for (const route of ["agent.register", "agent.connect", "agent.acquire", "agent.start", "agent.chunks", "agent.finish"]) {
+    for (const route of [
+      "agent.register",
+      "agent.connect",
+      "agent.acquire",
+      "agent.start",
+      "agent.chunks",
+      "agent.finish",
+    ]) {
       expect(first(route), `${route} in ${routes.join(", ")}`).to.be.at.least(0);
     }
     expect(first("agent.register")).to.be.below(first("agent.connect"));
@@ -68,7 +81,8 @@ describe("the real buildkite-agent against the fake Buildkite", function () {
     expect(acquire?.headers["x-buildkite-lock-acquire-job"]).to.equal("1");
     expect(acquire?.token_class).to.equal("session");
     expect(log[first("agent.register")]?.token_class).to.equal("agent");
-    for (const route of ["agent.start", "agent.chunks", "agent.finish"]) expect(log[first(route)]?.token_class).to.equal("job");
+    for (const route of ["agent.start", "agent.chunks", "agent.finish"])
+      expect(log[first(route)]?.token_class).to.equal("job");
     expect(JSON.stringify(log), "the request log must not hold token values").not.to.include(fake.agentToken);
     // Every call the agent made was one the fake implements and accepted.
     expect(log.filter((r) => r.status >= 400).map((r) => `${r.method} ${r.path} ${r.status}`)).to.deep.equal([]);
@@ -96,14 +110,17 @@ describe("the real buildkite-agent against the fake Buildkite", function () {
     const jobId = fake.seedJob({ queue_key: QUEUE, command: "echo started-sleeping && sleep 30" });
     const agent = await startAgent(jobId, "cancelrun", true);
     // Cancel only once the command is really running: its first output has reached the fake's log.
-    await eventually(() => {
-      if (!agent.exit) {
-        const job = fake.job(jobId);
-        if (job.state !== "running" || !job.log.includes("started-sleeping")) throw new Error(`job is ${job.state}`);
-        return;
-      }
-      throw new Error(`agent exited early: ${JSON.stringify(agent.exit)}\n${agent.tail()}`);
-    }, { timeoutMs: 30_000, what: "the job's command to start" });
+    await eventually(
+      () => {
+        if (!agent.exit) {
+          const job = fake.job(jobId);
+          if (job.state !== "running" || !job.log.includes("started-sleeping")) throw new Error(`job is ${job.state}`);
+          return;
+        }
+        throw new Error(`agent exited early: ${JSON.stringify(agent.exit)}\n${agent.tail()}`);
+      },
+      { timeoutMs: 30_000, what: "the job's command to start" },
+    );
     expect(fake.cancel(jobId).state).to.equal("canceling");
     const exit = await agent.waitForExit(45_000);
     const job = fake.job(jobId);

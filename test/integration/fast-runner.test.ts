@@ -59,42 +59,80 @@ describe("FastRunner: job pods run over the agent API (real control plane, fake 
   }
 
   async function runner(t: TestObjects, options: Partial<FastRunnerOptions> = {}): Promise<FastRunner> {
-    const logger = createLogger("debug", createWriteStream(join(testCluster().dir, `fast-runner-${t.namespace}.log`), { flags: "a" }));
-    const r = await FastRunner.start({ kubeConfig: kc, namespaces: [t.namespace], fakeEndpoint: fake.agentEndpoint, logger, ...options });
+    const logger = createLogger(
+      "debug",
+      createWriteStream(join(testCluster().dir, `fast-runner-${t.namespace}.log`), { flags: "a" }),
+    );
+    const r = await FastRunner.start({
+      kubeConfig: kc,
+      namespaces: [t.namespace],
+      fakeEndpoint: fake.agentEndpoint,
+      logger,
+      ...options,
+    });
     runners.push(r);
     return r;
   }
 
   it(`runs ${JOBS} jobs from the operator's pods: each acquired once, finished in Buildkite, every BuildkiteJob Succeeded`, async () => {
-    const t = await namespace("fast", { "pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/enforce-version": "latest" });
+    const t = await namespace("fast", {
+      "pod-security.kubernetes.io/enforce": "restricted",
+      "pod-security.kubernetes.io/enforce-version": "latest",
+    });
     const fast = await runner(t);
     let operator: Operator | undefined;
     try {
-      operator = await startTestOperator(kc, "fast-runner", { buildkite: FAST, allowedEndpoints: [fake.agentEndpoint] });
+      operator = await startTestOperator(kc, "fast-runner", {
+        buildkite: FAST,
+        allowedEndpoints: [fake.agentEndpoint],
+      });
       await t.createQueue("fast", {
-        queue: "fast", endpoint: fake.agentEndpoint, agentTokenSecretRef: { name: "bk-token", key: "token" },
-        instanceShape: "LINUX_AMD64_2X4", maxVCPU: 64, podTemplate: { annotations: { [RUNNER_ANNOTATION]: FAST_RUNNER } },
+        queue: "fast",
+        endpoint: fake.agentEndpoint,
+        agentTokenSecretRef: { name: "bk-token", key: "token" },
+        instanceShape: "LINUX_AMD64_2X4",
+        maxVCPU: 64,
+        podTemplate: { annotations: { [RUNNER_ANNOTATION]: FAST_RUNNER } },
       });
       const started = Date.now();
       const uuids = Array.from({ length: JOBS }, () => fake.seedJob({ queue_key: "fast", command: "true" }));
-      await eventually(() => {
-        const open = uuids.filter((u) => fake.job(u).state !== "finished");
-        expect(open, `${open.length} jobs not finished`).to.have.length(0);
-      }, { timeoutMs: 180_000, intervalMs: 250, what: `${JOBS} jobs finished in Buildkite` });
+      await eventually(
+        () => {
+          const open = uuids.filter((u) => fake.job(u).state !== "finished");
+          expect(open, `${open.length} jobs not finished`).to.have.length(0);
+        },
+        { timeoutMs: 180_000, intervalMs: 250, what: `${JOBS} jobs finished in Buildkite` },
+      );
       const elapsedMs = Date.now() - started;
       const podMs = [...fast.runs().values()].map((r) => r.finishedAt - r.startedAt).sort((a, b) => a - b);
-      console.log(`      ${JOBS} jobs finished in Buildkite ${(elapsedMs / 1000).toFixed(1)} s after seeding (${Math.round(JOBS / (elapsedMs / 60_000))} jobs/min);`
-        + ` the runner took ${podMs[podMs.length >> 1] ?? 0} ms per pod (median), ${podMs.at(-1) ?? 0} ms at most; ${JSON.stringify(fast.stats())}`);
+      console.log(
+        `      ${JOBS} jobs finished in Buildkite ${(elapsedMs / 1000).toFixed(1)} s after seeding (${Math.round(JOBS / (elapsedMs / 60_000))} jobs/min);` +
+          ` the runner took ${podMs[podMs.length >> 1] ?? 0} ms per pod (median), ${podMs.at(-1) ?? 0} ms at most; ${JSON.stringify(fast.stats())}`,
+      );
 
       expect(uuids.map((u) => fake.job(u).exit_status)).to.deep.equal(uuids.map(() => 0));
       const acquired = acquisitions(fake);
-      expect(uuids.filter((u) => acquired.get(u) !== 1), "jobs not acquired exactly once").to.deep.equal([]);
-      await eventually(async () => {
-        const list = await t.custom.listNamespacedCustomObject({ group: "buildkite.com", version: "v1alpha1", plural: "buildkitejobs", namespace: t.namespace }) as { items: BuildkiteJob[] };
-        const statuses = new Map(list.items.map((j) => [j.spec.uuid, j.status]));
-        const notDone = uuids.filter((u) => statuses.get(u)?.phase !== "Succeeded");
-        expect(notDone, `BuildkiteJobs not Succeeded, e.g. ${JSON.stringify(notDone.slice(0, 2).map((u) => [u, statuses.get(u)]))}`).to.have.length(0);
-      }, { timeoutMs: 60_000, intervalMs: 500, what: "every BuildkiteJob Succeeded" });
+      expect(
+        uuids.filter((u) => acquired.get(u) !== 1),
+        "jobs not acquired exactly once",
+      ).to.deep.equal([]);
+      await eventually(
+        async () => {
+          const list = (await t.custom.listNamespacedCustomObject({
+            group: "buildkite.com",
+            version: "v1alpha1",
+            plural: "buildkitejobs",
+            namespace: t.namespace,
+          })) as { items: BuildkiteJob[] };
+          const statuses = new Map(list.items.map((j) => [j.spec.uuid, j.status]));
+          const notDone = uuids.filter((u) => statuses.get(u)?.phase !== "Succeeded");
+          expect(
+            notDone,
+            `BuildkiteJobs not Succeeded, e.g. ${JSON.stringify(notDone.slice(0, 2).map((u) => [u, statuses.get(u)]))}`,
+          ).to.have.length(0);
+        },
+        { timeoutMs: 60_000, intervalMs: 500, what: "every BuildkiteJob Succeeded" },
+      );
       const runs = fast.runs();
       expect(uuids.filter((u) => runs.get(u)?.exitCode !== 0)).to.deep.equal([]);
       expect(fast.stats()).to.include({ acquireFailures: 0, failed: 0 });
@@ -111,10 +149,18 @@ describe("FastRunner: job pods run over the agent API (real control plane, fake 
     const t = await namespace("fast-adopt");
     const fastRunner = await runner(t, { adoptAll: true, exitCode: (uuid) => (uuid === failing ? 3 : 0) });
     // As agent-stack-k8s: a stack reserves the job, then its pod acquires it.
-    const stack = await stacksApi("POST", "/v3/stacks/register", { key: "fast-adopt", type: "kubernetes", queue_key: "adopt", metadata: {} });
+    const stack = await stacksApi("POST", "/v3/stacks/register", {
+      key: "fast-adopt",
+      type: "kubernetes",
+      queue_key: "adopt",
+      metadata: {},
+    });
     expect(stack.status).to.equal(201);
     const reservedJob = fake.seedJob({ queue_key: "adopt" });
-    const reserve = await stacksApi("PUT", "/v3/stacks/fast-adopt/scheduled-jobs/batch-reserve", { job_uuids: [reservedJob], reservation_expiry_seconds: 300 });
+    const reserve = await stacksApi("PUT", "/v3/stacks/fast-adopt/scheduled-jobs/batch-reserve", {
+      job_uuids: [reservedJob],
+      reservation_expiry_seconds: 300,
+    });
     expect(reserve.body).to.deep.include({ reserved: [reservedJob] });
     const failing = fake.seedJob({ queue_key: "adopt" });
     const canceled = fake.seedJob({ queue_key: "adopt" });
@@ -123,25 +169,44 @@ describe("FastRunner: job pods run over the agent API (real control plane, fake 
 
     const tokenRef = { name: "BUILDKITE_AGENT_TOKEN", valueFrom: { secretKeyRef: { name: "bk-token", key: "token" } } };
     const envAgent = (uuid: string): V1Container => ({
-      name: "agent", image: "buildkite/agent:3", args: ["start"],
-      env: [{ name: "BUILDKITE_AGENT_ACQUIRE_JOB", value: uuid }, tokenRef, { name: "BUILDKITE_AGENT_TAGS", value: "queue=adopt" }],
+      name: "agent",
+      image: "buildkite/agent:3",
+      args: ["start"],
+      env: [
+        { name: "BUILDKITE_AGENT_ACQUIRE_JOB", value: uuid },
+        tokenRef,
+        { name: "BUILDKITE_AGENT_TAGS", value: "queue=adopt" },
+      ],
     });
     await Promise.all([
       createPod(t, "stack-job", [envAgent(reservedJob), { name: "container-0", image: "alpine" }]),
-      createPod(t, "args-job", [{ name: "agent", image: "buildkite/agent:3", args: ["start", "--acquire-job", failing, "--reflect-exit-status"], env: [tokenRef, { name: "BUILDKITE_AGENT_TAGS", value: "queue=adopt" }] }]),
+      createPod(t, "args-job", [
+        {
+          name: "agent",
+          image: "buildkite/agent:3",
+          args: ["start", "--acquire-job", failing, "--reflect-exit-status"],
+          env: [tokenRef, { name: "BUILDKITE_AGENT_TAGS", value: "queue=adopt" }],
+        },
+      ]),
       createPod(t, "canceled-job", [envAgent(canceled)]),
       createPod(t, "wrong-queue", [envAgent(otherQueue)]),
       createPod(t, "no-job", [{ name: "main", image: "alpine" }]),
       createPod(t, "service", [{ name: "main", image: "alpine" }], { restartPolicy: "Always" }),
-      createPod(t, "real-runner", [envAgent(fake.seedJob({ queue_key: "adopt" }))], { annotations: { [RUNNER_ANNOTATION]: "real" } }),
+      createPod(t, "real-runner", [envAgent(fake.seedJob({ queue_key: "adopt" }))], {
+        annotations: { [RUNNER_ANNOTATION]: "real" },
+      }),
     ]);
 
-    const terminated = async (name: string): Promise<{ phase: string | undefined; codes: (number | undefined)[] }> => eventually(async () => {
-      const pod = await t.pod(name);
-      const phase = pod?.status?.phase;
-      expect(phase, `pod ${name}`).to.be.oneOf(["Succeeded", "Failed"]);
-      return { phase, codes: pod?.status?.containerStatuses?.map((s) => s.state?.terminated?.exitCode) ?? [] };
-    }, { timeoutMs: 30_000, what: `pod ${name} terminated` });
+    const terminated = async (name: string): Promise<{ phase: string | undefined; codes: (number | undefined)[] }> =>
+      eventually(
+        async () => {
+          const pod = await t.pod(name);
+          const phase = pod?.status?.phase;
+          expect(phase, `pod ${name}`).to.be.oneOf(["Succeeded", "Failed"]);
+          return { phase, codes: pod?.status?.containerStatuses?.map((s) => s.state?.terminated?.exitCode) ?? [] };
+        },
+        { timeoutMs: 30_000, what: `pod ${name} terminated` },
+      );
 
     expect(await terminated("stack-job")).to.deep.equal({ phase: "Succeeded", codes: [0, 0] });
     expect(fake.job(reservedJob)).to.include({ state: "finished", exit_status: 0 });
@@ -156,8 +221,12 @@ describe("FastRunner: job pods run over the agent API (real control plane, fake 
     expect(fastRunner.stats()).to.include({ handled: 5, succeeded: 3, failed: 2, acquireFailures: 2 });
     expect(fastRunner.runs().get(canceled)).to.include({ pod: "canceled-job", exitCode: 27 });
     // Left alone: a pod that restarts forever, and one for the real agent's runner.
-    for (const name of ["service", "real-runner"]) expect((await t.pod(name))?.status?.phase, name).to.not.be.oneOf(["Succeeded", "Failed"]);
-    const calls = fake.requests().filter((r) => r.path.includes(reservedJob)).map((r) => r.route);
+    for (const name of ["service", "real-runner"])
+      expect((await t.pod(name))?.status?.phase, name).to.not.be.oneOf(["Succeeded", "Failed"]);
+    const calls = fake
+      .requests()
+      .filter((r) => r.path.includes(reservedJob))
+      .map((r) => r.route);
     expect(calls).to.deep.equal(["agent.acquire", "agent.start", "agent.chunks", "agent.finish"]);
   });
 
@@ -165,22 +234,49 @@ describe("FastRunner: job pods run over the agent API (real control plane, fake 
     const t = await namespace("fast-cancel");
     const fastRunner = await runner(t, { durationMs: 120_000 });
     const uuid = fake.seedJob({ queue_key: "cancel" });
-    await createPod(t, "long-job", [{
-      name: "agent", image: "buildkite/agent:3", args: ["start", "--acquire-job", uuid, "--reflect-exit-status"],
-      env: [{ name: "BUILDKITE_AGENT_TOKEN", value: fake.agentToken }, { name: "BUILDKITE_AGENT_TAGS", value: "queue=cancel" }],
-    }], { annotations: { [RUNNER_ANNOTATION]: FAST_RUNNER } });
-    await eventually(async () => {
-      expect(fake.job(uuid).state).to.equal("running");
-      expect((await t.pod("long-job"))?.status?.phase).to.equal("Running");
-    }, { what: "the job running and its pod Running" });
+    await createPod(
+      t,
+      "long-job",
+      [
+        {
+          name: "agent",
+          image: "buildkite/agent:3",
+          args: ["start", "--acquire-job", uuid, "--reflect-exit-status"],
+          env: [
+            { name: "BUILDKITE_AGENT_TOKEN", value: fake.agentToken },
+            { name: "BUILDKITE_AGENT_TAGS", value: "queue=cancel" },
+          ],
+        },
+      ],
+      { annotations: { [RUNNER_ANNOTATION]: FAST_RUNNER } },
+    );
+    await eventually(
+      async () => {
+        expect(fake.job(uuid).state).to.equal("running");
+        expect((await t.pod("long-job"))?.status?.phase).to.equal("Running");
+      },
+      { what: "the job running and its pod Running" },
+    );
     fake.cancel(uuid);
-    await eventually(() => { expect(fake.job(uuid)).to.include({ state: "canceled", exit_status: -1, signal: "SIGTERM", signal_reason: "cancel" }); },
-      { timeoutMs: 10_000, what: "the job finished as canceled" });
-    await eventually(async () => {
-      const pod = await t.pod("long-job");
-      expect(pod?.status?.phase).to.equal("Failed");
-      expect(pod?.status?.containerStatuses?.[0]?.state?.terminated?.exitCode).to.equal(255);
-    }, { what: "the pod Failed with 255" });
+    await eventually(
+      () => {
+        expect(fake.job(uuid)).to.include({
+          state: "canceled",
+          exit_status: -1,
+          signal: "SIGTERM",
+          signal_reason: "cancel",
+        });
+      },
+      { timeoutMs: 10_000, what: "the job finished as canceled" },
+    );
+    await eventually(
+      async () => {
+        const pod = await t.pod("long-job");
+        expect(pod?.status?.phase).to.equal("Failed");
+        expect(pod?.status?.containerStatuses?.[0]?.state?.terminated?.exitCode).to.equal(255);
+      },
+      { what: "the pod Failed with 255" },
+    );
     expect(fastRunner.runs().get(uuid)?.exitCode).to.equal(255);
   });
 
@@ -189,33 +285,78 @@ describe("FastRunner: job pods run over the agent API (real control plane, fake 
     await runner(t);
     const uuid = fake.seedJob({ queue_key: "locked", state: "waiting", retry_after_seconds: 1 });
     fake.injectFault({ route: "agent.start", status: 503, count: 1 });
-    await createPod(t, "locked-job", [{
-      name: "agent", image: "buildkite/agent:3", args: ["start", "--acquire-job", uuid],
-      env: [{ name: "BUILDKITE_AGENT_TOKEN", value: fake.agentToken }, { name: "BUILDKITE_AGENT_TAGS", value: "queue=locked" }],
-    }], { annotations: { [RUNNER_ANNOTATION]: FAST_RUNNER } });
-    const of = (route: string): { at: number; status: number }[] => fake.requests().filter((r) => r.route === route && r.path.includes(uuid)).map((r) => ({ at: Date.parse(r.at), status: r.status }));
-    await eventually(() => { expect(of("agent.acquire").map((r) => r.status)).to.include(423); }, { what: "a locked acquire" });
+    await createPod(
+      t,
+      "locked-job",
+      [
+        {
+          name: "agent",
+          image: "buildkite/agent:3",
+          args: ["start", "--acquire-job", uuid],
+          env: [
+            { name: "BUILDKITE_AGENT_TOKEN", value: fake.agentToken },
+            { name: "BUILDKITE_AGENT_TAGS", value: "queue=locked" },
+          ],
+        },
+      ],
+      { annotations: { [RUNNER_ANNOTATION]: FAST_RUNNER } },
+    );
+    const of = (route: string): { at: number; status: number }[] =>
+      fake
+        .requests()
+        .filter((r) => r.route === route && r.path.includes(uuid))
+        .map((r) => ({ at: Date.parse(r.at), status: r.status }));
+    await eventually(
+      () => {
+        expect(of("agent.acquire").map((r) => r.status)).to.include(423);
+      },
+      { what: "a locked acquire" },
+    );
     fake.unlock(uuid);
-    await eventually(() => { expect(fake.job(uuid)).to.include({ state: "finished", exit_status: 0 }); }, { what: "the job finished" });
+    await eventually(
+      () => {
+        expect(fake.job(uuid)).to.include({ state: "finished", exit_status: 0 });
+      },
+      { what: "the job finished" },
+    );
     const acquires = of("agent.acquire");
     expect(acquires.map((r) => r.status).at(-1)).to.equal(200);
     expect(acquires.filter((r) => r.status === 200)).to.have.length(1);
-    for (let i = 1; i < acquires.length; i++) expect((acquires[i]?.at ?? 0) - (acquires[i - 1]?.at ?? 0), "time between acquires").to.be.at.least(900);
+    for (let i = 1; i < acquires.length; i++)
+      expect((acquires[i]?.at ?? 0) - (acquires[i - 1]?.at ?? 0), "time between acquires").to.be.at.least(900);
     expect(of("agent.start").map((r) => r.status)).to.deep.equal([503, 200]);
-    await eventually(async () => { expect((await t.pod("locked-job"))?.status?.phase).to.equal("Succeeded"); }, { what: "the pod Succeeded" });
+    await eventually(
+      async () => {
+        expect((await t.pod("locked-job"))?.status?.phase).to.equal("Succeeded");
+      },
+      { what: "the pod Succeeded" },
+    );
   });
 
   async function stacksApi(method: string, path: string, body: unknown): Promise<{ status: number; body: unknown }> {
-    const res = await fetch(`${fake.url}${path}`, { method, headers: { Authorization: `Token ${fake.agentToken}`, "Content-Type": "application/json" }, body: JSON.stringify(body) });
+    const res = await fetch(`${fake.url}${path}`, {
+      method,
+      headers: { Authorization: `Token ${fake.agentToken}`, "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+    });
     return { status: res.status, body: await res.json() };
   }
 });
 
 /** A bare pod, as another controller would create it; restartPolicy Never unless told, as a Kubernetes Job's pods. */
-async function createPod(t: TestObjects, name: string, containers: V1Container[], extra: { restartPolicy?: string; annotations?: Record<string, string> } = {}): Promise<void> {
+async function createPod(
+  t: TestObjects,
+  name: string,
+  containers: V1Container[],
+  extra: { restartPolicy?: string; annotations?: Record<string, string> } = {},
+): Promise<void> {
   const pod: V1Pod = {
     metadata: { name, ...(extra.annotations ? { annotations: extra.annotations } : {}) },
-    spec: { restartPolicy: extra.restartPolicy ?? "Never", nodeSelector: { "kubernetes.io/arch": "amd64" }, containers },
+    spec: {
+      restartPolicy: extra.restartPolicy ?? "Never",
+      nodeSelector: { "kubernetes.io/arch": "amd64" },
+      containers,
+    },
   };
   await t.core.createNamespacedPod({ namespace: t.namespace, body: pod });
 }

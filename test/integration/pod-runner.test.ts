@@ -32,9 +32,18 @@ describe("PodRunner: job pods run by the real buildkite-agent (real control plan
     await installCrds(kc);
     t = new TestObjects(kc, await testNamespace(kc, "runner"));
     fake = await FakeBuildkite.start();
-    await t.core.createNamespacedSecret({ namespace: t.namespace, body: { metadata: { name: "bk-agent-token", labels: { "buildkite.com/agent-token": "true" } }, stringData: { token: fake.agentToken } } });
+    await t.core.createNamespacedSecret({
+      namespace: t.namespace,
+      body: {
+        metadata: { name: "bk-agent-token", labels: { "buildkite.com/agent-token": "true" } },
+        stringData: { token: fake.agentToken },
+      },
+    });
     // The queue controller would make the queue's ServiceAccount; no operator runs here.
-    await t.core.createNamespacedServiceAccount({ namespace: t.namespace, body: { metadata: { name: `bkq-${QUEUE}` } } });
+    await t.core.createNamespacedServiceAccount({
+      namespace: t.namespace,
+      body: { metadata: { name: `bkq-${QUEUE}` } },
+    });
     runner = await PodRunner.start({ kubeConfig: kc, namespace: t.namespace });
   });
   after(async () => {
@@ -45,11 +54,23 @@ describe("PodRunner: job pods run by the real buildkite-agent (real control plan
 
   /** Creates the BuildkiteJob (its pod's controller owner: without it the garbage collector deletes the pod) and the pod buildPod makes for it. */
   async function createJobPod(uuid: string, spec: Partial<BuildkiteQueueSpec>): Promise<string> {
-    const queue = queueFixture({ queue: QUEUE, endpoint: fakeBuildkite().agentEndpoint, instanceShape: "LINUX_AMD64_2X4", ...spec }, QUEUE, t.namespace);
-    const job = await t.custom.createNamespacedCustomObject({
-      group: "buildkite.com", version: "v1alpha1", namespace: t.namespace, plural: "buildkitejobs",
-      body: { apiVersion: "buildkite.com/v1alpha1", kind: "BuildkiteJob", metadata: { name: jobResourceName(uuid) }, spec: { queueRef: { name: QUEUE }, uuid, priority: 0 } },
-    }) as BuildkiteJob;
+    const queue = queueFixture(
+      { queue: QUEUE, endpoint: fakeBuildkite().agentEndpoint, instanceShape: "LINUX_AMD64_2X4", ...spec },
+      QUEUE,
+      t.namespace,
+    );
+    const job = (await t.custom.createNamespacedCustomObject({
+      group: "buildkite.com",
+      version: "v1alpha1",
+      namespace: t.namespace,
+      plural: "buildkitejobs",
+      body: {
+        apiVersion: "buildkite.com/v1alpha1",
+        kind: "BuildkiteJob",
+        metadata: { name: jobResourceName(uuid) },
+        spec: { queueRef: { name: QUEUE }, uuid, priority: 0 },
+      },
+    })) as BuildkiteJob;
     const pod = await t.core.createNamespacedPod({ namespace: t.namespace, body: buildPod(queue, job) });
     return pod.metadata?.name ?? "";
   }
@@ -62,21 +83,27 @@ describe("PodRunner: job pods run by the real buildkite-agent (real control plan
     if (!runner) throw new Error("the pod runner did not start");
     return runner;
   };
-  const podWhen = (name: string, what: string, check: (pod: V1Pod) => void): Promise<V1Pod> => eventually(async () => {
-    const pod = await t.pod(name);
-    if (!pod) throw new Error(`pod ${name} does not exist`);
-    check(pod);
-    return pod;
-  }, { what: `${what} (pod ${name})` });
+  const podWhen = (name: string, what: string, check: (pod: V1Pod) => void): Promise<V1Pod> =>
+    eventually(
+      async () => {
+        const pod = await t.pod(name);
+        if (!pod) throw new Error(`pod ${name} does not exist`);
+        check(pod);
+        return pod;
+      },
+      { what: `${what} (pod ${name})` },
+    );
 
   it("runs a failing job: the agent, named after its pod, reports exit 3 to Buildkite and the pod fails with exit code 3", async () => {
     // The pod's agent runs with --reflect-exit-status (pod-builder), so the container's exit code is the job's.
-    const uuid = fakeBuildkite().seedJob({ queue_key: QUEUE, command: "echo runner-marker-3 in \"$(pwd)\" && exit 3" });
+    const uuid = fakeBuildkite().seedJob({ queue_key: QUEUE, command: 'echo runner-marker-3 in "$(pwd)" && exit 3' });
     const name = await createJobPod(uuid, { podTemplate: { annotations: REAL } });
 
     const run = await podRunner().waitForRun(name, 60_000);
     expect(run, run.output).to.include({ uuid, exitCode: 3, reason: "Error" });
-    const pod = await podWhen(name, "Failed", (p) => { expect(p.status?.phase).to.equal("Failed"); });
+    const pod = await podWhen(name, "Failed", (p) => {
+      expect(p.status?.phase).to.equal("Failed");
+    });
     expect(pod.status?.containerStatuses?.[0]?.state?.terminated).to.include({ exitCode: 3, reason: "Error" });
     expect(pod.status?.startTime, "startTime written when the agent started").to.be.instanceOf(Date);
     expect(pod.status?.conditions?.find((c) => c.type === "PodScheduled")?.status).to.equal("True");
@@ -88,19 +115,31 @@ describe("PodRunner: job pods run by the real buildkite-agent (real control plan
     // BUILDKITE_BUILD_PATH (/workspace/builds) was moved into the runner's directory for the pod.
     expect(job.log).to.include(`in ${podRunner().workDir}/`);
     // BUILDKITE_AGENT_NAME comes from the fieldRef metadata.name; the token from the Secret (else no registration).
-    const agent = fakeBuildkite().agents().find((a) => a.id === job.agent_id);
+    const agent = fakeBuildkite()
+      .agents()
+      .find((a) => a.id === job.agent_id);
     expect(agent?.name).to.equal(name);
     expect(agent?.tags).to.include(`queue=${QUEUE}`);
   });
 
   it("runs a passing job with AWS settings: the projected token file exists, the pod succeeds", async () => {
-    const uuid = fakeBuildkite().seedJob({ queue_key: QUEUE, command: "test -s \"$AWS_WEB_IDENTITY_TOKEN_FILE\" && echo token file for \"$AWS_ROLE_ARN\"" });
-    const aws = { roleArn: "arn:aws:iam::123456789012:role/runner", region: "eu-west-1", audience: "sts.amazonaws.com", tokenExpirationSeconds: 3600 };
+    const uuid = fakeBuildkite().seedJob({
+      queue_key: QUEUE,
+      command: 'test -s "$AWS_WEB_IDENTITY_TOKEN_FILE" && echo token file for "$AWS_ROLE_ARN"',
+    });
+    const aws = {
+      roleArn: "arn:aws:iam::123456789012:role/runner",
+      region: "eu-west-1",
+      audience: "sts.amazonaws.com",
+      tokenExpirationSeconds: 3600,
+    };
     const name = await createJobPod(uuid, { aws, podTemplate: { annotations: REAL } });
 
     const run = await podRunner().waitForRun(name, 60_000);
     expect(run, run.output).to.include({ uuid, exitCode: 0, reason: "Completed" });
-    const pod = await podWhen(name, "Succeeded", (p) => { expect(p.status?.phase).to.equal("Succeeded"); });
+    const pod = await podWhen(name, "Succeeded", (p) => {
+      expect(p.status?.phase).to.equal("Succeeded");
+    });
     expect(pod.status?.containerStatuses?.[0]?.state?.terminated).to.include({ exitCode: 0, reason: "Completed" });
     const job = fakeBuildkite().job(uuid);
     expect(job).to.include({ state: "finished", exit_status: 0 });
@@ -109,24 +148,43 @@ describe("PodRunner: job pods run by the real buildkite-agent (real control plan
 
   it("waits with CreateContainerConfigError while the token Secret is missing, then runs the pod once it exists", async () => {
     const uuid = fakeBuildkite().seedJob({ queue_key: QUEUE, command: "echo late-token" });
-    const name = await createJobPod(uuid, { agentTokenSecretRef: { name: "late-token", key: "token" }, podTemplate: { annotations: REAL } });
+    const name = await createJobPod(uuid, {
+      agentTokenSecretRef: { name: "late-token", key: "token" },
+      podTemplate: { annotations: REAL },
+    });
     const waiting = await podWhen(name, "CreateContainerConfigError", (p) => {
       expect(p.status?.containerStatuses?.[0]?.state?.waiting?.reason).to.equal("CreateContainerConfigError");
     });
     expect(waiting.status?.containerStatuses?.[0]?.state?.waiting?.message).to.include("late-token");
-    await t.core.createNamespacedSecret({ namespace: t.namespace, body: { metadata: { name: "late-token", labels: { "buildkite.com/agent-token": "true" } }, stringData: { token: fakeBuildkite().agentToken } } });
+    await t.core.createNamespacedSecret({
+      namespace: t.namespace,
+      body: {
+        metadata: { name: "late-token", labels: { "buildkite.com/agent-token": "true" } },
+        stringData: { token: fakeBuildkite().agentToken },
+      },
+    });
     const run = await podRunner().waitForRun(name, 60_000);
     expect(run, run.output).to.include({ uuid, exitCode: 0 });
-    await podWhen(name, "Succeeded", (p) => { expect(p.status?.phase).to.equal("Succeeded"); });
+    await podWhen(name, "Succeeded", (p) => {
+      expect(p.status?.phase).to.equal("Succeeded");
+    });
   });
 
   it("leaves a pod without the annotation to KWOK, which runs and ends it as before", async () => {
     const uuid = "0190a8f4-52c1-4b8e-9d4a-00000000c0de";
     const name = await createJobPod(uuid, {});
-    await podWhen(name, "Running by KWOK", (p) => { expect(p.status?.phase).to.equal("Running"); });
+    await podWhen(name, "Running by KWOK", (p) => {
+      expect(p.status?.phase).to.equal("Running");
+    });
     await t.exitPod(name, 0);
-    await podWhen(name, "Succeeded by KWOK", (p) => { expect(p.status?.phase).to.equal("Succeeded"); });
-    expect(podRunner().runs().map((r) => r.name)).to.not.include(name);
+    await podWhen(name, "Succeeded by KWOK", (p) => {
+      expect(p.status?.phase).to.equal("Succeeded");
+    });
+    expect(
+      podRunner()
+        .runs()
+        .map((r) => r.name),
+    ).to.not.include(name);
   });
 
   it("fails a pod that outlives activeDeadlineSeconds with DeadlineExceeded; its agent and the job's command are killed", async () => {
@@ -136,34 +194,61 @@ describe("PodRunner: job pods run by the real buildkite-agent (real control plan
     const run = await podRunner().waitForRun(name, 60_000);
     // One SIGTERM only makes the agent wait for its job (a graceful stop); the SIGKILL after the grace period ends it.
     expect(run, run.output).to.include({ reason: "DeadlineExceeded", exitCode: 137 });
-    const pod = await podWhen(name, "Failed", (p) => { expect(p.status?.phase).to.equal("Failed"); });
+    const pod = await podWhen(name, "Failed", (p) => {
+      expect(p.status?.phase).to.equal("Failed");
+    });
     expect(pod.status).to.include({ reason: "DeadlineExceeded" });
     expect(pod.status?.containerStatuses?.[0]?.state?.terminated).to.include({ exitCode: 137, reason: "Error" });
-    await eventually(() => { expect(processesRunning("sleep 287")).to.deep.equal([]); }, { what: "the job's command to be gone" });
+    await eventually(
+      () => {
+        expect(processesRunning("sleep 287")).to.deep.equal([]);
+      },
+      { what: "the job's command to be gone" },
+    );
   });
 
   it("stops the agent of a pod deleted while it runs, and the job's command with it", async () => {
     const uuid = fakeBuildkite().seedJob({ queue_key: QUEUE, command: "echo sleeping && sleep 288" });
     const name = await createJobPod(uuid, { podTemplate: { annotations: REAL } });
-    await podWhen(name, "Running", (p) => { expect(p.status?.phase).to.equal("Running"); });
-    await eventually(() => { expect(fakeBuildkite().job(uuid).log).to.include("sleeping"); }, { what: "the job's command to start" });
+    await podWhen(name, "Running", (p) => {
+      expect(p.status?.phase).to.equal("Running");
+    });
+    await eventually(
+      () => {
+        expect(fakeBuildkite().job(uuid).log).to.include("sleeping");
+      },
+      { what: "the job's command to start" },
+    );
     expect(processesRunning("sleep 288")).to.have.lengthOf(1);
 
     await t.core.deleteNamespacedPod({ name, namespace: t.namespace });
     const run = await podRunner().waitForRun(name, 30_000);
     expect(run.exitCode, run.output).to.equal(137);
-    await eventually(async () => { expect(await t.pod(name)).to.equal(undefined); }, { what: "KWOK to remove the deleted pod" });
-    await eventually(() => { expect(processesRunning("sleep 288")).to.deep.equal([]); }, { what: "the job's command to be gone" });
+    await eventually(
+      async () => {
+        expect(await t.pod(name)).to.equal(undefined);
+      },
+      { what: "KWOK to remove the deleted pod" },
+    );
+    await eventually(
+      () => {
+        expect(processesRunning("sleep 288")).to.deep.equal([]);
+      },
+      { what: "the job's command to be gone" },
+    );
   });
 });
 
 /** Pids of this machine's processes whose command line is `command` (read from /proc). */
 function processesRunning(command: string): number[] {
-  return readdirSync("/proc").filter((e) => /^\d+$/.test(e)).filter((pid) => {
-    try {
-      return readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0").join(" ").trim() === command;
-    } catch {
-      return false;
-    }
-  }).map(Number);
+  return readdirSync("/proc")
+    .filter((e) => /^\d+$/.test(e))
+    .filter((pid) => {
+      try {
+        return readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0").join(" ").trim() === command;
+      } catch {
+        return false;
+      }
+    })
+    .map(Number);
 }

@@ -37,34 +37,63 @@ describe("--watch-namespaces: the operator serves the listed namespaces and neve
   });
 
   it("runs the watched namespace's queue and job, and leaves the other namespace's queue, job and children alone", async () => {
-    await eventually(async () => {
-      const q = await watched.queue("q");
-      expect(q?.status?.conditions?.find((c) => c.type === "Ready"), JSON.stringify(q?.status)).to.include({ status: "True" });
-    }, { what: "the watched queue Ready" });
+    await eventually(
+      async () => {
+        const q = await watched.queue("q");
+        expect(
+          q?.status?.conditions?.find((c) => c.type === "Ready"),
+          JSON.stringify(q?.status),
+        ).to.include({ status: "True" });
+      },
+      { what: "the watched queue Ready" },
+    );
     await watched.core.readNamespacedServiceAccount({ name: "bkq-q", namespace: watched.namespace });
-    expect((await networking.listNamespacedNetworkPolicy({ namespace: watched.namespace, labelSelector: OWNED })).items, "the watched queue's NetworkPolicy")
-      .to.have.length(1);
+    expect(
+      (await networking.listNamespacedNetworkPolicy({ namespace: watched.namespace, labelSelector: OWNED })).items,
+      "the watched queue's NetworkPolicy",
+    ).to.have.length(1);
     const watchedJob = await watched.createJob("q");
     const otherJob = await other.createJob("q");
-    await watched.jobWhen(watchedJob, "Running", (j) => { expect(j.status?.phase).to.equal("Running"); });
+    await watched.jobWhen(watchedJob, "Running", (j) => {
+      expect(j.status?.phase).to.equal("Running");
+    });
 
     // By now the operator has reconciled everything it sees; the other namespace got nothing from it.
     expect((await other.queue("q"))?.status, "the other queue's status").to.equal(undefined);
     expect((await other.job(otherJob))?.status, "the other job's status").to.equal(undefined);
     expect(await other.pod(otherJob), "a pod for the other job").to.equal(undefined);
-    expect((await other.core.listNamespacedServiceAccount({ namespace: other.namespace, labelSelector: OWNED })).items, "ServiceAccounts made in the other namespace").to.deep.equal([]);
-    expect((await networking.listNamespacedNetworkPolicy({ namespace: other.namespace, labelSelector: OWNED })).items, "NetworkPolicies made in the other namespace").to.deep.equal([]);
-    expect((await other.core.listNamespacedPersistentVolumeClaim({ namespace: other.namespace, labelSelector: OWNED })).items, "claims made in the other namespace").to.deep.equal([]);
+    expect(
+      (await other.core.listNamespacedServiceAccount({ namespace: other.namespace, labelSelector: OWNED })).items,
+      "ServiceAccounts made in the other namespace",
+    ).to.deep.equal([]);
+    expect(
+      (await networking.listNamespacedNetworkPolicy({ namespace: other.namespace, labelSelector: OWNED })).items,
+      "NetworkPolicies made in the other namespace",
+    ).to.deep.equal([]);
+    expect(
+      (await other.core.listNamespacedPersistentVolumeClaim({ namespace: other.namespace, labelSelector: OWNED }))
+        .items,
+      "claims made in the other namespace",
+    ).to.deep.equal([]);
     expect(await other.events("q"), "Events on the other queue").to.deep.equal([]);
     expect(await other.events(otherJob), "Events on the other job").to.deep.equal([]);
   });
 
   it("runs one informer per kind and watched namespace, all of them behind readiness", async () => {
     expect(operator?.notReady()).to.equal(undefined);
-    const page = await operator?.metrics.registry.metrics() ?? "";
+    const page = (await operator?.metrics.registry.metrics()) ?? "";
     // (A fresh cluster may refuse the first watch of a just-installed CRD, "storage is (re)initializing": a restart.)
-    for (const kind of ["buildkitequeues", "buildkitejobs", "pods", "serviceaccounts", "networkpolicies", "persistentvolumeclaims"]) {
-      expect(page).to.match(new RegExp(`^buildkite_operator_informer_restarts\\{informer="${kind}/${watched.namespace}"\\} \\d+$`, "m"));
+    for (const kind of [
+      "buildkitequeues",
+      "buildkitejobs",
+      "pods",
+      "serviceaccounts",
+      "networkpolicies",
+      "persistentvolumeclaims",
+    ]) {
+      expect(page).to.match(
+        new RegExp(`^buildkite_operator_informer_restarts\\{informer="${kind}/${watched.namespace}"\\} \\d+$`, "m"),
+      );
     }
     expect(page).to.not.match(/informer="pods"/);
   });

@@ -6,7 +6,12 @@ import { createServer, type Server } from "node:net";
  * `open`.
  */
 export class Gate {
-  private constructor(private readonly server: Server, private readonly opened: Set<string>, readonly host: string, readonly port: number) {}
+  private constructor(
+    private readonly server: Server,
+    private readonly opened: Set<string>,
+    readonly host: string,
+    readonly port: number,
+  ) {}
 
   static async start(host: string): Promise<Gate> {
     const opened = new Set<string>();
@@ -43,6 +48,10 @@ done`;
   }
 
   async stop(): Promise<void> {
-    await new Promise<void>((resolve) => this.server.close(() => { resolve(); }));
+    await new Promise<void>((resolve) =>
+      this.server.close(() => {
+        resolve();
+      }),
+    );
   }
 }

@@ -25,7 +25,12 @@ export async function run(command: string, args: readonly string[], input?: stri
 /** {@link run}, synchronously: for clean-up that must also work inside a process `exit` handler. */
 export function runSync(command: string, args: readonly string[], input?: string): string {
   try {
-    return execFileSync(command, args, { input, encoding: "utf8", stdio: ["pipe", "pipe", "pipe"], maxBuffer: 64 << 20 });
+    return execFileSync(command, args, {
+      input,
+      encoding: "utf8",
+      stdio: ["pipe", "pipe", "pipe"],
+      maxBuffer: 64 << 20,
+    });
   } catch (err) {
     const stderr = (err as { stderr?: string }).stderr ?? "";
     throw new HostCommandError(`${command} ${args.join(" ")} failed: ${stderr.trim() || String(err)}`, { cause: err });
@@ -41,7 +46,9 @@ export function sleepSync(ms: number): void {
 export function waitExitedSync(pids: readonly number[], ms = 3_000): void {
   const exited = (pid: number): boolean => {
     try {
-      return readFileSync(`/proc/${pid}/stat`, "utf8").replace(/^.*\) /, "").startsWith("Z");
+      return readFileSync(`/proc/${pid}/stat`, "utf8")
+        .replace(/^.*\) /, "")
+        .startsWith("Z");
     } catch {
       return true;
     }
@@ -51,21 +58,35 @@ export function waitExitedSync(pids: readonly number[], ms = 3_000): void {
 
 /** The kernel settings kubelet rewrites at start (container_manager_linux.go setupKernelTunables). */
 export const KUBELET_SYSCTLS = [
-  "vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic", "kernel/panic_on_oops", "kernel/keys/root_maxkeys",
+  "vm/overcommit_memory",
+  "vm/panic_on_oom",
+  "kernel/panic",
+  "kernel/panic_on_oops",
+  "kernel/keys/root_maxkeys",
   "kernel/keys/root_maxbytes",
 ] as const;
 
 /** Host paths a node creates when they are missing; whatever of them was missing is removed again. */
 const NODE_PATHS = [
-  "/var/lib/kubelet", "/var/lib/cni", "/var/log/containers", "/var/log/pods", "/run/containerd", "/run/containerd/s",
+  "/var/lib/kubelet",
+  "/var/lib/cni",
+  "/var/log/containers",
+  "/var/log/pods",
+  "/run/containerd",
+  "/run/containerd/s",
 ] as const;
 
 /** Every cgroup v1 hierarchy (one directory per mounted controller set), or the unified hierarchy on cgroup v2. */
 export function cgroupHierarchies(): string[] {
-  const mounts = readFileSync("/proc/self/mounts", "utf8").split("\n").map((l) => l.split(" "));
+  const mounts = readFileSync("/proc/self/mounts", "utf8")
+    .split("\n")
+    .map((l) => l.split(" "));
   const v1 = mounts.filter((m) => m[2] === "cgroup").map((m) => m[1] ?? "");
   if (v1.length > 0) return v1;
-  return mounts.filter((m) => m[2] === "cgroup2").map((m) => m[1] ?? "").slice(0, 1);
+  return mounts
+    .filter((m) => m[2] === "cgroup2")
+    .map((m) => m[1] ?? "")
+    .slice(0, 1);
 }
 
 /** What the host looked like before a real node started, so clean-up removes exactly what the node added. */
@@ -101,10 +122,15 @@ function chainsOf(family: (typeof FAMILIES)[number]): string[] {
   return chains;
 }
 
-const ipsets = (): string[] => runSync("ipset", ["list", "-n"]).split("\n").filter((s) => s.length > 0);
+const ipsets = (): string[] =>
+  runSync("ipset", ["list", "-n"])
+    .split("\n")
+    .filter((s) => s.length > 0);
 
 /** Takes the snapshot a node's clean-up works from. */
-export function snapshotHost(fields: Pick<HostSnapshot, "nodeDir" | "containerdSocket" | "cgroupParent" | "bridge" | "cniNetwork">): HostSnapshot {
+export function snapshotHost(
+  fields: Pick<HostSnapshot, "nodeDir" | "containerdSocket" | "cgroupParent" | "bridge" | "cniNetwork">,
+): HostSnapshot {
   return {
     ...fields,
     pid: process.pid,
@@ -132,7 +158,9 @@ export function claimHost(fields: Parameters<typeof snapshotHost>[0], log: (line
   if (existsSync(STATE_FILE)) {
     const stale = JSON.parse(readFileSync(STATE_FILE, "utf8")) as HostSnapshot;
     if (stale.pid !== process.pid && alive(stale.pid)) {
-      throw new Error(`another real node is running on this machine (test runner pid ${stale.pid}, ${stale.nodeDir}); stop it first`);
+      throw new Error(
+        `another real node is running on this machine (test runner pid ${stale.pid}, ${stale.nodeDir}); stop it first`,
+      );
     }
     log(`real node: cleaning up after an earlier run that did not stop (pid ${stale.pid}, ${stale.nodeDir})`);
     for (const problem of cleanupHost(stale)) log(`real node: ${problem}`);
@@ -144,22 +172,31 @@ export function claimHost(fields: Parameters<typeof snapshotHost>[0], log: (line
 
 /** Pids of the shims our containerd started (they outlive it: they are re-parented, not its children). */
 function shimPids(containerdSocket: string): number[] {
-  return readdirSync("/proc").filter((d) => /^\d+$/.test(d)).filter((pid) => {
-    try {
-      const argv = readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0");
-      // containerd starts the shim by its resolved path (hack/bin's link target, e.g. containerd-shim-runc-v2-v2.3.7)
-      return basename(argv[0] ?? "").startsWith("containerd-shim-runc-v2") && argv.includes(containerdSocket);
-    } catch {
-      return false; // gone meanwhile
-    }
-  }).map(Number);
+  return readdirSync("/proc")
+    .filter((d) => /^\d+$/.test(d))
+    .filter((pid) => {
+      try {
+        const argv = readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0");
+        // containerd starts the shim by its resolved path (hack/bin's link target, e.g. containerd-shim-runc-v2-v2.3.7)
+        return basename(argv[0] ?? "").startsWith("containerd-shim-runc-v2") && argv.includes(containerdSocket);
+      } catch {
+        return false; // gone meanwhile
+      }
+    })
+    .map(Number);
 }
 
 function cgroupDirs(parent: string): string[] {
   const walk = (dir: string): string[] => [
-    ...readdirSync(dir, { withFileTypes: true }).filter((e) => e.isDirectory()).flatMap((e) => walk(join(dir, e.name))), dir,
+    ...readdirSync(dir, { withFileTypes: true })
+      .filter((e) => e.isDirectory())
+      .flatMap((e) => walk(join(dir, e.name))),
+    dir,
   ];
-  return cgroupHierarchies().map((h) => join(h, parent)).filter((d) => existsSync(d)).flatMap(walk);
+  return cgroupHierarchies()
+    .map((h) => join(h, parent))
+    .filter((d) => existsSync(d))
+    .flatMap(walk);
 }
 
 /** Every process in the node's cgroups: the pods' containers and their pause processes. */
@@ -180,8 +217,11 @@ function killAll(pids: readonly number[]): void {
 
 /** Mount points under `dir` (overlay root filesystems, shm, network namespaces, kubelet's own bind mount). */
 export function mountsUnder(dir: string): string[] {
-  const unescape = (s: string): string => s.replace(/\\(\d{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
-  return readFileSync("/proc/self/mountinfo", "utf8").split("\n").map((l) => unescape(l.split(" ")[4] ?? ""))
+  const unescape = (s: string): string =>
+    s.replace(/\\(\d{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+  return readFileSync("/proc/self/mountinfo", "utf8")
+    .split("\n")
+    .map((l) => unescape(l.split(" ")[4] ?? ""))
     .filter((m) => m === dir || m.startsWith(`${dir}/`));
 }
 
@@ -206,7 +246,13 @@ function removeNewChains(snapshot: HostSnapshot): void {
         const target = words[words.findIndex((w) => w === "-j" || w === "-g") + 1] ?? "";
         if (!ours.has(words[1] ?? "") && ours.has(target)) jumps.push(`-D ${line.slice(3)}`);
       } else if (line === "COMMIT" && ours.size > 0) {
-        script.push(`*${table}`, ...jumps, ...[...ours].map((c) => `-F ${c}`), ...[...ours].map((c) => `-X ${c}`), "COMMIT");
+        script.push(
+          `*${table}`,
+          ...jumps,
+          ...[...ours].map((c) => `-F ${c}`),
+          ...[...ours].map((c) => `-X ${c}`),
+          "COMMIT",
+        );
       }
     }
     // --noflush: only these changes, applied atomically; rules others (Docker) add meanwhile are left alone
@@ -255,7 +301,9 @@ export function cleanupHost(snapshot: HostSnapshot): string[] {
       problems.push(`clean-up could not ${what}: ${err instanceof Error ? err.message : String(err)}`);
     }
   };
-  step("stop the shims", () => { killAll(shimPids(snapshot.containerdSocket)); });
+  step("stop the shims", () => {
+    killAll(shimPids(snapshot.containerdSocket));
+  });
   step("stop the pods' processes", () => {
     for (let i = 0; i < 50 && podPids(snapshot.cgroupParent).length > 0; i++) {
       killAll(podPids(snapshot.cgroupParent));
@@ -273,13 +321,17 @@ export function cleanupHost(snapshot: HostSnapshot): string[] {
   });
   step(`delete the bridge ${snapshot.bridge}`, () => {
     const ports = runSync("ip", ["-o", "link", "show", "master", snapshot.bridge]).split("\n");
-    for (const port of ports.map((l) => /^\d+: ([^@:]+)/.exec(l)?.[1]).filter((p) => p !== undefined)) runSync("ip", ["link", "del", port]);
+    for (const port of ports.map((l) => /^\d+: ([^@:]+)/.exec(l)?.[1]).filter((p) => p !== undefined))
+      runSync("ip", ["link", "del", port]);
     if (existsSync(`/sys/class/net/${snapshot.bridge}`)) runSync("ip", ["link", "del", snapshot.bridge]);
   });
-  step("remove iptables chains", () => { removeNewChains(snapshot); });
+  step("remove iptables chains", () => {
+    removeNewChains(snapshot);
+  });
   step("remove ipsets", () => {
     const before = new Set(snapshot.ipsets);
-    for (const set of ipsets().filter((s) => s.startsWith("KUBE-") && !before.has(s))) runSync("ipset", ["destroy", set]);
+    for (const set of ipsets().filter((s) => s.startsWith("KUBE-") && !before.has(s)))
+      runSync("ipset", ["destroy", set]);
   });
   step("restore kernel settings", () => {
     for (const [key, value] of Object.entries(snapshot.sysctls)) {
@@ -292,11 +344,13 @@ export function cleanupHost(snapshot: HostSnapshot): string[] {
   step("remove CNI state and log links", () => {
     const results = "/var/lib/cni/results";
     if (existsSync(results)) {
-      for (const f of readdirSync(results).filter((n) => n.startsWith(`${snapshot.cniNetwork}-`))) rmSync(join(results, f));
+      for (const f of readdirSync(results).filter((n) => n.startsWith(`${snapshot.cniNetwork}-`)))
+        rmSync(join(results, f));
     }
     const links = "/var/log/containers";
     if (existsSync(links)) {
-      for (const f of readdirSync(links).filter((n) => readlinkSync(join(links, n)).startsWith(snapshot.nodeDir))) rmSync(join(links, f));
+      for (const f of readdirSync(links).filter((n) => readlinkSync(join(links, n)).startsWith(snapshot.nodeDir)))
+        rmSync(join(links, f));
     }
   });
   step("remove host paths", () => {
@@ -309,6 +363,8 @@ export function cleanupHost(snapshot: HostSnapshot): string[] {
       }
     }
   });
-  step("remove the state file", () => { rmSync(STATE_FILE, { force: true }); });
+  step("remove the state file", () => {
+    rmSync(STATE_FILE, { force: true });
+  });
   return problems;
 }

@@ -20,10 +20,15 @@ export interface NodeImages {
  */
 export async function buildImages(): Promise<NodeImages> {
   const out = await run("bash", [join(repoRoot, "hack", "images", "build.sh"), "pause", "agent"]);
-  const images = new Map(out.trim().split("\n").map((line) => {
-    const [name = "", ref = "", tarball = ""] = line.split(" ");
-    return [name, { ref, tarball }] as const;
-  }));
+  const images = new Map(
+    out
+      .trim()
+      .split("\n")
+      .map((line) => {
+        const [name = "", ref = "", tarball = ""] = line.split(" ");
+        return [name, { ref, tarball }] as const;
+      }),
+  );
   const pause = images.get("pause");
   const agent = images.get("agent");
   if (!pause || !agent) throw new Error(`hack/images/build.sh printed no pause and agent images:\n${out}`);

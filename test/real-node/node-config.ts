@@ -37,7 +37,10 @@ export function nodePaths(dir: string): NodePaths {
  * -998 kubelet asks for ("failed to update /proc/self/oom_score_adj: Permission denied"); containerd then clamps each
  * request to its own score, as it does for rootless containerd.
  */
-export function containerdConfig(p: NodePaths, opts: { runc: string; cniBinDir: string; sandboxImage: string }): string {
+export function containerdConfig(
+  p: NodePaths,
+  opts: { runc: string; cniBinDir: string; sandboxImage: string },
+): string {
   const q = (s: string): string => `'${s}'`;
   return `version = 4
 root = ${q(join(p.dir, "containerd", "root"))}
@@ -75,23 +78,35 @@ disabled_plugins = ['io.containerd.nri.v1.nri', 'io.containerd.snapshotter.v1.bt
 }
 
 /** The pod network: one Linux bridge with the gateway address, host-local addresses (state in the node's directory). */
-export function cniConfig(p: NodePaths, net: { name: string; bridge: string; subnet: string; gateway: string }): string {
-  return JSON.stringify({
-    cniVersion: "1.0.0",
-    name: net.name,
-    plugins: [
-      {
-        type: "bridge", bridge: net.bridge, isGateway: true, hairpinMode: true,
-        // No masquerade: pod traffic has nowhere to go but this host and the test's own namespaces.
-        ipMasq: false,
-        ipam: {
-          type: "host-local", dataDir: join(p.dir, "cni-ipam"),
-          ranges: [[{ subnet: net.subnet, gateway: net.gateway }]], routes: [{ dst: "0.0.0.0/0" }],
+export function cniConfig(
+  p: NodePaths,
+  net: { name: string; bridge: string; subnet: string; gateway: string },
+): string {
+  return JSON.stringify(
+    {
+      cniVersion: "1.0.0",
+      name: net.name,
+      plugins: [
+        {
+          type: "bridge",
+          bridge: net.bridge,
+          isGateway: true,
+          hairpinMode: true,
+          // No masquerade: pod traffic has nowhere to go but this host and the test's own namespaces.
+          ipMasq: false,
+          ipam: {
+            type: "host-local",
+            dataDir: join(p.dir, "cni-ipam"),
+            ranges: [[{ subnet: net.subnet, gateway: net.gateway }]],
+            routes: [{ dst: "0.0.0.0/0" }],
+          },
         },
-      },
-      { type: "loopback" },
-    ],
-  }, null, 2);
+        { type: "loopback" },
+      ],
+    },
+    null,
+    2,
+  );
 }
 
 /** Settings of {@link kubeletConfig}. */
@@ -129,7 +144,12 @@ export function kubeletConfig(p: NodePaths, s: KubeletSettings): string {
     podLogsDir: p.podLogs,
     serializeImagePulls: false,
     imageGCHighThresholdPercent: 100,
-    evictionHard: { "memory.available": "100Mi", "nodefs.available": "1%", "imagefs.available": "1%", "nodefs.inodesFree": "1%" },
+    evictionHard: {
+      "memory.available": "100Mi",
+      "nodefs.available": "1%",
+      "imagefs.available": "1%",
+      "nodefs.inodesFree": "1%",
+    },
     resolvConf: "/etc/resolv.conf",
     // Pods are deleted by the operator as soon as they end; nothing to keep around.
     maxPods: 16,
@@ -150,5 +170,9 @@ export function nodeKubeconfig(server: string, tls: { ca: string; cert: string; 
 
 /** crictl's configuration, so its commands need no endpoint flags and it does not look for /etc/crictl.yaml. */
 export function crictlConfig(p: NodePaths): string {
-  return stringify({ "runtime-endpoint": `unix://${p.containerdSocket}`, "image-endpoint": `unix://${p.containerdSocket}`, timeout: 10 });
+  return stringify({
+    "runtime-endpoint": `unix://${p.containerdSocket}`,
+    "image-endpoint": `unix://${p.containerdSocket}`,
+    timeout: 10,
+  });
 }

@@ -24,14 +24,18 @@ export interface PodFirewall {
 export async function podFirewall(namespace: string, pod: string): Promise<PodFirewall | undefined> {
   const rules = (await run("iptables-save", ["-t", "filter"])).split("\n").filter((l) => l.startsWith("-A "));
   const named = `POD name:${pod} namespace: ${namespace}"`;
-  const chain = rules.map((r) => r.includes(`rule to REJECT traffic destined for ${named}`) ? /^-A (\S+)/.exec(r)?.[1] : undefined)
+  const chain = rules
+    .map((r) => (r.includes(`rule to REJECT traffic destined for ${named}`) ? /^-A (\S+)/.exec(r)?.[1] : undefined))
     .find((c) => c !== undefined);
   if (chain === undefined) return undefined;
   const own = rules.filter((r) => r.startsWith(`-A ${chain} `));
   const rejectsUnmarked = own.some((r) => r.includes(named) && / -m mark ! --mark 0x10000\/0x10000 -j REJECT/.test(r));
   const policies = own.map((r) => / -j (KUBE-NWPLCY-\S+)/.exec(r)?.[1]).filter((p) => p !== undefined);
-  const sets = new Set(rules.filter((r) => policies.some((p) => r.startsWith(`-A ${p} `)))
-    .flatMap((r) => [...r.matchAll(/--match-set (\S+) dst/g)].map((m) => m[1] ?? "")));
+  const sets = new Set(
+    rules
+      .filter((r) => policies.some((p) => r.startsWith(`-A ${p} `)))
+      .flatMap((r) => [...r.matchAll(/--match-set (\S+) dst/g)].map((m) => m[1] ?? "")),
+  );
   const destinationSets = new Map<string, string[]>();
   for (const set of sets) destinationSets.set(set, await ipsetMembers(set));
   return { chain, rejectsUnmarked, policies, destinationSets };
@@ -39,13 +43,19 @@ export async function podFirewall(namespace: string, pod: string): Promise<PodFi
 
 /** The members of an ipset, from `ipset save`: the address or range, then `nomatch` for an excepted one. */
 export async function ipsetMembers(set: string): Promise<string[]> {
-  return (await run("ipset", ["save", set])).split("\n").filter((l) => l.startsWith(`add ${set} `)).map((l) => {
-    const [member = "", ...options] = l.slice(`add ${set} `.length).trim().split(/\s+/);
-    return `${member.replace(/\/32$/, "")}${options.includes("nomatch") ? " nomatch" : ""}`;
-  });
+  return (await run("ipset", ["save", set]))
+    .split("\n")
+    .filter((l) => l.startsWith(`add ${set} `))
+    .map((l) => {
+      const [member = "", ...options] = l.slice(`add ${set} `.length).trim().split(/\s+/);
+      return `${member.replace(/\/32$/, "")}${options.includes("nomatch") ? " nomatch" : ""}`;
+    });
 }
 
 /** Whether the kernel finds an address in an ipset (`ipset test`: a lookup, nothing is sent). */
 export async function ipsetMatches(set: string, address: string): Promise<boolean> {
-  return run("ipset", ["test", set, address]).then(() => true, () => false);
+  return run("ipset", ["test", set, address]).then(
+    () => true,
+    () => false,
+  );
 }

@@ -14,6 +14,9 @@ export const PROBE_FUNCTION = `probe() {
  * agent prints it), not a result.
  */
 export function probeResults(log: string): Map<string, string> {
-  const lines = log.split("\n").map((l) => /probe (\S+) (rc=[^\r]*)/.exec(l)).filter((m) => m !== null && !(m[2] ?? "").includes("$"));
+  const lines = log
+    .split("\n")
+    .map((l) => /probe (\S+) (rc=[^\r]*)/.exec(l))
+    .filter((m) => m !== null && !(m[2] ?? "").includes("$"));
   return new Map(lines.map((m) => [m?.[1] ?? "", (m?.[2] ?? "").trim()]));
 }

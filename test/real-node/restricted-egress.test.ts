@@ -40,7 +40,9 @@ describe("Restricted egress on the real node: jobs reach their allowed destinati
     // Guards first: nothing is sent to these ranges before every route out of the machine is closed to them. Before
     // the node, too, and stopped after it: kube-router rewrites the filter table the guards are partly in.
     remoteHost = await RemoteHost.start({
-      addresses: [ALLOWED, PROXY, TARGET, OTHER], guardedCidrs: GUARDED, proxy: { address: PROXY, port: PROXY_PORT },
+      addresses: [ALLOWED, PROXY, TARGET, OTHER],
+      guardedCidrs: GUARDED,
+      proxy: { address: PROXY, port: PROXY_PORT },
     });
     world = await startWorld();
     s = await RealNodeScenario.start(world, "real-restricted");
@@ -49,32 +51,50 @@ describe("Restricted egress on the real node: jobs reach their allowed destinati
     await stopGuardedWorld(world, s, remoteHost);
   });
 
-  const scenario = (): RealNodeScenario => { if (!s) throw new Error("no scenario"); return s; };
-  const remote = (): RemoteHost => { if (!remoteHost) throw new Error("no remote host"); return remoteHost; };
+  const scenario = (): RealNodeScenario => {
+    if (!s) throw new Error("no scenario");
+    return s;
+  };
+  const remote = (): RemoteHost => {
+    if (!remoteHost) throw new Error("no remote host");
+    return remoteHost;
+  };
 
   it("runs a job that reaches the fake Buildkite and an allowed address directly, a third server only through the proxy, and nothing else", async () => {
     // Every address is an IP: the job needs no DNS, and has none (the operator's default cluster DNS, kube-system's
     // kube-dns pods, does not run in this cluster).
     const buildkite = new URL(scenario().fake.agentEndpoint);
     const proxyUrl = `http://${PROXY}:${String(PROXY_PORT)}`;
-    await scenario().queue("restricted", { network: {
-      egress: "Restricted",
-      allowedDestinations: [
-        { cidr: `${buildkite.hostname}/32`, ports: [{ port: Number(buildkite.port) }] },
-        { cidr: `${ALLOWED}/32`, ports: [{ port: 80 }] },
-      ],
-      proxy: { url: proxyUrl, cidr: `${PROXY}/32` },
-    } });
+    await scenario().queue("restricted", {
+      network: {
+        egress: "Restricted",
+        allowedDestinations: [
+          { cidr: `${buildkite.hostname}/32`, ports: [{ port: Number(buildkite.port) }] },
+          { cidr: `${ALLOWED}/32`, ports: [{ port: 80 }] },
+        ],
+        proxy: { url: proxyUrl, cidr: `${PROXY}/32` },
+      },
+    });
     const uuid = scenario().fake.seedJob({ queue_key: "restricted", command: JOB });
     const done = await scenario().buildkiteState(uuid, "finished");
     expect(done.exit_status, done.log).to.equal(0);
 
     // The agent container's environment (the job inherits it): the proxy for everything but the allowed destinations.
-    const env = Object.fromEntries(done.log.split("\n").map((l) => /proxy-env ([A-Za-z_]+)=([^\r]*)/.exec(l)).filter((m) => m !== null)
-      .map((m) => [m[1] ?? "", m[2] ?? ""]));
+    const env = Object.fromEntries(
+      done.log
+        .split("\n")
+        .map((l) => /proxy-env ([A-Za-z_]+)=([^\r]*)/.exec(l))
+        .filter((m) => m !== null)
+        .map((m) => [m[1] ?? "", m[2] ?? ""]),
+    );
     const noProxy = `localhost,127.0.0.1,::1,${buildkite.hostname}/32,${ALLOWED}/32`;
     expect(env, done.log).to.deep.equal({
-      HTTPS_PROXY: proxyUrl, https_proxy: proxyUrl, HTTP_PROXY: proxyUrl, http_proxy: proxyUrl, NO_PROXY: noProxy, no_proxy: noProxy,
+      HTTPS_PROXY: proxyUrl,
+      https_proxy: proxyUrl,
+      HTTP_PROXY: proxyUrl,
+      http_proxy: proxyUrl,
+      NO_PROXY: noProxy,
+      no_proxy: noProxy,
     });
 
     const seen = probeResults(done.log);
@@ -82,14 +102,19 @@ describe("Restricted egress on the real node: jobs reach their allowed destinati
     expect(seen.get("proxy-get"), done.log).to.equal(`rc=0 remote-ok ${TARGET}`);
     expect(seen.get("proxy-connect"), done.log).to.equal(`rc=0 remote-ok ${TARGET}`);
     // kube-router answers traffic its policies refuse with an ICMP port-unreachable: "Connection refused" at once
-    for (const name of ["target-direct", "proxy-other-port", "other"]) expect(seen.get(name), `${name}: ${done.log}`).to.match(/^rc=1 .*Connection refused/);
+    for (const name of ["target-direct", "proxy-other-port", "other"])
+      expect(seen.get(name), `${name}: ${done.log}`).to.match(/^rc=1 .*Connection refused/);
 
     // What the remote host saw from the pod: the allowed address directly, the target only through the proxy, and
     // nothing of the agent's own traffic (NO_PROXY sends it straight to the fake Buildkite).
-    const fromPods = (lines: string[]): string[] => lines.filter((l) => / (to|for) 10\.250\.0\.\d+$/.test(l)).map((l) => l.replace(/10\.250\.0\.\d+$/, "<pod>"));
-    expect(fromPods(remote().served()), "requests the remote host answered for the pod").to.deep.equal([`served ${ALLOWED} to <pod>`]);
+    const fromPods = (lines: string[]): string[] =>
+      lines.filter((l) => / (to|for) 10\.250\.0\.\d+$/.test(l)).map((l) => l.replace(/10\.250\.0\.\d+$/, "<pod>"));
+    expect(fromPods(remote().served()), "requests the remote host answered for the pod").to.deep.equal([
+      `served ${ALLOWED} to <pod>`,
+    ]);
     expect(fromPods(remote().proxied()), "requests the proxy handled").to.deep.equal([
-      `proxied GET http://${TARGET}/ for <pod>`, `proxied CONNECT ${TARGET}:80 for <pod>`,
+      `proxied GET http://${TARGET}/ for <pod>`,
+      `proxied CONNECT ${TARGET}:80 for <pod>`,
     ]);
     await scenario().jobPhase(uuid, "Succeeded");
   });

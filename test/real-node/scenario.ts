@@ -24,17 +24,34 @@ const FAST = { pollIntervalMs: 250, stateCheckIntervalMs: 500 };
  * toleration, so their pods run under kubelet and containerd.
  */
 export class RealNodeScenario {
-  private constructor(readonly world: World, readonly t: TestObjects, readonly fake: FakeBuildkite, private readonly operator: Operator) {}
+  private constructor(
+    readonly world: World,
+    readonly t: TestObjects,
+    readonly fake: FakeBuildkite,
+    private readonly operator: Operator,
+  ) {}
 
   static async start(world: World, prefix: string): Promise<RealNodeScenario> {
     const kc = world.cluster.kubeConfig();
     await installCrds(kc);
-    const namespace = await testNamespace(kc, prefix, { "pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/enforce-version": "latest" });
+    const namespace = await testNamespace(kc, prefix, {
+      "pod-security.kubernetes.io/enforce": "restricted",
+      "pod-security.kubernetes.io/enforce-version": "latest",
+    });
     const t = new TestObjects(kc, namespace);
     const fake = await FakeBuildkite.start({ host: world.node.gatewayIp });
     await t.createTokenSecret(TOKEN_SECRET, fake.agentToken);
-    const logger = createLogger("debug", createWriteStream(join(world.cluster.dir, `operator-${prefix}.log`), { flags: "a" }));
-    const operator = await Operator.start({ kubeConfig: kc, logger, syncTimeoutMs: 20_000, buildkite: FAST, allowedEndpoints: [fake.agentEndpoint] });
+    const logger = createLogger(
+      "debug",
+      createWriteStream(join(world.cluster.dir, `operator-${prefix}.log`), { flags: "a" }),
+    );
+    const operator = await Operator.start({
+      kubeConfig: kc,
+      logger,
+      syncTimeoutMs: 20_000,
+      buildkite: FAST,
+      allowedEndpoints: [fake.agentEndpoint],
+    });
     return new RealNodeScenario(world, t, fake, operator);
   }
 
@@ -47,8 +64,12 @@ export class RealNodeScenario {
   /** A queue whose pods run on the real node; `spec` overrides or adds fields. */
   async queue(name: string, spec: Record<string, unknown> = {}): Promise<void> {
     await this.t.createQueue(name, {
-      queue: name, endpoint: this.fake.agentEndpoint, agentTokenSecretRef: { name: TOKEN_SECRET, key: "token" },
-      instanceShape: "LINUX_AMD64_2X4", maxVCPU: 2, agentImage: this.world.node.images.agent.ref,
+      queue: name,
+      endpoint: this.fake.agentEndpoint,
+      agentTokenSecretRef: { name: TOKEN_SECRET, key: "token" },
+      instanceShape: "LINUX_AMD64_2X4",
+      maxVCPU: 2,
+      agentImage: this.world.node.images.agent.ref,
       // The fake's jobs name a repository that does not exist: the agent skips the checkout (as RealAgent does).
       podTemplate: { tolerations: [REAL_NODE_TOLERATION], env: [{ name: "BUILDKITE_SKIP_CHECKOUT", value: "true" }] },
       ...spec,
@@ -56,20 +77,34 @@ export class RealNodeScenario {
   }
 
   async buildkiteState(uuid: string, state: string, timeoutMs = 120_000): Promise<FakeJobRecord> {
-    return eventually(() => {
-      const job = this.fake.job(uuid);
-      expect(job.state, `Buildkite job ${uuid}: ${this.diagnose(uuid)}`).to.equal(state);
-      return Promise.resolve(job);
-    }, { what: `Buildkite job ${uuid} ${state}`, timeoutMs, intervalMs: 250 });
+    return eventually(
+      () => {
+        const job = this.fake.job(uuid);
+        expect(job.state, `Buildkite job ${uuid}: ${this.diagnose(uuid)}`).to.equal(state);
+        return Promise.resolve(job);
+      },
+      { what: `Buildkite job ${uuid} ${state}`, timeoutMs, intervalMs: 250 },
+    );
   }
 
   async jobPhase(uuid: string, phase: string, timeoutMs = 120_000): Promise<BuildkiteJob> {
-    return this.t.jobWhen(jobResourceName(uuid), phase, (j) => { expect(j.status?.phase, JSON.stringify(j.status)).to.equal(phase); }, timeoutMs);
+    return this.t.jobWhen(
+      jobResourceName(uuid),
+      phase,
+      (j) => {
+        expect(j.status?.phase, JSON.stringify(j.status)).to.equal(phase);
+      },
+      timeoutMs,
+    );
   }
 
   async podGone(uuid: string, timeoutMs = 90_000): Promise<void> {
-    await eventually(async () => { expect(await this.t.pod(jobResourceName(uuid)), "the job's pod").to.equal(undefined); },
-      { what: `the pod of job ${uuid} to be deleted`, timeoutMs });
+    await eventually(
+      async () => {
+        expect(await this.t.pod(jobResourceName(uuid)), "the job's pod").to.equal(undefined);
+      },
+      { what: `the pod of job ${uuid} to be deleted`, timeoutMs },
+    );
   }
 
   /** What the agent container printed, while kubelet still has it: for failure messages. */

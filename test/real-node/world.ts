@@ -41,8 +41,11 @@ export async function stopWorld(world: World | undefined): Promise<void> {
  * Stops what a guarded test started, in the order the guards need: the scenario, the node, then the remote host (its
  * guards outlive the node, whose kube-router rewrites the table they are partly in), and the world last, whatever fails.
  */
-export async function stopGuardedWorld(world: World | undefined, scenario: { stop(): Promise<void> } | undefined,
-  remote: { stop(): Promise<void> } | undefined): Promise<void> {
+export async function stopGuardedWorld(
+  world: World | undefined,
+  scenario: { stop(): Promise<void> } | undefined,
+  remote: { stop(): Promise<void> } | undefined,
+): Promise<void> {
   try {
     await scenario?.stop();
     await world?.node.stop();

@@ -17,11 +17,19 @@ export const TOKEN_SECRET = "bk-token";
  * agent token in a Secret, and a pod-runner that runs the real agent for pods annotated `kwok.test/runner: real`.
  */
 export class BuildkiteScenario {
-  private constructor(readonly kc: KubeConfig, readonly t: TestObjects, readonly fake: FakeBuildkite, readonly runner: PodRunner) {}
+  private constructor(
+    readonly kc: KubeConfig,
+    readonly t: TestObjects,
+    readonly fake: FakeBuildkite,
+    readonly runner: PodRunner,
+  ) {}
 
   static async start(kc: KubeConfig, prefix: string): Promise<BuildkiteScenario> {
     await installCrds(kc);
-    const namespace = await testNamespace(kc, prefix, { "pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/enforce-version": "latest" });
+    const namespace = await testNamespace(kc, prefix, {
+      "pod-security.kubernetes.io/enforce": "restricted",
+      "pod-security.kubernetes.io/enforce-version": "latest",
+    });
     const t = new TestObjects(kc, namespace);
     const fake = await FakeBuildkite.start();
     await t.createTokenSecret(TOKEN_SECRET, fake.agentToken);
@@ -42,41 +50,69 @@ export class BuildkiteScenario {
    */
   async queue(name: string, pods: "real" | "hold" | "fast", spec: Record<string, unknown> = {}): Promise<void> {
     await this.t.createQueue(name, {
-      queue: name, endpoint: this.fake.agentEndpoint, agentTokenSecretRef: { name: TOKEN_SECRET, key: "token" },
-      podTemplate: { annotations: { [RUNNER_ANNOTATION]: pods } }, ...spec,
+      queue: name,
+      endpoint: this.fake.agentEndpoint,
+      agentTokenSecretRef: { name: TOKEN_SECRET, key: "token" },
+      podTemplate: { annotations: { [RUNNER_ANNOTATION]: pods } },
+      ...spec,
     });
   }
 
   /** Waits for the queue's condition to have `status` (and `reason` if given); returns its message. */
   async condition(queue: string, type: string, status: string, reason?: string, timeoutMs = 30_000): Promise<string> {
-    return eventually(async () => {
-      const q = await this.t.queue(queue);
-      const c = q?.status?.conditions?.find((x) => x.type === type);
-      expect(c, `${type} of queue ${queue}: ${JSON.stringify(q?.status?.conditions)}`).to.include({ status, ...(reason ? { reason } : {}) });
-      return c?.message ?? "";
-    }, { what: `queue ${queue} ${type}=${status}${reason ? ` (${reason})` : ""}`, timeoutMs });
+    return eventually(
+      async () => {
+        const q = await this.t.queue(queue);
+        const c = q?.status?.conditions?.find((x) => x.type === type);
+        expect(c, `${type} of queue ${queue}: ${JSON.stringify(q?.status?.conditions)}`).to.include({
+          status,
+          ...(reason ? { reason } : {}),
+        });
+        return c?.message ?? "";
+      },
+      { what: `queue ${queue} ${type}=${status}${reason ? ` (${reason})` : ""}`, timeoutMs },
+    );
   }
 
   async buildkiteState(uuid: string, state: string, timeoutMs = 60_000): Promise<FakeJobRecord> {
-    return eventually(() => {
-      const job = this.fake.job(uuid);
-      expect(job.state, `Buildkite job ${uuid}`).to.equal(state);
-      return Promise.resolve(job);
-    }, { what: `Buildkite job ${uuid} ${state}`, timeoutMs });
+    return eventually(
+      () => {
+        const job = this.fake.job(uuid);
+        expect(job.state, `Buildkite job ${uuid}`).to.equal(state);
+        return Promise.resolve(job);
+      },
+      { what: `Buildkite job ${uuid} ${state}`, timeoutMs },
+    );
   }
 
   async jobPhase(uuid: string, phase: string, timeoutMs = 60_000): Promise<BuildkiteJob> {
-    return this.t.jobWhen(jobResourceName(uuid), phase, (j) => { expect(j.status?.phase, JSON.stringify(j.status)).to.equal(phase); }, timeoutMs);
+    return this.t.jobWhen(
+      jobResourceName(uuid),
+      phase,
+      (j) => {
+        expect(j.status?.phase, JSON.stringify(j.status)).to.equal(phase);
+      },
+      timeoutMs,
+    );
   }
 
   async podGone(uuid: string): Promise<void> {
-    await eventually(async () => { expect(await this.t.pod(jobResourceName(uuid)), "the job's pod").to.equal(undefined); },
-      { what: `the pod of job ${uuid} to be deleted`, timeoutMs: 30_000 });
+    await eventually(
+      async () => {
+        expect(await this.t.pod(jobResourceName(uuid)), "the job's pod").to.equal(undefined);
+      },
+      { what: `the pod of job ${uuid} to be deleted`, timeoutMs: 30_000 },
+    );
   }
 
   /** The BuildkiteJobs of one queue. */
   async jobsOf(queue: string): Promise<BuildkiteJob[]> {
-    const list = await this.t.custom.listNamespacedCustomObject({ group: "buildkite.com", version: "v1alpha1", plural: "buildkitejobs", namespace: this.t.namespace }) as { items: BuildkiteJob[] };
+    const list = (await this.t.custom.listNamespacedCustomObject({
+      group: "buildkite.com",
+      version: "v1alpha1",
+      plural: "buildkitejobs",
+      namespace: this.t.namespace,
+    })) as { items: BuildkiteJob[] };
     return list.items.filter((j) => j.spec.queueRef.name === queue);
   }
 

@@ -49,10 +49,18 @@ export class ScriptedServer {
         const rawBody = Buffer.concat(parts).toString("utf8");
         const url = new URL(req.url ?? "/", "http://local");
         let body: unknown;
-        try { body = rawBody === "" ? undefined : JSON.parse(rawBody); } catch { body = undefined; }
+        try {
+          body = rawBody === "" ? undefined : JSON.parse(rawBody);
+        } catch {
+          body = undefined;
+        }
         const recorded: RecordedRequest = {
-          method: req.method ?? "", path: (req.url ?? "/").split("?")[0] ?? "", query: url.searchParams,
-          headers: req.headers, rawBody, body,
+          method: req.method ?? "",
+          path: (req.url ?? "/").split("?")[0] ?? "",
+          query: url.searchParams,
+          headers: req.headers,
+          rawBody,
+          body,
         };
         this.requests.push(recorded);
         const reply = this.queued.shift() ?? this.handler(recorded);
@@ -84,7 +92,11 @@ export class ScriptedServer {
   async close(): Promise<void> {
     // fetch keeps connections alive; close them or close() waits for their idle timeout.
     this.server.closeAllConnections();
-    await new Promise<void>((resolve) => this.server.close(() => { resolve(); }));
+    await new Promise<void>((resolve) =>
+      this.server.close(() => {
+        resolve();
+      }),
+    );
   }
 }
 
@@ -121,7 +133,9 @@ export async function until(condition: () => boolean, what = "condition", timeou
 export async function settle<T>(clock: FakeClock, promise: Promise<T>, stepMs = 250, timeoutMs = 10_000): Promise<T> {
   // An object, because TypeScript's narrowing cannot see the callback flip a plain boolean.
   const state = { done: false };
-  const watched = promise.finally(() => { state.done = true; });
+  const watched = promise.finally(() => {
+    state.done = true;
+  });
   // Observed below; this only stops the rejection from being reported as unhandled while the loop runs.
   watched.catch(() => undefined);
   const deadline = Date.now() + timeoutMs;

@@ -1,6 +1,4 @@
-import {
-  AppsV1Api, CoreV1Api, RbacAuthorizationV1Api, type KubeConfig,
-} from "@kubernetes/client-node";
+import { AppsV1Api, CoreV1Api, RbacAuthorizationV1Api, type KubeConfig } from "@kubernetes/client-node";
 import { execFile } from "node:child_process";
 import { readFile, writeFile } from "node:fs/promises";
 import { existsSync, readFileSync } from "node:fs";
@@ -26,7 +24,11 @@ export function pinnedKubernetesVersion(): string {
 /** A helm command that failed; the message holds what helm printed (schema errors, lint findings). */
 export class HelmError extends Error {
   override readonly name = "HelmError";
-  constructor(readonly args: readonly string[], readonly output: string, options?: ErrorOptions) {
+  constructor(
+    readonly args: readonly string[],
+    readonly output: string,
+    options?: ErrorOptions,
+  ) {
     super(`helm ${args.join(" ")} failed:\n${output}`, options);
   }
 }
@@ -41,7 +43,9 @@ export async function helm(args: readonly string[], kubeconfig?: string): Promis
     PATH: process.env.PATH ?? "/usr/bin:/bin",
     // client-go keeps its discovery cache in $HOME/.kube/cache (in the working directory when HOME is unset).
     HOME: join(home, "home"),
-    HELM_CACHE_HOME: join(home, "cache"), HELM_CONFIG_HOME: join(home, "config"), HELM_DATA_HOME: join(home, "data"),
+    HELM_CACHE_HOME: join(home, "cache"),
+    HELM_CONFIG_HOME: join(home, "config"),
+    HELM_DATA_HOME: join(home, "data"),
     ...(kubeconfig ? { KUBECONFIG: kubeconfig } : {}),
   };
   try {
@@ -62,11 +66,23 @@ export interface ChartManifest {
 
 /** `helm template` of the chart as release `bk` in namespace `buildkite`, with `args` (`--set …`), parsed. */
 export async function renderChart(...args: string[]): Promise<ChartManifest[]> {
-  const out = await helm(["template", "bk", CHART_DIR, "--namespace", "buildkite", "--kube-version", pinnedKubernetesVersion(), ...args]);
-  return parseAllDocuments(out).map((d) => d.toJS() as ChartManifest | null).filter((m): m is ChartManifest => m !== null);
+  const out = await helm([
+    "template",
+    "bk",
+    CHART_DIR,
+    "--namespace",
+    "buildkite",
+    "--kube-version",
+    pinnedKubernetesVersion(),
+    ...args,
+  ]);
+  return parseAllDocuments(out)
+    .map((d) => d.toJS() as ChartManifest | null)
+    .filter((m): m is ChartManifest => m !== null);
 }
 
-export const byKind = (manifests: ChartManifest[], kind: string): ChartManifest[] => manifests.filter((m) => m.kind === kind);
+export const byKind = (manifests: ChartManifest[], kind: string): ChartManifest[] =>
+  manifests.filter((m) => m.kind === kind);
 
 /** What helm says when the values are refused (empty if they were accepted). */
 export async function valuesRefusal(...set: string[]): Promise<string> {
@@ -84,10 +100,16 @@ export async function valuesRefusal(...set: string[]): Promise<string> {
  * operator's pod would with its projected token. The CA is embedded, so the file alone is enough (in a container).
  */
 export async function writeServiceAccountKubeconfig(
-  kc: KubeConfig, path: string, sa: { namespace: string; name: string }, server: string, caFile: string,
+  kc: KubeConfig,
+  path: string,
+  sa: { namespace: string; name: string },
+  server: string,
+  caFile: string,
 ): Promise<string> {
   const token = await kc.makeApiClient(CoreV1Api).createNamespacedServiceAccountToken({
-    name: sa.name, namespace: sa.namespace, body: { spec: { audiences: [], expirationSeconds: 3600 } },
+    name: sa.name,
+    namespace: sa.namespace,
+    body: { spec: { audiences: [], expirationSeconds: 3600 } },
   });
   const ca = await readFile(caFile);
   const user = `system:serviceaccount:${sa.namespace}:${sa.name}`;
@@ -112,7 +134,10 @@ const MAIN = resolve(fileURLToPath(import.meta.url), "../../../operator/src/main
  */
 export function startOperatorAs(kubeconfig: string, logFile: string, flags: readonly string[]): ManagedProcess {
   return ManagedProcess.start({
-    name: "operator", binary: process.execPath, logFile, args: [MAIN, "--log-level=debug", ...flags],
+    name: "operator",
+    binary: process.execPath,
+    logFile,
+    args: [MAIN, "--log-level=debug", ...flags],
     env: { PATH: process.env.PATH ?? "/usr/bin:/bin", KUBECONFIG: kubeconfig },
   });
 }
@@ -135,12 +160,18 @@ export function rbacDenialsIn(logFile: string): string[] {
  * The objects of a release still in the cluster, as `Kind/name` (found by the `app.kubernetes.io/instance` label);
  * Roles and RoleBindings of the `watched` namespaces as `Kind/namespace/name`.
  */
-export async function releaseObjects(kc: KubeConfig, release: string, namespace: string, watched: readonly string[] = []): Promise<string[]> {
+export async function releaseObjects(
+  kc: KubeConfig,
+  release: string,
+  namespace: string,
+  watched: readonly string[] = [],
+): Promise<string[]> {
   const labelSelector = `app.kubernetes.io/instance=${release}`;
   const core = kc.makeApiClient(CoreV1Api);
   const apps = kc.makeApiClient(AppsV1Api);
   const rbac = kc.makeApiClient(RbacAuthorizationV1Api);
-  const named = (kind: string, items: { metadata?: { name?: string } }[]): string[] => items.map((o) => `${kind}/${o.metadata?.name ?? ""}`);
+  const named = (kind: string, items: { metadata?: { name?: string } }[]): string[] =>
+    items.map((o) => `${kind}/${o.metadata?.name ?? ""}`);
   const lists = await Promise.all([
     apps.listNamespacedDeployment({ namespace, labelSelector }).then((l) => named("Deployment", l.items)),
     core.listNamespacedServiceAccount({ namespace, labelSelector }).then((l) => named("ServiceAccount", l.items)),

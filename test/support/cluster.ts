@@ -55,14 +55,31 @@ export class LocalCluster {
     const processes = new ProcessGroup();
     const keep = options.keepDir ?? process.env.BK_KEEP_CLUSTER === "1";
     // an interrupted run (Ctrl-C, a killed test runner) still removes the cluster's directory
-    const forgetCleanup = keep ? () => undefined : onExit(() => { rmSync(dir, { recursive: true, force: true }); });
+    const forgetCleanup = keep
+      ? () => undefined
+      : onExit(() => {
+          rmSync(dir, { recursive: true, force: true });
+        });
     try {
       const [pki, etcd] = await Promise.all([generatePki(dir), startEtcd(dir, processes)]);
       const apiserver = await startApiServer(dir, processes, pki, etcd.url);
-      const kubeconfigPath = await writeKubeconfig(join(dir, "kubeconfig"), apiserver.url,
-        { ca: pki.caCert, cert: pki.adminCert, key: pki.adminKey });
+      const kubeconfigPath = await writeKubeconfig(join(dir, "kubeconfig"), apiserver.url, {
+        ca: pki.caCert,
+        cert: pki.adminCert,
+        key: pki.adminKey,
+      });
       const restart = { etcdUrl: etcd.url, port: apiserver.port };
-      const cluster = new LocalCluster(dir, pki, apiserver.url, kubeconfigPath, [], processes, keep, forgetCleanup, restart);
+      const cluster = new LocalCluster(
+        dir,
+        pki,
+        apiserver.url,
+        kubeconfigPath,
+        [],
+        processes,
+        keep,
+        forgetCleanup,
+        restart,
+      );
       const core = cluster.kubeConfig().makeApiClient(CoreV1Api);
       const [, nodeNames] = await Promise.all([
         startControllers(dir, processes, pki, kubeconfigPath),
@@ -73,9 +90,21 @@ export class LocalCluster {
         }),
         cluster.publishIssuerDiscovery(),
       ]);
-      const ready = new LocalCluster(dir, pki, apiserver.url, kubeconfigPath, nodeNames, processes, keep, forgetCleanup, restart);
+      const ready = new LocalCluster(
+        dir,
+        pki,
+        apiserver.url,
+        kubeconfigPath,
+        nodeNames,
+        processes,
+        keep,
+        forgetCleanup,
+        restart,
+      );
       await ready.waitForNodesReady(core);
-      log(`local cluster ready in ${((Date.now() - started) / 1000).toFixed(1)} s: ${nodeNames.length} nodes, kubeconfig ${kubeconfigPath}`);
+      log(
+        `local cluster ready in ${((Date.now() - started) / 1000).toFixed(1)} s: ${nodeNames.length} nodes, kubeconfig ${kubeconfigPath}`,
+      );
       return ready;
     } catch (err) {
       await processes.stopAll(1_000);
@@ -101,7 +130,11 @@ export class LocalCluster {
     await rbac.createClusterRoleBinding({
       body: {
         metadata: { name: "test-service-account-issuer-discovery-public" },
-        roleRef: { apiGroup: "rbac.authorization.k8s.io", kind: "ClusterRole", name: "system:service-account-issuer-discovery" },
+        roleRef: {
+          apiGroup: "rbac.authorization.k8s.io",
+          kind: "ClusterRole",
+          name: "system:service-account-issuer-discovery",
+        },
         subjects: [{ apiGroup: "rbac.authorization.k8s.io", kind: "Group", name: "system:unauthenticated" }],
       },
     });
@@ -109,19 +142,26 @@ export class LocalCluster {
 
   private async waitForNodesReady(core: CoreV1Api): Promise<void> {
     try {
-      await eventually(async () => {
-        const nodes = await core.listNode();
-        const notReady = nodes.items.filter((n) => n.status?.conditions?.find((c) => c.type === "Ready")?.status !== "True");
-        if (notReady.length > 0 || nodes.items.length < this.nodeNames.length) {
-          throw new Error(`nodes not Ready: ${notReady.map((n) => n.metadata?.name ?? "?").join(", ")}`);
-        }
-      }, { timeoutMs: 30_000, what: "KWOK to mark the nodes Ready" });
+      await eventually(
+        async () => {
+          const nodes = await core.listNode();
+          const notReady = nodes.items.filter(
+            (n) => n.status?.conditions?.find((c) => c.type === "Ready")?.status !== "True",
+          );
+          if (notReady.length > 0 || nodes.items.length < this.nodeNames.length) {
+            throw new Error(`nodes not Ready: ${notReady.map((n) => n.metadata?.name ?? "?").join(", ")}`);
+          }
+        },
+        { timeoutMs: 30_000, what: "KWOK to mark the nodes Ready" },
+      );
     } catch (err) {
       throw this.processes.get("kwok")?.failure("did not make the nodes Ready", String(err)) ?? err;
     }
     // The ServiceAccount admission plugin refuses pods until the namespace's `default` ServiceAccount exists.
-    await eventually(() => core.readNamespacedServiceAccount({ name: "default", namespace: "default" }),
-      { timeoutMs: 30_000, what: "kube-controller-manager to create the default ServiceAccount" });
+    await eventually(() => core.readNamespacedServiceAccount({ name: "default", namespace: "default" }), {
+      timeoutMs: 30_000,
+      what: "kube-controller-manager to create the default ServiceAccount",
+    });
   }
 
   /** Stops every component (reverse start order) and removes the cluster's directory unless asked to keep it. */

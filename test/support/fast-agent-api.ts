@@ -14,7 +14,13 @@ const USER_AGENT = "buildkite-agent/3.138.1.fast-runner (linux; amd64)";
 /** A non-2xx answer or a failed connection; `status` is undefined for network errors (retryable, as the agent deems them). */
 export class AgentApiError extends Error {
   override name = "AgentApiError";
-  constructor(message: string, readonly route: string, readonly status: number | undefined, readonly retryAfterMs: number | undefined, options?: ErrorOptions) {
+  constructor(
+    message: string,
+    readonly route: string,
+    readonly status: number | undefined,
+    readonly retryAfterMs: number | undefined,
+    options?: ErrorOptions,
+  ) {
     super(message, options);
   }
 
@@ -63,13 +69,23 @@ export class AgentApi {
 
   async register(endpoint: string, token: string, agent: Registration): Promise<Session> {
     const body = {
-      name: agent.name, hostname: agent.name, os: "linux", arch: "amd64", script_eval_enabled: true, ignore_in_dispatches: true,
-      version: "3.138.1", build: "fast-runner", meta_data: agent.tags, pid: 1, features: ["acquire-job"],
+      name: agent.name,
+      hostname: agent.name,
+      os: "linux",
+      arch: "amd64",
+      script_eval_enabled: true,
+      ignore_in_dispatches: true,
+      version: "3.138.1",
+      build: "fast-runner",
+      meta_data: agent.tags,
+      pid: 1,
+      features: ["acquire-job"],
     };
     const answer = await this.#call("agent.register", "POST", endpoint, "register", token, {}, body);
     const reply = record(answer.body);
-    const requestHeaders = Object.entries(record(reply.request_headers))
-      .filter((e): e is [string, string] => /^buildkite-/i.test(e[0]) && typeof e[1] === "string");
+    const requestHeaders = Object.entries(record(reply.request_headers)).filter(
+      (e): e is [string, string] => /^buildkite-/i.test(e[0]) && typeof e[1] === "string",
+    );
     return {
       // A non-empty endpoint moves every later call there (§2.3 step 1).
       endpoint: typeof reply.endpoint === "string" && reply.endpoint !== "" ? reply.endpoint : endpoint,
@@ -88,14 +104,23 @@ export class AgentApi {
   /** PUT jobs/{id}/acquire with the lock header; resolves to the job token. 423/422/404 come back as {@link AgentApiError}. */
   async acquire(session: Session, uuid: string, attempt: number): Promise<string> {
     const lock = { "X-Buildkite-Lock-Acquire-Job": "1", "X-Buildkite-Backoff-Sequence": String(attempt) };
-    const answer = await this.#call("agent.acquire", "PUT", session.endpoint, `jobs/${esc(uuid)}/acquire`, session.accessToken, { ...session.headers, ...lock });
+    const answer = await this.#call(
+      "agent.acquire",
+      "PUT",
+      session.endpoint,
+      `jobs/${esc(uuid)}/acquire`,
+      session.accessToken,
+      { ...session.headers, ...lock },
+    );
     // Agents before v3.39 used the session token for the job; one without a job token still does (§2.1).
     const token = record(answer.body).token;
     return typeof token === "string" && token !== "" ? token : session.accessToken;
   }
 
   async start(session: Session, uuid: string, jobToken: string): Promise<void> {
-    await this.#call("agent.start", "PUT", session.endpoint, `jobs/${esc(uuid)}/start`, jobToken, session.headers, { started_at: new Date().toISOString() });
+    await this.#call("agent.start", "PUT", session.endpoint, `jobs/${esc(uuid)}/start`, jobToken, session.headers, {
+      started_at: new Date().toISOString(),
+    });
   }
 
   /** One gzip log chunk: sequence 1 at offset 0 (§2.3 step 7). */
@@ -108,7 +133,14 @@ export class AgentApi {
 
   /** The job's state, as the agent's cancellation checker polls it (§2.3 step 8). */
   async jobState(session: Session, uuid: string, jobToken: string): Promise<string> {
-    const answer = await this.#call("agent.job-state", "GET", session.endpoint, `jobs/${esc(uuid)}`, jobToken, session.headers);
+    const answer = await this.#call(
+      "agent.job-state",
+      "GET",
+      session.endpoint,
+      `jobs/${esc(uuid)}`,
+      jobToken,
+      session.headers,
+    );
     const state = record(answer.body).state;
     return typeof state === "string" ? state : "";
   }
@@ -119,7 +151,15 @@ export class AgentApi {
 
   async finish(session: Session, uuid: string, jobToken: string, outcome: FinishBody): Promise<void> {
     const body = { ...outcome, finished_at: new Date().toISOString(), chunks_failed_count: 0 };
-    await this.#call("agent.finish", "PUT", session.endpoint, `jobs/${esc(uuid)}/finish`, jobToken, session.headers, body);
+    await this.#call(
+      "agent.finish",
+      "PUT",
+      session.endpoint,
+      `jobs/${esc(uuid)}/finish`,
+      jobToken,
+      session.headers,
+      body,
+    );
   }
 
   async ping(session: Session): Promise<void> {
@@ -134,7 +174,15 @@ export class AgentApi {
     await this.#call(route, method, session.endpoint, path, session.accessToken, session.headers, body);
   }
 
-  #call(route: string, method: string, endpoint: string, path: string, token: string, headers: Record<string, string>, body?: unknown): Promise<Answer> {
+  #call(
+    route: string,
+    method: string,
+    endpoint: string,
+    path: string,
+    token: string,
+    headers: Record<string, string>,
+    body?: unknown,
+  ): Promise<Answer> {
     // Paths are joined to the endpoint without its trailing slash (§2.2).
     const url = new URL(`${endpoint.replace(/\/+$/, "")}/${path}`);
     const payload = body === undefined ? undefined : Buffer.isBuffer(body) ? body : Buffer.from(JSON.stringify(body));
@@ -145,23 +193,40 @@ export class AgentApi {
     }
     const https = url.protocol === "https:";
     return new Promise<Answer>((resolve, reject) => {
-      const req = (https ? httpsRequest : httpRequest)(url, { method, headers: all, agent: https ? this.#https : this.#http, timeout: 30_000 }, (res) => {
-        const parts: Buffer[] = [];
-        res.on("data", (part: Buffer) => parts.push(part));
-        res.on("error", (err) => { reject(new AgentApiError(`${route}: ${err.message}`, route, undefined, undefined, { cause: err })); });
-        res.on("end", () => {
-          const status = res.statusCode ?? 0;
-          const parsed = parseJson(Buffer.concat(parts).toString("utf8"));
-          if (status >= 200 && status < 300) {
-            resolve({ status, headers: res.headers, body: parsed });
-            return;
-          }
-          const message = record(parsed).message;
-          reject(new AgentApiError(`${route} answered ${status}${typeof message === "string" ? `: ${message}` : ""}`, route, status, retryAfterMs(res.headers)));
-        });
+      const req = (https ? httpsRequest : httpRequest)(
+        url,
+        { method, headers: all, agent: https ? this.#https : this.#http, timeout: 30_000 },
+        (res) => {
+          const parts: Buffer[] = [];
+          res.on("data", (part: Buffer) => parts.push(part));
+          res.on("error", (err) => {
+            reject(new AgentApiError(`${route}: ${err.message}`, route, undefined, undefined, { cause: err }));
+          });
+          res.on("end", () => {
+            const status = res.statusCode ?? 0;
+            const parsed = parseJson(Buffer.concat(parts).toString("utf8"));
+            if (status >= 200 && status < 300) {
+              resolve({ status, headers: res.headers, body: parsed });
+              return;
+            }
+            const message = record(parsed).message;
+            reject(
+              new AgentApiError(
+                `${route} answered ${status}${typeof message === "string" ? `: ${message}` : ""}`,
+                route,
+                status,
+                retryAfterMs(res.headers),
+              ),
+            );
+          });
+        },
+      );
+      req.on("timeout", () => {
+        req.destroy(new Error("timed out after 30 s"));
       });
-      req.on("timeout", () => { req.destroy(new Error("timed out after 30 s")); });
-      req.on("error", (err) => { reject(new AgentApiError(`${route}: ${err.message}`, route, undefined, undefined, { cause: err })); });
+      req.on("error", (err) => {
+        reject(new AgentApiError(`${route}: ${err.message}`, route, undefined, undefined, { cause: err }));
+      });
       req.end(payload);
     });
   }
@@ -178,7 +243,7 @@ export interface FinishBody {
 const esc = (segment: string): string => encodeURIComponent(segment).replace(/\./g, "%2E");
 
 function record(value: unknown): Record<string, unknown> {
-  return typeof value === "object" && value !== null && !Array.isArray(value) ? value as Record<string, unknown> : {};
+  return typeof value === "object" && value !== null && !Array.isArray(value) ? (value as Record<string, unknown>) : {};
 }
 
 function seconds(value: unknown, fallback: number): number {
@@ -187,7 +252,7 @@ function seconds(value: unknown, fallback: number): number {
 
 function parseJson(text: string): unknown {
   try {
-    return text === "" ? undefined : JSON.parse(text) as unknown;
+    return text === "" ? undefined : (JSON.parse(text) as unknown);
   } catch {
     return undefined;
   }

@@ -1,16 +1,34 @@
 import type { V1Pod } from "@kubernetes/client-node";
 import { expect } from "chai";
 import { buildPod } from "../../operator/src/job/pod-builder.js";
-import { agentExitCode, agentLaunch, PodConfigError, runningPatch, takes, terminatedPatch, type SecretReader } from "./fast-pod.js";
+import {
+  agentExitCode,
+  agentLaunch,
+  PodConfigError,
+  runningPatch,
+  takes,
+  terminatedPatch,
+  type SecretReader,
+} from "./fast-pod.js";
 import { jobFixture, queueFixture } from "./fixtures.js";
 
 const ENDPOINT = "http://fake/v3";
-const secrets: SecretReader = (name, key) => Promise.resolve(name === "bk-agent-token" && key === "token" ? "bkct_x" : undefined);
+const secrets: SecretReader = (name, key) =>
+  Promise.resolve(name === "bk-agent-token" && key === "token" ? "bkct_x" : undefined);
 
-function pod(overrides: { annotations?: Record<string, string>; phase?: string; restartPolicy?: string; nodeName?: string } = {}): V1Pod {
+function pod(
+  overrides: { annotations?: Record<string, string>; phase?: string; restartPolicy?: string; nodeName?: string } = {},
+): V1Pod {
   return {
     metadata: { name: "p", uid: "u1", ...(overrides.annotations ? { annotations: overrides.annotations } : {}) },
-    spec: { nodeName: overrides.nodeName ?? "n", restartPolicy: overrides.restartPolicy ?? "Never", containers: [{ name: "agent", image: "a" }, { name: "container-0", image: "b" }] },
+    spec: {
+      nodeName: overrides.nodeName ?? "n",
+      restartPolicy: overrides.restartPolicy ?? "Never",
+      containers: [
+        { name: "agent", image: "a" },
+        { name: "container-0", image: "b" },
+      ],
+    },
     status: { phase: overrides.phase ?? "Pending" },
   };
 }
@@ -29,19 +47,37 @@ describe("fast runner pods", () => {
   it("reads the operator's pod: --acquire-job, the token from its Secret, the queue tag and --reflect-exit-status", async () => {
     const built = buildPod(queueFixture({ endpoint: ENDPOINT }), jobFixture("0190a8f4-52c1-4b8e-9d4a-3f1c2b7e6a10"));
     const launch = await agentLaunch(built, "http://default/v3", secrets);
-    expect(launch).to.deep.include({ container: "agent", uuid: "0190a8f4-52c1-4b8e-9d4a-3f1c2b7e6a10", token: "bkct_x", endpoint: ENDPOINT, tags: ["queue=linux"], reflect: true });
+    expect(launch).to.deep.include({
+      container: "agent",
+      uuid: "0190a8f4-52c1-4b8e-9d4a-3f1c2b7e6a10",
+      token: "bkct_x",
+      endpoint: ENDPOINT,
+      tags: ["queue=linux"],
+      reflect: true,
+    });
   });
 
   it("reads agent-stack-k8s's env form, and fails like the kubelet when a Secret is missing", async () => {
     const p = pod();
     const agent = p.spec?.containers[0];
     if (!agent) throw new Error("no container");
-    agent.env = [{ name: "BUILDKITE_AGENT_ACQUIRE_JOB", value: "j1" }, { name: "BUILDKITE_AGENT_TAGS", value: "queue=k, os=linux" },
-      { name: "BUILDKITE_AGENT_TOKEN", valueFrom: { secretKeyRef: { name: "bk-agent-token", key: "token" } } }];
-    expect(await agentLaunch(p, ENDPOINT, secrets)).to.deep.include({ uuid: "j1", token: "bkct_x", tags: ["queue=k", "os=linux"], endpoint: ENDPOINT, reflect: false });
+    agent.env = [
+      { name: "BUILDKITE_AGENT_ACQUIRE_JOB", value: "j1" },
+      { name: "BUILDKITE_AGENT_TAGS", value: "queue=k, os=linux" },
+      { name: "BUILDKITE_AGENT_TOKEN", valueFrom: { secretKeyRef: { name: "bk-agent-token", key: "token" } } },
+    ];
+    expect(await agentLaunch(p, ENDPOINT, secrets)).to.deep.include({
+      uuid: "j1",
+      token: "bkct_x",
+      tags: ["queue=k", "os=linux"],
+      endpoint: ENDPOINT,
+      reflect: false,
+    });
     agent.env[2] = { name: "BUILDKITE_AGENT_TOKEN", valueFrom: { secretKeyRef: { name: "gone", key: "token" } } };
     let error: unknown;
-    await agentLaunch(p, ENDPOINT, secrets).catch((err: unknown) => { error = err; });
+    await agentLaunch(p, ENDPOINT, secrets).catch((err: unknown) => {
+      error = err;
+    });
     expect(error).to.be.instanceOf(PodConfigError);
     expect((await agentLaunch(pod(), ENDPOINT, secrets)).uuid).to.equal(undefined);
   });
@@ -57,12 +93,17 @@ describe("fast runner pods", () => {
 
   it("writes Running, then a terminal phase derived from every container's exit code", () => {
     const p = pod();
-    const running = runningPatch(p, new Date(0)) as { metadata: { uid: string }; status: { phase: string; containerStatuses: unknown[] } };
+    const running = runningPatch(p, new Date(0)) as {
+      metadata: { uid: string };
+      status: { phase: string; containerStatuses: unknown[] };
+    };
     expect(running.metadata.uid).to.equal("u1");
     expect(running.status.phase).to.equal("Running");
     expect(running.status.containerStatuses).to.have.length(2);
     const ended = (agentExit: number, jobExit?: number): unknown => {
-      const patch = terminatedPatch(p, "agent", agentExit, jobExit, new Date(0), new Date(1)) as { status: { phase: string; containerStatuses: { state: { terminated: { exitCode: number } } }[] } };
+      const patch = terminatedPatch(p, "agent", agentExit, jobExit, new Date(0), new Date(1)) as {
+        status: { phase: string; containerStatuses: { state: { terminated: { exitCode: number } } }[] };
+      };
       return [patch.status.phase, ...patch.status.containerStatuses.map((s) => s.state.terminated.exitCode)];
     };
     expect(ended(0, 0)).to.deep.equal(["Succeeded", 0, 0]);

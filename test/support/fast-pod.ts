@@ -50,7 +50,14 @@ export class PodConfigError extends Error {
   override name = "PodConfigError";
 }
 
-const WANTED = ["BUILDKITE_AGENT_TOKEN", "BUILDKITE_AGENT_ENDPOINT", "BUILDKITE_AGENT_TAGS", "BUILDKITE_AGENT_ACQUIRE_JOB", "BUILDKITE_AGENT_NAME", "BUILDKITE_AGENT_REFLECT_EXIT_STATUS"];
+const WANTED = [
+  "BUILDKITE_AGENT_TOKEN",
+  "BUILDKITE_AGENT_ENDPOINT",
+  "BUILDKITE_AGENT_TAGS",
+  "BUILDKITE_AGENT_ACQUIRE_JOB",
+  "BUILDKITE_AGENT_NAME",
+  "BUILDKITE_AGENT_REFLECT_EXIT_STATUS",
+];
 
 /**
  * Finds the agent container, the first with `--acquire-job <uuid>` (this operator's pods) or the env
@@ -59,13 +66,27 @@ const WANTED = ["BUILDKITE_AGENT_TOKEN", "BUILDKITE_AGENT_ENDPOINT", "BUILDKITE_
 export async function agentLaunch(pod: V1Pod, defaultEndpoint: string, readSecret: SecretReader): Promise<AgentLaunch> {
   const containers = pod.spec?.containers ?? [];
   const podName = pod.metadata?.name ?? "";
-  const none: AgentLaunch = { container: undefined, uuid: undefined, token: undefined, endpoint: defaultEndpoint, tags: [], name: podName, reflect: false };
-  const container = containers.find((c) => flag(c.args ?? [], "--acquire-job") !== undefined || c.env?.some((e) => e.name === "BUILDKITE_AGENT_ACQUIRE_JOB"));
+  const none: AgentLaunch = {
+    container: undefined,
+    uuid: undefined,
+    token: undefined,
+    endpoint: defaultEndpoint,
+    tags: [],
+    name: podName,
+    reflect: false,
+  };
+  const container = containers.find(
+    (c) =>
+      flag(c.args ?? [], "--acquire-job") !== undefined || c.env?.some((e) => e.name === "BUILDKITE_AGENT_ACQUIRE_JOB"),
+  );
   if (!container) return none;
   const vars = await resolveEnv(pod, container, readSecret);
   const args = (container.args ?? []).map((a) => expand(a, vars));
   const uuid = flag(args, "--acquire-job") ?? vars.get("BUILDKITE_AGENT_ACQUIRE_JOB");
-  const tags = (flag(args, "--tags") ?? vars.get("BUILDKITE_AGENT_TAGS") ?? "").split(",").map((t) => t.trim()).filter((t) => t !== "");
+  const tags = (flag(args, "--tags") ?? vars.get("BUILDKITE_AGENT_TAGS") ?? "")
+    .split(",")
+    .map((t) => t.trim())
+    .filter((t) => t !== "");
   return {
     container: container.name,
     uuid: uuid === "" ? undefined : uuid,
@@ -101,12 +122,18 @@ async function valueFrom(pod: V1Pod, env: V1EnvVar, readSecret: SecretReader): P
   const { fieldRef, secretKeyRef: ref } = env.valueFrom ?? {};
   if (fieldRef) {
     const meta = pod.metadata ?? {};
-    const fields: Record<string, string | undefined> = { "metadata.name": meta.name, "metadata.namespace": meta.namespace, "metadata.uid": meta.uid, "spec.nodeName": pod.spec?.nodeName };
+    const fields: Record<string, string | undefined> = {
+      "metadata.name": meta.name,
+      "metadata.namespace": meta.namespace,
+      "metadata.uid": meta.uid,
+      "spec.nodeName": pod.spec?.nodeName,
+    };
     return fields[fieldRef.fieldPath];
   }
   if (!ref) throw new PodConfigError(`env ${env.name}: only value, fieldRef and secretKeyRef are supported`);
   const value = await readSecret(ref.name ?? "", ref.key);
-  if (value === undefined && ref.optional !== true) throw new PodConfigError(`env ${env.name}: Secret ${ref.name ?? ""} or its key ${ref.key} does not exist`);
+  if (value === undefined && ref.optional !== true)
+    throw new PodConfigError(`env ${env.name}: Secret ${ref.name ?? ""} or its key ${ref.key} does not exist`);
   return value;
 }
 
@@ -129,25 +156,47 @@ export type AgentOutcome =
  */
 export function agentExitCode(outcome: AgentOutcome, reflect: boolean): number {
   switch (outcome.kind) {
-    case "ran": return reflect ? outcome.jobExit & 0xff : 0;
+    case "ran":
+      return reflect ? outcome.jobExit & 0xff : 0;
     case "register-refused":
-    case "errored": return 1;
-    case "acquire-rejected": return 27;
-    case "locked": return 28;
+    case "errored":
+      return 1;
+    case "acquire-rejected":
+      return 27;
+    case "locked":
+      return 28;
     case "acquire-refused":
-    case "no-job": return 0;
+    case "no-job":
+      return 0;
   }
 }
 
 /** Strategic-merge status patch (by uid: a replacement pod of the same name is never written) for Running. */
 export function runningPatch(pod: V1Pod, startedAt: Date): object {
   const containerStatuses: V1ContainerStatus[] = (pod.spec?.containers ?? []).map((c) => ({
-    name: c.name, image: c.image ?? "", imageID: "", ready: true, started: true, restartCount: 0, state: { running: { startedAt } },
+    name: c.name,
+    image: c.image ?? "",
+    imageID: "",
+    ready: true,
+    started: true,
+    restartCount: 0,
+    state: { running: { startedAt } },
   }));
-  const conditions = ["PodReadyToStartContainers", "PodScheduled", "Initialized", "ContainersReady", "Ready"].map((type) => condition(pod, type, "True"));
+  const conditions = ["PodReadyToStartContainers", "PodScheduled", "Initialized", "ContainersReady", "Ready"].map(
+    (type) => condition(pod, type, "True"),
+  );
   return {
     metadata: { uid: pod.metadata?.uid },
-    status: { phase: "Running", hostIP: LOCAL_IP, hostIPs: [{ ip: LOCAL_IP }], podIP: LOCAL_IP, podIPs: [{ ip: LOCAL_IP }], startTime: startedAt, conditions, containerStatuses },
+    status: {
+      phase: "Running",
+      hostIP: LOCAL_IP,
+      hostIPs: [{ ip: LOCAL_IP }],
+      podIP: LOCAL_IP,
+      podIPs: [{ ip: LOCAL_IP }],
+      startTime: startedAt,
+      conditions,
+      containerStatuses,
+    },
   };
 }
 
@@ -156,11 +205,26 @@ export function runningPatch(pod: V1Pod, startedAt: Date): object {
  * command containers) with the job's own status if it ran, else with the agent's. Phase as the kubelet derives it
  * for restartPolicy Never: Succeeded only if every container exited 0.
  */
-export function terminatedPatch(pod: V1Pod, agentContainer: string | undefined, agentExit: number, jobExit: number | undefined, startedAt: Date, finishedAt: Date): object {
+export function terminatedPatch(
+  pod: V1Pod,
+  agentContainer: string | undefined,
+  agentExit: number,
+  jobExit: number | undefined,
+  startedAt: Date,
+  finishedAt: Date,
+): object {
   const containerStatuses: V1ContainerStatus[] = (pod.spec?.containers ?? []).map((c) => {
     const exitCode = c.name === agentContainer || jobExit === undefined ? agentExit : jobExit & 0xff;
     const terminated = { exitCode, reason: exitCode === 0 ? "Completed" : "Error", startedAt, finishedAt };
-    return { name: c.name, image: c.image ?? "", imageID: "", ready: false, started: false, restartCount: 0, state: { terminated } };
+    return {
+      name: c.name,
+      image: c.image ?? "",
+      imageID: "",
+      ready: false,
+      started: false,
+      restartCount: 0,
+      state: { terminated },
+    };
   });
   const phase = containerStatuses.every((s) => s.state?.terminated?.exitCode === 0) ? "Succeeded" : "Failed";
   const conditions = ["ContainersReady", "Ready"].map((type) => condition(pod, type, "False", "PodCompleted"));
@@ -170,6 +234,6 @@ export function terminatedPatch(pod: V1Pod, agentContainer: string | undefined, 
 /** A condition that keeps its lastTransitionTime while its status stays. */
 function condition(pod: V1Pod, type: string, status: "True" | "False", reason?: string): V1PodCondition {
   const prev = pod.status?.conditions?.find((c) => c.type === type);
-  const lastTransitionTime = prev?.status === status ? prev.lastTransitionTime ?? new Date() : new Date();
+  const lastTransitionTime = prev?.status === status ? (prev.lastTransitionTime ?? new Date()) : new Date();
   return { type, status, lastTransitionTime, ...(reason === undefined ? {} : { reason }) };
 }

@@ -1,11 +1,28 @@
-import { CoreV1Api, makeInformer, PatchStrategy, setHeaderOptions, type KubeConfig, type V1Pod, type V1Secret } from "@kubernetes/client-node";
+import {
+  CoreV1Api,
+  makeInformer,
+  PatchStrategy,
+  setHeaderOptions,
+  type KubeConfig,
+  type V1Pod,
+  type V1Secret,
+} from "@kubernetes/client-node";
 import winston from "winston";
 import { apiMessage, isConflict, isInvalid, isNotFound } from "../../operator/src/kube/field-manager.js";
 import { realClock } from "../../operator/src/kube/clock.js";
 import { SupervisedInformer } from "../../operator/src/kube/supervised-informer.js";
 import { WorkQueue, type ReconcileResult } from "../../operator/src/kube/work-queue.js";
 import { AgentApi, AgentApiError, type FinishBody, type Session } from "./fast-agent-api.js";
-import { agentExitCode, agentLaunch, ownsStart, runningPatch, takes, terminatedPatch, type AgentLaunch, type AgentOutcome } from "./fast-pod.js";
+import {
+  agentExitCode,
+  agentLaunch,
+  ownsStart,
+  runningPatch,
+  takes,
+  terminatedPatch,
+  type AgentLaunch,
+  type AgentOutcome,
+} from "./fast-pod.js";
 
 export { FAST_RUNNER } from "./fast-pod.js";
 
@@ -92,20 +109,46 @@ export class FastRunner {
     this.#api = new AgentApi(options.concurrency ?? 64);
     this.#logger = options.logger ?? winston.createLogger({ silent: true });
     this.#queue = new WorkQueue({
-      name: "fast-runner", clock: realClock, baseDelayMs: 100, maxDelayMs: 10_000,
-      onDone: ({ key, error }) => { if (error !== undefined) this.#logger.warn("Failed a pod step; retrying", { pod: key, error: apiMessage(error) }); },
+      name: "fast-runner",
+      clock: realClock,
+      baseDelayMs: 100,
+      maxDelayMs: 10_000,
+      onDone: ({ key, error }) => {
+        if (error !== undefined)
+          this.#logger.warn("Failed a pod step; retrying", { pod: key, error: apiMessage(error) });
+      },
     });
     const logger = this.#logger;
     for (const namespace of options.namespaces) {
       const core = this.#core;
-      this.#pods.set(namespace, new SupervisedInformer<V1Pod>({
-        name: `pods/${namespace}`, clock: realClock, logger, onChange: (pod) => { this.#queue.add(`${namespace}/${pod.metadata?.name ?? ""}`); },
-        factory: () => makeInformer<V1Pod>(kc, `/api/v1/namespaces/${namespace}/pods`, () => core.listNamespacedPod({ namespace })),
-      }));
-      this.#secrets.set(namespace, new SupervisedInformer<V1Secret>({
-        name: `secrets/${namespace}`, clock: realClock, logger, onChange: () => undefined,
-        factory: () => makeInformer<V1Secret>(kc, `/api/v1/namespaces/${namespace}/secrets`, () => core.listNamespacedSecret({ namespace })),
-      }));
+      this.#pods.set(
+        namespace,
+        new SupervisedInformer<V1Pod>({
+          name: `pods/${namespace}`,
+          clock: realClock,
+          logger,
+          onChange: (pod) => {
+            this.#queue.add(`${namespace}/${pod.metadata?.name ?? ""}`);
+          },
+          factory: () =>
+            makeInformer<V1Pod>(kc, `/api/v1/namespaces/${namespace}/pods`, () =>
+              core.listNamespacedPod({ namespace }),
+            ),
+        }),
+      );
+      this.#secrets.set(
+        namespace,
+        new SupervisedInformer<V1Secret>({
+          name: `secrets/${namespace}`,
+          clock: realClock,
+          logger,
+          onChange: () => undefined,
+          factory: () =>
+            makeInformer<V1Secret>(kc, `/api/v1/namespaces/${namespace}/secrets`, () =>
+              core.listNamespacedSecret({ namespace }),
+            ),
+        }),
+      );
     }
   }
 
@@ -113,7 +156,12 @@ export class FastRunner {
   static async start(options: FastRunnerOptions): Promise<FastRunner> {
     const runner = new FastRunner(options);
     const informers = [...runner.#pods.values(), ...runner.#secrets.values()];
-    await Promise.all(informers.map(async (i) => { await i.start(); await i.waitForSync(30_000); }));
+    await Promise.all(
+      informers.map(async (i) => {
+        await i.start();
+        await i.waitForSync(30_000);
+      }),
+    );
     runner.#queue.start(options.concurrency ?? 64, (key) => runner.#reconcile(key));
     return runner;
   }
@@ -143,7 +191,8 @@ export class FastRunner {
     if (run && run.step !== "done" && !run.gone && (!same || deleting)) {
       // As the kubelet's SIGTERM: an agent with a job finishes it as stopped; one without just leaves.
       run.gone = true;
-      if (run.step === "running" || run.step === "start") run.step = this.#setFinish(run, { exit_status: "-1", signal: "SIGTERM", signal_reason: "agent_stop" }, -1);
+      if (run.step === "running" || run.step === "start")
+        run.step = this.#setFinish(run, { exit_status: "-1", signal: "SIGTERM", signal_reason: "agent_stop" }, -1);
       else if (run.step !== "finish" && run.step !== "leave") run.step = run.session ? "leave" : "done";
       run.wakeAt = 0;
     }
@@ -155,7 +204,17 @@ export class FastRunner {
     }
     if (!run) {
       if (!pod || !takes(pod, this.options.adoptAll ?? false)) return;
-      run = { uid: pod.metadata?.uid ?? "", step: "launch", attempts: 0, wakeAt: 0, startedAt: Date.now(), finishAt: 0, pollAt: 0, heartbeatAt: 0, gone: false };
+      run = {
+        uid: pod.metadata?.uid ?? "",
+        step: "launch",
+        attempts: 0,
+        wakeAt: 0,
+        startedAt: Date.now(),
+        finishAt: 0,
+        pollAt: 0,
+        heartbeatAt: 0,
+        gone: false,
+      };
       this.#active.set(key, run);
       this.#stats.handled++;
     }
@@ -183,7 +242,12 @@ export class FastRunner {
         if (retryable && ++run.attempts < (ATTEMPTS[step] ?? 10)) {
           const waitMs = err.retryAfterMs ?? Math.min(250 * 2 ** run.attempts, 10_000);
           run.wakeAt = Date.now() + waitMs;
-          this.#logger.debug("Retried an agent call later", { namespace, pod: pod?.metadata?.name, error: err.message, waitMs });
+          this.#logger.debug("Retried an agent call later", {
+            namespace,
+            pod: pod?.metadata?.name,
+            error: err.message,
+            waitMs,
+          });
           return { requeueAfterMs: waitMs };
         }
         run.step = this.#giveUp(run, step, err);
@@ -200,16 +264,26 @@ export class FastRunner {
     switch (run.step) {
       case "launch": {
         if (!pod) return "done";
-        const launch = run.launch = await agentLaunch(pod, this.options.fakeEndpoint, (name, key) => this.#secret(namespace, name, key));
-        if (ownsStart(pod) && !await this.#patchStatus(run, namespace, pod, runningPatch(pod, new Date(run.startedAt)))) return "done";
+        const launch = (run.launch = await agentLaunch(pod, this.options.fakeEndpoint, (name, key) =>
+          this.#secret(namespace, name, key),
+        ));
+        if (
+          ownsStart(pod) &&
+          !(await this.#patchStatus(run, namespace, pod, runningPatch(pod, new Date(run.startedAt))))
+        )
+          return "done";
         if (launch.uuid === undefined) return this.#end(run, { kind: "no-job" }, "write");
         // The agent refuses to start without a token; it would exit 1 as for a refused register.
-        if (launch.token === undefined || launch.token === "") return this.#end(run, { kind: "register-refused" }, "write");
+        if (launch.token === undefined || launch.token === "")
+          return this.#end(run, { kind: "register-refused" }, "write");
         return "register";
       }
       case "register": {
         const launch = this.#launch(run);
-        const session = await this.#api.register(launch.endpoint, launch.token ?? "", { name: launch.name, tags: launch.tags });
+        const session = await this.#api.register(launch.endpoint, launch.token ?? "", {
+          name: launch.name,
+          tags: launch.tags,
+        });
         await this.#api.connect(session);
         run.session = session;
         return "acquire";
@@ -229,7 +303,12 @@ export class FastRunner {
       case "running":
         return this.#running(run, now);
       case "finish":
-        await this.#api.finish(this.#session(run), this.#uuid(run), this.#token(run), run.finishBody ?? { exit_status: "-1" });
+        await this.#api.finish(
+          this.#session(run),
+          this.#uuid(run),
+          this.#token(run),
+          run.finishBody ?? { exit_status: "-1" },
+        );
         return "leave";
       case "leave": {
         // As the agent: one ping after the job (not after a 422), then disconnect; failures only delay its exit.
@@ -259,7 +338,8 @@ export class FastRunner {
       run.pollAt = now + session.jobStatusIntervalMs;
       const state = await this.#api.jobState(session, uuid, this.#token(run)).catch(() => "");
       // A cancelled or timed-out job is stopped with SIGTERM and finished as signalled (§2.3 step 8; agent 3.138.1).
-      if (["canceling", "canceled", "timing_out", "timed_out"].includes(state)) return this.#setFinish(run, { exit_status: "-1", signal: "SIGTERM", signal_reason: "cancel" }, -1);
+      if (["canceling", "canceled", "timing_out", "timed_out"].includes(state))
+        return this.#setFinish(run, { exit_status: "-1", signal: "SIGTERM", signal_reason: "cancel" }, -1);
     }
     if (now >= run.heartbeatAt) {
       run.heartbeatAt = now + session.heartbeatIntervalMs;
@@ -270,12 +350,21 @@ export class FastRunner {
 
   /** A step that failed for good: the step the agent goes on with when that call is refused. */
   #giveUp(run: Run, step: Step, err: AgentApiError): Step {
-    this.#logger.info("Agent call refused", { pod: run.launch?.name, job: run.launch?.uuid, route: err.route, status: err.status });
+    this.#logger.info("Agent call refused", {
+      pod: run.launch?.name,
+      job: run.launch?.uuid,
+      route: err.route,
+      status: err.status,
+    });
     switch (step) {
       case "register":
         return this.#end(run, { kind: "register-refused" }, "write");
       case "acquire":
-        return this.#end(run, { kind: err.status === 422 ? "acquire-rejected" : err.status === 423 ? "locked" : "acquire-refused" }, "leave");
+        return this.#end(
+          run,
+          { kind: err.status === 422 ? "acquire-rejected" : err.status === 423 ? "locked" : "acquire-refused" },
+          "leave",
+        );
       case "start":
         // The agent never finishes a job it could not start (§2.3 step 6) and exits with an error.
         return this.#end(run, { kind: "errored" }, "leave");
@@ -295,7 +384,8 @@ export class FastRunner {
   /** Records how the agent's attempt ended; returns `next`. */
   #end(run: Run, outcome: AgentOutcome, next: Step): Step {
     run.outcome = outcome;
-    if (outcome.kind !== "ran" && outcome.kind !== "no-job" && outcome.kind !== "errored") this.#stats.acquireFailures++;
+    if (outcome.kind !== "ran" && outcome.kind !== "no-job" && outcome.kind !== "errored")
+      this.#stats.acquireFailures++;
     return next;
   }
 
@@ -304,11 +394,19 @@ export class FastRunner {
     const outcome = run.outcome ?? { kind: "no-job" };
     const exitCode = agentExitCode(outcome, launch.reflect);
     const finishedAt = Date.now();
-    const patch = terminatedPatch(pod, launch.container, exitCode, outcome.kind === "ran" ? outcome.jobExit : undefined, new Date(run.startedAt), new Date(finishedAt));
-    if (!await this.#patchStatus(run, namespace, pod, patch)) return;
+    const patch = terminatedPatch(
+      pod,
+      launch.container,
+      exitCode,
+      outcome.kind === "ran" ? outcome.jobExit : undefined,
+      new Date(run.startedAt),
+      new Date(finishedAt),
+    );
+    if (!(await this.#patchStatus(run, namespace, pod, patch))) return;
     const phase = (patch as { status: { phase: string } }).status.phase;
     this.#stats[phase === "Succeeded" ? "succeeded" : "failed"]++;
-    if (launch.uuid !== undefined) this.#runs.set(launch.uuid, { pod: pod.metadata?.name ?? "", exitCode, startedAt: run.startedAt, finishedAt });
+    if (launch.uuid !== undefined)
+      this.#runs.set(launch.uuid, { pod: pod.metadata?.name ?? "", exitCode, startedAt: run.startedAt, finishedAt });
   }
 
   /**
@@ -321,7 +419,11 @@ export class FastRunner {
       return true;
     } catch (err) {
       if (!isNotFound(err) && !isConflict(err) && !isInvalid(err)) throw err;
-      this.#logger.info("Left a pod that is gone or replaced", { namespace, pod: pod.metadata?.name, error: apiMessage(err) });
+      this.#logger.info("Left a pod that is gone or replaced", {
+        namespace,
+        pod: pod.metadata?.name,
+        error: apiMessage(err),
+      });
       run.gone = true;
       return false;
     }

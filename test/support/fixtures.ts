@@ -30,11 +30,21 @@ export function queueManifest(name: string, spec: Record<string, unknown>): Reco
     apiVersion: "buildkite.com/v1alpha1",
     kind: "BuildkiteQueue",
     metadata: { name },
-    spec: { queue: name, agentTokenSecretRef: { name: "bk-agent-token" }, instanceShape: "LINUX_AMD64_4X16", maxVCPU: 16, ...spec },
+    spec: {
+      queue: name,
+      agentTokenSecretRef: { name: "bk-agent-token" },
+      instanceShape: "LINUX_AMD64_4X16",
+      maxVCPU: 16,
+      ...spec,
+    },
   };
 }
 
-export function jobFixture(uuid = "0190a8f4-52c1-4b8e-9d4a-3f1c2b7e6a10", queue = "linux", namespace = "ci"): BuildkiteJob {
+export function jobFixture(
+  uuid = "0190a8f4-52c1-4b8e-9d4a-3f1c2b7e6a10",
+  queue = "linux",
+  namespace = "ci",
+): BuildkiteJob {
   return {
     apiVersion: "buildkite.com/v1alpha1",
     kind: "BuildkiteJob",

@@ -20,16 +20,25 @@ export async function mochaGlobalTeardown(): Promise<void> {
 
 /** The run's cluster; fails clearly if the integration tests were started without the global fixture. */
 export function testCluster(): LocalCluster {
-  if (!cluster) throw new Error("no test cluster: run integration tests with --require dist/test/support/global-cluster.js");
+  if (!cluster)
+    throw new Error("no test cluster: run integration tests with --require dist/test/support/global-cluster.js");
   return cluster;
 }
 
 /** Creates a fresh namespace (with `labels`) and waits until pods can be created in it. Deleted by the caller. */
-export async function testNamespace(kc: KubeConfig, prefix: string, labels: Record<string, string> = {}): Promise<string> {
+export async function testNamespace(
+  kc: KubeConfig,
+  prefix: string,
+  labels: Record<string, string> = {},
+): Promise<string> {
   const core = kc.makeApiClient(CoreV1Api);
   const name = `${prefix}-${randomBytes(3).toString("hex")}`;
-  await core.createNamespace({ body: { metadata: { name, labels: { "test.buildkite.com/suite": prefix, ...labels } } } });
-  await eventually(() => core.readNamespacedServiceAccount({ name: "default", namespace: name }),
-    { timeoutMs: 20_000, what: `the default ServiceAccount of namespace ${name}` });
+  await core.createNamespace({
+    body: { metadata: { name, labels: { "test.buildkite.com/suite": prefix, ...labels } } },
+  });
+  await eventually(() => core.readNamespacedServiceAccount({ name: "default", namespace: name }), {
+    timeoutMs: 20_000,
+    what: `the default ServiceAccount of namespace ${name}`,
+  });
   return name;
 }

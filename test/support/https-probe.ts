@@ -10,7 +10,11 @@ export interface ProbeTls {
 }
 
 /** GETs a URL and returns status and body; never throws for an HTTP status, only for a failed connection. */
-export async function httpGet(url: string, tls?: ProbeTls, timeoutMs = 2_000): Promise<{ status: number; body: string }> {
+export async function httpGet(
+  url: string,
+  tls?: ProbeTls,
+  timeoutMs = 2_000,
+): Promise<{ status: number; body: string }> {
   const u = new URL(url);
   const secure = u.protocol === "https:";
   return new Promise((resolve, reject) => {
@@ -26,7 +30,9 @@ export async function httpGet(url: string, tls?: ProbeTls, timeoutMs = 2_000): P
     const req = (secure ? request : httpRequest)(u, options, (res) => {
       const chunks: Buffer[] = [];
       res.on("data", (c: Buffer) => chunks.push(c));
-      res.on("end", () => { resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString("utf8") }); });
+      res.on("end", () => {
+        resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString("utf8") });
+      });
       res.on("error", reject);
     });
     req.on("timeout", () => req.destroy(new Error(`GET ${url} timed out after ${timeoutMs} ms`)));

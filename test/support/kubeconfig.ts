@@ -2,7 +2,11 @@ import { writeFile } from "node:fs/promises";
 import { stringify } from "yaml";
 
 /** Writes a kubeconfig for `server` authenticating with a client certificate, and returns its path. */
-export async function writeKubeconfig(path: string, server: string, tls: { ca: string; cert: string; key: string }): Promise<string> {
+export async function writeKubeconfig(
+  path: string,
+  server: string,
+  tls: { ca: string; cert: string; key: string },
+): Promise<string> {
   const config = {
     apiVersion: "v1",
     kind: "Config",

@@ -61,12 +61,22 @@ export class ManagedProcess {
   #exit: { code: number | null; signal: NodeJS.Signals | null } | undefined;
   readonly #exited: Promise<void>;
 
-  private constructor(readonly name: string, readonly logFile: string, child: ChildProcess, log: WriteStream) {
+  private constructor(
+    readonly name: string,
+    readonly logFile: string,
+    child: ChildProcess,
+    log: WriteStream,
+  ) {
     this.#child = child;
     this.#log = log;
     const keep = (chunk: Buffer): void => {
       log.write(chunk);
-      this.#tail.push(...chunk.toString("utf8").split("\n").filter((l) => l.length > 0));
+      this.#tail.push(
+        ...chunk
+          .toString("utf8")
+          .split("\n")
+          .filter((l) => l.length > 0),
+      );
       if (this.#tail.length > TAIL_LINES) this.#tail.splice(0, this.#tail.length - TAIL_LINES);
     };
     child.stdout?.on("data", keep);
@@ -143,7 +153,9 @@ export class ManagedProcess {
   async stop(graceMs = 5_000): Promise<void> {
     if (this.running) {
       this.#child.kill("SIGTERM");
-      const timer = setTimeout(() => { this.#child.kill("SIGKILL"); }, graceMs);
+      const timer = setTimeout(() => {
+        this.#child.kill("SIGKILL");
+      }, graceMs);
       await this.#exited;
       clearTimeout(timer);
     }
@@ -179,7 +191,9 @@ export function descendants(pid: number): number[] {
       const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
       const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
       children.set(ppid, [...(children.get(ppid) ?? []), Number(entry)]);
-    } catch { /* it exited while we looked */ }
+    } catch {
+      /* it exited while we looked */
+    }
   }
   const found: number[] = [];
   for (let level = [pid]; level.length > 0;) {

@@ -44,15 +44,21 @@ export function kwokNode(name: string, pool: NodePoolSpec): V1Node {
 /** Registers the KWOK nodes of every pool (`kwok-<arch>-<n>`) and returns their names. */
 export async function registerNodes(core: CoreV1Api, pools: readonly NodePoolSpec[]): Promise<string[]> {
   const names: string[] = [];
-  await Promise.all(pools.flatMap((pool) =>
-    Array.from({ length: pool.count }, async (_, i) => {
-      const name = `kwok-${pool.arch}-${i}`;
-      names.push(name);
-      const node = kwokNode(name, pool);
-      await core.createNode({ body: node });
-      // Status is a subresource: capacity set on create is dropped, so it is written separately (before KWOK starts,
-      // whose node-initialize stage copies it).
-      await core.patchNodeStatus({ name, body: { status: node.status } }, setHeaderOptions("Content-Type", PatchStrategy.MergePatch));
-    })));
+  await Promise.all(
+    pools.flatMap((pool) =>
+      Array.from({ length: pool.count }, async (_, i) => {
+        const name = `kwok-${pool.arch}-${i}`;
+        names.push(name);
+        const node = kwokNode(name, pool);
+        await core.createNode({ body: node });
+        // Status is a subresource: capacity set on create is dropped, so it is written separately (before KWOK starts,
+        // whose node-initialize stage copies it).
+        await core.patchNodeStatus(
+          { name, body: { status: node.status } },
+          setHeaderOptions("Content-Type", PatchStrategy.MergePatch),
+        );
+      }),
+    ),
+  );
   return names.sort();
 }

@@ -12,17 +12,28 @@ const MAIN = resolve(fileURLToPath(import.meta.url), "../../../operator/src/main
  * --pdeathsig` makes sure it never outlives the test runner.
  */
 export class OperatorProcess {
-  private constructor(private readonly child: ChildProcess, private readonly exited: Promise<void>) {}
+  private constructor(
+    private readonly child: ChildProcess,
+    private readonly exited: Promise<void>,
+  ) {}
 
   static start(name: string, flags: readonly string[], env: Record<string, string> = {}): OperatorProcess {
     const log = createWriteStream(join(testCluster().dir, `operator-${name}.log`), { flags: "a" });
-    const child = spawn("setpriv", ["--pdeathsig", "SIGKILL", "--", process.execPath, MAIN, "--log-level=debug", ...flags], {
-      env: { PATH: process.env.PATH ?? "/usr/bin:/bin", KUBECONFIG: testCluster().kubeconfigPath, ...env },
-      stdio: ["ignore", "pipe", "pipe"],
-    });
+    const child = spawn(
+      "setpriv",
+      ["--pdeathsig", "SIGKILL", "--", process.execPath, MAIN, "--log-level=debug", ...flags],
+      {
+        env: { PATH: process.env.PATH ?? "/usr/bin:/bin", KUBECONFIG: testCluster().kubeconfigPath, ...env },
+        stdio: ["ignore", "pipe", "pipe"],
+      },
+    );
     child.stdout.pipe(log, { end: false });
     child.stderr.pipe(log, { end: false });
-    const exited = new Promise<void>((done) => { child.once("exit", () => { done(); }); });
+    const exited = new Promise<void>((done) => {
+      child.once("exit", () => {
+        done();
+      });
+    });
     return new OperatorProcess(child, exited);
   }
 

@@ -10,7 +10,11 @@ import { testCluster } from "./global-cluster.js";
  * in the cluster's directory (kept with BK_KEEP_CLUSTER=1). Stop it in `after`. Buildkite is off unless `options`
  * turn it on (a test of the Kubernetes side creates BuildkiteJobs itself).
  */
-export async function startTestOperator(kc: KubeConfig, name: string, options: Partial<Omit<OperatorOptions, "kubeConfig" | "logger">> = {}): Promise<Operator> {
+export async function startTestOperator(
+  kc: KubeConfig,
+  name: string,
+  options: Partial<Omit<OperatorOptions, "kubeConfig" | "logger">> = {},
+): Promise<Operator> {
   const stream = createWriteStream(join(testCluster().dir, `operator-${name}.log`), { flags: "a" });
   const logger = createLogger("debug", stream);
   return Operator.start({ kubeConfig: kc, logger, syncTimeoutMs: 20_000, buildkite: false, ...options });

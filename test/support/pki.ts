@@ -30,11 +30,29 @@ async function openssl(args: readonly string[], cwd: string): Promise<void> {
 }
 
 async function signedCert(dir: string, name: string, subject: string, extensions: string): Promise<void> {
-  await openssl(["req", "-newkey", "rsa:2048", "-nodes", "-keyout", `${name}.key`, "-out", `${name}.csr`, "-subj", subject], dir);
+  await openssl(
+    ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", `${name}.key`, "-out", `${name}.csr`, "-subj", subject],
+    dir,
+  );
   await writeFile(join(dir, `${name}.ext`), extensions);
   await openssl(
-    ["x509", "-req", "-in", `${name}.csr`, "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "30",
-      "-out", `${name}.crt`, "-extfile", `${name}.ext`],
+    [
+      "x509",
+      "-req",
+      "-in",
+      `${name}.csr`,
+      "-CA",
+      "ca.crt",
+      "-CAkey",
+      "ca.key",
+      "-CAcreateserial",
+      "-days",
+      "30",
+      "-out",
+      `${name}.crt`,
+      "-extfile",
+      `${name}.ext`,
+    ],
     dir,
   );
 }
@@ -44,21 +62,52 @@ async function signedCert(dir: string, name: string, subject: string, extensions
  * client certificate in `system:masters`, and the ServiceAccount signing key. Fresh per cluster: nothing is reused.
  */
 export async function generatePki(dir: string): Promise<Pki> {
-  await openssl(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "30",
-    "-subj", "/CN=buildkite-operator-test-ca"], dir);
-  const server = Promise.resolve().then(() => signedCert(dir, "apiserver", "/CN=kube-apiserver",
-    "subjectAltName=IP:127.0.0.1,DNS:localhost,IP:10.96.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc\n" +
-    "extendedKeyUsage=serverAuth\nkeyUsage=digitalSignature,keyEncipherment\n"));
-  const admin = signedCert(dir, "admin", "/O=system:masters/CN=test-admin",
-    "extendedKeyUsage=clientAuth\nkeyUsage=digitalSignature,keyEncipherment\n");
+  await openssl(
+    [
+      "req",
+      "-x509",
+      "-newkey",
+      "rsa:2048",
+      "-nodes",
+      "-keyout",
+      "ca.key",
+      "-out",
+      "ca.crt",
+      "-days",
+      "30",
+      "-subj",
+      "/CN=buildkite-operator-test-ca",
+    ],
+    dir,
+  );
+  const server = Promise.resolve().then(() =>
+    signedCert(
+      dir,
+      "apiserver",
+      "/CN=kube-apiserver",
+      "subjectAltName=IP:127.0.0.1,DNS:localhost,IP:10.96.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc\n" +
+        "extendedKeyUsage=serverAuth\nkeyUsage=digitalSignature,keyEncipherment\n",
+    ),
+  );
+  const admin = signedCert(
+    dir,
+    "admin",
+    "/O=system:masters/CN=test-admin",
+    "extendedKeyUsage=clientAuth\nkeyUsage=digitalSignature,keyEncipherment\n",
+  );
   const sa = openssl(["genrsa", "-out", "sa.key", "2048"], dir).then(() =>
-    openssl(["rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub"], dir));
+    openssl(["rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub"], dir),
+  );
   await Promise.all([server, admin, sa]);
   const p = (f: string): string => join(dir, f);
   return {
-    caCert: p("ca.crt"), caKey: p("ca.key"),
-    serverCert: p("apiserver.crt"), serverKey: p("apiserver.key"),
-    adminCert: p("admin.crt"), adminKey: p("admin.key"),
-    serviceAccountKey: p("sa.key"), serviceAccountPub: p("sa.pub"),
+    caCert: p("ca.crt"),
+    caKey: p("ca.key"),
+    serverCert: p("apiserver.crt"),
+    serverKey: p("apiserver.key"),
+    adminCert: p("admin.crt"),
+    adminKey: p("admin.key"),
+    serviceAccountKey: p("sa.key"),
+    serviceAccountPub: p("sa.pub"),
   };
 }

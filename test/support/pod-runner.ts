@@ -1,5 +1,10 @@
 import {
-  CoreV1Api, type KubeConfig, type V1Container, type V1Pod, type V1PodStatus, type V1Volume,
+  CoreV1Api,
+  type KubeConfig,
+  type V1Container,
+  type V1Pod,
+  type V1PodStatus,
+  type V1Volume,
 } from "@kubernetes/client-node";
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { createWriteStream, existsSync, rmSync } from "node:fs";
@@ -8,7 +13,15 @@ import { constants, tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { isConflict, isNotFound } from "../../operator/src/kube/field-manager.js";
 import { hackBinary } from "./binaries.js";
-import { acquiredJob, containerStatus, expand, resolveEnv, runnable, setRunning, setTerminated } from "./kubelet-env.js";
+import {
+  acquiredJob,
+  containerStatus,
+  expand,
+  resolveEnv,
+  runnable,
+  setRunning,
+  setTerminated,
+} from "./kubelet-env.js";
 import { eventually } from "./eventually.js";
 import { descendants, onExit } from "./managed-process.js";
 
@@ -64,7 +77,12 @@ class Run {
   #killTimer: NodeJS.Timeout | undefined;
 
   /** `isolated`: the agent runs in a PID namespace of its own, whose every process the kernel ends with it. */
-  constructor(readonly name: string, readonly uid: string, readonly uuid: string | undefined, private readonly isolated: boolean) {}
+  constructor(
+    readonly name: string,
+    readonly uid: string,
+    readonly uuid: string | undefined,
+    private readonly isolated: boolean,
+  ) {}
 
   get running(): boolean {
     return this.child !== undefined && this.exitCode === undefined;
@@ -75,8 +93,14 @@ class Run {
     const pid = this.child?.pid;
     if (!this.running || this.#killTimer || pid === undefined) return;
     // To the process group: the agent, and unshare (which passes the exit status on) when it wraps the agent.
-    try { process.kill(-pid, "SIGTERM"); } catch { /* exited; its exit event is on its way */ }
-    this.#killTimer = setTimeout(() => { this.kill(); }, graceMs).unref();
+    try {
+      process.kill(-pid, "SIGTERM");
+    } catch {
+      /* exited; its exit event is on its way */
+    }
+    this.#killTimer = setTimeout(() => {
+      this.kill();
+    }, graceMs).unref();
   }
 
   /**
@@ -88,7 +112,11 @@ class Run {
     if (!this.running || pid === undefined) return;
     const orphans = this.isolated ? [] : descendants(pid);
     for (const target of [-pid, ...orphans]) {
-      try { process.kill(target, "SIGKILL"); } catch { /* already gone */ }
+      try {
+        process.kill(target, "SIGKILL");
+      } catch {
+        /* already gone */
+      }
     }
   }
 
@@ -124,8 +152,13 @@ export class PodRunner {
   #lastError: Error | undefined;
 
   private constructor(
-    kc: KubeConfig, readonly namespace: string, readonly agentBinary: string, readonly workDir: string,
-    private readonly ownDir: boolean, private readonly maxGraceMs: number, private readonly isolated: boolean,
+    kc: KubeConfig,
+    readonly namespace: string,
+    readonly agentBinary: string,
+    readonly workDir: string,
+    private readonly ownDir: boolean,
+    private readonly maxGraceMs: number,
+    private readonly isolated: boolean,
   ) {
     this.#core = kc.makeApiClient(CoreV1Api);
     // An interrupted test run kills every agent and removes the directory; setpriv --pdeathsig covers a runner
@@ -138,11 +171,20 @@ export class PodRunner {
 
   static async start(options: PodRunnerOptions): Promise<PodRunner> {
     const binary = options.agentBinary ?? hackBinary("buildkite-agent");
-    if (!existsSync(binary)) throw new Error(`pod runner: agent binary ${binary} is missing. Run \`bash hack/build-binaries.sh\`.`);
-    const workDir = options.workDir ?? await mkdtemp(join(tmpdir(), "bkpr-"));
+    if (!existsSync(binary))
+      throw new Error(`pod runner: agent binary ${binary} is missing. Run \`bash hack/build-binaries.sh\`.`);
+    const workDir = options.workDir ?? (await mkdtemp(join(tmpdir(), "bkpr-")));
     // A PID namespace needs root (or user namespaces); without one, kill() walks /proc instead.
     const isolated = spawnSync("unshare", [...UNSHARE, "true"]).status === 0;
-    const runner = new PodRunner(options.kubeConfig, options.namespace, binary, workDir, options.workDir === undefined, options.maxGraceMs ?? 3_000, isolated);
+    const runner = new PodRunner(
+      options.kubeConfig,
+      options.namespace,
+      binary,
+      workDir,
+      options.workDir === undefined,
+      options.maxGraceMs ?? 3_000,
+      isolated,
+    );
     runner.#schedule(0);
     return runner;
   }
@@ -154,12 +196,15 @@ export class PodRunner {
 
   /** Waits until the agent of pod `podName` has exited and the pod's final status is written. */
   async waitForRun(podName: string, timeoutMs = 45_000): Promise<PodRun> {
-    return eventually(() => {
-      const run = [...this.#runs.values()].reverse().find((r) => r.name === podName);
-      if (run?.settled === true) return run.view();
-      const error = this.#lastError ? `; last error: ${this.#lastError.message}` : "";
-      throw new Error(run ? `the agent still runs${error}\n${run.tail.join("\n")}` : `not started${error}`);
-    }, { timeoutMs, intervalMs: 50, what: `the pod runner to finish pod ${podName}` });
+    return eventually(
+      () => {
+        const run = [...this.#runs.values()].reverse().find((r) => r.name === podName);
+        if (run?.settled === true) return run.view();
+        const error = this.#lastError ? `; last error: ${this.#lastError.message}` : "";
+        throw new Error(run ? `the agent still runs${error}\n${run.tail.join("\n")}` : `not started${error}`);
+      },
+      { timeoutMs, intervalMs: 50, what: `the pod runner to finish pod ${podName}` },
+    );
   }
 
   /** Stops polling and every agent (SIGTERM, SIGKILL after at most 2 s); writes no status after. */
@@ -177,14 +222,17 @@ export class PodRunner {
 
   #schedule(delayMs: number): void {
     this.#timer = setTimeout(() => {
-      this.#polling = this.#poll().finally(() => { if (!this.#stopped) this.#schedule(POLL_MS); });
+      this.#polling = this.#poll().finally(() => {
+        if (!this.#stopped) this.#schedule(POLL_MS);
+      });
     }, delayMs).unref();
   }
 
   async #poll(): Promise<void> {
     try {
-      const pods = (await this.#core.listNamespacedPod({ namespace: this.namespace })).items
-        .filter((pod) => pod.metadata?.annotations?.[RUNNER_ANNOTATION] === "real");
+      const pods = (await this.#core.listNamespacedPod({ namespace: this.namespace })).items.filter(
+        (pod) => pod.metadata?.annotations?.[RUNNER_ANNOTATION] === "real",
+      );
       const live = new Map(pods.map((pod) => [pod.metadata?.uid ?? "", pod]));
       for (const run of this.#runs.values()) {
         const pod = live.get(run.uid);
@@ -193,7 +241,9 @@ export class PodRunner {
         run.terminate(this.#graceMs(pod?.metadata?.deletionGracePeriodSeconds));
       }
       for (const pod of pods.filter((p) => runnable(p) && !this.#runs.has(p.metadata?.uid ?? ""))) {
-        this.#begin(pod).catch((err: unknown) => { this.#lastError = asError(err); });
+        this.#begin(pod).catch((err: unknown) => {
+          this.#lastError = asError(err);
+        });
       }
     } catch (err) {
       this.#lastError = asError(err);
@@ -215,7 +265,9 @@ export class PodRunner {
       // As the kubelet does: report CreateContainerConfigError and try again (a Secret may not exist yet).
       setTimeout(() => this.#runs.delete(uid), 1_000).unref();
       const waiting = { reason: "CreateContainerConfigError", message: asError(err).message };
-      await this.#writeStatus(name, uid, (status) => { status.containerStatuses = [containerStatus(container, { waiting })]; });
+      await this.#writeStatus(name, uid, (status) => {
+        status.containerStatuses = [containerStatus(container, { waiting })];
+      });
       throw err;
     } finally {
       this.#preparing.delete(preparing);
@@ -224,14 +276,22 @@ export class PodRunner {
     this.#spawn(run, launch);
     // The kubelet counts activeDeadlineSeconds from status.startTime: the agent's start here.
     const deadline = pod.spec?.activeDeadlineSeconds;
-    const timer = deadline === undefined ? undefined : setTimeout(() => {
-      run.deadlineExceeded = true;
-      run.terminate(this.#graceMs(pod.spec?.terminationGracePeriodSeconds));
-    }, deadline * 1000).unref();
-    await this.#writeStatus(name, uid, (status) => { setRunning(status, container, run); });
+    const timer =
+      deadline === undefined
+        ? undefined
+        : setTimeout(() => {
+            run.deadlineExceeded = true;
+            run.terminate(this.#graceMs(pod.spec?.terminationGracePeriodSeconds));
+          }, deadline * 1000).unref();
+    await this.#writeStatus(name, uid, (status) => {
+      setRunning(status, container, run);
+    });
     await run.closed;
     clearTimeout(timer);
-    if (!this.#isStopped()) await this.#writeStatus(name, uid, (status) => { setTerminated(status, container, run); });
+    if (!this.#isStopped())
+      await this.#writeStatus(name, uid, (status) => {
+        setTerminated(status, container, run);
+      });
     run.settled = true;
   }
 
@@ -259,14 +319,17 @@ export class PodRunner {
       roots.push([mount.mountPath, join(await this.#volume(pod, volume, podDir), mount.subPath ?? "")]);
     }
     const workingDir = container.workingDir ?? "/";
-    if (workingDir !== "/" && !roots.some(([root]) => under(workingDir, root))) roots.push([workingDir, join(podDir, "workdir")]);
+    if (workingDir !== "/" && !roots.some(([root]) => under(workingDir, root)))
+      roots.push([workingDir, join(podDir, "workdir")]);
     roots.sort((a, b) => b[0].length - a[0].length);
     const toHost = (value: string): string => {
       const [root, dir] = roots.find(([r]) => under(value, r)) ?? [];
       return root === undefined || dir === undefined ? value : dir + value.slice(root.length);
     };
     const vars = await resolveEnv(this.#core, pod, container);
-    const argv = [...(container.command ?? ["buildkite-agent"]), ...(container.args ?? [])].map((a) => toHost(expand(a, vars)));
+    const argv = [...(container.command ?? ["buildkite-agent"]), ...(container.args ?? [])].map((a) =>
+      toHost(expand(a, vars)),
+    );
     const cwd = workingDir === "/" ? join(podDir, "workdir") : toHost(workingDir);
     const config = join(podDir, "agent.cfg");
     // What the agent's image would provide; the pod's own environment goes over it, as a container's env does.
@@ -286,7 +349,13 @@ export class PodRunner {
     for (const dir of [cwd, env.HOME ?? podDir, join(podDir, "hooks")]) await mkdir(dir, { recursive: true });
     await writeFile(config, "");
     const [command = "", ...args] = argv;
-    return { binary: command === "buildkite-agent" ? this.agentBinary : command, args, env, cwd, logFile: join(podDir, "agent.log") };
+    return {
+      binary: command === "buildkite-agent" ? this.agentBinary : command,
+      args,
+      env,
+      cwd,
+      logFile: join(podDir, "agent.log"),
+    };
   }
 
   /** The host directory of a volume: one per pod for emptyDir, one per claim for a PVC (kept across pods). */
@@ -296,14 +365,26 @@ export class PodRunner {
     await mkdir(dir, { recursive: true });
     if (volume.emptyDir || claim !== undefined) return dir;
     const sources = volume.projected?.sources ?? [];
-    if (sources.length === 0 || sources.some((s) => !s.serviceAccountToken)) throw new Error(`volume ${volume.name}: only emptyDir, PVC and projected ServiceAccount tokens are supported`);
+    if (sources.length === 0 || sources.some((s) => !s.serviceAccountToken))
+      throw new Error(`volume ${volume.name}: only emptyDir, PVC and projected ServiceAccount tokens are supported`);
     for (const { serviceAccountToken: source } of sources) {
       if (!source) continue;
       // As the kubelet does for a projected token: a TokenRequest bound to the pod, written to the file.
       const request = await this.#core.createNamespacedServiceAccountToken({
-        name: pod.spec?.serviceAccountName ?? "default", namespace: this.namespace,
-        body: { spec: { audiences: source.audience === undefined ? [] : [source.audience], expirationSeconds: source.expirationSeconds ?? 3600,
-          boundObjectRef: { apiVersion: "v1", kind: "Pod", name: pod.metadata?.name ?? "", uid: pod.metadata?.uid ?? "" } } },
+        name: pod.spec?.serviceAccountName ?? "default",
+        namespace: this.namespace,
+        body: {
+          spec: {
+            audiences: source.audience === undefined ? [] : [source.audience],
+            expirationSeconds: source.expirationSeconds ?? 3600,
+            boundObjectRef: {
+              apiVersion: "v1",
+              kind: "Pod",
+              name: pod.metadata?.name ?? "",
+              uid: pod.metadata?.uid ?? "",
+            },
+          },
+        },
       });
       await mkdir(dirname(join(dir, source.path)), { recursive: true });
       await writeFile(join(dir, source.path), request.status?.token ?? "", { mode: 0o600 });
@@ -316,18 +397,29 @@ export class PodRunner {
     // setpriv --pdeathsig: the kernel kills the agent if the test runner dies without cleaning up; in a PID namespace
     // (unshare --kill-child) it then ends the job's processes too. Detached: a process group of its own to signal.
     const argv = [...(this.isolated ? ["unshare", ...UNSHARE] : []), launch.binary, ...launch.args];
-    const child = spawn("setpriv", ["--pdeathsig", "SIGKILL", "--", ...argv],
-      { env: launch.env, cwd: launch.cwd, stdio: ["ignore", "pipe", "pipe"], detached: true });
+    const child = spawn("setpriv", ["--pdeathsig", "SIGKILL", "--", ...argv], {
+      env: launch.env,
+      cwd: launch.cwd,
+      stdio: ["ignore", "pipe", "pipe"],
+      detached: true,
+    });
     run.child = child;
     run.startedAt = new Date();
     const keep = (chunk: Buffer): void => {
       log.write(chunk);
-      run.tail.push(...chunk.toString("utf8").split("\n").filter((l) => l.length > 0));
+      run.tail.push(
+        ...chunk
+          .toString("utf8")
+          .split("\n")
+          .filter((l) => l.length > 0),
+      );
       run.tail.splice(0, Math.max(0, run.tail.length - TAIL_LINES));
     };
     child.stdout.on("data", keep);
     child.stderr.on("data", keep);
-    child.on("exit", (code, signal) => { run.exited(code, signal); });
+    child.on("exit", (code, signal) => {
+      run.exited(code, signal);
+    });
     run.closed = new Promise((resolve) => {
       const done = (): void => {
         if (!log.writableEnded) log.end();
@@ -351,7 +443,7 @@ export class PodRunner {
       try {
         const pod = await this.#core.readNamespacedPod({ name, namespace: this.namespace });
         if (pod.metadata?.uid !== uid) return;
-        update(pod.status ??= {});
+        update((pod.status ??= {}));
         await this.#core.replaceNamespacedPodStatus({ name, namespace: this.namespace, body: pod });
         return;
       } catch (err) {
@@ -373,4 +465,5 @@ interface Launch {
 
 const asError = (err: unknown): Error => (err instanceof Error ? err : new Error(String(err)));
 
-const under = (path: string, root: string): boolean => path === root || path.startsWith(root.endsWith("/") ? root : `${root}/`);
+const under = (path: string, root: string): boolean =>
+  path === root || path.startsWith(root.endsWith("/") ? root : `${root}/`);

@@ -3,8 +3,23 @@ import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { mkdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { buildImages, type NodeImages } from "../real-node/images.js";
-import { cgroupHierarchies, claimHost, cleanupHost, run, waitExitedSync, type HostSnapshot } from "../real-node/host.js";
-import { containerdConfig, crictlConfig, cniConfig, kubeletConfig, nodeKubeconfig, nodePaths, type NodePaths } from "../real-node/node-config.js";
+import {
+  cgroupHierarchies,
+  claimHost,
+  cleanupHost,
+  run,
+  waitExitedSync,
+  type HostSnapshot,
+} from "../real-node/host.js";
+import {
+  containerdConfig,
+  crictlConfig,
+  cniConfig,
+  kubeletConfig,
+  nodeKubeconfig,
+  nodePaths,
+  type NodePaths,
+} from "../real-node/node-config.js";
 import { hackBinary } from "./binaries.js";
 import type { LocalCluster } from "./cluster.js";
 import { httpGet } from "./https-probe.js";
@@ -14,7 +29,12 @@ import { freePort } from "./ports.js";
 /** Taint of the real node: only pods that tolerate it (tests that want a real kubelet) land there. */
 export const REAL_NODE_TAINT = { key: "buildkite.test/real-node", value: "true", effect: "NoSchedule" } as const;
 /** The toleration a pod (a queue's `podTemplate.tolerations`) needs to run on the real node. */
-export const REAL_NODE_TOLERATION = { key: REAL_NODE_TAINT.key, operator: "Equal", value: "true", effect: "NoSchedule" } as const;
+export const REAL_NODE_TOLERATION = {
+  key: REAL_NODE_TAINT.key,
+  operator: "Equal",
+  value: "true",
+  effect: "NoSchedule",
+} as const;
 
 /** Options for {@link RealNode.start}. */
 export interface RealNodeOptions {
@@ -39,11 +59,16 @@ const READY_TIMEOUT_MS = 60_000;
 
 /** Checks what a real node needs before touching the host, each failure saying what to do. */
 function preflight(): void {
-  if (process.getuid?.() !== 0) throw new Error("a real node needs root (kubelet, containerd and iptables do); run the tests as root");
+  if (process.getuid?.() !== 0)
+    throw new Error("a real node needs root (kubelet, containerd and iptables do); run the tests as root");
   const missing = NODE_BINARIES.filter((b) => !existsSync(hackBinary(b)));
-  if (missing.length > 0) throw new Error(`the real node's binaries ${missing.join(", ")} are missing; run \`bash hack/build-node.sh\``);
+  if (missing.length > 0)
+    throw new Error(`the real node's binaries ${missing.join(", ")} are missing; run \`bash hack/build-node.sh\``);
   for (const plugin of ["bridge", "host-local", "loopback"]) {
-    if (!existsSync(join(CNI_BIN_DIR, plugin))) throw new Error(`CNI plugin ${CNI_BIN_DIR}/${plugin} is missing; run \`bash hack/build-node.sh\` (apt-get install containernetworking-plugins)`);
+    if (!existsSync(join(CNI_BIN_DIR, plugin)))
+      throw new Error(
+        `CNI plugin ${CNI_BIN_DIR}/${plugin} is missing; run \`bash hack/build-node.sh\` (apt-get install containernetworking-plugins)`,
+      );
   }
   if (cgroupHierarchies().length === 0) throw new Error("no cgroup file system is mounted under /sys/fs/cgroup");
 }
@@ -83,8 +108,26 @@ export class RealNode {
     if (gatewayIp === subnet) throw new Error(`subnet ${subnet} is not a x.y.z.0/24 network`);
     const paths = nodePaths(join(cluster.dir, "node"));
     await mkdir(paths.cniConfDir, { recursive: true });
-    const snapshot = claimHost({ nodeDir: paths.dir, containerdSocket: paths.containerdSocket, cgroupParent: CGROUP_PARENT, bridge: BRIDGE, cniNetwork: CNI_NETWORK }, log);
-    const node = new RealNode(options.name ?? `real-${arch}-0`, gatewayIp, images, paths, cluster, new ProcessGroup(), snapshot, log);
+    const snapshot = claimHost(
+      {
+        nodeDir: paths.dir,
+        containerdSocket: paths.containerdSocket,
+        cgroupParent: CGROUP_PARENT,
+        bridge: BRIDGE,
+        cniNetwork: CNI_NETWORK,
+      },
+      log,
+    );
+    const node = new RealNode(
+      options.name ?? `real-${arch}-0`,
+      gatewayIp,
+      images,
+      paths,
+      cluster,
+      new ProcessGroup(),
+      snapshot,
+      log,
+    );
     node.#forgetExitHook = installExitHook(() => {
       const components = ["kubelet", "kube-router", "containerd"].map((name) => node.processes.get(name));
       for (const component of components) component?.kill("SIGKILL");
@@ -98,10 +141,14 @@ export class RealNode {
       await node.startKubelet();
       await node.startKubeRouter();
     } catch (err) {
-      await node.stop().catch((cleanup: unknown) => { log(`real node: clean-up after the failed start: ${String(cleanup)}`); });
+      await node.stop().catch((cleanup: unknown) => {
+        log(`real node: clean-up after the failed start: ${String(cleanup)}`);
+      });
       throw err;
     }
-    log(`real node ${node.name} ready in ${((Date.now() - started) / 1000).toFixed(1)} s (kubelet, containerd, kube-router; logs in ${paths.dir})`);
+    log(
+      `real node ${node.name} ready in ${((Date.now() - started) / 1000).toFixed(1)} s (kubelet, containerd, kube-router; logs in ${paths.dir})`,
+    );
     return node;
   }
 
@@ -123,9 +170,24 @@ export class RealNode {
     await run("ip", ["link", "set", BRIDGE, "up"]);
     const [port, healthzPort] = await Promise.all([freePort(), freePort()]);
     await Promise.all([
-      writeFile(p.containerdConfig, containerdConfig(p, { runc, cniBinDir: CNI_BIN_DIR, sandboxImage: this.images.pause.ref })),
-      writeFile(join(p.cniConfDir, "10-bk-real-node.conflist"), cniConfig(p, { name: CNI_NETWORK, bridge: BRIDGE, subnet, gateway: this.gatewayIp })),
-      writeFile(p.kubeletConfig, kubeletConfig(p, { caCert: this.cluster.pki.caCert, port, healthzPort, cgroupRoot: CGROUP_PARENT, taints: taint ? [REAL_NODE_TAINT] : [] })),
+      writeFile(
+        p.containerdConfig,
+        containerdConfig(p, { runc, cniBinDir: CNI_BIN_DIR, sandboxImage: this.images.pause.ref }),
+      ),
+      writeFile(
+        join(p.cniConfDir, "10-bk-real-node.conflist"),
+        cniConfig(p, { name: CNI_NETWORK, bridge: BRIDGE, subnet, gateway: this.gatewayIp }),
+      ),
+      writeFile(
+        p.kubeletConfig,
+        kubeletConfig(p, {
+          caCert: this.cluster.pki.caCert,
+          port,
+          healthzPort,
+          cgroupRoot: CGROUP_PARENT,
+          taints: taint ? [REAL_NODE_TAINT] : [],
+        }),
+      ),
       writeFile(p.crictlConfig, crictlConfig(p)),
       this.nodeCredentials(),
     ]);
@@ -134,64 +196,130 @@ export class RealNode {
   /** A client certificate for `system:node:<name>` (group system:nodes) and RBAC's `system:node` role for it. */
   private async nodeCredentials(): Promise<void> {
     const { dir } = this.paths;
-    const [key, csr, cert, ext] = ["kubelet.key", "kubelet.csr", "kubelet.crt", "kubelet.ext"].map((f) => join(dir, f)) as [string, string, string, string];
-    await run("openssl", ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", `/O=system:nodes/CN=system:node:${this.name}`]);
+    const [key, csr, cert, ext] = ["kubelet.key", "kubelet.csr", "kubelet.crt", "kubelet.ext"].map((f) =>
+      join(dir, f),
+    ) as [string, string, string, string];
+    await run("openssl", [
+      "req",
+      "-newkey",
+      "rsa:2048",
+      "-nodes",
+      "-keyout",
+      key,
+      "-out",
+      csr,
+      "-subj",
+      `/O=system:nodes/CN=system:node:${this.name}`,
+    ]);
     await writeFile(ext, "extendedKeyUsage=clientAuth\nkeyUsage=digitalSignature,keyEncipherment\n");
-    await run("openssl", ["x509", "-req", "-in", csr, "-CA", this.cluster.pki.caCert, "-CAkey", this.cluster.pki.caKey, "-CAcreateserial",
-      "-days", "30", "-out", cert, "-extfile", ext]);
-    await writeFile(this.paths.kubeletKubeconfig, nodeKubeconfig(this.cluster.server, { ca: this.cluster.pki.caCert, cert, key }), { mode: 0o600 });
+    await run("openssl", [
+      "x509",
+      "-req",
+      "-in",
+      csr,
+      "-CA",
+      this.cluster.pki.caCert,
+      "-CAkey",
+      this.cluster.pki.caKey,
+      "-CAcreateserial",
+      "-days",
+      "30",
+      "-out",
+      cert,
+      "-extfile",
+      ext,
+    ]);
+    await writeFile(
+      this.paths.kubeletKubeconfig,
+      nodeKubeconfig(this.cluster.server, { ca: this.cluster.pki.caCert, cert, key }),
+      { mode: 0o600 },
+    );
     // The test cluster authorizes with RBAC only (no Node authorizer): bind the bootstrap role written for kubelets.
-    await this.cluster.kubeConfig().makeApiClient(RbacAuthorizationV1Api).createClusterRoleBinding({ body: {
-      metadata: { name: `real-node-${this.name}` },
-      roleRef: { apiGroup: "rbac.authorization.k8s.io", kind: "ClusterRole", name: "system:node" },
-      subjects: [{ apiGroup: "rbac.authorization.k8s.io", kind: "User", name: `system:node:${this.name}` }],
-    } });
+    await this.cluster
+      .kubeConfig()
+      .makeApiClient(RbacAuthorizationV1Api)
+      .createClusterRoleBinding({
+        body: {
+          metadata: { name: `real-node-${this.name}` },
+          roleRef: { apiGroup: "rbac.authorization.k8s.io", kind: "ClusterRole", name: "system:node" },
+          subjects: [{ apiGroup: "rbac.authorization.k8s.io", kind: "User", name: `system:node:${this.name}` }],
+        },
+      });
   }
 
   private async startContainerd(): Promise<void> {
     const p = this.paths;
     const containerd = this.processes.start({
-      name: "containerd", binary: hackBinary("containerd"), logFile: join(p.dir, "containerd.log"),
+      name: "containerd",
+      binary: hackBinary("containerd"),
+      logFile: join(p.dir, "containerd.log"),
       args: ["--config", p.containerdConfig],
       // containerd finds its shim on PATH
       env: { ...process.env, PATH: `${hackBinary("")}:${process.env.PATH ?? "/usr/sbin:/usr/bin:/sbin:/bin"}` },
       missingHint: "Run `bash hack/build-node.sh`.",
     });
     await containerd.waitReady(async () => (await this.ctr(["version"])).includes("Server:"), READY_TIMEOUT_MS);
-    await Promise.all([this.images.pause, this.images.agent].map((image) => this.ctr(["-n", "k8s.io", "images", "import", image.tarball])));
+    await Promise.all(
+      [this.images.pause, this.images.agent].map((image) =>
+        this.ctr(["-n", "k8s.io", "images", "import", image.tarball]),
+      ),
+    );
   }
 
   private async startKubelet(): Promise<void> {
     const p = this.paths;
     const kubelet = this.processes.start({
-      name: "kubelet", binary: hackBinary("kubelet"), logFile: join(p.dir, "kubelet.log"),
+      name: "kubelet",
+      binary: hackBinary("kubelet"),
+      logFile: join(p.dir, "kubelet.log"),
       args: [
-        `--config=${p.kubeletConfig}`, `--kubeconfig=${p.kubeletKubeconfig}`, `--hostname-override=${this.name}`,
-        `--root-dir=${p.kubeletRoot}`, `--cert-dir=${join(p.kubeletRoot, "pki")}`,
-        "--node-labels=type=real,buildkite.test/real-node=true", "--v=2",
+        `--config=${p.kubeletConfig}`,
+        `--kubeconfig=${p.kubeletKubeconfig}`,
+        `--hostname-override=${this.name}`,
+        `--root-dir=${p.kubeletRoot}`,
+        `--cert-dir=${join(p.kubeletRoot, "pki")}`,
+        "--node-labels=type=real,buildkite.test/real-node=true",
+        "--v=2",
       ],
       missingHint: "Run `bash hack/build-node.sh`.",
     });
     const core = this.cluster.kubeConfig().makeApiClient(CoreV1Api);
-    await kubelet.waitReady(async () => {
-      const node = await core.readNode({ name: this.name });
-      return node.status?.conditions?.some((c) => c.type === "Ready" && c.status === "True") ?? false;
-    }, READY_TIMEOUT_MS, "kubelet did not register a Ready node; its log says why.");
+    await kubelet.waitReady(
+      async () => {
+        const node = await core.readNode({ name: this.name });
+        return node.status?.conditions?.some((c) => c.type === "Ready" && c.status === "True") ?? false;
+      },
+      READY_TIMEOUT_MS,
+      "kubelet did not register a Ready node; its log says why.",
+    );
   }
 
   private async startKubeRouter(): Promise<void> {
     const port = await freePort();
     const router = this.processes.start({
-      name: "kube-router", binary: hackBinary("kube-router"), logFile: join(this.paths.dir, "kube-router.log"),
+      name: "kube-router",
+      binary: hackBinary("kube-router"),
+      logFile: join(this.paths.dir, "kube-router.log"),
       args: [
-        `--kubeconfig=${this.cluster.kubeconfigPath}`, `--hostname-override=${this.name}`,
+        `--kubeconfig=${this.cluster.kubeconfigPath}`,
+        `--hostname-override=${this.name}`,
         // only the NetworkPolicy firewall: the bridge CNI plugin wires pods, nothing proxies Services
-        "--run-firewall=true", "--run-router=false", "--run-service-proxy=false", "--enable-cni=false",
-        `--health-port=${port}`, "--metrics-port=0", "--service-cluster-ip-range=10.96.0.0/16", "--iptables-sync-period=1m", "--v=1",
+        "--run-firewall=true",
+        "--run-router=false",
+        "--run-service-proxy=false",
+        "--enable-cni=false",
+        `--health-port=${port}`,
+        "--metrics-port=0",
+        "--service-cluster-ip-range=10.96.0.0/16",
+        "--iptables-sync-period=1m",
+        "--v=1",
       ],
       missingHint: "Run `bash hack/build-node.sh`.",
     });
-    await router.waitReady(async () => (await httpGet(`http://127.0.0.1:${port}/healthz`)).status === 200, READY_TIMEOUT_MS);
+    await router.waitReady(
+      async () => (await httpGet(`http://127.0.0.1:${port}/healthz`)).status === 200,
+      READY_TIMEOUT_MS,
+    );
   }
 
   /** Runs `ctr` against this node's containerd. */
@@ -209,18 +337,28 @@ export class RealNode {
    * once its containers are stopped and its network torn down (kubelet removes it at its next garbage collection).
    */
   async sandboxes(): Promise<Map<string, string>> {
-    const out = JSON.parse(await this.crictl(["pods", "-o", "json"])) as { items?: { state?: string; metadata?: { name?: string; namespace?: string } }[] };
-    return new Map((out.items ?? []).map((s) => [`${s.metadata?.namespace ?? ""}/${s.metadata?.name ?? ""}`, s.state ?? ""]));
+    const out = JSON.parse(await this.crictl(["pods", "-o", "json"])) as {
+      items?: { state?: string; metadata?: { name?: string; namespace?: string } }[];
+    };
+    return new Map(
+      (out.items ?? []).map((s) => [`${s.metadata?.namespace ?? ""}/${s.metadata?.name ?? ""}`, s.state ?? ""]),
+    );
   }
 
   /** What a container of a pod printed, from kubelet's pod logs ("" once kubelet removed them with the pod). */
   containerLog(namespace: string, pod: string, container = "agent"): string {
     if (!existsSync(this.paths.podLogs)) return "";
     const dirs = readdirSync(this.paths.podLogs).filter((d) => d.startsWith(`${namespace}_${pod}_`));
-    return dirs.flatMap((d) => {
-      const dir = join(this.paths.podLogs, d, container);
-      return existsSync(dir) ? readdirSync(dir).sort().map((f) => readFileSync(join(dir, f), "utf8")) : [];
-    }).join("");
+    return dirs
+      .flatMap((d) => {
+        const dir = join(this.paths.podLogs, d, container);
+        return existsSync(dir)
+          ? readdirSync(dir)
+              .sort()
+              .map((f) => readFileSync(join(dir, f), "utf8"))
+          : [];
+      })
+      .join("");
   }
 
   /**
@@ -234,13 +372,16 @@ export class RealNode {
     this.#stopped = true;
     await this.processes.get("kubelet")?.stop(5_000);
     if (this.processes.get("containerd")?.running) {
-      await this.crictl(["rmp", "--all", "--force"]).catch((err: unknown) => { this.log(`real node: crictl rmp: ${String(err)}`); });
+      await this.crictl(["rmp", "--all", "--force"]).catch((err: unknown) => {
+        this.log(`real node: crictl rmp: ${String(err)}`);
+      });
     }
     await this.processes.stopAll(5_000);
     const problems = cleanupHost(this.snapshot);
     this.#forgetExitHook();
     await this.forgetInApi();
-    if (problems.length > 0) throw new Error(`real node ${this.name} could not undo everything:\n${problems.join("\n")}`);
+    if (problems.length > 0)
+      throw new Error(`real node ${this.name} could not undo everything:\n${problems.join("\n")}`);
   }
 
   /** Removes the node's API objects (pods bound to it would otherwise stay Running forever). Best-effort. */
@@ -249,9 +390,15 @@ export class RealNode {
     const core = kc.makeApiClient(CoreV1Api);
     try {
       const pods = await core.listPodForAllNamespaces({ fieldSelector: `spec.nodeName=${this.name}` });
-      await Promise.all(pods.items.map((pod) => core.deleteNamespacedPod({
-        name: pod.metadata?.name ?? "", namespace: pod.metadata?.namespace ?? "", gracePeriodSeconds: 0,
-      })));
+      await Promise.all(
+        pods.items.map((pod) =>
+          core.deleteNamespacedPod({
+            name: pod.metadata?.name ?? "",
+            namespace: pod.metadata?.namespace ?? "",
+            gracePeriodSeconds: 0,
+          }),
+        ),
+      );
       await core.deleteNode({ name: this.name });
       await kc.makeApiClient(RbacAuthorizationV1Api).deleteClusterRoleBinding({ name: `real-node-${this.name}` });
     } catch (err) {

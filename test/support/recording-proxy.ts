@@ -1,5 +1,12 @@
 import { readdir, readFile, readlink, writeFile } from "node:fs/promises";
-import { createServer, request as httpRequest, type ClientRequest, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import {
+  createServer,
+  request as httpRequest,
+  type ClientRequest,
+  type IncomingMessage,
+  type Server,
+  type ServerResponse,
+} from "node:http";
 import { Agent, request as httpsRequest } from "node:https";
 import type { AddressInfo, Socket } from "node:net";
 import { join } from "node:path";
@@ -32,26 +39,53 @@ export class RecordingProxy {
   readonly #buildkite: Server;
   readonly #upstream: Agent;
 
-  private constructor(private readonly cluster: LocalCluster, private readonly fakeUrl: URL, tls: { ca: Buffer; cert: Buffer; key: Buffer }, readonly kubeconfigPath: string) {
+  private constructor(
+    private readonly cluster: LocalCluster,
+    private readonly fakeUrl: URL,
+    tls: { ca: Buffer; cert: Buffer; key: Buffer },
+    readonly kubeconfigPath: string,
+  ) {
     this.#upstream = new Agent({ keepAlive: true, ...tls });
-    this.#kube = createServer((req, res) => { this.#toKubernetes(req, res); });
-    this.#buildkite = createServer((req, res) => { this.#toBuildkite(req, res); });
-    this.#buildkite.on("connection", (socket: Socket) => { this.#owners.set(socket, this.#ownerOf(socket.remotePort ?? 0)); });
+    this.#kube = createServer((req, res) => {
+      this.#toKubernetes(req, res);
+    });
+    this.#buildkite = createServer((req, res) => {
+      this.#toBuildkite(req, res);
+    });
+    this.#buildkite.on("connection", (socket: Socket) => {
+      this.#owners.set(socket, this.#ownerOf(socket.remotePort ?? 0));
+    });
   }
 
   /** Starts the proxy; `fakeUrl` is the fake Buildkite's base URL. The kubeconfig goes to the cluster's directory. */
   static async start(cluster: LocalCluster, name: string, fakeUrl: string): Promise<RecordingProxy> {
-    const [ca, cert, key] = await Promise.all([cluster.pki.caCert, cluster.pki.adminCert, cluster.pki.adminKey].map((f) => readFile(f)));
+    const [ca, cert, key] = await Promise.all(
+      [cluster.pki.caCert, cluster.pki.adminCert, cluster.pki.adminKey].map((f) => readFile(f)),
+    );
     if (!ca || !cert || !key) throw new Error("the cluster's PKI is incomplete");
     const path = join(cluster.dir, `kubeconfig-proxy-${name}`);
     const proxy = new RecordingProxy(cluster, new URL(fakeUrl), { ca, cert, key }, path);
-    await Promise.all([proxy.#kube, proxy.#buildkite].map((s) => new Promise<void>((resolve) => s.listen(0, "127.0.0.1", resolve))));
+    await Promise.all(
+      [proxy.#kube, proxy.#buildkite].map((s) => new Promise<void>((resolve) => s.listen(0, "127.0.0.1", resolve))),
+    );
     // client-node refuses plain HTTP unless TLS verification is off (there is no TLS to verify); JSON is YAML.
-    await writeFile(path, JSON.stringify({
-      apiVersion: "v1", kind: "Config", "current-context": "proxy",
-      clusters: [{ name: "proxy", cluster: { server: `http://127.0.0.1:${port(proxy.#kube)}`, "insecure-skip-tls-verify": true } }],
-      users: [{ name: "proxy", user: {} }], contexts: [{ name: "proxy", context: { cluster: "proxy", user: "proxy" } }],
-    }), { mode: 0o600 });
+    await writeFile(
+      path,
+      JSON.stringify({
+        apiVersion: "v1",
+        kind: "Config",
+        "current-context": "proxy",
+        clusters: [
+          {
+            name: "proxy",
+            cluster: { server: `http://127.0.0.1:${port(proxy.#kube)}`, "insecure-skip-tls-verify": true },
+          },
+        ],
+        users: [{ name: "proxy", user: {} }],
+        contexts: [{ name: "proxy", context: { cluster: "proxy", user: "proxy" } }],
+      }),
+      { mode: 0o600 },
+    );
     return proxy;
   }
 
@@ -79,15 +113,34 @@ export class RecordingProxy {
   #toKubernetes(req: IncomingMessage, res: ServerResponse): void {
     this.#record("kubernetes", req, Promise.resolve(undefined));
     const server = new URL(this.cluster.server);
-    this.#relay(req, res, httpsRequest({
-      host: server.hostname, port: server.port, method: req.method, path: req.url, headers: { ...req.headers, host: server.host }, agent: this.#upstream,
-    }));
+    this.#relay(
+      req,
+      res,
+      httpsRequest({
+        host: server.hostname,
+        port: server.port,
+        method: req.method,
+        path: req.url,
+        headers: { ...req.headers, host: server.host },
+        agent: this.#upstream,
+      }),
+    );
   }
 
   #toBuildkite(req: IncomingMessage, res: ServerResponse): void {
     this.#record("buildkite", req, this.#owners.get(req.socket) ?? Promise.resolve(undefined));
     const { hostname, port: fakePort } = this.fakeUrl;
-    this.#relay(req, res, httpRequest({ host: hostname, port: fakePort, method: req.method, path: req.url, headers: { ...req.headers, host: this.fakeUrl.host } }));
+    this.#relay(
+      req,
+      res,
+      httpRequest({
+        host: hostname,
+        port: fakePort,
+        method: req.method,
+        path: req.url,
+        headers: { ...req.headers, host: this.fakeUrl.host },
+      }),
+    );
   }
 
   /** Streams the request up and the answer back; either side closing closes the other. */
@@ -98,8 +151,13 @@ export class RecordingProxy {
       res.flushHeaders();
       answer.pipe(res);
     });
-    upstream.on("error", () => { if (res.headersSent) res.destroy(); else res.writeHead(502).end(); });
-    res.on("close", () => { upstream.destroy(); });
+    upstream.on("error", () => {
+      if (res.headersSent) res.destroy();
+      else res.writeHead(502).end();
+    });
+    res.on("close", () => {
+      upstream.destroy();
+    });
     req.pipe(upstream);
   }
 

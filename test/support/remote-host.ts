@@ -106,7 +106,11 @@ export interface InstalledGuard {
   readonly target: string;
 }
 
-const GUARD_CHAINS = [["mangle", "POSTROUTING"], ["filter", "OUTPUT"], ["filter", "FORWARD"]] as const;
+const GUARD_CHAINS = [
+  ["mangle", "POSTROUTING"],
+  ["filter", "OUTPUT"],
+  ["filter", "FORWARD"],
+] as const;
 
 /**
  * A host off the node for NetworkPolicy tests: a network namespace made by the test, holding documentation addresses
@@ -147,10 +151,22 @@ export class RemoteHost {
     const hostSide = `${a ?? ""}.${b ?? ""}.${c ?? ""}.1`;
     const remoteSide = `${a ?? ""}.${b ?? ""}.${c ?? ""}.2`;
     const comment = ["-m", "comment", "--comment", guardComment(id)];
-    const guards: GuardRule[] = options.guardedCidrs.flatMap((cidr) => GUARD_CHAINS.map(([table, chain]) =>
-      ({ table, chain, spec: ["-d", cidr, "!", "-o", veth, ...comment, "-j", "DROP"] })));
+    const guards: GuardRule[] = options.guardedCidrs.flatMap((cidr) =>
+      GUARD_CHAINS.map(([table, chain]) => ({
+        table,
+        chain,
+        spec: ["-d", cidr, "!", "-o", veth, ...comment, "-j", "DROP"],
+      })),
+    );
     const processes = new ProcessGroup();
-    const host = new RemoteHost(namespace, veth, id, guards, processes, await mkdtemp(join(tmpdir(), "bk-remote-host-")));
+    const host = new RemoteHost(
+      namespace,
+      veth,
+      id,
+      guards,
+      processes,
+      await mkdtemp(join(tmpdir(), "bk-remote-host-")),
+    );
     // A test runner that exits without stop() still removes the namespace and the guards (before the cluster's own
     // exit clean-up, hence prepended).
     const undo = (): void => {
@@ -158,7 +174,9 @@ export class RemoteHost {
       if (process.env.BK_KEEP_CLUSTER !== "1") rmSync(host.dir, { recursive: true, force: true });
     };
     process.prependListener("exit", undo);
-    host.#forgetExitHook = () => { process.off("exit", undo); };
+    host.#forgetExitHook = () => {
+      process.off("exit", undo);
+    };
     try {
       for (const g of guards) await run("iptables", ["-t", g.table, "-I", g.chain, "1", ...g.spec]);
       await run(IP, ["netns", "add", namespace]);
@@ -172,14 +190,29 @@ export class RemoteHost {
       await inNs(["link", "set", "eth0", "up"]);
       await inNs(["route", "add", "default", "via", hostSide]);
       for (const cidr of options.guardedCidrs) await run(IP, ["route", "add", cidr, "via", remoteSide, "dev", veth]);
-      const script = SERVER.replace("__CONFIG__", JSON.stringify({ addresses: options.addresses, proxy: options.proxy }));
-      const server = processes.start({ name: "remote-host", binary: IP, logFile: host.logFile, args: ["netns", "exec", namespace, process.execPath, "-e", script] });
+      const script = SERVER.replace(
+        "__CONFIG__",
+        JSON.stringify({ addresses: options.addresses, proxy: options.proxy }),
+      );
+      const server = processes.start({
+        name: "remote-host",
+        binary: IP,
+        logFile: host.logFile,
+        args: ["netns", "exec", namespace, process.execPath, "-e", script],
+      });
       for (const address of options.addresses) {
-        await server.waitReady(async () => (await httpGet(`http://${address}/`)).body.startsWith("remote-ok"), 10_000,
-          "The remote host did not answer from its namespace.");
+        await server.waitReady(
+          async () => (await httpGet(`http://${address}/`)).body.startsWith("remote-ok"),
+          10_000,
+          "The remote host did not answer from its namespace.",
+        );
       }
       if (options.proxy) {
-        await server.waitReady(() => Promise.resolve(host.logLines().includes("proxy listening")), 10_000, "The remote host's proxy did not start.");
+        await server.waitReady(
+          () => Promise.resolve(host.logLines().includes("proxy listening")),
+          10_000,
+          "The remote host's proxy did not start.",
+        );
       }
       return host;
     } catch (err) {
@@ -220,7 +253,9 @@ export class RemoteHost {
       rules.forEach((rule, i) => {
         if (!rule.includes(guardComment(this.id))) return;
         found.push({
-          table, chain, position: i + 1,
+          table,
+          chain,
+          position: i + 1,
           destination: /-d (\S+)/.exec(rule)?.[1] ?? "",
           exceptOut: /! -o (\S+)/.exec(rule)?.[1] ?? "",
           target: /-j (\S+)/.exec(rule)?.[1] ?? "",
@@ -239,13 +274,18 @@ export class RemoteHost {
     await this.processes.stopAll(2_000);
     this.cleanupSync(false);
     // The routes to the guarded ranges go with the veth, once the namespace is gone: only then may the guards go.
-    await eventually(() => { if (existsSync(`/sys/class/net/${this.veth}`)) throw new Error(`${this.veth} still exists`); },
-      { timeoutMs: 10_000, what: `the veth ${this.veth} to go with its namespace` });
+    await eventually(
+      () => {
+        if (existsSync(`/sys/class/net/${this.veth}`)) throw new Error(`${this.veth} still exists`);
+      },
+      { timeoutMs: 10_000, what: `the veth ${this.veth} to go with its namespace` },
+    );
     this.removeGuards();
     this.#forgetExitHook();
     if (process.env.BK_KEEP_CLUSTER !== "1") rmSync(this.dir, { recursive: true, force: true });
     const left = await this.installedGuards();
-    if (left.length > 0) throw new Error(`guard rules left after stop (did kube-router still run?): ${JSON.stringify(left)}`);
+    if (left.length > 0)
+      throw new Error(`guard rules left after stop (did kube-router still run?): ${JSON.stringify(left)}`);
   }
 
   private logLines(): string[] {
@@ -284,9 +324,28 @@ const guardComment = (id: string): string => `bk-operator-test guard ${id}`;
 function removeStaleGuards(): void {
   for (const [table, chain] of GUARD_CHAINS) {
     for (const rule of runSync("iptables", ["-t", table, "-S", chain]).split("\n")) {
-      const m = /^-A \S+ -d (\S+) ! -o (\S+) -m comment --comment "?(bk-operator-test (?:metadata )?guard \w+)"? -j DROP$/.exec(rule.trim());
+      const m =
+        /^-A \S+ -d (\S+) ! -o (\S+) -m comment --comment "?(bk-operator-test (?:metadata )?guard \w+)"? -j DROP$/.exec(
+          rule.trim(),
+        );
       if (!m || existsSync(`/sys/class/net/${m[2] ?? ""}`)) continue;
-      runSync("iptables", ["-t", table, "-D", chain, "-d", m[1] ?? "", "!", "-o", m[2] ?? "", "-m", "comment", "--comment", m[3] ?? "", "-j", "DROP"]);
+      runSync("iptables", [
+        "-t",
+        table,
+        "-D",
+        chain,
+        "-d",
+        m[1] ?? "",
+        "!",
+        "-o",
+        m[2] ?? "",
+        "-m",
+        "comment",
+        "--comment",
+        m[3] ?? "",
+        "-j",
+        "DROP",
+      ]);
     }
   }
 }

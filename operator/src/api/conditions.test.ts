@@ -6,7 +6,16 @@ describe("setCondition", () => {
   const t1 = new Date("2026-01-01T00:05:00Z");
   it("adds a condition with the current time and generation", () => {
     const list = setCondition([], { type: "Ready", status: "True", reason: "Ok", message: "fine" }, 3, t0);
-    expect(list).to.deep.equal([{ type: "Ready", status: "True", reason: "Ok", message: "fine", observedGeneration: 3, lastTransitionTime: t0.toISOString() }]);
+    expect(list).to.deep.equal([
+      {
+        type: "Ready",
+        status: "True",
+        reason: "Ok",
+        message: "fine",
+        observedGeneration: 3,
+        lastTransitionTime: t0.toISOString(),
+      },
+    ]);
   });
   it("keeps the transition time while the status holds, and moves it when the status flips", () => {
     const first = setCondition([], { type: "Ready", status: "True", reason: "Ok", message: "fine" }, 1, t0);

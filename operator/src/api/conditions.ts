@@ -15,7 +15,12 @@ export type ConditionUpdate = Pick<Condition, "type" | "status" | "reason" | "me
  * Returns `conditions` with `update` applied: `lastTransitionTime` moves only when the status changes (the
  * metav1.Condition contract), so rewriting the same condition is a no-op that status writes can skip.
  */
-export function setCondition(conditions: readonly Condition[] | undefined, update: ConditionUpdate, generation: number | undefined, now: Date): Condition[] {
+export function setCondition(
+  conditions: readonly Condition[] | undefined,
+  update: ConditionUpdate,
+  generation: number | undefined,
+  now: Date,
+): Condition[] {
   const list = [...(conditions ?? [])];
   const i = list.findIndex((c) => c.type === update.type);
   const previous = i >= 0 ? list[i] : undefined;

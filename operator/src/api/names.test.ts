@@ -4,7 +4,11 @@ import { cacheClaimName, cacheScope } from "./names.js";
 
 const jobOf = (pipelineSlug?: string, branch?: string) => {
   const j = jobFixture();
-  j.spec = { ...j.spec, ...(pipelineSlug !== undefined ? { pipelineSlug } : {}), ...(branch !== undefined ? { branch } : {}) };
+  j.spec = {
+    ...j.spec,
+    ...(pipelineSlug !== undefined ? { pipelineSlug } : {}),
+    ...(branch !== undefined ? { branch } : {}),
+  };
   return j;
 };
 const pipelineCache = { name: "gomod", scope: "Pipeline" } as const;
@@ -26,8 +30,12 @@ describe("cache scopes and claim names", () => {
 
   it("never lets a pipeline and branch name run together into another's (the parts are kept apart)", () => {
     const queue = queueFixture();
-    expect(cacheScope(queue, branchCache, jobOf("web-", "main")).key).to.not.equal(cacheScope(queue, branchCache, jobOf("web", "-main")).key);
-    expect(cacheScope(queue, branchCache, jobOf(undefined, undefined)).key).to.not.equal(cacheScope(queue, pipelineCache, jobOf(undefined, undefined)).key);
+    expect(cacheScope(queue, branchCache, jobOf("web-", "main")).key).to.not.equal(
+      cacheScope(queue, branchCache, jobOf("web", "-main")).key,
+    );
+    expect(cacheScope(queue, branchCache, jobOf(undefined, undefined)).key).to.not.equal(
+      cacheScope(queue, pipelineCache, jobOf(undefined, undefined)).key,
+    );
   });
 
   it("names a claim bkq-<queue>-<cache>-<scope>-<slot>, and keeps queues whose names join alike apart", () => {

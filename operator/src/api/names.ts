@@ -33,10 +33,17 @@ const SCOPE_KEY_LENGTH = 20;
  * The key digests the queue and cache names too, so two queues (or caches) whose names join to the same claim name
  * prefix (`a-b` + `c`, `a` + `b-c`) still never share a claim.
  */
-export function cacheScope(queue: Named, cache: Pick<BuildkiteQueueSpecCacheItem, "name" | "scope">, job: Pick<BuildkiteJob, "spec">): CacheScope {
+export function cacheScope(
+  queue: Named,
+  cache: Pick<BuildkiteQueueSpecCacheItem, "name" | "scope">,
+  job: Pick<BuildkiteJob, "spec">,
+): CacheScope {
   const pipeline = job.spec.pipelineSlug ?? "";
-  const branch = cache.scope === "Branch" ? job.spec.branch ?? "" : undefined;
-  const key = createHash("sha256").update(JSON.stringify([nameOf(queue), cache.name, cache.scope, pipeline, branch ?? null])).digest("hex").slice(0, SCOPE_KEY_LENGTH);
+  const branch = cache.scope === "Branch" ? (job.spec.branch ?? "") : undefined;
+  const key = createHash("sha256")
+    .update(JSON.stringify([nameOf(queue), cache.name, cache.scope, pipeline, branch ?? null]))
+    .digest("hex")
+    .slice(0, SCOPE_KEY_LENGTH);
   return { key, pipeline, ...(branch !== undefined ? { branch } : {}) };
 }
 
@@ -44,7 +51,8 @@ export function cacheScope(queue: Named, cache: Pick<BuildkiteQueueSpecCacheItem
  * The PersistentVolumeClaim of cache volume `cache` for one scope and concurrency slot: ReadWriteOnce storage is
  * mounted by one running job at a time, and a job mounts only its own scope's claims.
  */
-export const cacheClaimName = (queue: Named, cache: string, scope: CacheScope, slot: number): string => `bkq-${nameOf(queue)}-${cache}-${scope.key}-${slot}`;
+export const cacheClaimName = (queue: Named, cache: string, scope: CacheScope, slot: number): string =>
+  `bkq-${nameOf(queue)}-${cache}-${scope.key}-${slot}`;
 
 /** The BuildkiteJob of a Buildkite job UUID: one name per job, so a second create of the same job is refused. */
 export const jobResourceName = (uuid: string): string => `bkj-${uuid.toLowerCase()}`;

@@ -16,8 +16,13 @@ export function checkTarget(queue: BuildkiteQueue, sts: Pick<StsCaller, "endpoin
   const aws = queue.spec.aws;
   const region = aws?.region ?? "";
   return {
-    namespace: queue.metadata.namespace ?? "", name: queue.metadata.name ?? "", serviceAccount: serviceAccountName(queue),
-    roleArn: aws?.roleArn ?? "", region, audience: aws?.audience || DEFAULT_AUDIENCE, endpoint: sts.endpointFor(region, aws?.stsEndpoint),
+    namespace: queue.metadata.namespace ?? "",
+    name: queue.metadata.name ?? "",
+    serviceAccount: serviceAccountName(queue),
+    roleArn: aws?.roleArn ?? "",
+    region,
+    audience: aws?.audience || DEFAULT_AUDIENCE,
+    endpoint: sts.endpointFor(region, aws?.stsEndpoint),
   };
 }
 
@@ -31,7 +36,8 @@ export async function checkCredentials(core: CoreV1Api, sts: StsCaller, queue: B
   let token: string;
   try {
     const request = await core.createNamespacedServiceAccountToken({
-      name: t.serviceAccount, namespace: t.namespace,
+      name: t.serviceAccount,
+      namespace: t.namespace,
       body: { spec: { audiences: [t.audience], expirationSeconds: TOKEN_EXPIRATION_SECONDS } },
     });
     token = request.status?.token ?? "";
@@ -39,7 +45,8 @@ export async function checkCredentials(core: CoreV1Api, sts: StsCaller, queue: B
     if (isNotFound(err)) return { kind: "noServiceAccount" };
     return { kind: "tokenRequestFailed", status: statusCodeOf(err), message: apiMessage(err) };
   }
-  if (token === "") return { kind: "tokenRequestFailed", status: undefined, message: "the API server returned no token" };
+  if (token === "")
+    return { kind: "tokenRequestFailed", status: undefined, message: "the API server returned no token" };
   const issuer = issuerOf(token);
   try {
     const assumed = await sts.assume(t.region, t.roleArn, token, queue.spec.aws?.stsEndpoint);

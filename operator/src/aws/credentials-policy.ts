@@ -33,26 +33,44 @@ export interface CredentialsPlan {
   retryInMs: number;
 }
 
-
 const seconds = (ms: number): string => `${String(Math.round(ms / 1000))} s`;
 
 /** The condition while an answer is awaited. */
 export function checkingCondition(t: CheckTarget): ConditionUpdate {
-  return { type: CREDENTIALS_READY, status: "Unknown", reason: CHECKING, message: `Checking that ServiceAccount ${t.namespace}/${t.serviceAccount} can assume role ${t.roleArn}.` };
+  return {
+    type: CREDENTIALS_READY,
+    status: "Unknown",
+    reason: CHECKING,
+    message: `Checking that ServiceAccount ${t.namespace}/${t.serviceAccount} can assume role ${t.roleArn}.`,
+  };
 }
 
 /**
  * Turns what a check found into the queue's CredentialsReady condition and the delay until the next check. `failures`
  * counts the failed checks in a row including this one (0 after a success).
  */
-export function planCredentials(outcome: CheckOutcome, t: CheckTarget, failures: number, settings: RetrySettings): CredentialsPlan {
+export function planCredentials(
+  outcome: CheckOutcome,
+  t: CheckTarget,
+  failures: number,
+  settings: RetrySettings,
+): CredentialsPlan {
   const sa = `ServiceAccount ${t.namespace}/${t.serviceAccount}`;
-  const condition = (status: ConditionUpdate["status"], reason: string, message: string): ConditionUpdate => ({ type: CREDENTIALS_READY, status, reason, message });
+  const condition = (status: ConditionUpdate["status"], reason: string, message: string): ConditionUpdate => ({
+    type: CREDENTIALS_READY,
+    status,
+    reason,
+    message,
+  });
   switch (outcome.kind) {
     case "assumed": {
       const until = outcome.expiration ? `; credentials valid until ${outcome.expiration.toISOString()}` : "";
       return {
-        condition: condition("True", "RoleAssumed", `${sa} assumed role ${t.roleArn} (as ${outcome.assumedRoleArn})${until}.`),
+        condition: condition(
+          "True",
+          "RoleAssumed",
+          `${sa} assumed role ${t.roleArn} (as ${outcome.assumedRoleArn})${until}.`,
+        ),
         retryInMs: settings.recheckIntervalMs,
       };
     }
@@ -60,8 +78,11 @@ export function planCredentials(outcome: CheckOutcome, t: CheckTarget, failures:
       const retryInMs = backoffDelayMs(failures, BACKOFF_BASE_MS.refused, settings.maxBackoffMs);
       const hint = hintFor(outcome.code, t, outcome.issuer);
       return {
-        condition: condition("False", outcome.code,
-          `STS refused AssumeRoleWithWebIdentity of role ${t.roleArn} for ${sa}: ${outcome.message} (${outcome.code}).${hint ? ` ${hint}` : ""} Checking again in ${seconds(retryInMs)}.`),
+        condition: condition(
+          "False",
+          outcome.code,
+          `STS refused AssumeRoleWithWebIdentity of role ${t.roleArn} for ${sa}: ${outcome.message} (${outcome.code}).${hint ? ` ${hint}` : ""} Checking again in ${seconds(retryInMs)}.`,
+        ),
         retryInMs,
       };
     }
@@ -70,33 +91,55 @@ export function planCredentials(outcome: CheckOutcome, t: CheckTarget, failures:
       if (outcome.code === "IDPCommunicationError") {
         const iss = outcome.issuer ?? "the cluster's service account issuer";
         return {
-          condition: condition("Unknown", "IDPCommunicationError",
-            `STS could not reach the OIDC issuer ${iss} to verify the token: ${outcome.detail}. AWS must be able to fetch ${iss}/.well-known/openid-configuration and its keys. Retrying in ${seconds(retryInMs)}.`),
+          condition: condition(
+            "Unknown",
+            "IDPCommunicationError",
+            `STS could not reach the OIDC issuer ${iss} to verify the token: ${outcome.detail}. AWS must be able to fetch ${iss}/.well-known/openid-configuration and its keys. Retrying in ${seconds(retryInMs)}.`,
+          ),
           retryInMs,
         };
       }
       return {
-        condition: condition("Unknown", "StsUnavailable", `Could not get an answer from STS at ${t.endpoint} (${outcome.code}): ${outcome.detail}. Retrying in ${seconds(retryInMs)}.`),
+        condition: condition(
+          "Unknown",
+          "StsUnavailable",
+          `Could not get an answer from STS at ${t.endpoint} (${outcome.code}): ${outcome.detail}. Retrying in ${seconds(retryInMs)}.`,
+        ),
         retryInMs,
       };
     }
     case "noServiceAccount":
       return {
-        condition: condition("Unknown", "WaitingForServiceAccount", `Waiting for ${sa}, which the queue controller creates, before checking role ${t.roleArn}.`),
-        retryInMs: backoffDelayMs(failures, BACKOFF_BASE_MS.noServiceAccount, Math.min(settings.maxBackoffMs, SERVICE_ACCOUNT_RETRY_CAP_MS)),
+        condition: condition(
+          "Unknown",
+          "WaitingForServiceAccount",
+          `Waiting for ${sa}, which the queue controller creates, before checking role ${t.roleArn}.`,
+        ),
+        retryInMs: backoffDelayMs(
+          failures,
+          BACKOFF_BASE_MS.noServiceAccount,
+          Math.min(settings.maxBackoffMs, SERVICE_ACCOUNT_RETRY_CAP_MS),
+        ),
       };
     case "tokenRequestFailed": {
       const retryInMs = backoffDelayMs(failures, BACKOFF_BASE_MS.tokenRequestFailed, settings.maxBackoffMs);
       if (outcome.status === 403) {
         return {
-          condition: condition("False", "TokenRequestForbidden",
-            `The operator may not request a token for ${sa}: ${outcome.message}. Its Role in the queue's namespace (or its ClusterRole) needs the verb create on serviceaccounts/token. Checking again in ${seconds(retryInMs)}.`),
+          condition: condition(
+            "False",
+            "TokenRequestForbidden",
+            `The operator may not request a token for ${sa}: ${outcome.message}. Its Role in the queue's namespace (or its ClusterRole) needs the verb create on serviceaccounts/token. Checking again in ${seconds(retryInMs)}.`,
+          ),
           retryInMs,
         };
       }
       const status = outcome.status === undefined ? "" : ` (HTTP ${String(outcome.status)})`;
       return {
-        condition: condition("Unknown", "TokenRequestFailed", `Could not request a token for ${sa}${status}: ${outcome.message}. Retrying in ${seconds(retryInMs)}.`),
+        condition: condition(
+          "Unknown",
+          "TokenRequestFailed",
+          `Could not request a token for ${sa}${status}: ${outcome.message}. Retrying in ${seconds(retryInMs)}.`,
+        ),
         retryInMs,
       };
     }
@@ -118,7 +161,10 @@ export const gaugeValueOf = (c: ConditionUpdate): boolean | undefined =>
  * One line for the timeline of each job of a queue whose credentials are known to be broken (CredentialsReady False);
  * undefined otherwise (a transient STS outage is not the job's problem yet).
  */
-export function timelineMessageFor(c: ConditionUpdate, t: Pick<CheckTarget, "namespace" | "name" | "serviceAccount" | "roleArn">): string | undefined {
+export function timelineMessageFor(
+  c: ConditionUpdate,
+  t: Pick<CheckTarget, "namespace" | "name" | "serviceAccount" | "roleArn">,
+): string | undefined {
   if (c.status !== "False") return undefined;
   return `AWS credentials will not work in this job: ServiceAccount ${t.namespace}/${t.serviceAccount} cannot assume role ${t.roleArn} (${c.reason}). See: kubectl describe buildkitequeue ${t.name} -n ${t.namespace}`;
 }

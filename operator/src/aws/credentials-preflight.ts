@@ -69,7 +69,11 @@ export class CredentialsPreflight {
         continue;
       }
       const check = new QueueCredentials(key, queue.metadata.uid ?? "", queue, {
-        clock: this.ctx.clock, logger: this.ctx.logger, recorder: this.ctx.recorder, metrics: this.ctx.metrics, settings: this.settings,
+        clock: this.ctx.clock,
+        logger: this.ctx.logger,
+        recorder: this.ctx.recorder,
+        metrics: this.ctx.metrics,
+        settings: this.settings,
         current: () => {
           const { namespace, name } = splitKey(key);
           return this.ctx.caches.queues.get(name, namespace);

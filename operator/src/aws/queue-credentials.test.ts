@@ -7,8 +7,18 @@ import { createLogger } from "../observability/logger.js";
 import type { CheckOutcome } from "./outcome.js";
 import { QueueCredentials } from "./queue-credentials.js";
 
-const AWS = { roleArn: "arn:aws:iam::123456789012:role/ci", region: "eu-west-1", audience: "sts.amazonaws.com", tokenExpirationSeconds: 3600 };
-const ASSUMED: CheckOutcome = { kind: "assumed", assumedRoleArn: "arn:aws:sts::123456789012:assumed-role/ci/s", expiration: undefined, issuer: undefined };
+const AWS = {
+  roleArn: "arn:aws:iam::123456789012:role/ci",
+  region: "eu-west-1",
+  audience: "sts.amazonaws.com",
+  tokenExpirationSeconds: 3600,
+};
+const ASSUMED: CheckOutcome = {
+  kind: "assumed",
+  assumedRoleArn: "arn:aws:sts::123456789012:assumed-role/ci/s",
+  expiration: undefined,
+  issuer: undefined,
+};
 const DOWN: CheckOutcome = { kind: "unavailable", code: "ECONNREFUSED", detail: "refused", issuer: undefined };
 
 /** A copy of `q` as the API server serves it after a spec change. */
@@ -52,19 +62,50 @@ describe("QueueCredentials", () => {
     changes = 0;
     gauge = [];
     subject = new QueueCredentials("ci/linux", queue.metadata.uid ?? "", queue, {
-      clock, logger: createLogger("error", new Writable({ write: (_c, _e, done) => { done(); } })),
-      recorder: { record: (_t, type, reason) => { events.push({ type, reason }); } },
-      metrics: { credentials: (_q, ready) => { gauge.push(ready); } },
+      clock,
+      logger: createLogger(
+        "error",
+        new Writable({
+          write: (_c, _e, done) => {
+            done();
+          },
+        }),
+      ),
+      recorder: {
+        record: (_t, type, reason) => {
+          events.push({ type, reason });
+        },
+      },
+      metrics: {
+        credentials: (_q, ready) => {
+          gauge.push(ready);
+        },
+      },
       settings: { recheckIntervalMs: 300_000, maxBackoffMs: 8_000 },
       current: () => queue,
-      check: () => new Promise((resolve) => { checks.push({ at: clock.nowMs(), resolve }); }),
-      target: (q) => ({ namespace: "ci", name: "linux", serviceAccount: "bkq-linux", roleArn: q.spec.aws?.roleArn ?? "", region: "eu-west-1", audience: "sts.amazonaws.com", endpoint: "http://sts" }),
-      onChange: () => { changes++; },
+      check: () =>
+        new Promise((resolve) => {
+          checks.push({ at: clock.nowMs(), resolve });
+        }),
+      target: (q) => ({
+        namespace: "ci",
+        name: "linux",
+        serviceAccount: "bkq-linux",
+        roleArn: q.spec.aws?.roleArn ?? "",
+        region: "eu-west-1",
+        audience: "sts.amazonaws.com",
+        endpoint: "http://sts",
+      }),
+      onChange: () => {
+        changes++;
+      },
     });
     subject.start();
     await advance(0);
   });
-  afterEach(async () => { await subject.stop(); });
+  afterEach(async () => {
+    await subject.stop();
+  });
 
   it("checks at once, shows Checking until the answer, then re-checks after the interval", async () => {
     expect(checks).to.have.length(1);
@@ -105,7 +146,10 @@ describe("QueueCredentials", () => {
     await answer(ASSUMED);
     await advance(300_000);
     await answer(ASSUMED);
-    expect(events).to.deep.equal([{ type: "Warning", reason: "StsUnavailable" }, { type: "Normal", reason: "RoleAssumed" }]);
+    expect(events).to.deep.equal([
+      { type: "Warning", reason: "StsUnavailable" },
+      { type: "Normal", reason: "RoleAssumed" },
+    ]);
     // the StsUnavailable message names the next retry, so each attempt rewrites it; the same success does not
     expect(changes).to.equal(3);
     expect(gauge).to.deep.equal([false, false, true]);

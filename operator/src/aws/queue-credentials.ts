@@ -4,7 +4,14 @@ import type { BuildkiteQueue } from "../api/generated/buildkite-queue.js";
 import type { Clock, Timer } from "../kube/clock.js";
 import type { EventRecorder } from "../kube/event-recorder.js";
 import type { Metrics } from "../observability/metrics.js";
-import { CHECKING, checkingCondition, eventTypeOf, gaugeValueOf, planCredentials, type RetrySettings } from "./credentials-policy.js";
+import {
+  CHECKING,
+  checkingCondition,
+  eventTypeOf,
+  gaugeValueOf,
+  planCredentials,
+  type RetrySettings,
+} from "./credentials-policy.js";
 import type { CheckOutcome, CheckTarget } from "./outcome.js";
 
 /** What one queue's checker needs; the checks themselves come in as a function, so the scheduling is testable alone. */
@@ -22,7 +29,8 @@ export interface QueueCredentialsDeps {
 }
 
 /** What a check result depends on: a change of it makes the result stale and a new check due at once. */
-const fingerprintOf = (q: BuildkiteQueue): string => JSON.stringify([q.metadata.uid, q.metadata.generation, q.spec.aws]);
+const fingerprintOf = (q: BuildkiteQueue): string =>
+  JSON.stringify([q.metadata.uid, q.metadata.generation, q.spec.aws]);
 const awsOf = (q: BuildkiteQueue): string => JSON.stringify(q.spec.aws);
 
 /**
@@ -40,7 +48,12 @@ export class QueueCredentials {
   private running = false;
   private stopped = false;
 
-  constructor(readonly key: string, readonly uid: string, queue: BuildkiteQueue, private readonly deps: QueueCredentialsDeps) {
+  constructor(
+    readonly key: string,
+    readonly uid: string,
+    queue: BuildkiteQueue,
+    private readonly deps: QueueCredentialsDeps,
+  ) {
     this.fingerprint = fingerprintOf(queue);
     this.aws = awsOf(queue);
     this.condition = checkingCondition(deps.target(queue));
@@ -104,7 +117,12 @@ export class QueueCredentials {
       outcome = await this.deps.check(queue);
     } catch (err) {
       // checkCredentials never throws; a bug in it must still not stop the checks.
-      outcome = { kind: "unavailable", code: "Error", detail: err instanceof Error ? err.message : String(err), issuer: undefined };
+      outcome = {
+        kind: "unavailable",
+        code: "Error",
+        detail: err instanceof Error ? err.message : String(err),
+        issuer: undefined,
+      };
     } finally {
       this.running = false;
     }
@@ -123,13 +141,20 @@ export class QueueCredentials {
   /** Updates the condition; a change of status or reason is an Event and a log line, any change a status write. */
   private set(update: ConditionUpdate, queue: BuildkiteQueue): void {
     const previous = this.condition;
-    if (previous.status === update.status && previous.reason === update.reason && previous.message === update.message) return;
+    if (previous.status === update.status && previous.reason === update.reason && previous.message === update.message)
+      return;
     this.condition = update;
     this.deps.metrics.credentials(this.key, gaugeValueOf(update));
     if ((previous.status !== update.status || previous.reason !== update.reason) && update.reason !== CHECKING) {
       const type = eventTypeOf(update);
       this.deps.recorder.record(queue, type, update.reason, update.message);
-      const meta = { namespace: queue.metadata.namespace, queue: queue.metadata.name, status: update.status, reason: update.reason, detail: update.message };
+      const meta = {
+        namespace: queue.metadata.namespace,
+        queue: queue.metadata.name,
+        status: update.status,
+        reason: update.reason,
+        detail: update.message,
+      };
       if (type === "Normal") this.deps.logger.info("Checked AWS credentials", meta);
       else this.deps.logger.warn("Checked AWS credentials; they do not work", meta);
     }

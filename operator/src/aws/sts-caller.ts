@@ -36,9 +36,14 @@ export class StsCaller {
 
   /** Assumes `roleArn` with `token`; throws the SDK's error (see `classifyStsError`). */
   async assume(region: string, roleArn: string, token: string, queueEndpoint?: string): Promise<AssumedRole> {
-    const out = await this.client(region, queueEndpoint).send(new AssumeRoleWithWebIdentityCommand({
-      RoleArn: roleArn, RoleSessionName: PREFLIGHT_SESSION_NAME, WebIdentityToken: token, DurationSeconds: SESSION_SECONDS,
-    }));
+    const out = await this.client(region, queueEndpoint).send(
+      new AssumeRoleWithWebIdentityCommand({
+        RoleArn: roleArn,
+        RoleSessionName: PREFLIGHT_SESSION_NAME,
+        WebIdentityToken: token,
+        DurationSeconds: SESSION_SECONDS,
+      }),
+    );
     return { assumedRoleArn: out.AssumedRoleUser?.Arn ?? roleArn, expiration: out.Credentials?.Expiration };
   }
 
@@ -57,7 +62,8 @@ export class StsCaller {
         region,
         ...(stsEndpoint !== undefined ? { endpoint: stsEndpoint } : {}),
         maxAttempts: 1,
-        credentials: () => Promise.reject(new Error("AssumeRoleWithWebIdentity is unsigned; the preflight uses no AWS credentials")),
+        credentials: () =>
+          Promise.reject(new Error("AssumeRoleWithWebIdentity is unsigned; the preflight uses no AWS credentials")),
         requestHandler: { connectionTimeout: timeoutMs, requestTimeout: timeoutMs, throwOnRequestTimeout: true },
       });
       this.clients.set(key, client);

@@ -5,9 +5,18 @@ import type { CheckOutcome } from "./outcome.js";
  * answers) and its own transient failures. Anything with a 5xx status or a `server` fault is treated the same.
  */
 const TRANSIENT_CODES: ReadonlySet<string> = new Set([
-  "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequestsException", "RequestThrottled",
-  "RequestThrottledException", "ServiceUnavailable", "InternalFailure", "InternalError", "RequestTimeout",
-  "RequestTimeoutException", "IDPCommunicationError",
+  "Throttling",
+  "ThrottlingException",
+  "RequestLimitExceeded",
+  "TooManyRequestsException",
+  "RequestThrottled",
+  "RequestThrottledException",
+  "ServiceUnavailable",
+  "InternalFailure",
+  "InternalError",
+  "RequestTimeout",
+  "RequestTimeoutException",
+  "IDPCommunicationError",
 ]);
 
 /** The parts of an `@aws-sdk` error the classification reads: structured fields, never the message text. */
@@ -52,7 +61,11 @@ export function classifyStsError(err: unknown, issuer: string | undefined): Chec
 const issuerKey = (issuer: string): string => issuer.replace(/^https:\/\//, "");
 
 /** What a person should check for an STS refusal, or "" when STS's own message says it all. */
-export function hintFor(code: string, t: { namespace: string; serviceAccount: string; roleArn: string; audience: string; region: string }, issuer: string | undefined): string {
+export function hintFor(
+  code: string,
+  t: { namespace: string; serviceAccount: string; roleArn: string; audience: string; region: string },
+  issuer: string | undefined,
+): string {
   const iss = issuer ?? "<the cluster's service account issuer>";
   const subject = `system:serviceaccount:${t.namespace}:${t.serviceAccount}`;
   switch (code) {

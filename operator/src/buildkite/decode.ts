@@ -1,5 +1,12 @@
 import type {
-  BatchReserveResponse, JobAcquisitionTokensResponse, JobDetails, JobStatesResponse, NotificationsResponse, ScheduledJob, ScheduledJobsPage, Stack,
+  BatchReserveResponse,
+  JobAcquisitionTokensResponse,
+  JobDetails,
+  JobStatesResponse,
+  NotificationsResponse,
+  ScheduledJob,
+  ScheduledJobsPage,
+  Stack,
   TokenIdentity,
 } from "./types.js";
 
@@ -15,7 +22,11 @@ export class ShapeError extends Error {
   override readonly name = "ShapeError";
 
   /** `field` is a path such as `jobs[3].pipeline.slug`. The value itself is never quoted: bodies may hold tokens. */
-  constructor(readonly field: string, expected: string, value: unknown) {
+  constructor(
+    readonly field: string,
+    expected: string,
+    value: unknown,
+  ) {
     super(`${field} ${value === undefined ? "is missing" : `is ${kind(value)}`}, expected ${expected}`);
   }
 }
@@ -78,7 +89,11 @@ const ROOT = "body";
 
 export function decodeIdentity(body: unknown): TokenIdentity {
   const b = object(body, ROOT);
-  return { uuid: string(b.uuid, "uuid"), cluster_uuid: nullableString(b.cluster_uuid, "cluster_uuid"), cluster_name: nullableString(b.cluster_name, "cluster_name") };
+  return {
+    uuid: string(b.uuid, "uuid"),
+    cluster_uuid: nullableString(b.cluster_uuid, "cluster_uuid"),
+    cluster_name: nullableString(b.cluster_name, "cluster_name"),
+  };
 }
 
 export function decodeStack(body: unknown): Stack {
@@ -98,7 +113,10 @@ function scheduledJob(value: unknown, path: string): ScheduledJob {
     agent_query_rules: array(j.agent_query_rules, at(path, "agent_query_rules"), string),
     scheduled_at: string(j.scheduled_at, at(path, "scheduled_at")),
     pipeline: { slug: string(pipeline.slug, at(path, "pipeline.slug")) },
-    build: { number: integer(build.number, at(path, "build.number")), branch: nullableString(build.branch, at(path, "build.branch")) },
+    build: {
+      number: integer(build.number, at(path, "build.number")),
+      branch: nullableString(build.branch, at(path, "build.branch")),
+    },
     step: { key: nullableString(step.key, at(path, "step.key")) },
   };
 }
@@ -123,7 +141,10 @@ export function decodeScheduledJobsPage(body: unknown): ScheduledJobsPage {
 export function decodeReserve(body: unknown): BatchReserveResponse {
   const b = object(body, ROOT);
   // An empty not_reserved may be left out by a terse server; nothing is lost by treating it as [].
-  return { reserved: array(b.reserved, "reserved", string), not_reserved: array(b.not_reserved, "not_reserved", string, true) };
+  return {
+    reserved: array(b.reserved, "reserved", string),
+    not_reserved: array(b.not_reserved, "not_reserved", string, true),
+  };
 }
 
 export function decodeJob(body: unknown): JobDetails {
@@ -137,10 +158,15 @@ export function decodeStates(body: unknown): JobStatesResponse {
 }
 
 export function decodeNotifications(body: unknown): NotificationsResponse {
-  const errors = array(object(body, ROOT).errors, "errors", (value, path) => {
-    const e = object(value, path);
-    return { error: string(e.error, at(path, "error")), indexes: array(e.indexes, at(path, "indexes"), integer) };
-  }, true);
+  const errors = array(
+    object(body, ROOT).errors,
+    "errors",
+    (value, path) => {
+      const e = object(value, path);
+      return { error: string(e.error, at(path, "error")), indexes: array(e.indexes, at(path, "indexes"), integer) };
+    },
+    true,
+  );
   return { errors };
 }
 

@@ -40,8 +40,10 @@ export class BuildkiteApiError extends Error {
   constructor(init: BuildkiteApiErrorInit) {
     const what = init.status === undefined ? "failed" : `failed with HTTP ${init.status}`;
     const why = init.serverMessage ?? init.reason;
-    super(`Buildkite ${init.endpoint} ${what}${why === undefined || why === "" ? "" : `: ${why}`}`,
-      init.cause === undefined ? undefined : { cause: init.cause });
+    super(
+      `Buildkite ${init.endpoint} ${what}${why === undefined || why === "" ? "" : `: ${why}`}`,
+      init.cause === undefined ? undefined : { cause: init.cause },
+    );
     this.endpoint = init.endpoint;
     this.status = init.status;
     this.serverMessage = init.serverMessage;

@@ -16,7 +16,8 @@ class StubClient implements NotifyClient {
   readonly calls: { key: string; items: Item[] }[] = [];
   inFlight = 0;
   maxInFlight = 0;
-  answer: (items: Item[]) => Promise<{ errors: { error: string; indexes: number[] }[] }> = () => Promise.resolve({ errors: [] });
+  answer: (items: Item[]) => Promise<{ errors: { error: string; indexes: number[] }[] }> = () =>
+    Promise.resolve({ errors: [] });
 
   async notify(key: string, items: Item[]): Promise<{ errors: { error: string; indexes: number[] }[] }> {
     this.calls.push({ key, items });
@@ -69,7 +70,12 @@ describe("NotificationBatcher", () => {
 
   it("never overlaps calls and keeps their order", async () => {
     let release!: () => void;
-    client.answer = () => new Promise((resolve) => { release = () => { resolve({ errors: [] }); }; });
+    client.answer = () =>
+      new Promise((resolve) => {
+        release = () => {
+          resolve({ errors: [] });
+        };
+      });
     batcher.add("j1", "first");
     const first = batcher.flush();
     batcher.add("j2", "second");
@@ -86,7 +92,8 @@ describe("NotificationBatcher", () => {
   });
 
   it("logs refused items and failed calls instead of throwing", async () => {
-    client.answer = () => Promise.resolve({ errors: [{ error: "job finished more than 300 seconds ago", indexes: [1] }] });
+    client.answer = () =>
+      Promise.resolve({ errors: [{ error: "job finished more than 300 seconds ago", indexes: [1] }] });
     batcher.add("j1", "a");
     batcher.add("j2", "b");
     await batcher.flush();
@@ -94,7 +101,7 @@ describe("NotificationBatcher", () => {
     batcher.add("j3", "c");
     await batcher.flush();
     const log = captured.lines.join("\n");
-    expect(log).to.include("job finished more than 300 seconds ago").and.to.include("j2").and.not.include("\"j1\"");
+    expect(log).to.include("job finished more than 300 seconds ago").and.to.include("j2").and.not.include('"j1"');
     expect(log).to.include("Dropped notifications").and.to.include("HTTP 503");
   });
 

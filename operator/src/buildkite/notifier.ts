@@ -89,12 +89,18 @@ export class NotificationBatcher {
         for (const e of errors) {
           // Refused items (over 100 per job, job long finished, …) are not worth retrying; say which jobs they were.
           const jobs = e.indexes.map((i) => items[i]?.jobUuid).filter((j) => j !== undefined);
-          this.logger.warn("Buildkite refused some notifications", { stack: this.stackKey, error: e.error, jobs: [...new Set(jobs)] });
+          this.logger.warn("Buildkite refused some notifications", {
+            stack: this.stackKey,
+            error: e.error,
+            jobs: [...new Set(jobs)],
+          });
         }
       } catch (err) {
         // The client has already retried what was retryable; dropping keeps a long outage from building a backlog.
         this.logger.warn("Dropped notifications that could not be sent", {
-          stack: this.stackKey, count: items.length, error: err instanceof Error ? err.message : String(err),
+          stack: this.stackKey,
+          count: items.length,
+          error: err instanceof Error ? err.message : String(err),
         });
       }
     }

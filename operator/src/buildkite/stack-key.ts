@@ -27,7 +27,9 @@ const READABLE_CHARS = MAX_LENGTH - PREFIX.length - 1 - HASH_CHARS;
  */
 export function stackKey(parts: StackKeyParts): string {
   // JSON keeps the parts apart, so ("a-b", "c") and ("a", "b-c") hash differently.
-  const digest = createHash("sha256").update(JSON.stringify([parts.clusterId, parts.namespace, parts.queue, parts.uid])).digest("hex");
+  const digest = createHash("sha256")
+    .update(JSON.stringify([parts.clusterId, parts.namespace, parts.queue, parts.uid]))
+    .digest("hex");
   const readable = `${parts.namespace}-${parts.queue}`
     .replace(/[^A-Za-z0-9_-]+/g, "-")
     .replace(/-{2,}/g, "-")

@@ -1,10 +1,25 @@
 import type { Logger } from "winston";
 import type { Clock } from "../kube/clock.js";
 import {
-  decodeIdentity, decodeJob, decodeJobTokens, decodeNotifications, decodeReserve, decodeScheduledJobsPage, decodeStack, decodeStates,
+  decodeIdentity,
+  decodeJob,
+  decodeJobTokens,
+  decodeNotifications,
+  decodeReserve,
+  decodeScheduledJobsPage,
+  decodeStack,
+  decodeStates,
 } from "./decode.js";
 import { Transport, type RequestReport } from "./transport.js";
-import { isJobState, type JobDetails, type JobState, type ScheduledJob, type Stack, type StackNotification, type TokenIdentity } from "./types.js";
+import {
+  isJobState,
+  type JobDetails,
+  type JobState,
+  type ScheduledJob,
+  type Stack,
+  type StackNotification,
+  type TokenIdentity,
+} from "./types.js";
 
 export { stackKey, type StackKeyParts } from "./stack-key.js";
 
@@ -101,10 +116,15 @@ export class StacksClient {
 
   /** `POST /stacks/register` as a `custom` stack (`kubernetes` is reserved for agent-stack-k8s). Idempotent. */
   async register(key: string, queueKey: string, metadata: Record<string, string> = {}): Promise<Stack> {
-    const stack = await this.http.json({
-      endpoint: "register", method: "POST", path: "stacks/register",
-      body: { key, type: "custom", queue_key: queueKey, metadata },
-    }, decodeStack);
+    const stack = await this.http.json(
+      {
+        endpoint: "register",
+        method: "POST",
+        path: "stacks/register",
+        body: { key, type: "custom", queue_key: queueKey, metadata },
+      },
+      decodeStack,
+    );
     this.logger.info("Registered Buildkite stack", { stack: key, queue: stack.cluster_queue_key });
     return stack;
   }
@@ -120,7 +140,11 @@ export class StacksClient {
    * as the docs advise: later pages are not a snapshot and reserving early beats reading far). `paused` is true if
    * the queue is paused under either flag name; then the stack must not start jobs, so no further page is read.
    */
-  async scheduledJobs(key: string, queueKey: string, opts: { limit?: number; maxPages?: number } = {}): Promise<{ jobs: ScheduledJob[]; paused: boolean }> {
+  async scheduledJobs(
+    key: string,
+    queueKey: string,
+    opts: { limit?: number; maxPages?: number } = {},
+  ): Promise<{ jobs: ScheduledJob[]; paused: boolean }> {
     const limit = Math.min(MAX_BATCH, opts.limit ?? MAX_BATCH);
     const maxPages = opts.maxPages ?? 2;
     const jobs: ScheduledJob[] = [];
@@ -128,11 +152,18 @@ export class StacksClient {
     for (let page = 0; page < maxPages; page++) {
       const query = new URLSearchParams({ queue_key: queueKey, limit: String(limit) });
       if (after !== null) query.set("after", after);
-      const body = await this.http.json({
-        endpoint: "list-scheduled-jobs", method: "GET", path: `stacks/${escapeSegment(key)}/scheduled-jobs`, query,
-      }, decodeScheduledJobsPage);
+      const body = await this.http.json(
+        {
+          endpoint: "list-scheduled-jobs",
+          method: "GET",
+          path: `stacks/${escapeSegment(key)}/scheduled-jobs`,
+          query,
+        },
+        decodeScheduledJobsPage,
+      );
       jobs.push(...body.jobs);
-      if (body.cluster_queue.paused === true || body.cluster_queue.dispatch_paused === true) return { jobs, paused: true };
+      if (body.cluster_queue.paused === true || body.cluster_queue.dispatch_paused === true)
+        return { jobs, paused: true };
       after = body.page_info.end_cursor;
       if (!body.page_info.has_next_page || after === null) break;
     }
@@ -143,14 +174,26 @@ export class StacksClient {
    * `PUT /stacks/{key}/scheduled-jobs/batch-reserve` in chunks of 1000. Only jobs in `reserved` may be run; reserving
    * a job again extends its reservation. Without `expirySeconds` the server's default (900 s) applies.
    */
-  async reserve(key: string, uuids: string[], expirySeconds?: number): Promise<{ reserved: string[]; notReserved: string[] }> {
+  async reserve(
+    key: string,
+    uuids: string[],
+    expirySeconds?: number,
+  ): Promise<{ reserved: string[]; notReserved: string[] }> {
     const reserved: string[] = [];
     const notReserved: string[] = [];
     for (const batch of chunks(uuids, MAX_BATCH)) {
-      const body = await this.http.json({
-        endpoint: "batch-reserve", method: "PUT", path: `stacks/${escapeSegment(key)}/scheduled-jobs/batch-reserve`,
-        body: { job_uuids: batch, ...(expirySeconds === undefined ? {} : { reservation_expiry_seconds: expirySeconds }) },
-      }, decodeReserve);
+      const body = await this.http.json(
+        {
+          endpoint: "batch-reserve",
+          method: "PUT",
+          path: `stacks/${escapeSegment(key)}/scheduled-jobs/batch-reserve`,
+          body: {
+            job_uuids: batch,
+            ...(expirySeconds === undefined ? {} : { reservation_expiry_seconds: expirySeconds }),
+          },
+        },
+        decodeReserve,
+      );
       reserved.push(...body.reserved);
       notReserved.push(...body.not_reserved);
     }
@@ -159,9 +202,14 @@ export class StacksClient {
 
   /** `GET /stacks/{key}/jobs/{uuid}`: the env and command an agent will run; works on reserved jobs. */
   getJob(key: string, uuid: string): Promise<JobDetails> {
-    return this.http.json({
-      endpoint: "show-job", method: "GET", path: `stacks/${escapeSegment(key)}/jobs/${escapeSegment(uuid)}`,
-    }, decodeJob);
+    return this.http.json(
+      {
+        endpoint: "show-job",
+        method: "GET",
+        path: `stacks/${escapeSegment(key)}/jobs/${escapeSegment(uuid)}`,
+      },
+      decodeJob,
+    );
   }
 
   /**
@@ -172,10 +220,15 @@ export class StacksClient {
   async getStates(key: string, uuids: string[]): Promise<Map<string, JobState>> {
     const states = new Map<string, JobState>();
     for (const batch of chunks(uuids, MAX_BATCH)) {
-      const body = await this.http.json({
-        endpoint: "batch-load-job-states", method: "POST", path: `stacks/${escapeSegment(key)}/jobs/get-states`,
-        body: { job_uuids: batch },
-      }, decodeStates);
+      const body = await this.http.json(
+        {
+          endpoint: "batch-load-job-states",
+          method: "POST",
+          path: `stacks/${escapeSegment(key)}/jobs/get-states`,
+          body: { job_uuids: batch },
+        },
+        decodeStates,
+      );
       for (const [uuid, state] of Object.entries(body.states)) {
         if (isJobState(state)) states.set(uuid, state);
         else this.logger.warn("Ignored an unknown Buildkite job state", { job: uuid, state });
@@ -190,7 +243,9 @@ export class StacksClient {
    */
   async finish(key: string, uuid: string, detail: string, exitStatus = -1): Promise<void> {
     await this.http.empty({
-      endpoint: "finish-job", method: "POST", path: `stacks/${escapeSegment(key)}/jobs/${escapeSegment(uuid)}/finish`,
+      endpoint: "finish-job",
+      method: "POST",
+      path: `stacks/${escapeSegment(key)}/jobs/${escapeSegment(uuid)}/finish`,
       body: { exit_status: exitStatus, detail: cropUtf8(detail, MAX_FINISH_DETAIL_BYTES) },
     });
   }
@@ -199,15 +254,28 @@ export class StacksClient {
    * `POST /stacks/{key}/job-acquisition-tokens` in chunks of 1000 (§1.4 S9): a token per reserved job that can acquire
    * only that job. Jobs in `notIssued` must not be started with a job token. Tokens are secrets: never logged.
    */
-  async issueJobTokens(key: string, uuids: string[], lifetimeSeconds?: number): Promise<{ tokens: Map<string, { token: string; expiresAt: string }>; notIssued: string[] }> {
+  async issueJobTokens(
+    key: string,
+    uuids: string[],
+    lifetimeSeconds?: number,
+  ): Promise<{ tokens: Map<string, { token: string; expiresAt: string }>; notIssued: string[] }> {
     const tokens = new Map<string, { token: string; expiresAt: string }>();
     const notIssued: string[] = [];
     for (const batch of chunks(uuids, MAX_BATCH)) {
-      const body = await this.http.json({
-        endpoint: "job-acquisition-tokens", method: "POST", path: `stacks/${escapeSegment(key)}/job-acquisition-tokens`,
-        body: { job_uuids: batch, ...(lifetimeSeconds === undefined ? {} : { token_lifetime_seconds: lifetimeSeconds }) },
-      }, decodeJobTokens);
-      for (const t of body.job_acquisition_tokens) tokens.set(t.job_uuid, { token: t.job_acquisition_token, expiresAt: t.expires_at });
+      const body = await this.http.json(
+        {
+          endpoint: "job-acquisition-tokens",
+          method: "POST",
+          path: `stacks/${escapeSegment(key)}/job-acquisition-tokens`,
+          body: {
+            job_uuids: batch,
+            ...(lifetimeSeconds === undefined ? {} : { token_lifetime_seconds: lifetimeSeconds }),
+          },
+        },
+        decodeJobTokens,
+      );
+      for (const t of body.job_acquisition_tokens)
+        tokens.set(t.job_uuid, { token: t.job_acquisition_token, expiresAt: t.expires_at });
       notIssued.push(...body.not_issued);
     }
     return { tokens, notIssued };
@@ -217,7 +285,10 @@ export class StacksClient {
    * `POST /stacks/{key}/notifications` in chunks of 1000, details cropped to 255 characters. Partial success: the
    * returned errors' indexes point into `items` (not into a chunk).
    */
-  async notify(key: string, items: { jobUuid: string; detail: string; timestamp?: Date }[]): Promise<{ errors: { error: string; indexes: number[] }[] }> {
+  async notify(
+    key: string,
+    items: { jobUuid: string; detail: string; timestamp?: Date }[],
+  ): Promise<{ errors: { error: string; indexes: number[] }[] }> {
     const errors: { error: string; indexes: number[] }[] = [];
     for (let offset = 0; offset < items.length; offset += MAX_BATCH) {
       const notifications = items.slice(offset, offset + MAX_BATCH).map((item): StackNotification => ({
@@ -225,10 +296,15 @@ export class StacksClient {
         detail: cropChars(item.detail, MAX_NOTIFICATION_DETAIL),
         ...(item.timestamp === undefined ? {} : { timestamp: item.timestamp.toISOString() }),
       }));
-      const body = await this.http.json({
-        endpoint: "stack-notification", method: "POST", path: `stacks/${escapeSegment(key)}/notifications`,
-        body: { notifications },
-      }, decodeNotifications);
+      const body = await this.http.json(
+        {
+          endpoint: "stack-notification",
+          method: "POST",
+          path: `stacks/${escapeSegment(key)}/notifications`,
+          body: { notifications },
+        },
+        decodeNotifications,
+      );
       for (const e of body.errors) errors.push({ error: e.error, indexes: e.indexes.map((i) => i + offset) });
     }
     return { errors };

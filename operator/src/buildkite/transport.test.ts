@@ -3,11 +3,24 @@ import { FakeClock } from "../../../test/support/fake-clock.js";
 import { ShapeError } from "./decode.js";
 import { BuildkiteApiError } from "./errors.js";
 import { StacksClient, type StacksClientOptions } from "./stacks-client.js";
-import { capturedLogger, rejection, settle, ScriptedServer, turn, until } from "../../../test/support/buildkite-test-helpers.js";
+import {
+  capturedLogger,
+  rejection,
+  settle,
+  ScriptedServer,
+  turn,
+  until,
+} from "../../../test/support/buildkite-test-helpers.js";
 import { parseRetryAfterMs, retryDelayMs } from "./transport.js";
 
 const TOKEN = "bkct_very-secret-token-value";
-const IDENTITY = { uuid: "t-1", organization_slug: "o", organization_uuid: "o-1", cluster_uuid: "c-1", cluster_name: "c" };
+const IDENTITY = {
+  uuid: "t-1",
+  organization_slug: "o",
+  organization_uuid: "o-1",
+  cluster_uuid: "c-1",
+  cluster_name: "c",
+};
 
 describe("StacksClient retries", () => {
   let server: ScriptedServer;
@@ -20,11 +33,20 @@ describe("StacksClient retries", () => {
   afterEach(() => server.close());
 
   function client(overrides: Partial<StacksClientOptions> = {}): StacksClient {
-    return new StacksClient({ endpoint: server.url, token: TOKEN, clock, logger: capturedLogger().logger, ...overrides });
+    return new StacksClient({
+      endpoint: server.url,
+      token: TOKEN,
+      clock,
+      logger: capturedLogger().logger,
+      ...overrides,
+    });
   }
 
   it("waits exactly Retry-After (2 s) after a 429, not less, then succeeds", async () => {
-    server.reply({ status: 429, json: { message: "rate limited", scope: "token" }, headers: { "Retry-After": "2" } }, { status: 200, json: IDENTITY });
+    server.reply(
+      { status: 429, json: { message: "rate limited", scope: "token" }, headers: { "Retry-After": "2" } },
+      { status: 200, json: IDENTITY },
+    );
     const result = client().identity();
     await until(() => clock.pending === 1, "the retry timer");
     clock.advance(1999);
@@ -40,7 +62,12 @@ describe("StacksClient retries", () => {
     const err = await rejection(settle(clock, client({ maxAttempts: 3 }).scheduledJobs("k", "q")));
     expect(err).to.be.instanceOf(BuildkiteApiError);
     const api = err as BuildkiteApiError;
-    expect([api.status, api.retryable, api.endpoint, api.serverMessage]).to.deep.equal([503, true, "list-scheduled-jobs", "organization temporarily unavailable"]);
+    expect([api.status, api.retryable, api.endpoint, api.serverMessage]).to.deep.equal([
+      503,
+      true,
+      "list-scheduled-jobs",
+      "organization temporarily unavailable",
+    ]);
     expect(server.requests).to.have.length(3);
   });
 
@@ -53,24 +80,34 @@ describe("StacksClient retries", () => {
   for (const status of [400, 401, 403, 404, 422]) {
     it(`does not retry ${status}`, async () => {
       server.handler = () => ({ status, json: { message: `nope ${status}` } });
-      const err = await rejection(client().reserve("k", ["a"])) as BuildkiteApiError;
-      expect([err.status, err.retryable, err.endpoint, err.serverMessage]).to.deep.equal([status, false, "batch-reserve", `nope ${status}`]);
+      const err = (await rejection(client().reserve("k", ["a"]))) as BuildkiteApiError;
+      expect([err.status, err.retryable, err.endpoint, err.serverMessage]).to.deep.equal([
+        status,
+        false,
+        "batch-reserve",
+        `nope ${status}`,
+      ]);
       expect(server.requests).to.have.length(1);
       expect(clock.pending).to.equal(0);
     });
   }
 
   it("retries a 200 whose body is not JSON", async () => {
-    server.reply({ status: 200, text: "<html>proxy</html>" }, { status: 200, json: { reserved: ["a"], not_reserved: [] } });
+    server.reply(
+      { status: 200, text: "<html>proxy</html>" },
+      { status: 200, json: { reserved: ["a"], not_reserved: [] } },
+    );
     expect(await settle(clock, client().reserve("k", ["a"]))).to.deep.equal({ reserved: ["a"], notReserved: [] });
     expect(server.requests).to.have.length(2);
   });
 
   it("retries a 200 of the wrong shape, then reports it as retryable", async () => {
     server.handler = () => ({ status: 200, json: { unexpected: true } });
-    const err = await rejection(settle(clock, client({ maxAttempts: 2 }).getStates("k", ["a"]))) as BuildkiteApiError;
+    const err = (await rejection(settle(clock, client({ maxAttempts: 2 }).getStates("k", ["a"])))) as BuildkiteApiError;
     expect([err.status, err.retryable, err.endpoint]).to.deep.equal([200, true, "batch-load-job-states"]);
-    expect(err.message).to.equal("Buildkite batch-load-job-states failed with HTTP 200: response body has an unexpected shape: states is missing, expected an object");
+    expect(err.message).to.equal(
+      "Buildkite batch-load-job-states failed with HTTP 200: response body has an unexpected shape: states is missing, expected an object",
+    );
     expect(err.cause).to.be.instanceOf(ShapeError);
   });
 
@@ -78,7 +115,9 @@ describe("StacksClient retries", () => {
     const url = server.url;
     await server.close();
     const statuses: (number | "error")[] = [];
-    const err = await rejection(settle(clock, client({ endpoint: url, maxAttempts: 2, onRequest: (r) => statuses.push(r.status) }).identity())) as BuildkiteApiError;
+    const err = (await rejection(
+      settle(clock, client({ endpoint: url, maxAttempts: 2, onRequest: (r) => statuses.push(r.status) }).identity()),
+    )) as BuildkiteApiError;
     expect([err.status, err.retryable]).to.deep.equal([undefined, true]);
     expect(err.cause).to.exist;
     expect(statuses).to.deep.equal(["error", "error"]);
@@ -87,7 +126,7 @@ describe("StacksClient retries", () => {
 
   it("times out a request that gets no answer", async () => {
     server.reply({ status: 200, hang: true });
-    const err = await rejection(client({ timeoutMs: 50, maxAttempts: 1 }).identity()) as BuildkiteApiError;
+    const err = (await rejection(client({ timeoutMs: 50, maxAttempts: 1 }).identity())) as BuildkiteApiError;
     expect([err.status, err.retryable]).to.deep.equal([undefined, true]);
     expect(err.message).to.include("timed out after 50 ms");
   });

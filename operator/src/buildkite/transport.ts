@@ -58,7 +58,11 @@ export function parseRetryAfterMs(value: string | null): number | undefined {
 }
 
 /** Delay before attempt `attempt + 1`: `Retry-After` if given, else capped exponential backoff with jitter 0.5–1. */
-export function retryDelayMs(attempt: number, retryAfterMs: number | undefined, random: () => number = Math.random): number {
+export function retryDelayMs(
+  attempt: number,
+  retryAfterMs: number | undefined,
+  random: () => number = Math.random,
+): number {
   if (retryAfterMs !== undefined) return retryAfterMs;
   // Jitter keeps many stacks that failed together from retrying in lockstep.
   return backoffDelayMs(attempt, BASE_DELAY_MS, MAX_BACKOFF_MS) * (0.5 + random() / 2);
@@ -93,7 +97,8 @@ export class Transport {
       } catch (err) {
         // Retryable like a body that is not JSON. A non-retryable error would read as a refusal to callers: job tokens
         // would fall back to the agent token, a registration would be "Rejected", on a body nobody refused anything in.
-        if (err instanceof ShapeError) throw this.invalid(spec.endpoint, status, `response body has an unexpected shape: ${err.message}`, err);
+        if (err instanceof ShapeError)
+          throw this.invalid(spec.endpoint, status, `response body has an unexpected shape: ${err.message}`, err);
         throw err;
       }
     });
@@ -118,7 +123,12 @@ export class Transport {
       if (!error.retryable || attempt >= maxAttempts) throw error;
       const delayMs = retryDelayMs(attempt, outcome.retryAfterMs);
       logger.warn("Deferred a retry of a failed Buildkite request", {
-        endpoint: spec.endpoint, status: error.status, attempt, maxAttempts, delayMs: Math.round(delayMs), error: error.message,
+        endpoint: spec.endpoint,
+        status: error.status,
+        attempt,
+        maxAttempts,
+        delayMs: Math.round(delayMs),
+        error: error.message,
       });
       await sleep(clock, delayMs);
     }
@@ -139,7 +149,11 @@ export class Transport {
       const text = await res.text();
       status = res.status;
       if (!res.ok) {
-        const error = new BuildkiteApiError({ endpoint: spec.endpoint, status: res.status, serverMessage: this.serverMessage(text) });
+        const error = new BuildkiteApiError({
+          endpoint: spec.endpoint,
+          status: res.status,
+          serverMessage: this.serverMessage(text),
+        });
         return { ok: false, error, retryAfterMs: parseRetryAfterMs(res.headers.get("retry-after")) };
       }
       return { ok: true, value: decode(text, res.status) };
@@ -171,7 +185,8 @@ export class Transport {
     let message: string = text;
     try {
       const body: unknown = JSON.parse(text);
-      if (typeof body === "object" && body !== null && "message" in body && typeof body.message === "string") message = body.message;
+      if (typeof body === "object" && body !== null && "message" in body && typeof body.message === "string")
+        message = body.message;
     } catch {
       // Not JSON (an HTML error page from a proxy, say): the raw text is the best description there is.
     }
@@ -186,7 +201,8 @@ export class Transport {
 
   private networkError(endpoint: EndpointScope, err: unknown): BuildkiteApiError {
     const timedOut = err instanceof Error && (err.name === "TimeoutError" || err.name === "AbortError");
-    const reason = timedOut ? `timed out after ${this.options.timeoutMs} ms`
+    const reason = timedOut
+      ? `timed out after ${this.options.timeoutMs} ms`
       : this.redact(err instanceof Error ? err.message : String(err));
     return new BuildkiteApiError({ endpoint, reason, retryable: true, cause: err });
   }

@@ -24,9 +24,30 @@ export type EndpointScope =
 
 /** Every job state Buildkite documents (§3.1); `reserved` exists only for Stacks API clients. */
 export const JOB_STATES = [
-  "pending", "waiting", "waiting_failed", "blocked", "blocked_failed", "unblocked", "unblocked_failed",
-  "limiting", "limited", "platform_limiting", "platform_limited", "scheduled", "reserved", "assigned", "accepted",
-  "running", "finished", "canceling", "canceled", "timing_out", "timed_out", "expired", "skipped", "broken",
+  "pending",
+  "waiting",
+  "waiting_failed",
+  "blocked",
+  "blocked_failed",
+  "unblocked",
+  "unblocked_failed",
+  "limiting",
+  "limited",
+  "platform_limiting",
+  "platform_limited",
+  "scheduled",
+  "reserved",
+  "assigned",
+  "accepted",
+  "running",
+  "finished",
+  "canceling",
+  "canceled",
+  "timing_out",
+  "timed_out",
+  "expired",
+  "skipped",
+  "broken",
 ] as const;
 
 /** A Buildkite job state as the Stacks API reports it (`finished`, never REST's `passed`/`failed`). */

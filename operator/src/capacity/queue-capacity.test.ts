@@ -7,7 +7,17 @@ import { memoryCache } from "../../../test/support/memory-cache.js";
 import { FakeClock } from "../../../test/support/fake-clock.js";
 import { EXPECTATION_TTL_MS, Expectations } from "../kube/expectations.js";
 import {
-  decideSlot, heldVCPU, jobCounts, queueCapacity, roomForNewJobs, seatOf, seatVCPU, slotLimit, type QueueCapacity, type Seat, type SlotLimits,
+  decideSlot,
+  heldVCPU,
+  jobCounts,
+  queueCapacity,
+  roomForNewJobs,
+  seatOf,
+  seatVCPU,
+  slotLimit,
+  type QueueCapacity,
+  type Seat,
+  type SlotLimits,
 } from "./queue-capacity.js";
 
 function job(n: number, priority = 0, status?: BuildkiteJob["status"]): BuildkiteJob {
@@ -21,21 +31,36 @@ function job(n: number, priority = 0, status?: BuildkiteJob["status"]): Buildkit
 const view = (j: BuildkiteJob, hasPod = false): Seat => ({ ...seatOf(j, undefined), hasPod });
 /** A 2X4 queue with room for `n` jobs of its shape. */
 const slots = (n: number): SlotLimits => ({ instanceShape: "LINUX_AMD64_2X4", maxVCPU: 2 * n });
-const cap = (limits: SlotLimits, seats: Seat[], expectedJobs: string[] = []): QueueCapacity => ({ limits, seats, expectedJobs });
+const cap = (limits: SlotLimits, seats: Seat[], expectedJobs: string[] = []): QueueCapacity => ({
+  limits,
+  seats,
+  expectedJobs,
+});
 
 describe("decideSlot", () => {
   it("gives the lowest free slot", () => {
-    const running = [view(job(1, 0, { phase: "Running", slot: 0 }), true), view(job(2, 0, { phase: "Running", slot: 2 }), true)];
+    const running = [
+      view(job(1, 0, { phase: "Running", slot: 0 }), true),
+      view(job(2, 0, { phase: "Running", slot: 2 }), true),
+    ];
     expect(decideSlot(cap(slots(4), running), job(3))).to.deep.equal({ slot: 1 });
   });
 
   it("makes a job wait when every slot is held, saying where it stands", () => {
-    const running = [view(job(1, 0, { phase: "Running", slot: 0 }), true), view(job(2, 0, { phase: "Starting", slot: 1 }), true)];
+    const running = [
+      view(job(1, 0, { phase: "Running", slot: 0 }), true),
+      view(job(2, 0, { phase: "Starting", slot: 1 }), true),
+    ];
     expect(decideSlot(cap(slots(2), running), job(3))).to.deep.equal({ waiting: { position: 1, free: 0 } });
   });
 
   it("hands a free slot to the highest-priority waiting job first, then the oldest", () => {
-    const c = cap(slots(2), [view(job(1, 0, { phase: "Running", slot: 0 }), true), view(job(2, 5)), view(job(3, 1)), view(job(4, 5))]);
+    const c = cap(slots(2), [
+      view(job(1, 0, { phase: "Running", slot: 0 }), true),
+      view(job(2, 5)),
+      view(job(3, 1)),
+      view(job(4, 5)),
+    ]);
     expect(decideSlot(c, job(2, 5))).to.deep.equal({ slot: 1 });
     expect(decideSlot(c, job(4, 5))).to.deep.equal({ waiting: { position: 1, free: 1 } });
     expect(decideSlot(c, job(3, 1))).to.deep.equal({ waiting: { position: 2, free: 1 } });
@@ -55,12 +80,16 @@ describe("decideSlot", () => {
 
   it("keeps the slot a job already holds", () => {
     const mine = job(1, 0, { phase: "Pending", slot: 1 });
-    expect(decideSlot(cap(slots(2), [view(mine), view(job(2, 0, { phase: "Running", slot: 0 }), true)]), mine)).to.deep.equal({ slot: 1 });
+    expect(
+      decideSlot(cap(slots(2), [view(mine), view(job(2, 0, { phase: "Running", slot: 0 }), true)]), mine),
+    ).to.deep.equal({ slot: 1 });
   });
 
   describe("counted in vCPU, each job at the shape it runs with", () => {
-    const small = (n: number, slot: number) => view(job(n, 0, { phase: "Running", slot, shape: "LINUX_AMD64_2X4" }), true);
-    const large = (n: number, slot: number) => view(job(n, 0, { phase: "Running", slot, shape: "LINUX_AMD64_8X32" }), true);
+    const small = (n: number, slot: number) =>
+      view(job(n, 0, { phase: "Running", slot, shape: "LINUX_AMD64_2X4" }), true);
+    const large = (n: number, slot: number) =>
+      view(job(n, 0, { phase: "Running", slot, shape: "LINUX_AMD64_8X32" }), true);
 
     it("after a queue grows from 2X4 to 8X32 (maxVCPU 16) under four running 2X4 jobs, starts exactly one 8X32 job, not two", () => {
       const grown: SlotLimits = { instanceShape: "LINUX_AMD64_8X32", maxVCPU: 16 };
@@ -71,12 +100,16 @@ describe("decideSlot", () => {
       expect(decideSlot(cap(grown, [...running, view(first), view(second)]), first)).to.deep.equal({ slot: 4 });
       const started = view(job(5, 0, { phase: "Pending", slot: 4, shape: "LINUX_AMD64_8X32" }));
       // 16 held + 8 > 16: the second waits.
-      expect(decideSlot(cap(grown, [...running, started, view(second)]), second)).to.deep.equal({ waiting: { position: 1, free: 0 } });
+      expect(decideSlot(cap(grown, [...running, started, view(second)]), second)).to.deep.equal({
+        waiting: { position: 1, free: 0 },
+      });
     });
 
     it("after a queue shrinks from 8X32 to 2X4, counts the running 8X32 jobs at 8 vCPU each instead of as one slot each", () => {
       const shrunk: SlotLimits = { instanceShape: "LINUX_AMD64_2X4", maxVCPU: 16 };
-      expect(decideSlot(cap(shrunk, [large(1, 0), large(2, 1), view(job(3))]), job(3))).to.deep.equal({ waiting: { position: 1, free: 0 } });
+      expect(decideSlot(cap(shrunk, [large(1, 0), large(2, 1), view(job(3))]), job(3))).to.deep.equal({
+        waiting: { position: 1, free: 0 },
+      });
       // One 8X32 job left: 8 vCPU free, room for four 2X4 jobs (counting jobs would have allowed seven).
       const waiting = [3, 4, 5, 6, 7].map((n) => job(n));
       const decisions = waiting.map((j) => decideSlot(cap(shrunk, [large(1, 0), ...waiting.map((w) => view(w))]), j));
@@ -93,14 +126,25 @@ describe("decideSlot", () => {
     });
 
     it("counts a waiting job at the current shape, whatever shape it recorded while waiting", () => {
-      expect(seatVCPU(view(job(1, 0, { phase: "Pending", reason: "WaitingForSlot", shape: "LINUX_AMD64_2X4" })), "LINUX_AMD64_8X32")).to.equal(8);
-      expect(seatVCPU(view(job(1, 0, { phase: "Running", slot: 0, shape: "LINUX_AMD64_2X4" })), "LINUX_AMD64_8X32")).to.equal(2);
+      expect(
+        seatVCPU(
+          view(job(1, 0, { phase: "Pending", reason: "WaitingForSlot", shape: "LINUX_AMD64_2X4" })),
+          "LINUX_AMD64_8X32",
+        ),
+      ).to.equal(8);
+      expect(
+        seatVCPU(view(job(1, 0, { phase: "Running", slot: 0, shape: "LINUX_AMD64_2X4" })), "LINUX_AMD64_8X32"),
+      ).to.equal(2);
     });
 
     it("keeps slot indexes of a smaller shape in use until its last job is gone", () => {
       const grown: SlotLimits = { instanceShape: "LINUX_AMD64_8X32", maxVCPU: 16 };
       expect(slotLimit(cap(grown, [small(1, 0), large(2, 4)]))).to.equal(8);
-      expect(slotLimit(cap(grown, [view(job(1, 0, { phase: "Succeeded", slot: 0, shape: "LINUX_AMD64_2X4" })), large(2, 4)]))).to.equal(2);
+      expect(
+        slotLimit(
+          cap(grown, [view(job(1, 0, { phase: "Succeeded", slot: 0, shape: "LINUX_AMD64_2X4" })), large(2, 4)]),
+        ),
+      ).to.equal(2);
       expect(slotLimit(cap({ instanceShape: "LINUX_AMD64_2X4", maxVCPU: 16 }, [large(1, 0)]))).to.equal(8);
     });
   });
@@ -143,7 +187,8 @@ describe("queueCapacity", () => {
   let expectations: Expectations;
   let jobs: BuildkiteJob[];
   let pods: V1Pod[];
-  const read = () => queueCapacity(queue, { jobs: memoryCache(() => jobs), pods: memoryCache(() => pods) }, expectations);
+  const read = () =>
+    queueCapacity(queue, { jobs: memoryCache(() => jobs), pods: memoryCache(() => pods) }, expectations);
   beforeEach(() => {
     clock = new FakeClock();
     expectations = new Expectations(clock);

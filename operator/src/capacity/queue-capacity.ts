@@ -51,7 +51,9 @@ export function podSlot(pod: V1Pod | undefined): { slot?: number; shape?: string
 
 /** Whether `pod` is `job`'s own (a pod of the same name may be left from an earlier BuildkiteJob). */
 const ownPod = (job: BuildkiteJob, pod: V1Pod | undefined): V1Pod | undefined =>
-  pod?.metadata?.ownerReferences?.some((o) => o.controller === true && o.uid === job.metadata.uid) === true ? pod : undefined;
+  pod?.metadata?.ownerReferences?.some((o) => o.controller === true && o.uid === job.metadata.uid) === true
+    ? pod
+    : undefined;
 
 /**
  * What a job holds, the first found: the slot its status records, with the shape recorded with it; else the slot on
@@ -61,7 +63,8 @@ const ownPod = (job: BuildkiteJob, pod: V1Pod | undefined): V1Pod | undefined =>
 export function seatOf(job: BuildkiteJob, pod: V1Pod | undefined, expected?: Expected): Seat {
   const hasPod = pod !== undefined;
   const status = job.status ?? {};
-  if (status.slot !== undefined) return { job, slot: status.slot, ...(status.shape !== undefined ? { shape: status.shape } : {}), hasPod };
+  if (status.slot !== undefined)
+    return { job, slot: status.slot, ...(status.shape !== undefined ? { shape: status.shape } : {}), hasPod };
   const onPod = podSlot(ownPod(job, pod));
   if (onPod.slot !== undefined) return { job, ...onPod, hasPod };
   return expected?.kind === "assigned" ? { job, slot: expected.slot, hasPod } : { job, hasPod };
@@ -71,23 +74,35 @@ export function seatOf(job: BuildkiteJob, pod: V1Pod | undefined, expected?: Exp
  * Reads one queue's capacity from the caches and `expectations`. Expectations the caches now show are dropped on the
  * way: a created job once the job cache has it, a handed-out slot once the job or its pod records it (or the job ended).
  */
-export function queueCapacity(queue: BuildkiteQueue, caches: Pick<Caches, "jobs" | "pods">, expectations: Expectations): QueueCapacity {
+export function queueCapacity(
+  queue: BuildkiteQueue,
+  caches: Pick<Caches, "jobs" | "pods">,
+  expectations: Expectations,
+): QueueCapacity {
   const namespace = queue.metadata.namespace ?? "";
   const jobs = caches.jobs.list(namespace).filter((j) => j.spec.queueRef.name === queue.metadata.name);
-  const byKey = new Map(jobs.map((j) => [keyOf(j), { job: j, pod: caches.pods.get(j.metadata.name ?? "", namespace) }]));
+  const byKey = new Map(
+    jobs.map((j) => [keyOf(j), { job: j, pod: caches.pods.get(j.metadata.name ?? "", namespace) }]),
+  );
   const pending = expectations.pending(keyOf(queue), (key, expected) => {
     const cached = byKey.get(key);
     if (expected.kind === "created") return cached !== undefined;
     // A job gone from the cache keeps its slot until the job controller forgets it (it sees the job deleted).
-    return cached !== undefined && (seatOf(cached.job, cached.pod).slot !== undefined || isTerminal(cached.job.status?.phase));
+    return (
+      cached !== undefined &&
+      (seatOf(cached.job, cached.pod).slot !== undefined || isTerminal(cached.job.status?.phase))
+    );
   });
   const seats = [...byKey].map(([key, { job, pod }]) => seatOf(job, pod, pending.get(key)));
-  const expectedJobs = [...pending].filter(([key, e]) => e.kind === "created" && !byKey.has(key)).map(([key]) => splitKey(key).name);
+  const expectedJobs = [...pending]
+    .filter(([key, e]) => e.kind === "created" && !byKey.has(key))
+    .map(([key]) => splitKey(key).name);
   return { limits: queue.spec, seats, expectedJobs };
 }
 
 /** A job occupies a slot from the moment it holds one until it is terminal and its pod is gone. */
-export const occupies = (seat: Seat): boolean => seat.slot !== undefined && (!isTerminal(seat.job.status?.phase) || seat.hasPod);
+export const occupies = (seat: Seat): boolean =>
+  seat.slot !== undefined && (!isTerminal(seat.job.status?.phase) || seat.hasPod);
 
 /**
  * The vCPU a job holds, or will hold once it starts: at the shape it took its slot with, else the queue's current
@@ -111,7 +126,10 @@ export function seatVCPU(seat: Pick<Seat, "shape">, current: InstanceShape): num
  */
 export function slotLimit(capacity: QueueCapacity): number {
   const { limits } = capacity;
-  const smallest = Math.min(shapeResources(limits.instanceShape).vcpu, ...capacity.seats.filter(occupies).map((s) => seatVCPU(s, limits.instanceShape)));
+  const smallest = Math.min(
+    shapeResources(limits.instanceShape).vcpu,
+    ...capacity.seats.filter(occupies).map((s) => seatVCPU(s, limits.instanceShape)),
+  );
   return Math.floor(limits.maxVCPU / smallest);
 }
 
@@ -121,9 +139,11 @@ export const freeSlots = (limits: SlotLimits, held: number): number =>
 
 /** Highest priority first; among equals the older job first (then the name, so the order is total). */
 function byPriority(a: BuildkiteJob, b: BuildkiteJob): number {
-  return b.spec.priority - a.spec.priority
-    || String(a.metadata.creationTimestamp ?? "").localeCompare(String(b.metadata.creationTimestamp ?? ""))
-    || (a.metadata.name ?? "").localeCompare(b.metadata.name ?? "");
+  return (
+    b.spec.priority - a.spec.priority ||
+    String(a.metadata.creationTimestamp ?? "").localeCompare(String(b.metadata.creationTimestamp ?? "")) ||
+    (a.metadata.name ?? "").localeCompare(b.metadata.name ?? "")
+  );
 }
 
 /**
@@ -138,7 +158,10 @@ export function decideSlot(capacity: QueueCapacity, job: BuildkiteJob): SlotDeci
   if (own !== undefined) return { slot: own };
   const others = capacity.seats.filter((s) => s.job.metadata.name !== name);
   const occupying = others.filter(occupies);
-  const free = freeSlots(limits, occupying.reduce((sum, s) => sum + seatVCPU(s, limits.instanceShape), 0));
+  const free = freeSlots(
+    limits,
+    occupying.reduce((sum, s) => sum + seatVCPU(s, limits.instanceShape), 0),
+  );
   const waiting = others
     .filter((s) => s.slot === undefined && !isTerminal(s.job.status?.phase))
     .map((s) => s.job)
@@ -159,7 +182,8 @@ export function decideSlot(capacity: QueueCapacity, job: BuildkiteJob): SlotDeci
  */
 export function heldVCPU(capacity: QueueCapacity): number {
   const current = capacity.limits.instanceShape;
-  return capacity.seats.filter((s) => !isTerminal(s.job.status?.phase))
+  return capacity.seats
+    .filter((s) => !isTerminal(s.job.status?.phase))
     .reduce((sum, s) => sum + seatVCPU(s, current), capacity.expectedJobs.length * shapeResources(current).vcpu);
 }
 

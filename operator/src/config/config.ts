@@ -1,5 +1,12 @@
 import { LOG_LEVELS, type LogLevel } from "../observability/logger.js";
-import { BUILDKITE_AGENT_ENDPOINT, ConfigError, DEFAULT_CLUSTER_DNS, FLAGS, readFlags, type FlagName } from "./flags.js";
+import {
+  BUILDKITE_AGENT_ENDPOINT,
+  ConfigError,
+  DEFAULT_CLUSTER_DNS,
+  FLAGS,
+  readFlags,
+  type FlagName,
+} from "./flags.js";
 
 export { BUILDKITE_AGENT_ENDPOINT, ConfigError, DEFAULT_CLUSTER_DNS } from "./flags.js";
 
@@ -39,7 +46,6 @@ export interface DnsPeer {
   podSelector: Record<string, string>;
 }
 
-
 /** An endpoint in the one spelling used to compare it with the allowed ones (no trailing slash). */
 export const normalizeEndpoint = (url: string): string => url.trim().replace(/\/+$/, "");
 
@@ -47,10 +53,19 @@ export const normalizeEndpoint = (url: string): string => url.trim().replace(/\/
 export function parseDnsPeer(value: string): DnsPeer {
   const slash = value.indexOf("/");
   const namespace = value.slice(0, slash);
-  const labels = value.slice(slash + 1).split(",").map((pair) => pair.split("="));
+  const labels = value
+    .slice(slash + 1)
+    .split(",")
+    .map((pair) => pair.split("="));
   const label = /^([a-z0-9.-]+\/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$/;
-  if (slash <= 0 || !isName(namespace) || labels.some((kv) => kv.length !== 2 || !label.test(kv[0] ?? "") || !/^[-A-Za-z0-9_.]{0,63}$/.test(kv[1] ?? ""))) {
-    throw new ConfigError(`--cluster-dns must look like <namespace>/<label>=<value>[,<label>=<value>], e.g. ${DEFAULT_CLUSTER_DNS}, got "${value}"`);
+  if (
+    slash <= 0 ||
+    !isName(namespace) ||
+    labels.some((kv) => kv.length !== 2 || !label.test(kv[0] ?? "") || !/^[-A-Za-z0-9_.]{0,63}$/.test(kv[1] ?? ""))
+  ) {
+    throw new ConfigError(
+      `--cluster-dns must look like <namespace>/<label>=<value>[,<label>=<value>], e.g. ${DEFAULT_CLUSTER_DNS}, got "${value}"`,
+    );
   }
   return {
     namespaceSelector: { "kubernetes.io/metadata.name": namespace },
@@ -87,33 +102,62 @@ export function parseConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Op
     throw new ConfigError(`--log-level must be one of ${LOG_LEVELS.join(", ")}, got "${logLevel}"`);
   }
   const leaderElect = flag("leader-elect") ?? FLAGS["leader-elect"].default;
-  if (leaderElect !== "true" && leaderElect !== "false") throw new ConfigError(`--leader-elect must be true or false, got "${leaderElect}"`);
+  if (leaderElect !== "true" && leaderElect !== "false")
+    throw new ConfigError(`--leader-elect must be true or false, got "${leaderElect}"`);
   const leaseNamespace = flag("lease-namespace") ?? env.POD_NAMESPACE ?? "default";
   const leaseName = flag("lease-name") ?? FLAGS["lease-name"].default;
-  for (const [name, value] of [["lease-namespace", leaseNamespace], ["lease-name", leaseName]] as const) {
-    if (!/^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/.test(value)) throw new ConfigError(`--${name} must be a Kubernetes name (lowercase letters, digits, "-" and "."), got "${value}"`);
+  for (const [name, value] of [
+    ["lease-namespace", leaseNamespace],
+    ["lease-name", leaseName],
+  ] as const) {
+    if (!/^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/.test(value))
+      throw new ConfigError(
+        `--${name} must be a Kubernetes name (lowercase letters, digits, "-" and "."), got "${value}"`,
+      );
   }
   const config: OperatorConfig = {
-    logLevel, workers: 16, pollIntervalMs: 0, stateCheckIntervalMs: 0, reservationExpirySeconds: 0, pendingTimeoutSeconds: 0, startGraceSeconds: 0,
-    httpPort: 8080, leaderElect: leaderElect === "true", leaseNamespace, leaseName, leaseDurationSeconds: 15, credentialsRecheckSeconds: 300,
+    logLevel,
+    workers: 16,
+    pollIntervalMs: 0,
+    stateCheckIntervalMs: 0,
+    reservationExpirySeconds: 0,
+    pendingTimeoutSeconds: 0,
+    startGraceSeconds: 0,
+    httpPort: 8080,
+    leaderElect: leaderElect === "true",
+    leaseNamespace,
+    leaseName,
+    leaseDurationSeconds: 15,
+    credentialsRecheckSeconds: 300,
     allowedEndpoints: list(flag("allowed-endpoints") ?? BUILDKITE_AGENT_ENDPOINT).map(normalizeEndpoint),
     clusterDNS: parseDnsPeer(flag("cluster-dns") ?? DEFAULT_CLUSTER_DNS),
     watchNamespaces: list(flag("watch-namespaces") ?? ""),
   };
   for (const endpoint of config.allowedEndpoints) {
-    if (!/^https?:\/\/[^\s/]+(\/.*)?$/.test(endpoint)) throw new ConfigError(`--allowed-endpoints must be a comma-separated list of http(s) URLs such as ${BUILDKITE_AGENT_ENDPOINT}, got "${endpoint}"`);
+    if (!/^https?:\/\/[^\s/]+(\/.*)?$/.test(endpoint))
+      throw new ConfigError(
+        `--allowed-endpoints must be a comma-separated list of http(s) URLs such as ${BUILDKITE_AGENT_ENDPOINT}, got "${endpoint}"`,
+      );
   }
-  if (config.allowedEndpoints.length === 0) throw new ConfigError(`--allowed-endpoints may not be empty; the default is ${BUILDKITE_AGENT_ENDPOINT}`);
+  if (config.allowedEndpoints.length === 0)
+    throw new ConfigError(`--allowed-endpoints may not be empty; the default is ${BUILDKITE_AGENT_ENDPOINT}`);
   for (const ns of config.watchNamespaces) {
-    if (!isName(ns)) throw new ConfigError(`--watch-namespaces must be a comma-separated list of namespace names, got "${ns}"`);
+    if (!isName(ns))
+      throw new ConfigError(`--watch-namespaces must be a comma-separated list of namespace names, got "${ns}"`);
   }
   const sts = flag("sts-endpoint");
   if (sts !== undefined) {
-    if (!/^https?:\/\/[^\s/]+(\/.*)?$/.test(sts)) throw new ConfigError(`--sts-endpoint must be an http(s) URL such as https://sts.us-east-1.amazonaws.com, got "${sts}"`);
+    if (!/^https?:\/\/[^\s/]+(\/.*)?$/.test(sts))
+      throw new ConfigError(
+        `--sts-endpoint must be an http(s) URL such as https://sts.us-east-1.amazonaws.com, got "${sts}"`,
+      );
     config.stsEndpoint = sts;
   }
   for (const [name, field] of NUMBERS) {
-    const { default: fallback, range: [min, max] } = FLAGS[name];
+    const {
+      default: fallback,
+      range: [min, max],
+    } = FLAGS[name];
     const raw = flag(name);
     const value = raw === undefined ? fallback : Number(raw);
     if (!Number.isInteger(value) || value < min || value > max) {
@@ -123,7 +167,8 @@ export function parseConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Op
   }
   const clusterId = flag("cluster-id");
   if (clusterId !== undefined) {
-    if (!/^[A-Za-z0-9._-]{1,128}$/.test(clusterId)) throw new ConfigError(`--cluster-id must be 1-128 letters, digits, ".", "_" or "-", got "${clusterId}"`);
+    if (!/^[A-Za-z0-9._-]{1,128}$/.test(clusterId))
+      throw new ConfigError(`--cluster-id must be 1-128 letters, digits, ".", "_" or "-", got "${clusterId}"`);
     config.clusterId = clusterId;
   }
   return config;
@@ -131,5 +176,8 @@ export function parseConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Op
 
 /** A comma-separated flag value as a list, blanks dropped. */
 function list(value: string): string[] {
-  return value.split(",").map((v) => v.trim()).filter((v) => v !== "");
+  return value
+    .split(",")
+    .map((v) => v.trim())
+    .filter((v) => v !== "");
 }

@@ -32,22 +32,65 @@ export const FLAGS = {
     meaning: "Identifies this cluster in Buildkite stack keys: 1-128 letters, digits, '.', '_' or '-'.",
   },
   workers: { value: "n", default: 16, range: [1, 64], meaning: "Concurrent reconciles per controller." },
-  "poll-interval-ms": { value: "ms", default: 1_000, range: [100, 60_000], meaning: "How often each queue asks Buildkite for scheduled jobs." },
-  "state-check-interval-ms": { value: "ms", default: 5_000, range: [100, 300_000], meaning: "How often each queue reads the Buildkite states of its jobs." },
-  "reservation-expiry-seconds": { value: "s", default: 900, range: [1, 3_600], meaning: "How long Buildkite holds a job reserved for this operator." },
-  "pending-timeout-seconds": { value: "s", default: 600, range: [1, 86_400], meaning: "A job whose pod has not started this long after its creation fails." },
-  "start-grace-seconds": { value: "s", default: 120, range: [1, 86_400], meaning: "A job whose agent image cannot be pulled, or container cannot be configured, fails after this long." },
+  "poll-interval-ms": {
+    value: "ms",
+    default: 1_000,
+    range: [100, 60_000],
+    meaning: "How often each queue asks Buildkite for scheduled jobs.",
+  },
+  "state-check-interval-ms": {
+    value: "ms",
+    default: 5_000,
+    range: [100, 300_000],
+    meaning: "How often each queue reads the Buildkite states of its jobs.",
+  },
+  "reservation-expiry-seconds": {
+    value: "s",
+    default: 900,
+    range: [1, 3_600],
+    meaning: "How long Buildkite holds a job reserved for this operator.",
+  },
+  "pending-timeout-seconds": {
+    value: "s",
+    default: 600,
+    range: [1, 86_400],
+    meaning: "A job whose pod has not started this long after its creation fails.",
+  },
+  "start-grace-seconds": {
+    value: "s",
+    default: 120,
+    range: [1, 86_400],
+    meaning: "A job whose agent image cannot be pulled, or container cannot be configured, fails after this long.",
+  },
   "http-port": { value: "port", default: 8080, range: [0, 65_535], meaning: "Port of /healthz, /readyz and /metrics." },
-  "leader-elect": { value: "true|false", default: "true", meaning: "Act only while holding the lease, so replicas can stand by." },
-  "lease-namespace": { value: "namespace", default: "$POD_NAMESPACE, else default", meaning: "Namespace of the leader lease." },
+  "leader-elect": {
+    value: "true|false",
+    default: "true",
+    meaning: "Act only while holding the lease, so replicas can stand by.",
+  },
+  "lease-namespace": {
+    value: "namespace",
+    default: "$POD_NAMESPACE, else default",
+    meaning: "Namespace of the leader lease.",
+  },
   "lease-name": { value: "name", default: "buildkite-operator", meaning: "Name of the leader lease." },
-  "lease-duration-seconds": { value: "s", default: 15, range: [2, 300], meaning: "How long the leader lease lasts unless renewed." },
+  "lease-duration-seconds": {
+    value: "s",
+    default: 15,
+    range: [2, 300],
+    meaning: "How long the leader lease lasts unless renewed.",
+  },
   "sts-endpoint": {
     value: "url",
     default: "each queue's regional STS endpoint",
     meaning: "STS endpoint of the AWS credentials preflight.",
   },
-  "credentials-recheck-seconds": { value: "s", default: 300, range: [10, 86_400], meaning: "How often a queue's AWS credentials are checked again." },
+  "credentials-recheck-seconds": {
+    value: "s",
+    default: 300,
+    range: [10, 86_400],
+    meaning: "How often a queue's AWS credentials are checked again.",
+  },
   "allowed-endpoints": {
     value: "url,...",
     default: BUILDKITE_AGENT_ENDPOINT,
@@ -82,7 +125,13 @@ const PARSE_OPTIONS = {
  * asked for. Lenient mode and tokens, rather than strict mode, so each mistake gets a message that says what to fix.
  */
 function tokenize(argv: readonly string[]): { values: Map<FlagName, string>; help: boolean } {
-  const { tokens } = parseArgs({ args: [...argv], options: PARSE_OPTIONS, strict: false, allowPositionals: true, tokens: true });
+  const { tokens } = parseArgs({
+    args: [...argv],
+    options: PARSE_OPTIONS,
+    strict: false,
+    allowPositionals: true,
+    tokens: true,
+  });
   const values = new Map<FlagName, string>();
   let help = false;
   for (const token of tokens) {
@@ -94,7 +143,9 @@ function tokenize(argv: readonly string[]): { values: Map<FlagName, string>; hel
       if (token.value !== undefined) throw new ConfigError("flag --help takes no value");
       help = true;
     } else if (!isFlagName(token.name)) {
-      const known = Object.keys(FLAGS).map((k) => `--${k}`).join(", ");
+      const known = Object.keys(FLAGS)
+        .map((k) => `--${k}`)
+        .join(", ");
       throw new ConfigError(`unknown flag --${token.name}; known flags: ${known} (--help describes them)`);
     } else if (token.value === undefined || (!token.inlineValue && token.value.startsWith("--"))) {
       // parseArgs takes whatever follows as the value; a following flag means this one was given none.
@@ -133,7 +184,11 @@ export function usage(): string {
   ];
   for (const [name, spec] of Object.entries(FLAGS) as [FlagName, FlagSpec][]) {
     const range = spec.range === undefined ? "" : `, ${String(spec.range[0])} to ${String(spec.range[1])}`;
-    lines.push(`  --${name}=<${spec.value}>`, `      ${spec.meaning}`, `      env ${envName(name)}; default: ${String(spec.default)}${range}`);
+    lines.push(
+      `  --${name}=<${spec.value}>`,
+      `      ${spec.meaning}`,
+      `      env ${envName(name)}; default: ${String(spec.default)}${range}`,
+    );
   }
   lines.push("  --help", "      Prints this text and exits.");
   return `${lines.join("\n")}\n`;

@@ -23,7 +23,10 @@ import { DEFAULT_START_TIMEOUTS, type StartTimeouts } from "./stuck.js";
 export class JobController implements Controller {
   readonly name = "buildkitejob";
 
-  constructor(private readonly ctx: ControllerContext, private readonly timeouts: StartTimeouts = DEFAULT_START_TIMEOUTS) {}
+  constructor(
+    private readonly ctx: ControllerContext,
+    private readonly timeouts: StartTimeouts = DEFAULT_START_TIMEOUTS,
+  ) {}
 
   async reconcile(key: string): Promise<ReconcileResult> {
     const { namespace, name } = splitKey(key);
@@ -65,7 +68,13 @@ export class JobController implements Controller {
   private async readJob(namespace: string, name: string): Promise<BuildkiteJob | undefined> {
     try {
       const { group, version, plural } = BUILDKITE_JOB;
-      return await this.ctx.clients.custom.getNamespacedCustomObject({ group, version, plural, namespace, name }) as BuildkiteJob;
+      return (await this.ctx.clients.custom.getNamespacedCustomObject({
+        group,
+        version,
+        plural,
+        namespace,
+        name,
+      })) as BuildkiteJob;
     } catch (err) {
       if (isNotFound(err)) return undefined;
       throw err;
@@ -86,7 +95,12 @@ export class JobController implements Controller {
     }
   }
 
-  private async perform(key: string, job: BuildkiteJob, queue: BuildkiteQueue | undefined, plan: JobPlan): Promise<ReconcileResult> {
+  private async perform(
+    key: string,
+    job: BuildkiteJob,
+    queue: BuildkiteQueue | undefined,
+    plan: JobPlan,
+  ): Promise<ReconcileResult> {
     let status = plan.status;
     let stored = job.status ?? {};
     const events = [...plan.events];
@@ -98,7 +112,11 @@ export class JobController implements Controller {
           if ("waitMs" in after) {
             // The slot goes back meanwhile: the job is looked at again once its claim is gone and can be made anew.
             this.ctx.expectations.forget(key);
-            this.ctx.logger.info("Waiting before creating pod", { namespace: job.metadata.namespace, job: job.metadata.name, why: after.why });
+            this.ctx.logger.info("Waiting before creating pod", {
+              namespace: job.metadata.namespace,
+              job: job.metadata.name,
+              why: after.why,
+            });
             return { requeueAfterMs: after.waitMs };
           }
           status = after.status;
@@ -112,8 +130,16 @@ export class JobController implements Controller {
           await this.deletePod(job);
           break;
         case "deleteJob":
-          await deleteCustomObject(this.ctx.clients, BUILDKITE_JOB, job.metadata.namespace ?? "", job.metadata.name ?? "").catch(ignoreNotFound);
-          this.ctx.logger.info("Deleted finished job after its TTL", { namespace: job.metadata.namespace, job: job.metadata.name });
+          await deleteCustomObject(
+            this.ctx.clients,
+            BUILDKITE_JOB,
+            job.metadata.namespace ?? "",
+            job.metadata.name ?? "",
+          ).catch(ignoreNotFound);
+          this.ctx.logger.info("Deleted finished job after its TTL", {
+            namespace: job.metadata.namespace,
+            job: job.metadata.name,
+          });
           return;
       }
     }
@@ -136,10 +162,12 @@ export class JobController implements Controller {
       return { pod };
     } catch (err) {
       // A pod of this name exists (the cache lags behind an earlier create): read it back instead of creating twice.
-      if (isConflict(err)) return { pod: await this.ctx.clients.core.readNamespacedPod({ name: body.metadata?.name ?? "", namespace }) };
+      if (isConflict(err))
+        return { pod: await this.ctx.clients.core.readNamespacedPod({ name: body.metadata?.name ?? "", namespace }) };
       // Admission (PodSecurity, quotas, webhooks) or validation refused it: retrying the same pod cannot help. The
       // operator's own RBAC lacking the verb ("denied") is a deployment mistake that fixing its role cures: retried.
-      if (createRefusal(err) === "refused") return { rejected: `The API server refused the job's pod: ${apiMessage(err)}` };
+      if (createRefusal(err) === "refused")
+        return { rejected: `The API server refused the job's pod: ${apiMessage(err)}` };
       throw err;
     }
   }
@@ -149,10 +177,16 @@ export class JobController implements Controller {
     const namespace = job.metadata.namespace ?? "";
     const uid = job.status?.podUID;
     // The UID precondition makes sure only this job's pod is deleted, never a newer one of the same name.
-    await this.ctx.clients.core.deleteNamespacedPod({ name, namespace, ...(uid ? { body: { preconditions: { uid } } } : {}) })
-      .then(() => { this.ctx.logger.info("Deleted finished pod", { namespace, job: name, pod: name }); }, (err: unknown) => {
-        if (!isNotFound(err) && !isConflict(err)) throw err;
-      });
+    await this.ctx.clients.core
+      .deleteNamespacedPod({ name, namespace, ...(uid ? { body: { preconditions: { uid } } } : {}) })
+      .then(
+        () => {
+          this.ctx.logger.info("Deleted finished pod", { namespace, job: name, pod: name });
+        },
+        (err: unknown) => {
+          if (!isNotFound(err) && !isConflict(err)) throw err;
+        },
+      );
   }
 
   /** Writes the status only when it differs from what is stored (a no-op reconcile makes no API call). */

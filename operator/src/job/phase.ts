@@ -31,30 +31,80 @@ export function podOutcome(pod: V1Pod, maxJobDurationSeconds: number | undefined
   const exit = terminated ? { exitCode: terminated.exitCode } : {};
   switch (status.phase) {
     case "Succeeded":
-      return { phase: "Succeeded", ...node, ...exit, ...started, ...finished, reason: "Completed", message: "The job's command exited 0." };
+      return {
+        phase: "Succeeded",
+        ...node,
+        ...exit,
+        ...started,
+        ...finished,
+        reason: "Completed",
+        message: "The job's command exited 0.",
+      };
     case "Failed":
       if (status.reason === "DeadlineExceeded") {
         const limit = maxJobDurationSeconds !== undefined ? ` (${maxJobDurationSeconds} s)` : "";
-        return { phase: "TimedOut", ...node, ...exit, ...started, ...finished, reason: "DeadlineExceeded",
-          message: `The job ran longer than the queue's maxJobDurationSeconds${limit} and was stopped; raise it or speed the job up.` };
+        return {
+          phase: "TimedOut",
+          ...node,
+          ...exit,
+          ...started,
+          ...finished,
+          reason: "DeadlineExceeded",
+          message: `The job ran longer than the queue's maxJobDurationSeconds${limit} and was stopped; raise it or speed the job up.`,
+        };
       }
       if (terminated?.reason === "OOMKilled") {
-        return { phase: "Failed", ...node, ...exit, ...started, ...finished, reason: "OOMKilled",
-          message: "The job ran out of memory at its shape's limit; choose a larger instanceShape." };
+        return {
+          phase: "Failed",
+          ...node,
+          ...exit,
+          ...started,
+          ...finished,
+          reason: "OOMKilled",
+          message: "The job ran out of memory at its shape's limit; choose a larger instanceShape.",
+        };
       }
       if (!terminated) {
-        return { phase: "Failed", ...node, ...started, reason: status.reason ?? "PodFailed",
-          message: status.message ?? "The pod failed before the agent ran." };
+        return {
+          phase: "Failed",
+          ...node,
+          ...started,
+          reason: status.reason ?? "PodFailed",
+          message: status.message ?? "The pod failed before the agent ran.",
+        };
       }
-      return { phase: "Failed", ...node, ...exit, ...started, ...finished, reason: "NonZeroExit",
-        message: `The agent exited with code ${terminated.exitCode}${terminated.reason ? ` (${terminated.reason})` : ""}.` };
+      return {
+        phase: "Failed",
+        ...node,
+        ...exit,
+        ...started,
+        ...finished,
+        reason: "NonZeroExit",
+        message: `The agent exited with code ${terminated.exitCode}${terminated.reason ? ` (${terminated.reason})` : ""}.`,
+      };
     case "Running":
-      return { phase: "Running", ...node, ...started, reason: "Running", message: `The agent is running the job on ${nodeName ?? "its node"}.` };
+      return {
+        phase: "Running",
+        ...node,
+        ...started,
+        reason: "Running",
+        message: `The agent is running the job on ${nodeName ?? "its node"}.`,
+      };
     default: {
-      if (nodeName) return { phase: "Starting", ...node, reason: "Starting", message: `The pod was placed on ${nodeName} and is starting.` };
+      if (nodeName)
+        return {
+          phase: "Starting",
+          ...node,
+          reason: "Starting",
+          message: `The pod was placed on ${nodeName} and is starting.`,
+        };
       const scheduled = status.conditions?.find((c) => c.type === "PodScheduled");
       if (scheduled?.status === "False") {
-        return { phase: "Pending", reason: scheduled.reason ?? "Unschedulable", message: `No node can run the pod yet: ${scheduled.message ?? "no reason given"}` };
+        return {
+          phase: "Pending",
+          reason: scheduled.reason ?? "Unschedulable",
+          message: `No node can run the pod yet: ${scheduled.message ?? "no reason given"}`,
+        };
       }
       return { phase: "Pending", reason: "Scheduling", message: "The pod is waiting for a node." };
     }

@@ -8,6 +8,20 @@ import { isTerminal, podOutcome } from "./phase.js";
 import { podSlot, type SlotDecision } from "../capacity/queue-capacity.js";
 import { DEFAULT_START_TIMEOUTS, stuckPod, type StartTimeouts } from "./stuck.js";
 
+import { needsReport, reportOf, RESERVATION_PENDING } from "./buildkite-contract.js";
+import { stopping } from "./stopping.js";
+
+export {
+  needsReport,
+  neverAcquired,
+  NEVER_RAN,
+  QUEUE_DELETED,
+  reportAnnotation,
+  reportOf,
+  REPORTED,
+  RESERVATION_PENDING,
+} from "./buildkite-contract.js";
+
 /** What the job controller saw for one BuildkiteJob (from the caches, confirmed live where it matters). */
 export interface JobObservation {
   job: BuildkiteJob;
@@ -21,14 +35,6 @@ export interface JobObservation {
 }
 
 export type JobAction = "createPod" | "deletePod" | "deleteJob";
-
-/** Failures where the job's command never ran: Buildkite is told with `finish`, or the job would wait there forever. */
-export const NEVER_RAN: ReadonlySet<string> = new Set([
-  "PodRejected", "ImagePullFailed", "ContainerConfigError", "Unschedulable", "PendingTimeout", "PodDeletedBeforeStart",
-]);
-
-/** The condition that records that Buildkite was told about a job that could not run. */
-export const REPORTED = "ReportedToBuildkite";
 
 /** Buildkite states (set on the job by the job source) after which a job that has not started must not start. */
 const STOP_BEFORE_START = new Set(["canceled", "expired", "skipped", "broken", "timed_out"]);
@@ -57,7 +63,9 @@ const queueReady = (queue: BuildkiteQueue): ConditionUpdate | undefined => {
   const ready = queue.status?.conditions?.find((c) => c.type === "Ready");
   if (ready?.status === "True") return undefined;
   return {
-    type: "QueueReady", status: "False", reason: "QueueNotReady",
+    type: "QueueReady",
+    status: "False",
+    reason: "QueueNotReady",
     message: `BuildkiteQueue ${queue.metadata.name ?? ""} is not ready${ready ? `: ${ready.message}` : " yet"}`,
   };
 };
@@ -80,13 +88,25 @@ export function planJob(obs: JobObservation, now: Date): JobPlan {
       const reported = reportOf(job);
       if (reported === undefined) return { status: current, actions, events };
       const status = { ...current, conditions: setCondition(current.conditions, reported, gen, now) };
-      return { status, actions, events: [{ type: reported.status === "True" ? "Normal" : "Warning", reason: reported.reason, message: reported.message }] };
+      return {
+        status,
+        actions,
+        events: [
+          {
+            type: reported.status === "True" ? "Normal" : "Warning",
+            reason: reported.reason,
+            message: reported.message,
+          },
+        ],
+      };
     }
     if (actions.length > 0) return { status: current, actions, events };
     const ttl = queue?.spec.jobTTLSecondsAfterFinished ?? DEFAULT_TTL_SECONDS;
     const finished = Date.parse(current.finishedAt ?? "") || now.getTime();
     const remaining = finished + ttl * 1000 - now.getTime();
-    return remaining <= 0 ? { status: current, actions: ["deleteJob"], events } : { status: current, actions: [], events, requeueAfterMs: remaining };
+    return remaining <= 0
+      ? { status: current, actions: ["deleteJob"], events }
+      : { status: current, actions: [], events, requeueAfterMs: remaining };
   }
 
   const stop = job.metadata.annotations?.[ANNOTATIONS.stop];
@@ -97,13 +117,33 @@ export function planJob(obs: JobObservation, now: Date): JobPlan {
     const ownerUid = pod.metadata?.ownerReferences?.find((o) => o.controller)?.uid;
     if (ownerUid !== job.metadata.uid) {
       // A pod of the same name from an earlier BuildkiteJob that is still going away: never adopt it.
-      return { status: { ...current, phase: "Pending", reason: "WaitingForOldPod", message: `Waiting for an earlier pod named ${pod.metadata?.name ?? ""} to be deleted.` }, actions: [], events, requeueAfterMs: 2_000 };
+      return {
+        status: {
+          ...current,
+          phase: "Pending",
+          reason: "WaitingForOldPod",
+          message: `Waiting for an earlier pod named ${pod.metadata?.name ?? ""} to be deleted.`,
+        },
+        actions: [],
+        events,
+        requeueAfterMs: 2_000,
+      };
     }
     let outcome = podOutcome(pod, queue?.spec.maxJobDurationSeconds);
-    if (taken !== undefined && STOP_BEFORE_START.has(taken) && outcome.phase !== "Running" && !isTerminal(outcome.phase)) {
+    if (
+      taken !== undefined &&
+      STOP_BEFORE_START.has(taken) &&
+      outcome.phase !== "Running" &&
+      !isTerminal(outcome.phase)
+    ) {
       outcome = { ...outcome, phase: "Canceled", ...takenBack(taken, "its pod was deleted") };
     } else if (taken !== undefined && CANCELED.has(taken) && isTerminal(outcome.phase)) {
-      outcome = { ...outcome, phase: "Canceled", reason: "CanceledInBuildkite", message: `The job was canceled in Buildkite while running; the agent stopped it${outcome.exitCode !== undefined ? ` (exit ${outcome.exitCode})` : ""}.` };
+      outcome = {
+        ...outcome,
+        phase: "Canceled",
+        reason: "CanceledInBuildkite",
+        message: `The job was canceled in Buildkite while running; the agent stopped it${outcome.exitCode !== undefined ? ` (exit ${outcome.exitCode})` : ""}.`,
+      };
     } else if (outcome.phase === "Pending" || outcome.phase === "Starting") {
       const stuck = stuckPod(pod, queue, obs.timeouts ?? DEFAULT_START_TIMEOUTS, now);
       if ("reason" in stuck) outcome = { ...outcome, phase: "Failed", reason: stuck.reason, message: stuck.message };
@@ -121,7 +161,12 @@ export function planJob(obs: JobObservation, now: Date): JobPlan {
       ...(gen !== undefined ? { observedGeneration: gen } : {}),
     };
     if (outcome.phase !== current.phase) events.push(phaseEvent(outcome.phase, outcome.reason, outcome.message));
-    return { status, actions: terminal ? ["deletePod"] : [], events, ...(recheck !== undefined ? { requeueAfterMs: recheck } : {}) };
+    return {
+      status,
+      actions: terminal ? ["deletePod"] : [],
+      events,
+      ...(recheck !== undefined ? { requeueAfterMs: recheck } : {}),
+    };
   }
 
   if (current.podUID) {
@@ -130,12 +175,21 @@ export function planJob(obs: JobObservation, now: Date): JobPlan {
     const reason = beforeStart ? "PodDeletedBeforeStart" : "PodDeleted";
     const message = `The pod ${current.podName ?? ""} was deleted before the job ${beforeStart ? "started" : "finished"}; the job was not run again. Retry it in Buildkite if needed.`;
     events.push({ type: "Warning", reason, message });
-    return { status: { ...current, phase: "Failed", reason, message, finishedAt: now.toISOString() }, actions: [], events };
+    return {
+      status: { ...current, phase: "Failed", reason, message, finishedAt: now.toISOString() },
+      actions: [],
+      events,
+    };
   }
 
   if (taken !== undefined && STOP_BEFORE_START.has(taken)) {
     // Buildkite took the job back before it had a pod: it never runs here.
-    const status: BuildkiteJobStatus = { ...current, phase: "Canceled", ...takenBack(taken, "no pod was created"), finishedAt: now.toISOString() };
+    const status: BuildkiteJobStatus = {
+      ...current,
+      phase: "Canceled",
+      ...takenBack(taken, "no pod was created"),
+      finishedAt: now.toISOString(),
+    };
     events.push({ type: "Normal", reason: status.reason ?? "", message: status.message ?? "" });
     return { status, actions: [], events };
   }
@@ -143,97 +197,79 @@ export function planJob(obs: JobObservation, now: Date): JobPlan {
   if (job.metadata.annotations?.[ANNOTATIONS.reservation] === RESERVATION_PENDING) {
     // Its pod would use the cluster agent token, which can acquire the job even when another stack reserved it.
     const message = "Waiting for Buildkite to confirm that this stack reserved the job.";
-    return { status: { ...current, phase: "Pending", reason: "Reserving", message }, actions: [], events, requeueAfterMs: QUEUE_WAIT_REQUEUE_MS };
+    return {
+      status: { ...current, phase: "Pending", reason: "Reserving", message },
+      actions: [],
+      events,
+      requeueAfterMs: QUEUE_WAIT_REQUEUE_MS,
+    };
   }
 
   if (!queue) {
     const message = `BuildkiteQueue ${job.spec.queueRef.name} does not exist in namespace ${job.metadata.namespace ?? ""}; create it or delete this job.`;
-    return waiting(current, { type: "QueueReady", status: "False", reason: "QueueNotFound", message }, gen, now, current.reason !== "QueueNotFound" ? [{ type: "Warning", reason: "QueueNotFound", message }] : []);
+    return waiting(
+      current,
+      { type: "QueueReady", status: "False", reason: "QueueNotFound", message },
+      gen,
+      now,
+      current.reason !== "QueueNotFound" ? [{ type: "Warning", reason: "QueueNotFound", message }] : [],
+    );
   }
   const notReady = queueReady(queue);
-  if (notReady) return waiting(current, notReady, gen, now, current.reason !== "QueueNotReady" ? [{ type: "Warning", reason: "QueueNotReady", message: notReady.message }] : []);
+  if (notReady)
+    return waiting(
+      current,
+      notReady,
+      gen,
+      now,
+      current.reason !== "QueueNotReady"
+        ? [{ type: "Warning", reason: "QueueNotReady", message: notReady.message }]
+        : [],
+    );
 
-  const conditions = setCondition(current.conditions, { type: "QueueReady", status: "True", reason: "QueueReady", message: "The queue is ready." }, gen, now);
+  const conditions = setCondition(
+    current.conditions,
+    { type: "QueueReady", status: "True", reason: "QueueReady", message: "The queue is ready." },
+    gen,
+    now,
+  );
   if ("waiting" in slot) {
     // No place in line in the message: it changes for every waiting job whenever one starts, and rewriting hundreds
     // of statuses per start loaded the API server more than all the useful work together.
     const message = `All ${String(concurrency(queue.spec))} slots of queue ${queue.metadata.name ?? ""} are in use; waiting jobs start by priority, then age.`;
-    return { status: { ...current, phase: "Pending", shape: queue.spec.instanceShape, reason: "WaitingForSlot", message, conditions }, actions: [], events, requeueAfterMs: QUEUE_WAIT_REQUEUE_MS };
+    return {
+      status: {
+        ...current,
+        phase: "Pending",
+        shape: queue.spec.instanceShape,
+        reason: "WaitingForSlot",
+        message,
+        conditions,
+      },
+      actions: [],
+      events,
+      requeueAfterMs: QUEUE_WAIT_REQUEUE_MS,
+    };
   }
   return {
-    status: { ...current, phase: "Pending", shape: queue.spec.instanceShape, slot: slot.slot, reason: "CreatingPod", message: `Creating the pod (${describeShape(queue)}).`, conditions },
+    status: {
+      ...current,
+      phase: "Pending",
+      shape: queue.spec.instanceShape,
+      slot: slot.slot,
+      reason: "CreatingPod",
+      message: `Creating the pod (${describeShape(queue)}).`,
+      conditions,
+    },
     actions: ["createPod"],
-    events: [{ type: "Normal", reason: "CreatingPod", message: `Creating a ${queue.spec.instanceShape} pod for job ${job.spec.uuid}.` }],
+    events: [
+      {
+        type: "Normal",
+        reason: "CreatingPod",
+        message: `Creating a ${queue.spec.instanceShape} pod for job ${job.spec.uuid}.`,
+      },
+    ],
   };
-}
-
-/** Reason of a job stopped because its queue was deleted. */
-export const QUEUE_DELETED = "QueueDeleted";
-
-/**
- * A job told to stop (its queue is being deleted): its pod is deleted (the agent's preStop cancels a running job and
- * reports it to Buildkite at once), and once the pod is gone the job ends Canceled. A job that never started is
- * reported to Buildkite with `finish` (see {@link needsReport}).
- */
-function stopping(obs: JobObservation, why: string, now: Date): JobPlan {
-  const { job, pod } = obs;
-  const current = job.status ?? {};
-  const outcome = pod ? podOutcome(pod, obs.queue?.spec.maxJobDurationSeconds) : undefined;
-  if (pod && outcome && !isTerminal(outcome.phase)) {
-    const status: BuildkiteJobStatus = { ...current, ...started(outcome.startedAt), reason: "Stopping", message: `Stopping the pod: ${why}` };
-    const events: JobEvent[] = current.reason === "Stopping" ? [] : [{ type: "Normal", reason: "Stopping", message: status.message ?? "" }];
-    return { status, actions: pod.metadata?.deletionTimestamp ? [] : ["deletePod"], events, requeueAfterMs: 2_000 };
-  }
-  const exit = outcome?.exitCode;
-  const status: BuildkiteJobStatus = {
-    ...current, ...started(outcome?.startedAt), phase: "Canceled", reason: QUEUE_DELETED, finishedAt: now.toISOString(),
-    message: `${why} ${current.podUID !== undefined ? `Its pod was stopped${exit !== undefined ? ` (exit ${String(exit)})` : ""}.` : "No pod was created."}`,
-    ...(exit !== undefined ? { exitCode: exit } : {}),
-  };
-  return { status, actions: pod ? ["deletePod"] : [], events: [{ type: "Normal", reason: QUEUE_DELETED, message: status.message ?? "" }] };
-}
-
-const started = (at: string | undefined): { startedAt?: string } => at !== undefined ? { startedAt: at } : {};
-
-/** Whether the job is one the stack must still report to Buildkite as unable to run. */
-export function needsReport(job: BuildkiteJob): boolean {
-  const status = job.status ?? {};
-  const annotations = job.metadata.annotations ?? {};
-  const stoppedBeforeStart = status.reason === QUEUE_DELETED && status.startedAt === undefined;
-  // Only once the job has ended: a pod waiting for a node carries the reason Unschedulable long before it fails.
-  return annotations[ANNOTATIONS.stack] !== undefined && isTerminal(status.phase)
-    && (NEVER_RAN.has(status.reason ?? "") || neverAcquired(job) || stoppedBeforeStart)
-    && !status.conditions?.some((c) => c.type === REPORTED);
-}
-
-/** Value of the reservation annotation while Buildkite has not confirmed the reservation. */
-export const RESERVATION_PENDING = "Pending";
-
-/** What the job source recorded of its `finish` call, as the condition to keep; undefined before it did. */
-export function reportOf(job: BuildkiteJob): ConditionUpdate | undefined {
-  const raw = job.metadata.annotations?.[ANNOTATIONS.reported];
-  if (raw === undefined) return undefined;
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(raw);
-  } catch {
-    parsed = undefined;
-  }
-  const { reason, message } = (typeof parsed === "object" && parsed !== null ? parsed : {}) as { reason?: unknown; message?: unknown };
-  const finished = reason === "Finished";
-  return {
-    type: REPORTED, status: finished ? "True" : "False", reason: typeof reason === "string" && /^[A-Za-z]+$/.test(reason) ? reason : "FinishRefused",
-    message: typeof message === "string" ? message : `Annotation ${ANNOTATIONS.reported} is not the JSON the job source writes: ${raw}`,
-  };
-}
-
-/** The annotation value recording what Buildkite answered to `finish`. */
-export const reportAnnotation = (reason: "Finished" | "FinishRefused", message: string): string => JSON.stringify({ reason, message });
-
-/** A job whose pod ended while Buildkite still had the job waiting: its agent never acquired it. */
-export function neverAcquired(job: BuildkiteJob): boolean {
-  const state = job.metadata.annotations?.[ANNOTATIONS.buildkiteState];
-  return (state === "scheduled" || state === "reserved") && isTerminal(job.status?.phase) && job.status?.phase !== "Canceled";
 }
 
 function takenBack(state: string, what: string): { reason: string; message: string } {
@@ -244,9 +280,21 @@ function takenBack(state: string, what: string): { reason: string; message: stri
   };
 }
 
-function waiting(current: BuildkiteJobStatus, condition: ConditionUpdate, gen: number | undefined, now: Date, events: JobEvent[]): JobPlan {
+function waiting(
+  current: BuildkiteJobStatus,
+  condition: ConditionUpdate,
+  gen: number | undefined,
+  now: Date,
+  events: JobEvent[],
+): JobPlan {
   return {
-    status: { ...current, phase: "Pending", reason: condition.reason, message: condition.message, conditions: setCondition(current.conditions, condition, gen, now) },
+    status: {
+      ...current,
+      phase: "Pending",
+      reason: condition.reason,
+      message: condition.message,
+      conditions: setCondition(current.conditions, condition, gen, now),
+    },
     actions: [],
     events,
     requeueAfterMs: QUEUE_WAIT_REQUEUE_MS,
@@ -260,5 +308,9 @@ function describeShape(queue: BuildkiteQueue): string {
 
 function phaseEvent(phase: string, reason: string, message: string): JobEvent {
   const warning = phase === "Failed" || phase === "TimedOut";
-  return { type: warning ? "Warning" : "Normal", reason: phase === "Failed" || phase === "TimedOut" ? reason : phase, message };
+  return {
+    type: warning ? "Warning" : "Normal",
+    reason: phase === "Failed" || phase === "TimedOut" ? reason : phase,
+    message,
+  };
 }

@@ -41,8 +41,17 @@ describe("buildPod", () => {
   it("runs the agent for exactly this job", () => {
     const agent = agentOf(buildPod(queueFixture(), job));
     expect(agent.name).to.equal("agent");
-    expect([...(agent.command ?? []), ...(agent.args ?? [])]).to.deep.equal(["buildkite-agent", "start", "--acquire-job", job.spec.uuid, "--reflect-exit-status"]);
-    expect(agent.lifecycle?.preStop?.exec?.command, "SIGQUIT before SIGTERM: the agent cancels its job at once").to.deep.equal(["/bin/sh", "-c", "kill -QUIT 1"]);
+    expect([...(agent.command ?? []), ...(agent.args ?? [])]).to.deep.equal([
+      "buildkite-agent",
+      "start",
+      "--acquire-job",
+      job.spec.uuid,
+      "--reflect-exit-status",
+    ]);
+    expect(
+      agent.lifecycle?.preStop?.exec?.command,
+      "SIGQUIT before SIGTERM: the agent cancels its job at once",
+    ).to.deep.equal(["/bin/sh", "-c", "kill -QUIT 1"]);
   });
 
   it("passes endpoint, queue tag and the token from the queue's Secret by reference", () => {
@@ -54,8 +63,15 @@ describe("buildPod", () => {
 
   it("satisfies Pod Security restricted and mounts no API token", () => {
     const pod = buildPod(queueFixture(), job);
-    expect(pod.spec?.securityContext).to.deep.include({ runAsNonRoot: true, seccompProfile: { type: "RuntimeDefault" } });
-    expect(agentOf(pod).securityContext).to.deep.equal({ allowPrivilegeEscalation: false, capabilities: { drop: ["ALL"] }, runAsNonRoot: true });
+    expect(pod.spec?.securityContext).to.deep.include({
+      runAsNonRoot: true,
+      seccompProfile: { type: "RuntimeDefault" },
+    });
+    expect(agentOf(pod).securityContext).to.deep.equal({
+      allowPrivilegeEscalation: false,
+      capabilities: { drop: ["ALL"] },
+      runAsNonRoot: true,
+    });
     expect(pod.spec?.automountServiceAccountToken).to.equal(false);
     expect(pod.spec?.hostNetwork ?? false).to.equal(false);
     expect(pod.spec?.volumes?.some((v) => v.hostPath)).to.equal(false);
@@ -69,14 +85,29 @@ describe("buildPod", () => {
   it("labels the pod (with the slot and shape it runs in), owns it by its BuildkiteJob and records a stable spec hash", () => {
     const pod = buildPod(queueFixture(), job);
     expect(pod.metadata?.name).to.equal(job.metadata.name);
-    expect(pod.metadata?.labels).to.include({ "buildkite.com/queue": "linux", "buildkite.com/job": job.metadata.name, "app.kubernetes.io/managed-by": "buildkite-operator" });
+    expect(pod.metadata?.labels).to.include({
+      "buildkite.com/queue": "linux",
+      "buildkite.com/job": job.metadata.name,
+      "app.kubernetes.io/managed-by": "buildkite-operator",
+    });
     expect(pod.metadata?.labels).to.include({ "buildkite.com/slot": "0", "buildkite.com/shape": "LINUX_AMD64_4X16" });
     expect(buildPod(queueFixture(), job, 3).metadata?.labels).to.include({ "buildkite.com/slot": "3" });
-    expect(pod.metadata?.ownerReferences).to.deep.equal([{ apiVersion: "buildkite.com/v1alpha1", kind: "BuildkiteJob", name: job.metadata.name, uid: job.metadata.uid, controller: true, blockOwnerDeletion: true }]);
+    expect(pod.metadata?.ownerReferences).to.deep.equal([
+      {
+        apiVersion: "buildkite.com/v1alpha1",
+        kind: "BuildkiteJob",
+        name: job.metadata.name,
+        uid: job.metadata.uid,
+        controller: true,
+        blockOwnerDeletion: true,
+      },
+    ]);
     const hash = pod.metadata?.annotations?.["buildkite.com/spec-hash"];
     expect(hash).to.match(/^[0-9a-f]{16}$/);
     expect(buildPod(queueFixture(), job).metadata?.annotations?.["buildkite.com/spec-hash"]).to.equal(hash);
-    expect(buildPod(queueFixture({ agentImage: "other:1" }), job).metadata?.annotations?.["buildkite.com/spec-hash"]).to.not.equal(hash);
+    expect(
+      buildPod(queueFixture({ agentImage: "other:1" }), job).metadata?.annotations?.["buildkite.com/spec-hash"],
+    ).to.not.equal(hash);
   });
 
   it("has no AWS environment or token volume without aws", () => {
@@ -86,24 +117,49 @@ describe("buildPod", () => {
   });
 
   it("projects an IRSA token and sets the AWS environment when aws is set", () => {
-    const aws = { roleArn: "arn:aws:iam::123456789012:role/ci", region: "eu-west-1", audience: "sts.amazonaws.com", tokenExpirationSeconds: 3600 };
+    const aws = {
+      roleArn: "arn:aws:iam::123456789012:role/ci",
+      region: "eu-west-1",
+      audience: "sts.amazonaws.com",
+      tokenExpirationSeconds: 3600,
+    };
     const pod = buildPod(queueFixture({ aws }), job);
     expect(envOf(pod)).to.include({
-      AWS_ROLE_ARN: aws.roleArn, AWS_WEB_IDENTITY_TOKEN_FILE: `${IRSA_TOKEN_DIR}/token`, AWS_REGION: "eu-west-1", AWS_STS_REGIONAL_ENDPOINTS: "regional",
+      AWS_ROLE_ARN: aws.roleArn,
+      AWS_WEB_IDENTITY_TOKEN_FILE: `${IRSA_TOKEN_DIR}/token`,
+      AWS_REGION: "eu-west-1",
+      AWS_STS_REGIONAL_ENDPOINTS: "regional",
     });
     expect(envOf(pod)).to.not.have.property("AWS_ENDPOINT_URL_STS");
-    expect(envOf(buildPod(queueFixture({ aws: { ...aws, stsEndpoint: "https://sts.example.internal" } }), job))).to.include({ AWS_ENDPOINT_URL_STS: "https://sts.example.internal" });
-    expect(pod.spec?.volumes?.find((v) => v.name === "aws-iam-token")?.projected?.sources).to.deep.equal(
-      [{ serviceAccountToken: { audience: "sts.amazonaws.com", expirationSeconds: 3600, path: "token" } }]);
-    expect(agentOf(pod).volumeMounts).to.deep.include({ name: "aws-iam-token", mountPath: IRSA_TOKEN_DIR, readOnly: true });
+    expect(
+      envOf(buildPod(queueFixture({ aws: { ...aws, stsEndpoint: "https://sts.example.internal" } }), job)),
+    ).to.include({ AWS_ENDPOINT_URL_STS: "https://sts.example.internal" });
+    expect(pod.spec?.volumes?.find((v) => v.name === "aws-iam-token")?.projected?.sources).to.deep.equal([
+      { serviceAccountToken: { audience: "sts.amazonaws.com", expirationSeconds: 3600, path: "token" } },
+    ]);
+    expect(agentOf(pod).volumeMounts).to.deep.include({
+      name: "aws-iam-token",
+      mountPath: IRSA_TOKEN_DIR,
+      readOnly: true,
+    });
     expect(pod.spec?.serviceAccountName).to.equal("bkq-linux");
   });
 
   it("names the AWS role session after pipeline, build and job, within STS's 64 characters of [\\w+=,.@-]", () => {
-    const aws = { roleArn: "arn:aws:iam::123456789012:role/ci", region: "eu-west-1", audience: "sts.amazonaws.com", tokenExpirationSeconds: 3600 };
+    const aws = {
+      roleArn: "arn:aws:iam::123456789012:role/ci",
+      region: "eu-west-1",
+      audience: "sts.amazonaws.com",
+      tokenExpirationSeconds: 3600,
+    };
     const named = { ...job, spec: { ...job.spec, pipelineSlug: "deploy-api", buildNumber: 42 } };
-    expect(envOf(buildPod(queueFixture({ aws }), named)).AWS_ROLE_SESSION_NAME).to.equal(`bk-deploy-api-42-${job.spec.uuid}`);
-    const long = { ...job, spec: { ...job.spec, pipelineSlug: "a-very-long-pipeline-slug/with spaces".repeat(3), buildNumber: 123456 } };
+    expect(envOf(buildPod(queueFixture({ aws }), named)).AWS_ROLE_SESSION_NAME).to.equal(
+      `bk-deploy-api-42-${job.spec.uuid}`,
+    );
+    const long = {
+      ...job,
+      spec: { ...job.spec, pipelineSlug: "a-very-long-pipeline-slug/with spaces".repeat(3), buildNumber: 123456 },
+    };
     const name = String(envOf(buildPod(queueFixture({ aws }), long)).AWS_ROLE_SESSION_NAME);
     expect(name).to.have.length.at.most(64);
     expect(name).to.match(/^[\w+=,.@-]{2,64}$/);
@@ -111,7 +167,9 @@ describe("buildPod", () => {
   });
 
   it("mounts the cache claims of its pipeline and slot, exactly the claims the job controller creates", () => {
-    const queue = queueFixture({ cache: [{ name: "gomod", size: "20Gi", mountPath: "/cache/gomod", scope: "Pipeline" }] });
+    const queue = queueFixture({
+      cache: [{ name: "gomod", size: "20Gi", mountPath: "/cache/gomod", scope: "Pipeline" }],
+    });
     const web = { ...job, spec: { ...job.spec, pipelineSlug: "web" } };
     const pod = buildPod(queue, web, 2);
     const claimName = desiredCacheClaims(queue, web, 2)[0]?.metadata?.name;
@@ -119,21 +177,34 @@ describe("buildPod", () => {
     expect(pod.spec?.volumes).to.deep.include({ name: "cache-gomod", persistentVolumeClaim: { claimName } });
     expect(agentOf(pod).volumeMounts).to.deep.include({ name: "cache-gomod", mountPath: "/cache/gomod" });
     const deploy = buildPod(queue, { ...job, spec: { ...job.spec, pipelineSlug: "deploy" } }, 2);
-    expect(deploy.spec?.volumes?.find((v) => v.name === "cache-gomod")?.persistentVolumeClaim?.claimName).to.not.equal(claimName);
+    expect(deploy.spec?.volumes?.find((v) => v.name === "cache-gomod")?.persistentVolumeClaim?.claimName).to.not.equal(
+      claimName,
+    );
   });
 
   it("applies the queue's pod template without letting it override operator labels", () => {
-    const pod = buildPod(queueFixture({
-      podTemplate: {
-        labels: { team: "infra", "buildkite.com/queue": "spoofed" }, annotations: { note: "x" },
-        env: [{ name: "FOO", value: "bar" }], tolerations: [{ key: "ci", operator: "Exists", effect: "NoSchedule" }],
-        priorityClassName: "ci-low", runtimeClassName: "gvisor", imagePullSecrets: [{ name: "regcred" }],
-      },
-    }), job);
+    const pod = buildPod(
+      queueFixture({
+        podTemplate: {
+          labels: { team: "infra", "buildkite.com/queue": "spoofed" },
+          annotations: { note: "x" },
+          env: [{ name: "FOO", value: "bar" }],
+          tolerations: [{ key: "ci", operator: "Exists", effect: "NoSchedule" }],
+          priorityClassName: "ci-low",
+          runtimeClassName: "gvisor",
+          imagePullSecrets: [{ name: "regcred" }],
+        },
+      }),
+      job,
+    );
     expect(pod.metadata?.labels).to.include({ team: "infra", "buildkite.com/queue": "linux" });
     expect(pod.metadata?.annotations).to.include({ note: "x" });
     expect(envOf(pod).FOO).to.equal("bar");
-    expect(pod.spec).to.deep.include({ priorityClassName: "ci-low", runtimeClassName: "gvisor", imagePullSecrets: [{ name: "regcred" }] });
+    expect(pod.spec).to.deep.include({
+      priorityClassName: "ci-low",
+      runtimeClassName: "gvisor",
+      imagePullSecrets: [{ name: "regcred" }],
+    });
     expect(pod.spec?.tolerations).to.deep.equal([{ key: "ci", operator: "Exists", effect: "NoSchedule" }]);
   });
 });

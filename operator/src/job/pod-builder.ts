@@ -29,7 +29,15 @@ export function buildPod(queue: BuildkiteQueue, job: BuildkiteJob, slot = 0): V1
   const mounts: V1VolumeMount[] = [{ name: "workspace", mountPath: WORKSPACE_DIR }];
   const env: V1EnvVar[] = [
     // The job's own acquisition token when it has one (it can acquire this job only), else the queue's agent token.
-    { name: "BUILDKITE_AGENT_TOKEN", valueFrom: { secretKeyRef: jobToken !== undefined ? { name: jobToken, key: "token" } : { name: spec.agentTokenSecretRef.name, key: spec.agentTokenSecretRef.key } } },
+    {
+      name: "BUILDKITE_AGENT_TOKEN",
+      valueFrom: {
+        secretKeyRef:
+          jobToken !== undefined
+            ? { name: jobToken, key: "token" }
+            : { name: spec.agentTokenSecretRef.name, key: spec.agentTokenSecretRef.key },
+      },
+    },
     { name: "BUILDKITE_AGENT_ENDPOINT", value: spec.endpoint },
     { name: "BUILDKITE_AGENT_TAGS", value: `queue=${spec.queue}` },
     { name: "BUILDKITE_AGENT_NAME", valueFrom: { fieldRef: { fieldPath: "metadata.name" } } },
@@ -41,7 +49,17 @@ export function buildPod(queue: BuildkiteQueue, job: BuildkiteJob, slot = 0): V1
   if (spec.aws) {
     volumes.push({
       name: "aws-iam-token",
-      projected: { sources: [{ serviceAccountToken: { audience: spec.aws.audience, expirationSeconds: spec.aws.tokenExpirationSeconds, path: "token" } }] },
+      projected: {
+        sources: [
+          {
+            serviceAccountToken: {
+              audience: spec.aws.audience,
+              expirationSeconds: spec.aws.tokenExpirationSeconds,
+              path: "token",
+            },
+          },
+        ],
+      },
     });
     mounts.push({ name: "aws-iam-token", mountPath: IRSA_TOKEN_DIR, readOnly: true });
     // Set here rather than by the EKS webhook, so IRSA also works on clusters without it.
@@ -59,7 +77,10 @@ export function buildPod(queue: BuildkiteQueue, job: BuildkiteJob, slot = 0): V1
 
   for (const cache of spec.cache ?? []) {
     // The claim of the job's own scope (pipeline, or pipeline and branch): another pipeline's cache is never mounted.
-    volumes.push({ name: `cache-${cache.name}`, persistentVolumeClaim: { claimName: cacheClaimName(queue, cache.name, cacheScope(queue, cache, job), slot) } });
+    volumes.push({
+      name: `cache-${cache.name}`,
+      persistentVolumeClaim: { claimName: cacheClaimName(queue, cache.name, cacheScope(queue, cache, job), slot) },
+    });
     mounts.push({ name: `cache-${cache.name}`, mountPath: cache.mountPath });
   }
   env.push(...proxyEnv(queue));
@@ -99,9 +120,16 @@ export function buildPod(queue: BuildkiteQueue, job: BuildkiteJob, slot = 0): V1
         [LABELS.shape]: spec.instanceShape,
       },
       annotations: { ...template.annotations },
-      ownerReferences: [{
-        apiVersion: job.apiVersion, kind: job.kind, name, uid: job.metadata.uid ?? "", controller: true, blockOwnerDeletion: true,
-      }],
+      ownerReferences: [
+        {
+          apiVersion: job.apiVersion,
+          kind: job.kind,
+          name,
+          uid: job.metadata.uid ?? "",
+          controller: true,
+          blockOwnerDeletion: true,
+        },
+      ],
     },
     spec: {
       restartPolicy: "Never",
@@ -112,7 +140,10 @@ export function buildPod(queue: BuildkiteQueue, job: BuildkiteJob, slot = 0): V1
       activeDeadlineSeconds: spec.maxJobDurationSeconds,
       terminationGracePeriodSeconds: 60,
       securityContext: {
-        runAsNonRoot: true, runAsUser: JOB_UID, runAsGroup: JOB_UID, fsGroup: JOB_UID,
+        runAsNonRoot: true,
+        runAsUser: JOB_UID,
+        runAsGroup: JOB_UID,
+        fsGroup: JOB_UID,
         seccompProfile: { type: "RuntimeDefault" },
       },
       containers: [agent],
@@ -143,5 +174,8 @@ export function roleSessionName(job: BuildkiteJob): string {
 
 /** A short, stable hash of a pod's spec and labels, recorded on the pod (as actions-runner-controller does). */
 export function specHash(pod: V1Pod): string {
-  return createHash("sha256").update(JSON.stringify({ labels: pod.metadata?.labels, spec: pod.spec })).digest("hex").slice(0, 16);
+  return createHash("sha256")
+    .update(JSON.stringify({ labels: pod.metadata?.labels, spec: pod.spec }))
+    .digest("hex")
+    .slice(0, 16);
 }

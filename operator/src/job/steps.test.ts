@@ -10,7 +10,11 @@ import { afterPodCreate, CLAIM_WAIT_MS, mustConfirmPodGone, needsLiveRead, slotT
 const clock = new FakeClock(new Date("2026-03-01T12:00:00Z"));
 const queue = (() => {
   const q = queueFixture();
-  q.status = { conditions: [{ type: "Ready", status: "True", reason: "Ready", message: "ok", lastTransitionTime: clock.now().toISOString() }] };
+  q.status = {
+    conditions: [
+      { type: "Ready", status: "True", reason: "Ready", message: "ok", lastTransitionTime: clock.now().toISOString() },
+    ],
+  };
   return q;
 })();
 const jobWith = (status?: BuildkiteJobStatus): BuildkiteJob => ({ ...jobFixture(), ...(status ? { status } : {}) });
@@ -25,16 +29,38 @@ describe("job controller steps", () => {
     it("reads the job live before creating its pod, and before failing it for a vanished pod: neither can be undone", () => {
       const create = planJob({ job: jobWith(), queue, pod: undefined, slot: { slot: 0 } }, clock.now());
       expect(needsLiveRead(create)).to.equal(true);
-      const vanished = planJob({ job: jobWith({ phase: "Running", podName: "p", podUID: "u", slot: 0 }), queue, pod: undefined, slot: { slot: 0 } }, clock.now());
+      const vanished = planJob(
+        {
+          job: jobWith({ phase: "Running", podName: "p", podUID: "u", slot: 0 }),
+          queue,
+          pod: undefined,
+          slot: { slot: 0 },
+        },
+        clock.now(),
+      );
       expect(vanished.status.reason).to.equal("PodDeleted");
       expect(needsLiveRead(vanished)).to.equal(true);
     });
 
     it("plans on the cache for everything else: waiting, following a pod, a pod gone before start", () => {
-      expect(needsLiveRead(planJob({ job: jobWith(), queue, pod: undefined, slot: { waiting: { position: 1, free: 0 } } }, clock.now()))).to.equal(false);
+      expect(
+        needsLiveRead(
+          planJob({ job: jobWith(), queue, pod: undefined, slot: { waiting: { position: 1, free: 0 } } }, clock.now()),
+        ),
+      ).to.equal(false);
       const job = jobWith({ phase: "Starting", podUID: "u", slot: 0 });
-      expect(needsLiveRead(planJob({ job, queue, pod: podOf(job, 0), slot: { slot: 0 } }, clock.now()))).to.equal(false);
-      const early = planJob({ job: jobWith({ phase: "Pending", podName: "p", podUID: "u", slot: 0 }), queue, pod: undefined, slot: { slot: 0 } }, clock.now());
+      expect(needsLiveRead(planJob({ job, queue, pod: podOf(job, 0), slot: { slot: 0 } }, clock.now()))).to.equal(
+        false,
+      );
+      const early = planJob(
+        {
+          job: jobWith({ phase: "Pending", podName: "p", podUID: "u", slot: 0 }),
+          queue,
+          pod: undefined,
+          slot: { slot: 0 },
+        },
+        clock.now(),
+      );
       expect(early.status.reason).to.equal("PodDeletedBeforeStart");
       expect(needsLiveRead(early)).to.equal(false);
     });
@@ -59,11 +85,16 @@ describe("job controller steps", () => {
     });
 
     it("sets nothing aside (and gives back what was) when no pod is to be created", () => {
-      const waiting = planJob({ job: jobWith(), queue, pod: undefined, slot: { waiting: { position: 1, free: 0 } } }, clock.now());
+      const waiting = planJob(
+        { job: jobWith(), queue, pod: undefined, slot: { waiting: { position: 1, free: 0 } } },
+        clock.now(),
+      );
       expect(slotToHold(waiting, undefined)).to.equal(undefined);
       const canceled = jobWith();
       canceled.metadata.annotations = { "buildkite.com/buildkite-state": "canceled" };
-      expect(slotToHold(planJob({ job: canceled, queue, pod: undefined, slot: { slot: 0 } }, clock.now()), undefined)).to.equal(undefined);
+      expect(
+        slotToHold(planJob({ job: canceled, queue, pod: undefined, slot: { slot: 0 } }, clock.now()), undefined),
+      ).to.equal(undefined);
     });
   });
 
@@ -73,19 +104,36 @@ describe("job controller steps", () => {
     it("records the pod on the job, keeping its slot", () => {
       const pod: V1Pod = { metadata: { name: "bkj-x", uid: "pod-uid" } };
       const after = afterPodCreate(creating, { pod }, clock.now());
-      expect(after).to.deep.equal({ status: { ...creating, podName: "bkj-x", podUID: "pod-uid", podCreatedAt: "2026-03-01T12:00:00.000Z" }, events: [] });
+      expect(after).to.deep.equal({
+        status: { ...creating, podName: "bkj-x", podUID: "pod-uid", podCreatedAt: "2026-03-01T12:00:00.000Z" },
+        events: [],
+      });
     });
 
     it("fails the job a refused pod belongs to, with the API server's words, an Event, and its end time", () => {
-      const after = afterPodCreate(creating, { rejected: "The API server refused the job's pod: pods \"bkj-x\" is forbidden: violates PodSecurity" }, clock.now());
+      const after = afterPodCreate(
+        creating,
+        { rejected: 'The API server refused the job\'s pod: pods "bkj-x" is forbidden: violates PodSecurity' },
+        clock.now(),
+      );
       if (!("status" in after)) throw new Error("expected a status");
-      expect(after.status).to.include({ phase: "Failed", reason: "PodRejected", finishedAt: "2026-03-01T12:00:00.000Z", slot: 1 });
-      expect(after.status.message).to.equal("The API server refused the job's pod: pods \"bkj-x\" is forbidden: violates PodSecurity. Fix the queue's settings (or the namespace's policies); the job was not run.");
+      expect(after.status).to.include({
+        phase: "Failed",
+        reason: "PodRejected",
+        finishedAt: "2026-03-01T12:00:00.000Z",
+        slot: 1,
+      });
+      expect(after.status.message).to.equal(
+        "The API server refused the job's pod: pods \"bkj-x\" is forbidden: violates PodSecurity. Fix the queue's settings (or the namespace's policies); the job was not run.",
+      );
       expect(after.events).to.deep.equal([{ type: "Warning", reason: "PodRejected", message: after.status.message }]);
     });
 
     it("waits, writing nothing, while one of its cache claims is being deleted", () => {
-      expect(afterPodCreate(creating, { wait: "cache claim c is being deleted" }, clock.now())).to.deep.equal({ waitMs: CLAIM_WAIT_MS, why: "cache claim c is being deleted" });
+      expect(afterPodCreate(creating, { wait: "cache claim c is being deleted" }, clock.now())).to.deep.equal({
+        waitMs: CLAIM_WAIT_MS,
+        why: "cache claim c is being deleted",
+      });
     });
   });
 });

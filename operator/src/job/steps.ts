@@ -12,7 +12,8 @@ import type { JobEvent, JobPlan } from "./plan.js";
  * Whether the plan must be made again from the job read live before it is performed. Creating the pod and failing a
  * job whose pod vanished cannot be undone (a second run, a lost result), so neither is decided on a cache that may lag.
  */
-export const needsLiveRead = (plan: JobPlan): boolean => plan.actions.includes("createPod") || plan.status.reason === "PodDeleted";
+export const needsLiveRead = (plan: JobPlan): boolean =>
+  plan.actions.includes("createPod") || plan.status.reason === "PodDeleted";
 
 /**
  * Whether a pod missing from the cache must be looked up live: the job recorded a pod and has not ended, so the pod
@@ -47,8 +48,14 @@ export function afterPodCreate(status: BuildkiteJobStatus, created: PodCreation,
   if ("wait" in created) return { waitMs: CLAIM_WAIT_MS, why: created.wait };
   if ("rejected" in created) {
     const message = `${created.rejected}. Fix the queue's settings (or the namespace's policies); the job was not run.`;
-    return { status: { ...status, phase: "Failed", reason: "PodRejected", message, finishedAt: now.toISOString() }, events: [{ type: "Warning", reason: "PodRejected", message }] };
+    return {
+      status: { ...status, phase: "Failed", reason: "PodRejected", message, finishedAt: now.toISOString() },
+      events: [{ type: "Warning", reason: "PodRejected", message }],
+    };
   }
   const meta = created.pod.metadata ?? {};
-  return { status: { ...status, podName: meta.name ?? "", podUID: meta.uid ?? "", podCreatedAt: now.toISOString() }, events: [] };
+  return {
+    status: { ...status, podName: meta.name ?? "", podUID: meta.uid ?? "", podCreatedAt: now.toISOString() },
+    events: [],
+  };
 }

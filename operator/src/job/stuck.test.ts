@@ -11,7 +11,18 @@ const pod = (status: NonNullable<V1Pod["status"]>, nodeName?: string): V1Pod => 
   spec: { containers: [{ name: "agent", image: "img" }], ...(nodeName ? { nodeName } : {}) },
   status,
 });
-const waiting = (reason: string) => ({ containerStatuses: [{ name: "agent", image: "img", imageID: "", ready: false, restartCount: 0, state: { waiting: { reason, message: `${reason} details` } } }] });
+const waiting = (reason: string) => ({
+  containerStatuses: [
+    {
+      name: "agent",
+      image: "img",
+      imageID: "",
+      ready: false,
+      restartCount: 0,
+      state: { waiting: { reason, message: `${reason} details` } },
+    },
+  ],
+});
 
 describe("stuckPod", () => {
   for (const reason of ["ErrImagePull", "ImagePullBackOff", "InvalidImageName"]) {
@@ -20,7 +31,11 @@ describe("stuckPod", () => {
       expect(stuckPod(p, queueFixture(), timeouts, after(60))).to.deep.equal({ recheckAfterMs: 60_000 });
       const stuck = stuckPod(p, queueFixture(), timeouts, after(120));
       expect(stuck).to.have.property("reason", "ImagePullFailed");
-      expect(stuck).to.have.property("message").that.includes(queueFixture().spec.agentImage).and.includes("imagePullSecrets").and.includes(`${reason} details`);
+      expect(stuck)
+        .to.have.property("message")
+        .that.includes(queueFixture().spec.agentImage)
+        .and.includes("imagePullSecrets")
+        .and.includes(`${reason} details`);
     });
   }
 
@@ -31,11 +46,25 @@ describe("stuckPod", () => {
   });
 
   it("fails an unschedulable pod after the pending timeout, with the scheduler's words and the shape's needs", () => {
-    const p = pod({ phase: "Pending", conditions: [{ type: "PodScheduled", status: "False", reason: "Unschedulable", message: "0/4 nodes are available: 4 Insufficient cpu." }] });
+    const p = pod({
+      phase: "Pending",
+      conditions: [
+        {
+          type: "PodScheduled",
+          status: "False",
+          reason: "Unschedulable",
+          message: "0/4 nodes are available: 4 Insufficient cpu.",
+        },
+      ],
+    });
     expect(stuckPod(p, queueFixture(), timeouts, after(599))).to.deep.equal({ recheckAfterMs: 1_000 });
     const stuck = stuckPod(p, queueFixture(), timeouts, after(600));
     expect(stuck).to.have.property("reason", "Unschedulable");
-    expect(stuck).to.have.property("message").that.includes("4 Insufficient cpu").and.includes("4 vCPU").and.includes("linux/amd64");
+    expect(stuck)
+      .to.have.property("message")
+      .that.includes("4 Insufficient cpu")
+      .and.includes("4 vCPU")
+      .and.includes("linux/amd64");
   });
 
   it("fails a placed pod that never starts after the pending timeout", () => {
@@ -45,6 +74,8 @@ describe("stuckPod", () => {
   });
 
   it("asks to look again when the earliest deadline passes", () => {
-    expect(stuckPod(pod({ phase: "Pending" }), queueFixture(), timeouts, after(100))).to.deep.equal({ recheckAfterMs: 500_000 });
+    expect(stuckPod(pod({ phase: "Pending" }), queueFixture(), timeouts, after(100))).to.deep.equal({
+      recheckAfterMs: 500_000,
+    });
   });
 });

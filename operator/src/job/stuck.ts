@@ -12,7 +12,13 @@ export interface StartTimeouts {
 
 export const DEFAULT_START_TIMEOUTS: StartTimeouts = { pendingTimeoutSeconds: 600, startGraceSeconds: 120 };
 
-const IMAGE_PULL = new Set(["ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull", "RegistryUnavailable"]);
+const IMAGE_PULL = new Set([
+  "ErrImagePull",
+  "ImagePullBackOff",
+  "InvalidImageName",
+  "ErrImageNeverPull",
+  "RegistryUnavailable",
+]);
 const CONFIG = new Set(["CreateContainerConfigError", "CreateContainerError", "RunContainerError"]);
 
 /** A pod that will not start: why, in words that say what to fix. */
@@ -25,7 +31,12 @@ export interface Stuck {
  * Whether a pod that has not started is stuck past its timeout, and if not yet, when to look again. Pure: the
  * timeouts run from the pod's creation, so a restarted operator judges the same pod the same way.
  */
-export function stuckPod(pod: V1Pod, queue: BuildkiteQueue | undefined, timeouts: StartTimeouts, now: Date): Stuck | { recheckAfterMs: number } {
+export function stuckPod(
+  pod: V1Pod,
+  queue: BuildkiteQueue | undefined,
+  timeouts: StartTimeouts,
+  now: Date,
+): Stuck | { recheckAfterMs: number } {
   const created = Date.parse(String(pod.metadata?.creationTimestamp ?? "")) || now.getTime();
   const age = now.getTime() - created;
   const waiting = pod.status?.containerStatuses?.find((c) => c.name === "agent")?.state?.waiting;
@@ -33,23 +44,31 @@ export function stuckPod(pod: V1Pod, queue: BuildkiteQueue | undefined, timeouts
   const image = queue?.spec.agentImage ?? pod.spec?.containers[0]?.image ?? "";
   const grace = timeouts.startGraceSeconds * 1000;
   if (IMAGE_PULL.has(waitingReason) && age >= grace) {
-    return { reason: "ImagePullFailed",
-      message: `The agent image ${image} could not be pulled for ${seconds(age)} (${waitingReason}: ${waiting?.message ?? "no message"}). Check spec.agentImage and spec.podTemplate.imagePullSecrets of the BuildkiteQueue.` };
+    return {
+      reason: "ImagePullFailed",
+      message: `The agent image ${image} could not be pulled for ${seconds(age)} (${waitingReason}: ${waiting?.message ?? "no message"}). Check spec.agentImage and spec.podTemplate.imagePullSecrets of the BuildkiteQueue.`,
+    };
   }
   if (CONFIG.has(waitingReason) && age >= grace) {
-    return { reason: "ContainerConfigError",
-      message: `The agent container could not be started for ${seconds(age)} (${waitingReason}: ${waiting?.message ?? "no message"}). Check that the agent token Secret and every env value the queue names exist.` };
+    return {
+      reason: "ContainerConfigError",
+      message: `The agent container could not be started for ${seconds(age)} (${waitingReason}: ${waiting?.message ?? "no message"}). Check that the agent token Secret and every env value the queue names exist.`,
+    };
   }
   const pending = timeouts.pendingTimeoutSeconds * 1000;
   if (age >= pending) {
     const scheduled = pod.status?.conditions?.find((c) => c.type === "PodScheduled");
     if (!pod.spec?.nodeName && scheduled?.status === "False") {
       const needs = queue ? needsText(queue) : "its requests";
-      return { reason: "Unschedulable",
-        message: `No node could run the pod for ${seconds(age)}: ${scheduled.message ?? scheduled.reason ?? "no reason given"}. The shape needs ${needs}; add such nodes (or free capacity) or choose another instanceShape.` };
+      return {
+        reason: "Unschedulable",
+        message: `No node could run the pod for ${seconds(age)}: ${scheduled.message ?? scheduled.reason ?? "no reason given"}. The shape needs ${needs}; add such nodes (or free capacity) or choose another instanceShape.`,
+      };
     }
-    return { reason: "PendingTimeout",
-      message: `The pod did not start within ${seconds(age)}${waitingReason ? ` (${waitingReason})` : ""}${pod.spec?.nodeName ? ` on node ${pod.spec.nodeName}` : ""}. Check the node and the pod's events.` };
+    return {
+      reason: "PendingTimeout",
+      message: `The pod did not start within ${seconds(age)}${waitingReason ? ` (${waitingReason})` : ""}${pod.spec?.nodeName ? ` on node ${pod.spec.nodeName}` : ""}. Check the node and the pod's events.`,
+    };
   }
   const nextDeadline = IMAGE_PULL.has(waitingReason) || CONFIG.has(waitingReason) ? Math.min(grace, pending) : pending;
   return { recheckAfterMs: Math.max(1_000, nextDeadline - age) };

@@ -3,7 +3,15 @@ import { expect } from "chai";
 import { Writable } from "node:stream";
 import { createLogger } from "../observability/logger.js";
 import { FakeClock } from "../../../test/support/fake-clock.js";
-import { AGGREGATE_WINDOW_MS, EventRecorder, MAX_MESSAGE_BYTES, MAX_TRACKED_SERIES, cropUtf8, type EventTarget, type EventsApi } from "./event-recorder.js";
+import {
+  AGGREGATE_WINDOW_MS,
+  EventRecorder,
+  MAX_MESSAGE_BYTES,
+  MAX_TRACKED_SERIES,
+  cropUtf8,
+  type EventTarget,
+  type EventsApi,
+} from "./event-recorder.js";
 
 type CreateRequest = Parameters<EventsApi["createNamespacedEvent"]>[0];
 type PatchRequest = Parameters<EventsApi["patchNamespacedEvent"]>[0];
@@ -47,7 +55,12 @@ class FakeEventsApi implements EventsApi {
   /** Holds every call until the returned function is called. */
   hold(): () => void {
     let release = (): void => undefined;
-    this.gate = new Promise((resolve) => { release = () => { this.gate = undefined; resolve(); }; });
+    this.gate = new Promise((resolve) => {
+      release = () => {
+        this.gate = undefined;
+        resolve();
+      };
+    });
     return release;
   }
 
@@ -65,7 +78,9 @@ class FakeEventsApi implements EventsApi {
 }
 
 const queue = (name = "q1", uid = `uid-${name}`): EventTarget => ({
-  apiVersion: "buildkite.com/v1alpha1", kind: "BuildkiteQueue", metadata: { name, namespace: "ns", uid, resourceVersion: "42" },
+  apiVersion: "buildkite.com/v1alpha1",
+  kind: "BuildkiteQueue",
+  metadata: { name, namespace: "ns", uid, resourceVersion: "42" },
 });
 
 describe("EventRecorder", () => {
@@ -84,9 +99,18 @@ describe("EventRecorder", () => {
     api = new FakeEventsApi();
     logs = [];
     const stream = new Writable({
-      write(chunk: Buffer, _encoding, done) { logs.push(JSON.parse(chunk.toString()) as { level: string; message: string }); done(); },
+      write(chunk: Buffer, _encoding, done) {
+        logs.push(JSON.parse(chunk.toString()) as { level: string; message: string });
+        done();
+      },
     });
-    recorder = new EventRecorder({ core: api, component: "buildkite-operator", instance: "operator-0", clock, logger: createLogger("debug", stream) });
+    recorder = new EventRecorder({
+      core: api,
+      component: "buildkite-operator",
+      instance: "operator-0",
+      clock,
+      logger: createLogger("debug", stream),
+    });
   });
 
   it("creates an Event describing the object on the first record", async () => {
@@ -96,9 +120,19 @@ describe("EventRecorder", () => {
     expect(event.metadata.namespace).to.equal("ns");
     expect(event.metadata.name).to.match(/^q1\.[0-9a-f]{16}$/);
     expect(event.involvedObject).to.deep.equal({
-      apiVersion: "buildkite.com/v1alpha1", kind: "BuildkiteQueue", name: "q1", namespace: "ns", uid: "uid-q1", resourceVersion: "42",
+      apiVersion: "buildkite.com/v1alpha1",
+      kind: "BuildkiteQueue",
+      name: "q1",
+      namespace: "ns",
+      uid: "uid-q1",
+      resourceVersion: "42",
     });
-    expect(event).to.include({ type: "Warning", reason: "AgentTokenSecretMissing", message: "Secret agent-token not found", count: 1 });
+    expect(event).to.include({
+      type: "Warning",
+      reason: "AgentTokenSecretMissing",
+      message: "Secret agent-token not found",
+      count: 1,
+    });
     expect(event).to.include({ reportingComponent: "buildkite-operator", reportingInstance: "operator-0" });
     expect(event.source).to.deep.equal({ component: "buildkite-operator" });
     expect(event.firstTimestamp).to.deep.equal(clock.now());
@@ -119,7 +153,11 @@ describe("EventRecorder", () => {
     await recorder.flush();
 
     const name = api.only().metadata.name ?? "";
-    expect(api.calls).to.deep.equal([`create ns/${name} count=1`, `patch ns/${name} count=2`, `patch ns/${name} count=3`]);
+    expect(api.calls).to.deep.equal([
+      `create ns/${name} count=1`,
+      `patch ns/${name} count=2`,
+      `patch ns/${name} count=3`,
+    ]);
     expect(api.only()).to.include({ count: 3 });
     expect(api.only().firstTimestamp).to.deep.equal(start);
     expect(api.only().lastTimestamp).to.deep.equal(clock.now());
@@ -163,7 +201,9 @@ describe("EventRecorder", () => {
     const release = api.hold();
     recorder.record(queue(), "Normal", "Ready", "ready");
     let flushed = false;
-    const flushing = recorder.flush().then(() => { flushed = true; });
+    const flushing = recorder.flush().then(() => {
+      flushed = true;
+    });
     await settle();
     expect(flushed).to.equal(false);
     expect(api.stored.size).to.equal(0);
@@ -173,8 +213,13 @@ describe("EventRecorder", () => {
   });
 
   it("never throws, logs a run of failures once, and tries a failed create again on the next repeat", async () => {
-    api.failures.push(new ApiException(403, "Forbidden", { message: "events is forbidden" }, {}), new Error("socket hang up"));
-    expect(() => { recorder.record(queue(), "Normal", "Ready", "ready"); }).to.not.throw();
+    api.failures.push(
+      new ApiException(403, "Forbidden", { message: "events is forbidden" }, {}),
+      new Error("socket hang up"),
+    );
+    expect(() => {
+      recorder.record(queue(), "Normal", "Ready", "ready");
+    }).to.not.throw();
     recorder.record(queue("q2"), "Normal", "Ready", "ready");
     await recorder.flush();
     expect(api.stored.size).to.equal(0);
@@ -203,7 +248,11 @@ describe("EventRecorder", () => {
     clock.advance(MINUTE);
     recorder.record(queue(), "Normal", "Ready", "ready");
     await recorder.flush();
-    expect(api.calls).to.deep.equal([`create ns/${name} count=1`, `patch ns/${name} count=2`, `create ns/${name} count=2`]);
+    expect(api.calls).to.deep.equal([
+      `create ns/${name} count=1`,
+      `patch ns/${name} count=2`,
+      `create ns/${name} count=2`,
+    ]);
     expect(api.only()).to.include({ count: 2 });
   });
 
@@ -214,7 +263,8 @@ describe("EventRecorder", () => {
     recorder.record(queue(), "Normal", "Ready", "ready");
     expect(recorder.tracked).to.equal(1);
 
-    for (let i = 0; i < MAX_TRACKED_SERIES + 100; i++) recorder.record(queue(), "Normal", "Ready", `message ${String(i)}`);
+    for (let i = 0; i < MAX_TRACKED_SERIES + 100; i++)
+      recorder.record(queue(), "Normal", "Ready", `message ${String(i)}`);
     expect(recorder.tracked).to.equal(MAX_TRACKED_SERIES);
     await recorder.flush();
   });
@@ -231,7 +281,12 @@ describe("EventRecorder", () => {
   });
 
   it("puts a cluster-scoped object's Events in the default namespace without an involvedObject namespace", async () => {
-    recorder.record({ apiVersion: "v1", kind: "Node", metadata: { name: "node-1", uid: "n1" } }, "Warning", "Pressure", "memory");
+    recorder.record(
+      { apiVersion: "v1", kind: "Node", metadata: { name: "node-1", uid: "n1" } },
+      "Warning",
+      "Pressure",
+      "memory",
+    );
     await recorder.flush();
     expect(api.only().metadata.namespace).to.equal("default");
     expect(api.only().involvedObject).to.deep.equal({ apiVersion: "v1", kind: "Node", name: "node-1", uid: "n1" });

@@ -1,4 +1,10 @@
-import { PatchStrategy, setHeaderOptions, type CoreV1Api, type CoreV1Event, type V1ObjectReference } from "@kubernetes/client-node";
+import {
+  PatchStrategy,
+  setHeaderOptions,
+  type CoreV1Api,
+  type CoreV1Event,
+  type V1ObjectReference,
+} from "@kubernetes/client-node";
 import { randomBytes } from "node:crypto";
 import { hostname } from "node:os";
 import type { Logger } from "winston";
@@ -85,14 +91,32 @@ export class EventRecorder {
     try {
       const now = this.opts.clock.nowMs();
       const text = cropUtf8(message, MAX_MESSAGE_BYTES);
-      const key = JSON.stringify([target.apiVersion, target.kind, target.metadata.namespace, target.metadata.name, target.metadata.uid, type, reason, text]);
+      const key = JSON.stringify([
+        target.apiVersion,
+        target.kind,
+        target.metadata.namespace,
+        target.metadata.name,
+        target.metadata.uid,
+        type,
+        reason,
+        text,
+      ]);
       this.prune(now);
       let series = this.series.get(key);
       if (series !== undefined && now - series.lastMs < AGGREGATE_WINDOW_MS) {
         series.count++;
         series.lastMs = now;
       } else {
-        series = { ...this.newSeries(target, now), type, reason, message: text, count: 1, lastMs: now, written: 0, chain: Promise.resolve() };
+        series = {
+          ...this.newSeries(target, now),
+          type,
+          reason,
+          message: text,
+          count: 1,
+          lastMs: now,
+          written: 0,
+          chain: Promise.resolve(),
+        };
       }
       // Re-inserted, so the map's order is least recently seen first: pruning stops at the first fresh entry.
       this.series.delete(key);
@@ -109,7 +133,11 @@ export class EventRecorder {
   }
 
   private enqueue(series: Series): void {
-    const write = series.chain.then(() => this.write(series)).catch((err: unknown) => { this.failed(err, series.involvedObject, series.reason); });
+    const write = series.chain
+      .then(() => this.write(series))
+      .catch((err: unknown) => {
+        this.failed(err, series.involvedObject, series.reason);
+      });
     series.chain = write;
     this.inFlight.add(write);
     void write.finally(() => this.inFlight.delete(write));
@@ -124,8 +152,10 @@ export class EventRecorder {
       await this.opts.core.createNamespacedEvent({ namespace, body: this.event(series, count) });
     } else {
       try {
-        await this.opts.core.patchNamespacedEvent({ name, namespace, body: { count, lastTimestamp: new Date(series.lastMs) } },
-          setHeaderOptions("Content-Type", PatchStrategy.MergePatch));
+        await this.opts.core.patchNamespacedEvent(
+          { name, namespace, body: { count, lastTimestamp: new Date(series.lastMs) } },
+          setHeaderOptions("Content-Type", PatchStrategy.MergePatch),
+        );
       } catch (err) {
         // Events expire (the API server's --event-ttl, 1 h by default) or get deleted: write it afresh.
         if (!isNotFound(err)) throw err;
@@ -139,7 +169,10 @@ export class EventRecorder {
     }
   }
 
-  private newSeries(target: EventTarget, now: number): Pick<Series, "name" | "namespace" | "involvedObject" | "firstMs"> {
+  private newSeries(
+    target: EventTarget,
+    now: number,
+  ): Pick<Series, "name" | "namespace" | "involvedObject" | "firstMs"> {
     const { name = "", namespace, uid, resourceVersion } = target.metadata;
     const prefix = name.slice(0, MAX_NAME_PREFIX).replace(/[-.]+$/, "") || "object";
     return {
@@ -147,7 +180,9 @@ export class EventRecorder {
       // Cluster-scoped objects get their Events in "default", with no namespace on involvedObject (API validation).
       namespace: namespace ?? "default",
       involvedObject: {
-        apiVersion: target.apiVersion, kind: target.kind, name,
+        apiVersion: target.apiVersion,
+        kind: target.kind,
+        name,
         ...(namespace === undefined ? {} : { namespace }),
         ...(uid === undefined ? {} : { uid }),
         ...(resourceVersion === undefined ? {} : { resourceVersion }),
@@ -160,7 +195,9 @@ export class EventRecorder {
     return {
       metadata: { name: series.name, namespace: series.namespace },
       involvedObject: series.involvedObject,
-      type: series.type, reason: series.reason, message: series.message,
+      type: series.type,
+      reason: series.reason,
+      message: series.message,
       source: { component: this.opts.component },
       reportingComponent: this.opts.component,
       reportingInstance: this.instance,
@@ -185,7 +222,10 @@ export class EventRecorder {
       return;
     }
     this.failing = true;
-    this.opts.logger.warn("Failed to record event; further failures are logged at debug level until a write succeeds", meta);
+    this.opts.logger.warn(
+      "Failed to record event; further failures are logged at debug level until a write succeeds",
+      meta,
+    );
   }
 }
 

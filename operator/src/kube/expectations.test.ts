@@ -3,7 +3,8 @@ import { FakeClock } from "../../../test/support/fake-clock.js";
 import { EXPECTATION_TTL_MS, Expectations, type Expected } from "./expectations.js";
 
 const never = (): boolean => false;
-const entries = (e: Expectations, owner: string, seen: (key: string, expected: Expected) => boolean = never) => Object.fromEntries(e.pending(owner, seen));
+const entries = (e: Expectations, owner: string, seen: (key: string, expected: Expected) => boolean = never) =>
+  Object.fromEntries(e.pending(owner, seen));
 
 describe("Expectations", () => {
   let clock: FakeClock;
@@ -17,9 +18,14 @@ describe("Expectations", () => {
     e.created("ci/linux", "ci/bkj-a");
     e.assigned("ci/linux", "ci/bkj-b", 2);
     e.created("ci/arm", "ci/bkj-c");
-    expect(entries(e, "ci/linux")).to.deep.equal({ "ci/bkj-a": { kind: "created" }, "ci/bkj-b": { kind: "assigned", slot: 2 } });
+    expect(entries(e, "ci/linux")).to.deep.equal({
+      "ci/bkj-a": { kind: "created" },
+      "ci/bkj-b": { kind: "assigned", slot: 2 },
+    });
     // The reader says which ones its caches show: those are dropped for good.
-    expect(entries(e, "ci/linux", (key) => key === "ci/bkj-a")).to.deep.equal({ "ci/bkj-b": { kind: "assigned", slot: 2 } });
+    expect(entries(e, "ci/linux", (key) => key === "ci/bkj-a")).to.deep.equal({
+      "ci/bkj-b": { kind: "assigned", slot: 2 },
+    });
     expect(entries(e, "ci/linux")).to.deep.equal({ "ci/bkj-b": { kind: "assigned", slot: 2 } });
     expect(e.has("ci/linux", "ci/bkj-a")).to.equal(false);
     expect(entries(e, "ci/arm")).to.deep.equal({ "ci/bkj-c": { kind: "created" } });
@@ -29,8 +35,14 @@ describe("Expectations", () => {
     e.created("q", "ns/a");
     e.assigned("q", "ns/b", 0);
     const asked: [string, Expected][] = [];
-    e.pending("q", (key, expected) => { asked.push([key, expected]); return false; });
-    expect(asked).to.deep.equal([["ns/a", { kind: "created" }], ["ns/b", { kind: "assigned", slot: 0 }]]);
+    e.pending("q", (key, expected) => {
+      asked.push([key, expected]);
+      return false;
+    });
+    expect(asked).to.deep.equal([
+      ["ns/a", { kind: "created" }],
+      ["ns/b", { kind: "assigned", slot: 0 }],
+    ]);
   });
 
   it("drops an entry after the TTL even if the caches never show it", () => {

@@ -31,7 +31,10 @@ export class Expectations {
   /** The owner of each key, so an object can be forgotten by its key alone (once deleted, its owner is unknown). */
   private readonly ownerOf = new Map<string, string>();
 
-  constructor(private readonly clock: Clock, private readonly ttlMs = EXPECTATION_TTL_MS) {}
+  constructor(
+    private readonly clock: Clock,
+    private readonly ttlMs = EXPECTATION_TTL_MS,
+  ) {}
 
   /**
    * Records that this process created `key` for `owner`, unless something is expected of it already: the watch can
@@ -83,7 +86,7 @@ export class Expectations {
     const previous = this.ownerOf.get(key);
     if (previous !== undefined && previous !== owner) this.forget(key);
     let entries = this.owners.get(owner);
-    if (!entries) this.owners.set(owner, entries = new Map<string, Entry>());
+    if (!entries) this.owners.set(owner, (entries = new Map<string, Entry>()));
     entries.set(key, { expected, atMs: this.clock.nowMs() });
     this.ownerOf.set(key, owner);
   }

@@ -15,7 +15,9 @@ describe("slimPod", () => {
       },
     };
     slimPod(pod);
-    expect(pod.spec?.volumes).to.deep.equal([{ name: "cache-gomod", persistentVolumeClaim: { claimName: "bkq-linux-gomod-0123456789abcdef0123-0" } }]);
+    expect(pod.spec?.volumes).to.deep.equal([
+      { name: "cache-gomod", persistentVolumeClaim: { claimName: "bkq-linux-gomod-0123456789abcdef0123-0" } },
+    ]);
     expect(pod.spec?.containers[0]).to.deep.equal({ name: "agent" });
     expect(pod.metadata).to.deep.equal({ name: "p" });
     const plain: V1Pod = { spec: { containers: [], volumes: [{ name: "workspace", emptyDir: {} }] } };

@@ -1,7 +1,15 @@
 import {
-  CoreV1Api, CustomObjectsApi, makeInformer, NetworkingV1Api,
-  type KubeConfig, type KubernetesListObject, type KubernetesObject,
-  type V1NetworkPolicy, type V1PersistentVolumeClaim, type V1Pod, type V1ServiceAccount,
+  CoreV1Api,
+  CustomObjectsApi,
+  makeInformer,
+  NetworkingV1Api,
+  type KubeConfig,
+  type KubernetesListObject,
+  type KubernetesObject,
+  type V1NetworkPolicy,
+  type V1PersistentVolumeClaim,
+  type V1Pod,
+  type V1ServiceAccount,
 } from "@kubernetes/client-node";
 import type { Logger } from "winston";
 import { BUILDKITE_JOB, type BuildkiteJob } from "../api/generated/buildkite-job.js";
@@ -46,8 +54,10 @@ interface WatchedKind<T extends KubernetesObject> {
 }
 
 /** `/prefix/plural`, or `/prefix/namespaces/<namespace>/plural`: a collection's path across namespaces or in one. */
-const collection = (prefix: string, plural: string) => (namespace?: string): string =>
-  namespace ? `${prefix}/namespaces/${namespace}/${plural}` : `${prefix}/${plural}`;
+const collection =
+  (prefix: string, plural: string) =>
+  (namespace?: string): string =>
+    namespace ? `${prefix}/namespaces/${namespace}/${plural}` : `${prefix}/${plural}`;
 
 /**
  * Creates the informers: the two custom resources, and the operator's own pods, ServiceAccounts, NetworkPolicies and
@@ -58,16 +68,29 @@ const collection = (prefix: string, plural: string) => (namespace?: string): str
  * Role in each is enough; each kind's informers are read as one cache and feed one set of listeners, so the
  * controllers cannot tell the two apart. Objects in other namespaces are never seen, so never acted on.
  */
-export function createInformers(kc: KubeConfig, clock: Clock, logger: Logger, namespaces: readonly string[] = []): InformerSet {
+export function createInformers(
+  kc: KubeConfig,
+  clock: Clock,
+  logger: Logger,
+  namespaces: readonly string[] = [],
+): InformerSet {
   const core = kc.makeApiClient(CoreV1Api);
   const custom = kc.makeApiClient(CustomObjectsApi);
   const networking = kc.makeApiClient(NetworkingV1Api);
   const scopes = [...new Set(namespaces)];
   const all: SupervisedInformer<KubernetesObject>[] = [];
 
-  function supervise<T extends KubernetesObject>(kind: WatchedKind<T>, listeners: Listeners<T>, namespace?: string): SupervisedInformer<T> {
+  function supervise<T extends KubernetesObject>(
+    kind: WatchedKind<T>,
+    listeners: Listeners<T>,
+    namespace?: string,
+  ): SupervisedInformer<T> {
     const informer = new SupervisedInformer<T>({
-      name: namespace ? `${kind.name}/${namespace}` : kind.name, clock, logger, onChange: listeners.emit, ...(kind.slim ? { slim: kind.slim } : {}),
+      name: namespace ? `${kind.name}/${namespace}` : kind.name,
+      clock,
+      logger,
+      onChange: listeners.emit,
+      ...(kind.slim ? { slim: kind.slim } : {}),
       factory: () => makeInformer<T>(kc, kind.path(namespace), () => kind.list(namespace), kind.labelSelector),
     });
     all.push(informer as unknown as SupervisedInformer<KubernetesObject>);
@@ -78,40 +101,71 @@ export function createInformers(kc: KubeConfig, clock: Clock, logger: Logger, na
     if (scopes.length === 0) return [supervise(kind, listeners), listeners];
     return [new NamespacedCache(new Map(scopes.map((ns) => [ns, supervise(kind, listeners, ns)]))), listeners];
   }
-  const customKind = <T extends KubernetesObject>(c: typeof BUILDKITE_QUEUE | typeof BUILDKITE_JOB): WatchedKind<T> => ({
+  const customKind = <T extends KubernetesObject>(
+    c: typeof BUILDKITE_QUEUE | typeof BUILDKITE_JOB,
+  ): WatchedKind<T> => ({
     name: c.plural,
     path: collection(`/apis/${c.group}/${c.version}`, c.plural),
-    list: async (namespace) => await (namespace
-      ? custom.listNamespacedCustomObject({ group: c.group, version: c.version, namespace, plural: c.plural })
-      : custom.listClusterCustomObject({ group: c.group, version: c.version, plural: c.plural })) as KubernetesListObject<T>,
+    list: async (namespace) =>
+      (await (namespace
+        ? custom.listNamespacedCustomObject({ group: c.group, version: c.version, namespace, plural: c.plural })
+        : custom.listClusterCustomObject({
+            group: c.group,
+            version: c.version,
+            plural: c.plural,
+          }))) as KubernetesListObject<T>,
   });
 
   const [queues, queueListeners] = watch(customKind<BuildkiteQueue>(BUILDKITE_QUEUE));
   const [jobs, jobListeners] = watch(customKind<BuildkiteJob>(BUILDKITE_JOB));
   const [pods, podListeners] = watch<V1Pod>({
-    name: "pods", path: collection("/api/v1", "pods"), labelSelector: JOB_PODS, slim: slimPod,
-    list: (namespace) => namespace ? core.listNamespacedPod({ namespace, labelSelector: JOB_PODS }) : core.listPodForAllNamespaces({ labelSelector: JOB_PODS }),
+    name: "pods",
+    path: collection("/api/v1", "pods"),
+    labelSelector: JOB_PODS,
+    slim: slimPod,
+    list: (namespace) =>
+      namespace
+        ? core.listNamespacedPod({ namespace, labelSelector: JOB_PODS })
+        : core.listPodForAllNamespaces({ labelSelector: JOB_PODS }),
   });
   const [serviceAccounts, saListeners] = watch<V1ServiceAccount>({
-    name: "serviceaccounts", path: collection("/api/v1", "serviceaccounts"), labelSelector: OWNED,
-    list: (namespace) => namespace ? core.listNamespacedServiceAccount({ namespace, labelSelector: OWNED }) : core.listServiceAccountForAllNamespaces({ labelSelector: OWNED }),
+    name: "serviceaccounts",
+    path: collection("/api/v1", "serviceaccounts"),
+    labelSelector: OWNED,
+    list: (namespace) =>
+      namespace
+        ? core.listNamespacedServiceAccount({ namespace, labelSelector: OWNED })
+        : core.listServiceAccountForAllNamespaces({ labelSelector: OWNED }),
   });
   const [networkPolicies, npListeners] = watch<V1NetworkPolicy>({
-    name: "networkpolicies", path: collection("/apis/networking.k8s.io/v1", "networkpolicies"), labelSelector: OWNED,
-    list: (namespace) => namespace
-      ? networking.listNamespacedNetworkPolicy({ namespace, labelSelector: OWNED })
-      : networking.listNetworkPolicyForAllNamespaces({ labelSelector: OWNED }),
+    name: "networkpolicies",
+    path: collection("/apis/networking.k8s.io/v1", "networkpolicies"),
+    labelSelector: OWNED,
+    list: (namespace) =>
+      namespace
+        ? networking.listNamespacedNetworkPolicy({ namespace, labelSelector: OWNED })
+        : networking.listNetworkPolicyForAllNamespaces({ labelSelector: OWNED }),
   });
   const [claims, claimListeners] = watch<V1PersistentVolumeClaim>({
-    name: "persistentvolumeclaims", path: collection("/api/v1", "persistentvolumeclaims"), labelSelector: OWNED,
-    list: (namespace) => namespace
-      ? core.listNamespacedPersistentVolumeClaim({ namespace, labelSelector: OWNED })
-      : core.listPersistentVolumeClaimForAllNamespaces({ labelSelector: OWNED }),
+    name: "persistentvolumeclaims",
+    path: collection("/api/v1", "persistentvolumeclaims"),
+    labelSelector: OWNED,
+    list: (namespace) =>
+      namespace
+        ? core.listNamespacedPersistentVolumeClaim({ namespace, labelSelector: OWNED })
+        : core.listPersistentVolumeClaimForAllNamespaces({ labelSelector: OWNED }),
   });
 
   return {
     caches: { queues, jobs, pods, serviceAccounts, networkPolicies, claims },
-    listeners: { queues: queueListeners, jobs: jobListeners, pods: podListeners, serviceAccounts: saListeners, networkPolicies: npListeners, claims: claimListeners },
+    listeners: {
+      queues: queueListeners,
+      jobs: jobListeners,
+      pods: podListeners,
+      serviceAccounts: saListeners,
+      networkPolicies: npListeners,
+      claims: claimListeners,
+    },
     all,
   };
 }
@@ -125,7 +179,9 @@ export function slimPod(pod: V1Pod): void {
   const spec = pod.spec;
   if (!spec) return;
   // Claim volumes stay (a name each): the queue controller never deletes a cache claim a pod still mounts.
-  const claims = spec.volumes?.flatMap((v) => v.persistentVolumeClaim ? [{ name: v.name, persistentVolumeClaim: v.persistentVolumeClaim }] : []);
+  const claims = spec.volumes?.flatMap((v) =>
+    v.persistentVolumeClaim ? [{ name: v.name, persistentVolumeClaim: v.persistentVolumeClaim }] : [],
+  );
   delete spec.volumes;
   if (claims !== undefined && claims.length > 0) spec.volumes = claims;
   delete spec.securityContext;

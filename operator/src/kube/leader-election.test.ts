@@ -1,4 +1,12 @@
-import { ApiException, CoordinationV1Api, HttpMethod, KubeConfig, RequestContext, type ConfigurationOptions, type V1Lease } from "@kubernetes/client-node";
+import {
+  ApiException,
+  CoordinationV1Api,
+  HttpMethod,
+  KubeConfig,
+  RequestContext,
+  type ConfigurationOptions,
+  type V1Lease,
+} from "@kubernetes/client-node";
 import { expect } from "chai";
 import { createServer, type IncomingMessage } from "node:http";
 import type { AddressInfo } from "node:net";
@@ -50,18 +58,22 @@ class LeaseStore {
 
   client(identity: string, down: () => boolean = () => false): LeaseClient {
     const client = {
-      readNamespacedLease: (_req: unknown, options?: ConfigurationOptions) => this.handle(`${identity} read`, options, down, () => {
-        if (!this.lease) throw new ApiException(404, "NotFound", { reason: "NotFound" }, {});
-        return structuredClone(this.lease);
-      }),
-      createNamespacedLease: (req: { body: V1Lease }, options?: ConfigurationOptions) => this.handle(`${identity} create`, options, down, () => {
-        if (this.lease) throw new ApiException(409, "AlreadyExists", { reason: "AlreadyExists" }, {});
-        return this.store(req.body);
-      }),
-      replaceNamespacedLease: (req: { body: V1Lease }, options?: ConfigurationOptions) => this.handle(`${identity} replace`, options, down, () => {
-        if (req.body.metadata?.resourceVersion !== this.lease?.metadata?.resourceVersion) throw new ApiException(409, "Conflict", { reason: "Conflict" }, {});
-        return this.store(req.body);
-      }),
+      readNamespacedLease: (_req: unknown, options?: ConfigurationOptions) =>
+        this.handle(`${identity} read`, options, down, () => {
+          if (!this.lease) throw new ApiException(404, "NotFound", { reason: "NotFound" }, {});
+          return structuredClone(this.lease);
+        }),
+      createNamespacedLease: (req: { body: V1Lease }, options?: ConfigurationOptions) =>
+        this.handle(`${identity} create`, options, down, () => {
+          if (this.lease) throw new ApiException(409, "AlreadyExists", { reason: "AlreadyExists" }, {});
+          return this.store(req.body);
+        }),
+      replaceNamespacedLease: (req: { body: V1Lease }, options?: ConfigurationOptions) =>
+        this.handle(`${identity} replace`, options, down, () => {
+          if (req.body.metadata?.resourceVersion !== this.lease?.metadata?.resourceVersion)
+            throw new ApiException(409, "Conflict", { reason: "Conflict" }, {});
+          return this.store(req.body);
+        }),
     };
     return client;
   }
@@ -79,7 +91,12 @@ class LeaseStore {
     return structuredClone(stored);
   }
 
-  private async handle<T>(what: string, options: ConfigurationOptions | undefined, down: () => boolean, answer: () => T): Promise<T> {
+  private async handle<T>(
+    what: string,
+    options: ConfigurationOptions | undefined,
+    down: () => boolean,
+    answer: () => T,
+  ): Promise<T> {
     const context = new RequestContext("https://127.0.0.1:6443/apis/coordination.k8s.io/v1", HttpMethod.GET);
     for (const m of options?.middleware ?? []) await m.pre(context).toPromise();
     this.requests.push(what);
@@ -90,11 +107,26 @@ class LeaseStore {
 }
 
 /** A replica: its elector and what its callbacks saw, on the shared clock. */
-function replica(store: LeaseStore, clock: FakeClock, identity: string, down?: () => boolean): { elector: LeaderElector; started: number[]; stopped: number[] } {
-  const elector = new LeaderElector({ client: store.client(identity, down), namespace: NAMESPACE, name: NAME, identity, clock, logger });
+function replica(
+  store: LeaseStore,
+  clock: FakeClock,
+  identity: string,
+  down?: () => boolean,
+): { elector: LeaderElector; started: number[]; stopped: number[] } {
+  const elector = new LeaderElector({
+    client: store.client(identity, down),
+    namespace: NAMESPACE,
+    name: NAME,
+    identity,
+    clock,
+    logger,
+  });
   const started: number[] = [];
   const stopped: number[] = [];
-  elector.start({ onStartedLeading: () => started.push(clock.nowMs()), onStoppedLeading: () => stopped.push(clock.nowMs()) });
+  elector.start({
+    onStartedLeading: () => started.push(clock.nowMs()),
+    onStoppedLeading: () => stopped.push(clock.nowMs()),
+  });
   return { elector, started, stopped };
 }
 
@@ -171,7 +203,10 @@ describe("LeaderElector", () => {
     expect(a.elector.mayAct(), "at 12 s, the renew deadline").to.equal(false);
     expect(a.stopped).to.deep.equal([12_000]);
     expect(store.held.length, "requests held").to.be.at.least(2);
-    expect(store.held.every((h) => h.signal?.aborted === true), "every hung request aborted").to.equal(true);
+    expect(
+      store.held.every((h) => h.signal?.aborted === true),
+      "every hung request aborted",
+    ).to.equal(true);
 
     store.hang = false;
     for (const h of store.held) h.release();
@@ -214,20 +249,40 @@ describe("LeaderElector", () => {
     const closed: Promise<void>[] = [];
     const server = createServer((req) => {
       requests.push(req);
-      closed.push(new Promise((resolve) => req.socket.once("close", () => { resolve(); })));
+      closed.push(
+        new Promise((resolve) =>
+          req.socket.once("close", () => {
+            resolve();
+          }),
+        ),
+      );
     });
     await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
     const kc = new KubeConfig();
     kc.loadFromOptions({
-      clusters: [{ name: "c", server: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, skipTLSVerify: true }],
-      users: [{ name: "u" }], contexts: [{ name: "x", cluster: "c", user: "u" }], currentContext: "x",
+      clusters: [
+        { name: "c", server: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, skipTLSVerify: true },
+      ],
+      users: [{ name: "u" }],
+      contexts: [{ name: "x", cluster: "c", user: "u" }],
+      currentContext: "x",
     });
     const elector = new LeaderElector({
-      client: kc.makeApiClient(CoordinationV1Api), namespace: NAMESPACE, name: NAME, identity: "a", clock: realClock, logger, requestTimeoutMs: 100,
+      client: kc.makeApiClient(CoordinationV1Api),
+      namespace: NAMESPACE,
+      name: NAME,
+      identity: "a",
+      clock: realClock,
+      logger,
+      requestTimeoutMs: 100,
     });
     try {
       elector.start({ onStartedLeading: () => undefined, onStoppedLeading: () => undefined });
-      await new Promise<void>((resolve) => { server.once("request", () => { resolve(); }); });
+      await new Promise<void>((resolve) => {
+        server.once("request", () => {
+          resolve();
+        });
+      });
       await closed[0];
       expect(requests[0]?.url).to.equal(`/apis/coordination.k8s.io/v1/namespaces/${NAMESPACE}/leases/${NAME}`);
     } finally {

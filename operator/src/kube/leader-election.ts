@@ -4,7 +4,10 @@ import type { Clock, Timer } from "./clock.js";
 import { isConflict, isNotFound, isAlreadyExists, apiMessage } from "./field-manager.js";
 
 /** The Lease requests the elector makes; `options` carries the abort signal of each request's timeout. */
-export type LeaseClient = Pick<CoordinationV1Api, "readNamespacedLease" | "createNamespacedLease" | "replaceNamespacedLease">;
+export type LeaseClient = Pick<
+  CoordinationV1Api,
+  "readNamespacedLease" | "createNamespacedLease" | "replaceNamespacedLease"
+>;
 
 export interface LeaderElectionOptions {
   client: LeaseClient;
@@ -107,7 +110,9 @@ export class LeaderElector {
       if (lease?.spec?.holderIdentity === identity) {
         lease.spec.holderIdentity = "";
         lease.spec.leaseDurationSeconds = 1;
-        await this.bounded(this.requestTimeoutMs, (o) => client.replaceNamespacedLease({ name, namespace, body: lease }, o));
+        await this.bounded(this.requestTimeoutMs, (o) =>
+          client.replaceNamespacedLease({ name, namespace, body: lease }, o),
+        );
       }
       logger.info("Released the leader lease", { lease: name });
     } catch (err) {
@@ -118,7 +123,9 @@ export class LeaderElector {
   private schedule(delayMs: number): void {
     if (this.stopped) return;
     this.timer = this.options.clock.setTimer(delayMs, () => {
-      this.running = this.attempt().then((next) => { this.schedule(next); });
+      this.running = this.attempt().then((next) => {
+        this.schedule(next);
+      });
     });
   }
 
@@ -149,7 +156,11 @@ export class LeaderElector {
       this.isLeader = false;
       // Like client-go's Run, a replica that lost the lease does not campaign again: it restarts clean instead.
       this.stopped = true;
-      logger.warn("Lost the leader lease; stepping down", { lease: name, identity, ...(result.takenBy !== undefined ? { holder: result.takenBy } : {}) });
+      logger.warn("Lost the leader lease; stepping down", {
+        lease: name,
+        identity,
+        ...(result.takenBy !== undefined ? { holder: result.takenBy } : {}),
+      });
       this.callbacks?.onStoppedLeading();
     }
     // A standby tries again the moment the lease it watches would expire, not up to a retry period later.
@@ -168,7 +179,9 @@ export class LeaderElector {
    * answer can never be taken for a renewal.
    */
   private async bounded<T>(limitMs: number, send: (options: ConfigurationOptions) => Promise<T>): Promise<T> {
-    const error = new LeaseTimeoutError(`Lease request to ${this.options.namespace}/${this.options.name} took longer than ${Math.max(0, limitMs)} ms`);
+    const error = new LeaseTimeoutError(
+      `Lease request to ${this.options.namespace}/${this.options.name} took longer than ${Math.max(0, limitMs)} ms`,
+    );
     if (limitMs <= 0) throw error;
     const abort = new AbortController();
     let timer: Timer | undefined;
@@ -203,10 +216,24 @@ export class LeaderElector {
     const lease = await this.read(this.requestLimitMs());
     if (!lease) {
       try {
-        await this.bounded(this.requestLimitMs(), (o) => client.createNamespacedLease({ namespace, body: {
-          metadata: { name, namespace },
-          spec: { holderIdentity: identity, leaseDurationSeconds: durationSeconds, acquireTime: now, renewTime: now, leaseTransitions: 0 },
-        } }, o));
+        await this.bounded(this.requestLimitMs(), (o) =>
+          client.createNamespacedLease(
+            {
+              namespace,
+              body: {
+                metadata: { name, namespace },
+                spec: {
+                  holderIdentity: identity,
+                  leaseDurationSeconds: durationSeconds,
+                  acquireTime: now,
+                  renewTime: now,
+                  leaseTransitions: 0,
+                },
+              },
+            },
+            o,
+          ),
+        );
         return { acquired: true };
       } catch (err) {
         if (isAlreadyExists(err)) return { acquired: false };
@@ -230,7 +257,9 @@ export class LeaderElector {
     }
     lease.spec = spec;
     try {
-      await this.bounded(this.requestLimitMs(), (o) => client.replaceNamespacedLease({ name, namespace, body: lease }, o));
+      await this.bounded(this.requestLimitMs(), (o) =>
+        client.replaceNamespacedLease({ name, namespace, body: lease }, o),
+      );
       return { acquired: true };
     } catch (err) {
       // Someone else wrote the lease since it was read: they won this round.
@@ -246,13 +275,15 @@ export class LeaderElector {
  */
 function withSignal(signal: AbortSignal): ConfigurationOptions {
   return {
-    middleware: [{
-      pre: (context) => {
-        context.setSignal(signal);
-        return new Observable(Promise.resolve(context));
+    middleware: [
+      {
+        pre: (context) => {
+          context.setSignal(signal);
+          return new Observable(Promise.resolve(context));
+        },
+        post: (response) => new Observable(Promise.resolve(response)),
       },
-      post: (response) => new Observable(Promise.resolve(response)),
-    }],
+    ],
     middlewareMergeStrategy: "append",
   };
 }

@@ -14,11 +14,14 @@ function cacheOf(...objects: KubernetesObject[]): ReadCache<KubernetesObject> {
 }
 
 describe("NamespacedCache", () => {
-  const cache = new NamespacedCache(new Map([
-    ["ci", cacheOf(obj("ci", "a"), obj("ci", "b"))],
-    ["ci-arm", cacheOf(obj("ci-arm", "a"))],
-  ]));
-  const names = (objects: KubernetesObject[]): string[] => objects.map((o) => `${o.metadata?.namespace ?? ""}/${o.metadata?.name ?? ""}`);
+  const cache = new NamespacedCache(
+    new Map([
+      ["ci", cacheOf(obj("ci", "a"), obj("ci", "b"))],
+      ["ci-arm", cacheOf(obj("ci-arm", "a"))],
+    ]),
+  );
+  const names = (objects: KubernetesObject[]): string[] =>
+    objects.map((o) => `${o.metadata?.namespace ?? ""}/${o.metadata?.name ?? ""}`);
 
   it("gets an object from its namespace's cache", () => {
     expect(cache.get("a", "ci-arm")).to.deep.equal(obj("ci-arm", "a"));

@@ -1,5 +1,10 @@
 import {
-  PatchStrategy, setHeaderOptions, type CoreV1Api, type CustomObjectsApi, type KubernetesObject, type KubernetesObjectApi,
+  PatchStrategy,
+  setHeaderOptions,
+  type CoreV1Api,
+  type CustomObjectsApi,
+  type KubernetesObject,
+  type KubernetesObjectApi,
 } from "@kubernetes/client-node";
 import { BUILDKITE_JOB } from "../api/generated/buildkite-job.js";
 import { BUILDKITE_QUEUE } from "../api/generated/buildkite-queue.js";
@@ -23,34 +28,88 @@ export async function apply<T extends KubernetesObject>(clients: KubeClients, ob
  * Adds or removes one finalizer with a JSON merge patch of the whole list, guarded by the object's resourceVersion:
  * a list changed meanwhile by someone else is a 409 Conflict (retried), never overwritten.
  */
-export async function setFinalizer(clients: KubeClients, object: KubernetesObject, finalizer: string, present: boolean): Promise<void> {
+export async function setFinalizer(
+  clients: KubeClients,
+  object: KubernetesObject,
+  finalizer: string,
+  present: boolean,
+): Promise<void> {
   const current = object.metadata?.finalizers ?? [];
   if (current.includes(finalizer) === present) return;
   const finalizers = present ? [...current, finalizer] : current.filter((f) => f !== finalizer);
   const { name = "", namespace = "", resourceVersion = "" } = object.metadata ?? {};
-  await clients.objects.patch({ apiVersion: object.apiVersion ?? "", kind: object.kind ?? "", metadata: { name, namespace, resourceVersion, finalizers } },
-    undefined, undefined, FIELD_MANAGER, undefined, PatchStrategy.MergePatch);
+  await clients.objects.patch(
+    {
+      apiVersion: object.apiVersion ?? "",
+      kind: object.kind ?? "",
+      metadata: { name, namespace, resourceVersion, finalizers },
+    },
+    undefined,
+    undefined,
+    FIELD_MANAGER,
+    undefined,
+    PatchStrategy.MergePatch,
+  );
 }
 
 /** Replaces the status of a custom resource with a JSON merge patch on the status subresource. */
-export async function patchStatus(clients: KubeClients, crd: Crd, namespace: string, name: string, status: object): Promise<void> {
+export async function patchStatus(
+  clients: KubeClients,
+  crd: Crd,
+  namespace: string,
+  name: string,
+  status: object,
+): Promise<void> {
   await clients.custom.patchNamespacedCustomObjectStatus(
-    { group: crd.group, version: crd.version, plural: crd.plural, namespace, name, body: { status }, fieldManager: FIELD_MANAGER },
+    {
+      group: crd.group,
+      version: crd.version,
+      plural: crd.plural,
+      namespace,
+      name,
+      body: { status },
+      fieldManager: FIELD_MANAGER,
+    },
     setHeaderOptions("Content-Type", PatchStrategy.MergePatch),
   );
 }
 
 /** Sets annotations on a custom resource with a JSON merge patch (others are kept; a null value removes one). */
-export async function annotate(clients: KubeClients, crd: Crd, namespace: string, name: string, annotations: Record<string, string | null>): Promise<void> {
+export async function annotate(
+  clients: KubeClients,
+  crd: Crd,
+  namespace: string,
+  name: string,
+  annotations: Record<string, string | null>,
+): Promise<void> {
   await clients.custom.patchNamespacedCustomObject(
-    { group: crd.group, version: crd.version, plural: crd.plural, namespace, name, body: { metadata: { annotations } }, fieldManager: FIELD_MANAGER },
+    {
+      group: crd.group,
+      version: crd.version,
+      plural: crd.plural,
+      namespace,
+      name,
+      body: { metadata: { annotations } },
+      fieldManager: FIELD_MANAGER,
+    },
     setHeaderOptions("Content-Type", PatchStrategy.MergePatch),
   );
 }
 
 /** Deletes a custom resource; a 404 means it is already gone, which is what was wanted. */
-export async function deleteCustomObject(clients: KubeClients, crd: Crd, namespace: string, name: string): Promise<void> {
-  await clients.custom.deleteNamespacedCustomObject({ group: crd.group, version: crd.version, plural: crd.plural, namespace, name });
+export async function deleteCustomObject(
+  clients: KubeClients,
+  crd: Crd,
+  namespace: string,
+  name: string,
+): Promise<void> {
+  await clients.custom.deleteNamespacedCustomObject({
+    group: crd.group,
+    version: crd.version,
+    plural: crd.plural,
+    namespace,
+    name,
+  });
 }
 
 /** `namespace/name` work-queue key of an object. */

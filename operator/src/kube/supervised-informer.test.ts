@@ -2,7 +2,12 @@ import type { ErrorCallback, Informer, KubernetesObject, ObjectCache, ObjectCall
 import { expect } from "chai";
 import winston from "winston";
 import { FakeClock } from "../../../test/support/fake-clock.js";
-import { InformerSyncError, SupervisedInformer, type RestartReason, type SupervisedInformerOptions } from "./supervised-informer.js";
+import {
+  InformerSyncError,
+  SupervisedInformer,
+  type RestartReason,
+  type SupervisedInformerOptions,
+} from "./supervised-informer.js";
 
 type ObjectVerb = "add" | "update" | "delete";
 /** How a fake informer's start() behaves: list at once, fail the list, or wait until the test calls `release()`. */
@@ -48,18 +53,26 @@ class FakeWatchSource {
     for (const informer of this.informers) informer.deliver("delete", obj);
   }
 
-  snapshot = (): KubernetesObject[] => [...this.objects.values()];}
+  snapshot = (): KubernetesObject[] => [...this.objects.values()];
+}
 
 /** An informer over a {@link FakeWatchSource}, shaped like client-node's ListWatch (which `makeInformer` returns). */
 class FakeInformer implements Informer<KubernetesObject>, ObjectCache<KubernetesObject> {
   watching = false;
   stopped = false;
   private readonly objects = new Map<string, KubernetesObject>();
-  private readonly objectCallbacks: Record<ObjectVerb, ObjectCallback<KubernetesObject>[]> = { add: [], update: [], delete: [] };
+  private readonly objectCallbacks: Record<ObjectVerb, ObjectCallback<KubernetesObject>[]> = {
+    add: [],
+    update: [],
+    delete: [],
+  };
   private readonly errorCallbacks: ErrorCallback[] = [];
   private gate: (() => void) | undefined;
 
-  constructor(private readonly source: FakeWatchSource, private readonly mode: StartMode) {}
+  constructor(
+    private readonly source: FakeWatchSource,
+    private readonly mode: StartMode,
+  ) {}
 
   on(verb: ObjectVerb | "change", cb: ObjectCallback<KubernetesObject>): void;
   on(verb: "error" | "connect", cb: ErrorCallback): void;
@@ -75,7 +88,13 @@ class FakeInformer implements Informer<KubernetesObject>, ObjectCache<Kubernetes
 
   /** Like ListWatch.start(): the list arrives as adds, then the watch opens; a failed list reports an error and resolves. */
   start(): Promise<void> {
-    if (this.mode === "gate") return new Promise((resolve) => { this.gate = () => { this.deliverList(); resolve(); }; });
+    if (this.mode === "gate")
+      return new Promise((resolve) => {
+        this.gate = () => {
+          this.deliverList();
+          resolve();
+        };
+      });
     if (this.mode === "fail") this.fail(new Error("list failed: 403 Forbidden"));
     else this.deliverList();
     return Promise.resolve();
@@ -91,7 +110,9 @@ class FakeInformer implements Informer<KubernetesObject>, ObjectCache<Kubernetes
   stop(): Promise<void> {
     this.stopped = true;
     this.watching = false;
-    queueMicrotask(() => { this.fail(new Error("The operation was aborted")); });
+    queueMicrotask(() => {
+      this.fail(new Error("The operation was aborted"));
+    });
     return Promise.resolve();
   }
 
@@ -132,21 +153,32 @@ describe("SupervisedInformer", () => {
   let supervised: SupervisedInformer<KubernetesObject>[];
   const logger = winston.createLogger({ silent: true });
 
-  function supervise(options: Partial<SupervisedInformerOptions<KubernetesObject>> = {}): SupervisedInformer<KubernetesObject> {
+  function supervise(
+    options: Partial<SupervisedInformerOptions<KubernetesObject>> = {},
+  ): SupervisedInformer<KubernetesObject> {
     const start = clock.nowMs();
     const informer = new SupervisedInformer<KubernetesObject>({
-      name: "things", clock, logger,
-      factory: () => { launches.push(clock.nowMs() - start); return source.factory(); },
+      name: "things",
+      clock,
+      logger,
+      factory: () => {
+        launches.push(clock.nowMs() - start);
+        return source.factory();
+      },
       onChange: (obj) => changes.push(keyOf(obj)),
       onRestart: (reason) => restartReasons.push(reason),
-      baseBackoffMs: 1_000, maxBackoffMs: 8_000, staleAfterMs: 60_000,
+      baseBackoffMs: 1_000,
+      maxBackoffMs: 8_000,
+      staleAfterMs: 60_000,
       ...options,
     });
     supervised.push(informer);
     return informer;
   }
 
-  async function started(options: Partial<SupervisedInformerOptions<KubernetesObject>> = {}): Promise<SupervisedInformer<KubernetesObject>> {
+  async function started(
+    options: Partial<SupervisedInformerOptions<KubernetesObject>> = {},
+  ): Promise<SupervisedInformer<KubernetesObject>> {
     const informer = supervise(options);
     await informer.start();
     await informer.waitForSync(1_000);
@@ -155,10 +187,21 @@ describe("SupervisedInformer", () => {
   }
 
   const keys = (informer: SupervisedInformer<KubernetesObject>): string[] => informer.list().map(keyOf).sort();
-  const rejectionOf = (promise: Promise<unknown>): Promise<unknown> => promise.then(() => undefined, (err: unknown) => err);
+  const rejectionOf = (promise: Promise<unknown>): Promise<unknown> =>
+    promise.then(
+      () => undefined,
+      (err: unknown) => err,
+    );
 
   beforeEach(() => {
-    [clock, source, changes, restartReasons, launches, supervised] = [new FakeClock(), new FakeWatchSource(), [], [], [], []];
+    [clock, source, changes, restartReasons, launches, supervised] = [
+      new FakeClock(),
+      new FakeWatchSource(),
+      [],
+      [],
+      [],
+      [],
+    ];
   });
 
   afterEach(async () => {
@@ -196,7 +239,9 @@ describe("SupervisedInformer", () => {
     clock.advance(1);
     const err = await error;
     expect(err).to.be.instanceOf(InformerSyncError);
-    expect((err as Error).message).to.match(/the things informer did not sync within 10000 ms \(last error: list failed: 403 Forbidden\)/);
+    expect((err as Error).message).to.match(
+      /the things informer did not sync within 10000 ms \(last error: list failed: 403 Forbidden\)/,
+    );
     expect((err as Error).cause).to.be.instanceOf(Error);
   });
 
@@ -320,7 +365,12 @@ describe("SupervisedInformer", () => {
 
   it("restarts with backoff when the factory itself throws", async () => {
     let calls = 0;
-    const informer = supervise({ factory: () => { if (++calls === 1) throw new Error("no current cluster"); return source.factory(); } });
+    const informer = supervise({
+      factory: () => {
+        if (++calls === 1) throw new Error("no current cluster");
+        return source.factory();
+      },
+    });
     await informer.start();
     const synced = informer.waitForSync(5_000);
     expect(informer.restarts).to.equal(1);

@@ -114,12 +114,22 @@ export class SupervisedInformer<T extends KubernetesObject> {
       const timer = this.options.clock.setTimer(timeoutMs, () => {
         this.syncWaiters.delete(waiter);
         const last = this.lastError === undefined ? "" : ` (last error: ${this.lastError.message})`;
-        reject(new InformerSyncError(`the ${this.options.name} informer did not sync within ${String(timeoutMs)} ms${last}; check the API server and the operator's RBAC`,
-          { cause: this.lastError?.error }));
+        reject(
+          new InformerSyncError(
+            `the ${this.options.name} informer did not sync within ${String(timeoutMs)} ms${last}; check the API server and the operator's RBAC`,
+            { cause: this.lastError?.error },
+          ),
+        );
       });
       const waiter: SyncWaiter = {
-        resolve: () => { timer.cancel(); resolve(); },
-        reject: (err) => { timer.cancel(); reject(err); },
+        resolve: () => {
+          timer.cancel();
+          resolve();
+        },
+        reject: (err) => {
+          timer.cancel();
+          reject(err);
+        },
       };
       this.syncWaiters.add(waiter);
     });
@@ -130,7 +140,8 @@ export class SupervisedInformer<T extends KubernetesObject> {
     this.running = false;
     this.restartTimer?.cancel();
     this.restartTimer = undefined;
-    for (const waiter of this.syncWaiters) waiter.reject(new InformerSyncError(`the ${this.options.name} informer was stopped before it synced`));
+    for (const waiter of this.syncWaiters)
+      waiter.reject(new InformerSyncError(`the ${this.options.name} informer was stopped before it synced`));
     this.syncWaiters.clear();
     await this.retire();
   }
@@ -172,12 +183,29 @@ export class SupervisedInformer<T extends KubernetesObject> {
     informer.on("add", changed);
     informer.on("update", changed);
     informer.on("delete", changed);
-    informer.on("error", (err?: unknown) => { if (mine()) this.fail(err); });
+    informer.on("error", (err?: unknown) => {
+      if (mine()) this.fail(err);
+    });
     this.current = informer;
     // ListWatch.start() resolves once the list is in its cache and the watch is open; a failed list calls the
     // error callbacks and still resolves. One stopped during its list still opens the watch afterwards: stop it again.
-    informer.start().then(() => { if (mine()) this.adopt(informer); else void this.stopInformer(informer); }, (err: unknown) => { if (mine()) this.fail(err); })
-      .catch((err: unknown) => { this.options.logger.error("Failed to deliver informer changes", { informer: this.options.name, error: apiMessage(err) }); });
+    informer
+      .start()
+      .then(
+        () => {
+          if (mine()) this.adopt(informer);
+          else void this.stopInformer(informer);
+        },
+        (err: unknown) => {
+          if (mine()) this.fail(err);
+        },
+      )
+      .catch((err: unknown) => {
+        this.options.logger.error("Failed to deliver informer changes", {
+          informer: this.options.name,
+          error: apiMessage(err),
+        });
+      });
   }
 
   private adopt(informer: Informer<T> & ObjectCache<T>): void {
@@ -190,7 +218,8 @@ export class SupervisedInformer<T extends KubernetesObject> {
     this.healthySinceMs ??= this.options.clock.nowMs();
     for (const waiter of this.syncWaiters) waiter.resolve();
     this.syncWaiters.clear();
-    if (restarted) this.options.logger.info("Restarted informer", { informer: this.options.name, restarts: this.restartCount });
+    if (restarted)
+      this.options.logger.info("Restarted informer", { informer: this.options.name, restarts: this.restartCount });
     // Level-based: after a (re)list every object is reconciled, including what changed while no watch ran. Objects
     // the old cache held and the new list lacks were deleted meanwhile; no delete event will ever come for them, so
     // they are reported here (their keys then reconcile against a cache without them).
@@ -212,15 +241,25 @@ export class SupervisedInformer<T extends KubernetesObject> {
 
   private fail(err: unknown): void {
     const now = this.options.clock.nowMs();
-    if (this.healthySinceMs !== undefined && now - this.healthySinceMs >= (this.options.resetBackoffAfterMs ?? 60_000)) this.failures = 0;
+    if (this.healthySinceMs !== undefined && now - this.healthySinceMs >= (this.options.resetBackoffAfterMs ?? 60_000))
+      this.failures = 0;
     this.healthySinceMs = undefined;
     this.broken = true;
     this.lastError = { message: apiMessage(err), error: err };
     void this.retire();
-    const delayMs = backoffDelayMs(this.failures + 1, this.options.baseBackoffMs ?? 1_000, this.options.maxBackoffMs ?? 30_000);
+    const delayMs = backoffDelayMs(
+      this.failures + 1,
+      this.options.baseBackoffMs ?? 1_000,
+      this.options.maxBackoffMs ?? 30_000,
+    );
     this.failures++;
     this.restartCount++;
-    this.options.logger.warn("Informer failed; scheduled a restart", { informer: this.options.name, error: this.lastError.message, delayMs, restarts: this.restartCount });
+    this.options.logger.warn("Informer failed; scheduled a restart", {
+      informer: this.options.name,
+      error: this.lastError.message,
+      delayMs,
+      restarts: this.restartCount,
+    });
     this.options.onRestart?.("error");
     this.restartTimer = this.options.clock.setTimer(delayMs, () => {
       this.restartTimer = undefined;
@@ -251,7 +290,9 @@ export class SupervisedInformer<T extends KubernetesObject> {
     this.watchdog?.cancel();
     const quietSince = Math.max(this.lastHeardMs ?? 0, this.lastLaunchMs);
     const dueInMs = quietSince + this.staleAfterMs / 2 - this.options.clock.nowMs();
-    this.watchdog = this.options.clock.setTimer(Math.max(0, dueInMs), () => { this.checkQuiet(); });
+    this.watchdog = this.options.clock.setTimer(Math.max(0, dueInMs), () => {
+      this.checkQuiet();
+    });
   }
 
   private checkQuiet(): void {
@@ -265,7 +306,11 @@ export class SupervisedInformer<T extends KubernetesObject> {
     const stale = this.lastHeardMs === undefined || now - this.lastHeardMs >= this.staleAfterMs;
     if (stale) {
       this.restartCount++;
-      this.options.logger.warn("Informer went stale; restarted it", { informer: this.options.name, quietMs: now - (this.lastHeardMs ?? this.lastLaunchMs), restarts: this.restartCount });
+      this.options.logger.warn("Informer went stale; restarted it", {
+        informer: this.options.name,
+        quietMs: now - (this.lastHeardMs ?? this.lastLaunchMs),
+        restarts: this.restartCount,
+      });
       this.options.onRestart?.("stale");
     } else {
       this.options.logger.debug("Relisted quiet informer", { informer: this.options.name });

@@ -10,8 +10,17 @@ describe("WorkQueue startProblem", () => {
     const refused = problem;
     const done: unknown[] = [];
     const calls: string[] = [];
-    const queue = new WorkQueue({ name: "test", clock, baseDelayMs: 10, startProblem: () => problem, onDone: ({ error }) => done.push(error) });
-    queue.start(2, (key) => { calls.push(key); return Promise.resolve(undefined); });
+    const queue = new WorkQueue({
+      name: "test",
+      clock,
+      baseDelayMs: 10,
+      startProblem: () => problem,
+      onDone: ({ error }) => done.push(error),
+    });
+    queue.start(2, (key) => {
+      calls.push(key);
+      return Promise.resolve(undefined);
+    });
     try {
       queue.add("a");
       await queue.idle();

@@ -2,12 +2,19 @@ import { expect } from "chai";
 import { FakeClock } from "../../../test/support/fake-clock.js";
 import { WorkQueue, type Reconcile, type ReconcileResult, type WorkQueueOptions } from "./work-queue.js";
 
-interface Deferred<T> { promise: Promise<T>; resolve(value: T): void; reject(error: unknown): void }
+interface Deferred<T> {
+  promise: Promise<T>;
+  resolve(value: T): void;
+  reject(error: unknown): void;
+}
 
 function deferred<T>(): Deferred<T> {
   let resolve!: (value: T) => void;
   let reject!: (error: unknown) => void;
-  const promise = new Promise<T>((res, rej) => { resolve = res; reject = rej; });
+  const promise = new Promise<T>((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
   return { promise, resolve, reject };
 }
 
@@ -51,7 +58,9 @@ class Handler {
 
   /** Resolves once `count` calls have started. */
   started(count: number): Promise<void> {
-    return this.calls.length >= count ? Promise.resolve() : new Promise((resolve) => this.startWaiters.push({ count, resolve }));
+    return this.calls.length >= count
+      ? Promise.resolve()
+      : new Promise((resolve) => this.startWaiters.push({ count, resolve }));
   }
 
   release(key: string, result?: ReconcileResult): void {
@@ -63,7 +72,10 @@ class Handler {
   }
 
   private take(key: string): Deferred<ReconcileResult> {
-    const [found] = this.gates.splice(this.gates.findIndex((g) => g.key === key), 1);
+    const [found] = this.gates.splice(
+      this.gates.findIndex((g) => g.key === key),
+      1,
+    );
     if (found?.key !== key) throw new Error(`no call of ${key} is waiting`);
     return found.gate;
   }
@@ -256,7 +268,9 @@ describe("WorkQueue", () => {
     queue.addAfter("c", 100);
     await handler.started(1);
     let stopped = false;
-    const stopping = queue.shutdown().then(() => { stopped = true; });
+    const stopping = queue.shutdown().then(() => {
+      stopped = true;
+    });
     await flushMicrotasks();
     expect(stopped, "resolved while a handler was still running").to.equal(false);
     expect(clock.pending).to.equal(0);
@@ -275,7 +289,9 @@ describe("WorkQueue", () => {
   it("reports every handled key to onDone, with the error when the handler threw", async () => {
     const done: { key: string; durationMs: number; error?: unknown; retries: number }[] = [];
     const queue = make({ baseDelayMs: 10, onDone: (info) => done.push(info) });
-    const handler = new Handler((key, call) => (call === 1 ? Promise.reject(new Error(`${key} failed`)) : Promise.resolve(undefined)));
+    const handler = new Handler((key, call) =>
+      call === 1 ? Promise.reject(new Error(`${key} failed`)) : Promise.resolve(undefined),
+    );
     queue.start(1, handler.reconcile);
     queue.add("a");
     await queue.idle();
@@ -331,7 +347,9 @@ describe("WorkQueue", () => {
     expect(queue.length).to.equal(0);
     expect(queue.inFlight).to.equal(0);
     queue.start(3, new Handler().reconcile);
-    expect(() => { queue.start(1, new Handler().reconcile); }).to.throw(/already started/);
+    expect(() => {
+      queue.start(1, new Handler().reconcile);
+    }).to.throw(/already started/);
     queue.addAfter("a", 10);
     await queue.shutdown();
     expect(clock.pending).to.equal(0);

@@ -173,7 +173,10 @@ export class WorkQueue {
       outcome = { ok: true, result: await reconcile(key) };
     } catch (error) {
       // `throw undefined` (or null) would otherwise look like success to an onDone checking `error !== undefined`.
-      outcome = { ok: false, error: error ?? new Error(`reconcile of ${key} in ${this.options.name} threw ${String(error)}`) };
+      outcome = {
+        ok: false,
+        error: error ?? new Error(`reconcile of ${key} in ${this.options.name} threw ${String(error)}`),
+      };
     }
     this.processing.delete(key);
     if (!outcome.ok) {
@@ -186,7 +189,9 @@ export class WorkQueue {
     if (this.dirty.delete(key)) this.add(key);
     const durationMs = this.options.clock.nowMs() - started;
     try {
-      this.options.onDone?.(outcome.ok ? { key, durationMs, retries } : { key, durationMs, retries, error: outcome.error });
+      this.options.onDone?.(
+        outcome.ok ? { key, durationMs, retries } : { key, durationMs, retries, error: outcome.error },
+      );
     } catch {
       // A faulty metrics or logging callback must not kill the worker and silently shrink the pool.
     }

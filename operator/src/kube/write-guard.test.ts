@@ -6,7 +6,11 @@ import { guardWrites, NotLeaderError } from "./write-guard.js";
 
 const NAMESPACE = { apiVersion: "v1", kind: "Namespace", metadata: { name: "ci" } };
 /** Discovery, which KubernetesObjectApi reads before a request. */
-const RESOURCES = { kind: "APIResourceList", groupVersion: "v1", resources: [{ name: "namespaces", namespaced: false, kind: "Namespace", verbs: ["get", "patch"] }] };
+const RESOURCES = {
+  kind: "APIResourceList",
+  groupVersion: "v1",
+  resources: [{ name: "namespaces", namespaced: false, kind: "Namespace", verbs: ["get", "patch"] }],
+};
 
 describe("guardWrites", () => {
   let server: Server;
@@ -18,18 +22,26 @@ describe("guardWrites", () => {
     // A real HTTP endpoint, so the requests go through client-node exactly as they would to an API server.
     server = createServer((req, res) => {
       seen.push(`${req.method ?? ""} ${req.url ?? ""}`);
-      res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify(req.url === "/api/v1" ? RESOURCES : NAMESPACE));
+      res
+        .writeHead(200, { "content-type": "application/json" })
+        .end(JSON.stringify(req.url === "/api/v1" ? RESOURCES : NAMESPACE));
     });
     await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
   });
-  after(async () => { await new Promise((resolve) => server.close(resolve)); });
+  after(async () => {
+    await new Promise((resolve) => server.close(resolve));
+  });
   beforeEach(() => {
     seen = [];
     allowed = false;
     kc = new KubeConfig();
     kc.loadFromOptions({
-      clusters: [{ name: "c", server: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, skipTLSVerify: true }],
-      users: [{ name: "u" }], contexts: [{ name: "x", cluster: "c", user: "u" }], currentContext: "x",
+      clusters: [
+        { name: "c", server: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, skipTLSVerify: true },
+      ],
+      users: [{ name: "u" }],
+      contexts: [{ name: "x", cluster: "c", user: "u" }],
+      currentContext: "x",
     });
     guardWrites(kc, () => allowed);
   });
@@ -37,17 +49,27 @@ describe("guardWrites", () => {
   it("refuses every write while the replica may not act, before anything is sent, and lets reads through", async () => {
     const core = kc.makeApiClient(CoreV1Api);
     const objects = KubernetesObjectApi.makeApiClient(kc);
-    const refused = await Promise.all([
-      core.createNamespace({ body: NAMESPACE }),
-      core.deleteNamespace({ name: "ci" }),
-      core.patchNamespace({ name: "ci", body: { metadata: { labels: { a: "b" } } } }),
-      objects.patch(NAMESPACE),
-    ].map((p) => p.then(() => undefined, (err: unknown) => err)));
+    const refused = await Promise.all(
+      [
+        core.createNamespace({ body: NAMESPACE }),
+        core.deleteNamespace({ name: "ci" }),
+        core.patchNamespace({ name: "ci", body: { metadata: { labels: { a: "b" } } } }),
+        objects.patch(NAMESPACE),
+      ].map((p) =>
+        p.then(
+          () => undefined,
+          (err: unknown) => err,
+        ),
+      ),
+    );
     for (const err of refused) {
       expect(err).to.be.instanceOf(NotLeaderError);
       expect((err as Error).message).to.match(/^not the leader: refused (POST|DELETE|PATCH) \/api\/v1\/namespaces/);
     }
-    expect(seen.filter((r) => !r.startsWith("GET ")), "writes that reached the server").to.deep.equal([]);
+    expect(
+      seen.filter((r) => !r.startsWith("GET ")),
+      "writes that reached the server",
+    ).to.deep.equal([]);
     await core.readNamespace({ name: "ci" });
     expect(seen).to.include("GET /api/v1/namespaces/ci");
   });
@@ -57,7 +79,10 @@ describe("guardWrites", () => {
     allowed = true;
     await core.createNamespace({ body: NAMESPACE });
     allowed = false;
-    const err = await core.createNamespace({ body: NAMESPACE }).then(() => undefined, (e: unknown) => e);
+    const err = await core.createNamespace({ body: NAMESPACE }).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
     expect(err).to.be.instanceOf(NotLeaderError);
     expect(seen).to.deep.equal(["POST /api/v1/namespaces"]);
   });

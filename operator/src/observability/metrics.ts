@@ -37,34 +37,119 @@ export class Metrics {
   private readonly credentialsReady: Gauge<"queue">;
   private readonly kubeRequests: Counter<"method">;
 
-  constructor(registry = new Registry(), options: { workQueues?: () => Sampled[]; informerRestarts?: () => Sampled[]; processMetrics?: boolean } = {}) {
+  constructor(
+    registry = new Registry(),
+    options: { workQueues?: () => Sampled[]; informerRestarts?: () => Sampled[]; processMetrics?: boolean } = {},
+  ) {
     this.registry = registry;
     const r = [registry];
     if (options.processMetrics !== false) collectDefaultMetrics({ register: registry, prefix: PREFIX });
-    this.dispatched = new Counter({ name: `${PREFIX}jobs_dispatched_total`, help: "Jobs taken from Buildkite and turned into BuildkiteJobs.", labelNames: ["queue", "shape"], registers: r });
-    this.completed = new Counter({ name: `${PREFIX}jobs_completed_total`, help: "BuildkiteJobs that reached a terminal phase, by phase.", labelNames: ["queue", "shape", "result"], registers: r });
-    this.queueWait = new Histogram({ name: `${PREFIX}queue_wait_seconds`, help: "From Buildkite scheduling a job to its pod running.", labelNames: ["queue", "shape"], buckets: LATENCY_BUCKETS, registers: r });
-    this.dispatchLatency = new Histogram({ name: `${PREFIX}dispatch_latency_seconds`, help: "From a BuildkiteJob's creation to its pod's creation.", labelNames: ["queue"], buckets: LATENCY_BUCKETS, registers: r });
-    this.duration = new Histogram({ name: `${PREFIX}job_duration_seconds`, help: "From a job's pod starting to the job ending.", labelNames: ["queue", "shape", "result"], buckets: DURATION_BUCKETS, registers: r });
-    this.slotsUsed = new Gauge({ name: `${PREFIX}slots_used`, help: "Concurrency slots of a queue held by unfinished jobs.", labelNames: ["queue"], registers: r });
-    this.slotsTotal = new Gauge({ name: `${PREFIX}slots_total`, help: "Concurrency slots of a queue: floor(maxVCPU / shape vCPU).", labelNames: ["queue"], registers: r });
-    this.apiRequests = new Counter({ name: `${PREFIX}buildkite_requests_total`, help: "Stacks API requests (each attempt) by endpoint and HTTP status; status \"error\" when no response came.", labelNames: ["endpoint", "status"], registers: r });
-    this.apiLatency = new Histogram({ name: `${PREFIX}buildkite_request_duration_seconds`, help: "Stacks API request latency by endpoint.", labelNames: ["endpoint"], buckets: API_BUCKETS, registers: r });
-    this.reconciles = new Counter({ name: `${PREFIX}reconciles_total`, help: "Reconciles by controller and result (success or error).", labelNames: ["controller", "result"], registers: r });
-    this.reconcileDuration = new Histogram({ name: `${PREFIX}reconcile_duration_seconds`, help: "Reconcile duration by controller.", labelNames: ["controller"], buckets: API_BUCKETS, registers: r });
-    this.leader = new Gauge({ name: `${PREFIX}leader`, help: "1 while this replica holds the leader lease (or runs without leader election).", registers: r });
-    this.credentialsReady = new Gauge({ name: `${PREFIX}credentials_ready`, help: "1 when the queue's AWS role was assumed at the last check, 0 when it failed.", labelNames: ["queue"], registers: r });
-    this.kubeRequests = new Counter({ name: `${PREFIX}kubernetes_requests_total`, help: "Requests to the Kubernetes API (lists, watches and writes) by HTTP method.", labelNames: ["method"], registers: r });
+    this.dispatched = new Counter({
+      name: `${PREFIX}jobs_dispatched_total`,
+      help: "Jobs taken from Buildkite and turned into BuildkiteJobs.",
+      labelNames: ["queue", "shape"],
+      registers: r,
+    });
+    this.completed = new Counter({
+      name: `${PREFIX}jobs_completed_total`,
+      help: "BuildkiteJobs that reached a terminal phase, by phase.",
+      labelNames: ["queue", "shape", "result"],
+      registers: r,
+    });
+    this.queueWait = new Histogram({
+      name: `${PREFIX}queue_wait_seconds`,
+      help: "From Buildkite scheduling a job to its pod running.",
+      labelNames: ["queue", "shape"],
+      buckets: LATENCY_BUCKETS,
+      registers: r,
+    });
+    this.dispatchLatency = new Histogram({
+      name: `${PREFIX}dispatch_latency_seconds`,
+      help: "From a BuildkiteJob's creation to its pod's creation.",
+      labelNames: ["queue"],
+      buckets: LATENCY_BUCKETS,
+      registers: r,
+    });
+    this.duration = new Histogram({
+      name: `${PREFIX}job_duration_seconds`,
+      help: "From a job's pod starting to the job ending.",
+      labelNames: ["queue", "shape", "result"],
+      buckets: DURATION_BUCKETS,
+      registers: r,
+    });
+    this.slotsUsed = new Gauge({
+      name: `${PREFIX}slots_used`,
+      help: "Concurrency slots of a queue held by unfinished jobs.",
+      labelNames: ["queue"],
+      registers: r,
+    });
+    this.slotsTotal = new Gauge({
+      name: `${PREFIX}slots_total`,
+      help: "Concurrency slots of a queue: floor(maxVCPU / shape vCPU).",
+      labelNames: ["queue"],
+      registers: r,
+    });
+    this.apiRequests = new Counter({
+      name: `${PREFIX}buildkite_requests_total`,
+      help: 'Stacks API requests (each attempt) by endpoint and HTTP status; status "error" when no response came.',
+      labelNames: ["endpoint", "status"],
+      registers: r,
+    });
+    this.apiLatency = new Histogram({
+      name: `${PREFIX}buildkite_request_duration_seconds`,
+      help: "Stacks API request latency by endpoint.",
+      labelNames: ["endpoint"],
+      buckets: API_BUCKETS,
+      registers: r,
+    });
+    this.reconciles = new Counter({
+      name: `${PREFIX}reconciles_total`,
+      help: "Reconciles by controller and result (success or error).",
+      labelNames: ["controller", "result"],
+      registers: r,
+    });
+    this.reconcileDuration = new Histogram({
+      name: `${PREFIX}reconcile_duration_seconds`,
+      help: "Reconcile duration by controller.",
+      labelNames: ["controller"],
+      buckets: API_BUCKETS,
+      registers: r,
+    });
+    this.leader = new Gauge({
+      name: `${PREFIX}leader`,
+      help: "1 while this replica holds the leader lease (or runs without leader election).",
+      registers: r,
+    });
+    this.credentialsReady = new Gauge({
+      name: `${PREFIX}credentials_ready`,
+      help: "1 when the queue's AWS role was assumed at the last check, 0 when it failed.",
+      labelNames: ["queue"],
+      registers: r,
+    });
+    this.kubeRequests = new Counter({
+      name: `${PREFIX}kubernetes_requests_total`,
+      help: "Requests to the Kubernetes API (lists, watches and writes) by HTTP method.",
+      labelNames: ["method"],
+      registers: r,
+    });
     const sampled = (name: string, help: string, label: string, source: (() => Sampled[]) | undefined): void => {
       new Gauge({
-        name, help, labelNames: [label], registers: r,
+        name,
+        help,
+        labelNames: [label],
+        registers: r,
         collect() {
           for (const s of source?.() ?? []) this.set({ [label]: s.name }, s.value());
         },
       });
     };
     sampled(`${PREFIX}workqueue_depth`, "Keys waiting in a controller's work queue.", "controller", options.workQueues);
-    sampled(`${PREFIX}informer_restarts`, "Times an informer was replaced after an error or going stale.", "informer", options.informerRestarts);
+    sampled(
+      `${PREFIX}informer_restarts`,
+      "Times an informer was replaced after an error or going stale.",
+      "informer",
+      options.informerRestarts,
+    );
   }
 
   jobDispatched(queue: string, shape: string): void {
@@ -84,7 +169,8 @@ export class Metrics {
     const terminal = ["Succeeded", "Failed", "Canceled", "TimedOut"];
     if (after.phase !== undefined && terminal.includes(after.phase) && !terminal.includes(before.phase ?? "")) {
       this.completed.inc({ queue, shape, result: after.phase });
-      if (after.startedAt && after.finishedAt) this.duration.observe({ queue, shape, result: after.phase }, seconds(after.startedAt, after.finishedAt));
+      if (after.startedAt && after.finishedAt)
+        this.duration.observe({ queue, shape, result: after.phase }, seconds(after.startedAt, after.finishedAt));
     }
   }
 

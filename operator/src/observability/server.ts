@@ -14,7 +14,10 @@ export interface HttpServerOptions {
 
 /** The operator's HTTP endpoints: `/healthz` (the process answers), `/readyz` (caches synced and fresh), `/metrics`. */
 export class HttpServer {
-  private constructor(private readonly server: Server, readonly port: number) {}
+  private constructor(
+    private readonly server: Server,
+    readonly port: number,
+  ) {}
 
   static async start(options: HttpServerOptions): Promise<HttpServer> {
     const server = createServer((req, res) => {
@@ -29,14 +32,20 @@ export class HttpServer {
           return;
         case "/readyz": {
           const why = options.notReady();
-          res.writeHead(why === undefined ? 200 : 503, { "content-type": "text/plain" }).end(why === undefined ? "ok\n" : `not ready: ${why}\n`);
+          res
+            .writeHead(why === undefined ? 200 : 503, { "content-type": "text/plain" })
+            .end(why === undefined ? "ok\n" : `not ready: ${why}\n`);
           return;
         }
         case "/metrics":
           options.registry.metrics().then(
-            (body) => { res.writeHead(200, { "content-type": options.registry.contentType }).end(body); },
+            (body) => {
+              res.writeHead(200, { "content-type": options.registry.contentType }).end(body);
+            },
             (err: unknown) => {
-              options.logger.warn("Could not collect metrics", { error: err instanceof Error ? err.message : String(err) });
+              options.logger.warn("Could not collect metrics", {
+                error: err instanceof Error ? err.message : String(err),
+              });
               res.writeHead(500, { "content-type": "text/plain" }).end("could not collect metrics\n");
             },
           );
@@ -47,7 +56,10 @@ export class HttpServer {
     });
     await new Promise<void>((resolve, reject) => {
       server.once("error", reject);
-      server.listen(options.port, options.host ?? "0.0.0.0", () => { server.off("error", reject); resolve(); });
+      server.listen(options.port, options.host ?? "0.0.0.0", () => {
+        server.off("error", reject);
+        resolve();
+      });
     });
     const port = (server.address() as AddressInfo).port;
     options.logger.info("Serving /healthz, /readyz and /metrics", { port });
@@ -56,6 +68,10 @@ export class HttpServer {
 
   async close(): Promise<void> {
     this.server.closeAllConnections();
-    await new Promise<void>((resolve) => { this.server.close(() => { resolve(); }); });
+    await new Promise<void>((resolve) => {
+      this.server.close(() => {
+        resolve();
+      });
+    });
   }
 }

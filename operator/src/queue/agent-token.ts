@@ -51,11 +51,19 @@ export class AgentTokenReader {
     const namespace = queue.metadata.namespace ?? "";
     switch (state) {
       case "missing":
-        throw new SourceError("AgentTokenSecretMissing", `Secret ${ref.name} not found in namespace ${namespace}; no jobs are taken from Buildkite until it exists.`, "Registered");
+        throw new SourceError(
+          "AgentTokenSecretMissing",
+          `Secret ${ref.name} not found in namespace ${namespace}; no jobs are taken from Buildkite until it exists.`,
+          "Registered",
+        );
       case "notMarked":
         throw new SourceError("AgentTokenSecretNotMarked", notMarkedMessage(queue), "Registered");
       case "missingKey":
-        throw new SourceError("AgentTokenSecretKeyMissing", `Secret ${ref.name} has no key "${ref.key}" holding the agent token.`, "Registered");
+        throw new SourceError(
+          "AgentTokenSecretKeyMissing",
+          `Secret ${ref.name} has no key "${ref.key}" holding the agent token.`,
+          "Registered",
+        );
       case "present":
         return token ?? "";
     }
@@ -75,7 +83,9 @@ export class AgentTokenReader {
     const read = readSecret(this.clients, queue);
     this.reads.set(key, { ref, atMs: now, read });
     // A failed read is not kept: the next caller reads again.
-    read.catch(() => { if (this.reads.get(key)?.read === read) this.reads.delete(key); });
+    read.catch(() => {
+      if (this.reads.get(key)?.read === read) this.reads.delete(key);
+    });
     return read;
   }
 }
@@ -97,7 +107,8 @@ async function readSecret(clients: Pick<KubeClients, "core">, queue: BuildkiteQu
 }
 
 /** Whether a person marked the Secret as holding a Buildkite agent token (label `buildkite.com/agent-token=true`). */
-export const isMarkedAgentToken = (secret: V1Secret): boolean => secret.metadata?.labels?.[LABELS.agentToken] === "true";
+export const isMarkedAgentToken = (secret: V1Secret): boolean =>
+  secret.metadata?.labels?.[LABELS.agentToken] === "true";
 
 /** What to do about a token Secret that is not marked as one. */
 export function notMarkedMessage(queue: BuildkiteQueue): string {

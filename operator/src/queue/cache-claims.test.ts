@@ -9,7 +9,8 @@ import { buildPod } from "../job/pod-builder.js";
 import { desiredCacheClaims } from "./children.js";
 
 const gomod = { name: "gomod", size: "20Gi", mountPath: "/c", scope: "Pipeline" as const };
-const queueOf = (spec: Partial<BuildkiteQueueSpec> = {}) => queueFixture({ instanceShape: "LINUX_AMD64_4X16", maxVCPU: 8, cache: [gomod], ...spec });
+const queueOf = (spec: Partial<BuildkiteQueueSpec> = {}) =>
+  queueFixture({ instanceShape: "LINUX_AMD64_4X16", maxVCPU: 8, cache: [gomod], ...spec });
 
 let seq = 0;
 function job(pipelineSlug: string, status?: BuildkiteJobStatus): BuildkiteJob {
@@ -24,18 +25,34 @@ function claimOf(pipeline: string, slot: number, queue = queueOf()): V1Persisten
   if (!claim) throw new Error("no claim");
   return claim;
 }
-const podMounting = (claim: V1PersistentVolumeClaim): V1Pod => ({ spec: { containers: [], volumes: [{ name: "cache-gomod", persistentVolumeClaim: { claimName: claim.metadata?.name ?? "" } }] } });
+const podMounting = (claim: V1PersistentVolumeClaim): V1Pod => ({
+  spec: {
+    containers: [],
+    volumes: [{ name: "cache-gomod", persistentVolumeClaim: { claimName: claim.metadata?.name ?? "" } }],
+  },
+});
 const nameOf = (c: V1PersistentVolumeClaim) => c.metadata?.name ?? "";
 /** A job as capacity sees it, without a pod unless `hasPod`. */
 const seat = (j: BuildkiteJob, hasPod = false): Seat => ({ ...seatOf(j, undefined), hasPod });
-const decide = (claims: V1PersistentVolumeClaim[], opts: { queue?: ReturnType<typeof queueOf>; jobs?: Seat[]; pods?: V1Pod[] } = {}) => {
+const decide = (
+  claims: V1PersistentVolumeClaim[],
+  opts: { queue?: ReturnType<typeof queueOf>; jobs?: Seat[]; pods?: V1Pod[] } = {},
+) => {
   const queue = opts.queue ?? queueOf();
-  return surplusCacheClaims({ queue, claims, capacity: { limits: queue.spec, seats: opts.jobs ?? [], expectedJobs: [] }, pods: opts.pods ?? [] });
+  return surplusCacheClaims({
+    queue,
+    claims,
+    capacity: { limits: queue.spec, seats: opts.jobs ?? [], expectedJobs: [] },
+    pods: opts.pods ?? [],
+  });
 };
 
 describe("surplusCacheClaims", () => {
   it("keeps every scope's claims below the slot limit, idle or not: they are the cache", () => {
-    expect(decide([claimOf("web", 0), claimOf("web", 1), claimOf("deploy", 0)])).to.deep.equal({ remove: [], kept: [] });
+    expect(decide([claimOf("web", 0), claimOf("web", 1), claimOf("deploy", 0)])).to.deep.equal({
+      remove: [],
+      kept: [],
+    });
   });
 
   it("removes claims of slots at or above the limit (lower maxVCPU, larger shape) and of removed caches", () => {
@@ -47,7 +64,9 @@ describe("surplusCacheClaims", () => {
   });
 
   it("removes unscoped claims made before caches had scopes", () => {
-    const legacy: V1PersistentVolumeClaim = { metadata: { name: "bkq-linux-gomod-0", labels: { "buildkite.com/queue": "linux", "buildkite.com/slot": "0" } } };
+    const legacy: V1PersistentVolumeClaim = {
+      metadata: { name: "bkq-linux-gomod-0", labels: { "buildkite.com/queue": "linux", "buildkite.com/slot": "0" } },
+    };
     expect(decide([legacy]).remove).to.deep.equal(["bkq-linux-gomod-0"]);
   });
 

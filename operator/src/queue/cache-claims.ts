@@ -47,16 +47,30 @@ export function surplusCacheClaims(obs: ClaimObservation): SurplusClaims {
     const meta = claim.metadata ?? {};
     const labels = meta.labels ?? {};
     if (meta.deletionTimestamp !== undefined || labels[LABELS.queue] !== queue.metadata.name) continue;
-    const candidate = { name: meta.name ?? "", cache: labels[LABELS.cache] ?? "", scope: labels[LABELS.cacheScope] ?? "", slot: Number.parseInt(labels[LABELS.slot] ?? "", 10) };
-    if (candidate.scope === "" || !caches.has(candidate.cache) || !Number.isInteger(candidate.slot) || candidate.slot >= limit) candidates.push(candidate);
+    const candidate = {
+      name: meta.name ?? "",
+      cache: labels[LABELS.cache] ?? "",
+      scope: labels[LABELS.cacheScope] ?? "",
+      slot: Number.parseInt(labels[LABELS.slot] ?? "", 10),
+    };
+    if (
+      candidate.scope === "" ||
+      !caches.has(candidate.cache) ||
+      !Number.isInteger(candidate.slot) ||
+      candidate.slot >= limit
+    )
+      candidates.push(candidate);
   }
   // Usually nothing is surplus, and the digests below are only worth computing when something is.
   if (candidates.length === 0) return { remove: [], kept: [] };
-  const mounted = new Set(obs.pods.flatMap((p) => (p.spec?.volumes ?? []).map((v) => v.persistentVolumeClaim?.claimName)));
+  const mounted = new Set(
+    obs.pods.flatMap((p) => (p.spec?.volumes ?? []).map((v) => v.persistentVolumeClaim?.claimName)),
+  );
   const used = usedScopes(obs, new Set(candidates.map((c) => c.cache)));
   const decision: SurplusClaims = { remove: [], kept: [] };
   for (const c of candidates) {
-    const inUse = mounted.has(c.name) || used.has(`${c.cache}/${c.scope}/${c.slot}`) || used.has(`${c.cache}/${c.scope}/*`);
+    const inUse =
+      mounted.has(c.name) || used.has(`${c.cache}/${c.scope}/${c.slot}`) || used.has(`${c.cache}/${c.scope}/*`);
     (inUse ? decision.kept : decision.remove).push(c.name);
   }
   return decision;
@@ -72,7 +86,8 @@ function usedScopes(obs: ClaimObservation, caches: ReadonlySet<string>): Set<str
     const starting = seat.slot === undefined && !isTerminal(seat.job.status?.phase);
     if (!occupies(seat) && !starting) continue;
     for (const name of caches) {
-      for (const scope of ["Pipeline", "Branch"] as const) used.add(`${name}/${cacheScope(obs.queue, { name, scope }, seat.job).key}/${seat.slot ?? "*"}`);
+      for (const scope of ["Pipeline", "Branch"] as const)
+        used.add(`${name}/${cacheScope(obs.queue, { name, scope }, seat.job).key}/${seat.slot ?? "*"}`);
     }
   }
   return used;

@@ -1,4 +1,11 @@
-import type { V1NetworkPolicy, V1NetworkPolicyEgressRule, V1NetworkPolicyPeer, V1OwnerReference, V1PersistentVolumeClaim, V1ServiceAccount } from "@kubernetes/client-node";
+import type {
+  V1NetworkPolicy,
+  V1NetworkPolicyEgressRule,
+  V1NetworkPolicyPeer,
+  V1OwnerReference,
+  V1PersistentVolumeClaim,
+  V1ServiceAccount,
+} from "@kubernetes/client-node";
 import { ANNOTATIONS, FINALIZER, LABELS, MANAGED_BY } from "../api/keys.js";
 import { cacheClaimName, cacheScope, networkPolicyName, serviceAccountName } from "../api/names.js";
 import type { BuildkiteJob } from "../api/generated/buildkite-job.js";
@@ -10,8 +17,12 @@ export const METADATA_CIDRS_V4 = ["169.254.169.254/32", "169.254.170.2/32", "169
 export const METADATA_CIDRS_V6 = ["fd00:ec2::254/128", "fd00:ec2::23/128"] as const;
 
 const owner = (queue: BuildkiteQueue): V1OwnerReference => ({
-  apiVersion: queue.apiVersion, kind: queue.kind, name: queue.metadata.name ?? "", uid: queue.metadata.uid ?? "",
-  controller: true, blockOwnerDeletion: true,
+  apiVersion: queue.apiVersion,
+  kind: queue.kind,
+  name: queue.metadata.name ?? "",
+  uid: queue.metadata.uid ?? "",
+  controller: true,
+  blockOwnerDeletion: true,
 });
 
 const labels = (queue: BuildkiteQueue): Record<string, string> => ({
@@ -43,12 +54,13 @@ interface Peer {
   podSelector?: Record<string, string>;
 }
 
-const toPeer = (p: Peer): V1NetworkPolicyPeer => p.cidr !== undefined
-  ? { ipBlock: { cidr: p.cidr } }
-  : {
-    ...(p.namespaceSelector ? { namespaceSelector: { matchLabels: p.namespaceSelector } } : {}),
-    podSelector: { matchLabels: p.podSelector ?? {} },
-  };
+const toPeer = (p: Peer): V1NetworkPolicyPeer =>
+  p.cidr !== undefined
+    ? { ipBlock: { cidr: p.cidr } }
+    : {
+        ...(p.namespaceSelector ? { namespaceSelector: { matchLabels: p.namespaceSelector } } : {}),
+        podSelector: { matchLabels: p.podSelector ?? {} },
+      };
 
 /** The port of an http(s) URL (80 or 443 when it names none). */
 export function urlPort(url: string): number {
@@ -67,14 +79,25 @@ export function desiredNetworkPolicy(queue: BuildkiteQueue, clusterDNS: DnsPeer)
   const resolvers: Peer[] = network.dns ?? [clusterDNS];
   // `dns: []` names no resolver: no DNS rule at all. A rule whose `to` is empty (the API server drops it) would allow
   // port 53 to every address.
-  const egress: V1NetworkPolicyEgressRule[] = resolvers.length === 0 ? [] : [
-    { to: resolvers.map(toPeer), ports: [{ protocol: "UDP", port: 53 }, { protocol: "TCP", port: 53 }] },
-  ];
+  const egress: V1NetworkPolicyEgressRule[] =
+    resolvers.length === 0
+      ? []
+      : [
+          {
+            to: resolvers.map(toPeer),
+            ports: [
+              { protocol: "UDP", port: 53 },
+              { protocol: "TCP", port: 53 },
+            ],
+          },
+        ];
   if (network.egress === "Internet") {
     const extra = network.extraDeniedCIDRs ?? [];
     const deniedV4 = [...(network.denyMetadata ? METADATA_CIDRS_V4 : []), ...extra.filter((c) => !c.includes(":"))];
     const deniedV6 = [...(network.denyMetadata ? METADATA_CIDRS_V6 : []), ...extra.filter((c) => c.includes(":"))];
-    const block = (cidr: string, except: string[]): V1NetworkPolicyPeer => ({ ipBlock: { cidr, ...(except.length > 0 ? { except } : {}) } });
+    const block = (cidr: string, except: string[]): V1NetworkPolicyPeer => ({
+      ipBlock: { cidr, ...(except.length > 0 ? { except } : {}) },
+    });
     egress.push({ to: [block("0.0.0.0/0", deniedV4), block("::/0", deniedV6)] });
   } else {
     for (const dest of network.allowedDestinations ?? []) {
@@ -88,7 +111,13 @@ export function desiredNetworkPolicy(queue: BuildkiteQueue, clusterDNS: DnsPeer)
     apiVersion: "networking.k8s.io/v1",
     kind: "NetworkPolicy",
     // The finalizer keeps the policy while pods it isolates may still run, however the queue or policy is deleted.
-    metadata: { name: networkPolicyName(queue), namespace: queue.metadata.namespace ?? "", labels: labels(queue), ownerReferences: [owner(queue)], finalizers: [FINALIZER] },
+    metadata: {
+      name: networkPolicyName(queue),
+      namespace: queue.metadata.namespace ?? "",
+      labels: labels(queue),
+      ownerReferences: [owner(queue)],
+      finalizers: [FINALIZER],
+    },
     spec: {
       podSelector: { matchLabels: { [LABELS.queue]: queue.metadata.name ?? "", [LABELS.component]: "job" } },
       policyTypes: ["Ingress", "Egress"],
@@ -105,12 +134,21 @@ export function desiredNetworkPolicy(queue: BuildkiteQueue, clusterDNS: DnsPeer)
 export function proxyEnv(queue: BuildkiteQueue): { name: string; value: string }[] {
   const { network } = queue.spec;
   if (network.egress !== "Restricted" || !network.proxy) return [];
-  const noProxy = ["localhost", "127.0.0.1", "::1", ...(network.allowedDestinations ?? []).map((d) => d.cidr), ...(network.proxy.noProxy ?? [])].join(",");
+  const noProxy = [
+    "localhost",
+    "127.0.0.1",
+    "::1",
+    ...(network.allowedDestinations ?? []).map((d) => d.cidr),
+    ...(network.proxy.noProxy ?? []),
+  ].join(",");
   const url = network.proxy.url;
   return [
-    { name: "HTTPS_PROXY", value: url }, { name: "https_proxy", value: url },
-    { name: "HTTP_PROXY", value: url }, { name: "http_proxy", value: url },
-    { name: "NO_PROXY", value: noProxy }, { name: "no_proxy", value: noProxy },
+    { name: "HTTPS_PROXY", value: url },
+    { name: "https_proxy", value: url },
+    { name: "HTTP_PROXY", value: url },
+    { name: "http_proxy", value: url },
+    { name: "NO_PROXY", value: noProxy },
+    { name: "no_proxy", value: noProxy },
   ];
 }
 
@@ -127,8 +165,16 @@ export function desiredCacheClaims(queue: BuildkiteQueue, job: BuildkiteJob, slo
       metadata: {
         name: cacheClaimName(queue, cache.name, scope, slot),
         namespace: queue.metadata.namespace ?? "",
-        labels: { ...labels(queue), [LABELS.slot]: String(slot), [LABELS.cache]: cache.name, [LABELS.cacheScope]: scope.key },
-        annotations: { [ANNOTATIONS.pipeline]: scope.pipeline, ...(scope.branch !== undefined ? { [ANNOTATIONS.branch]: scope.branch } : {}) },
+        labels: {
+          ...labels(queue),
+          [LABELS.slot]: String(slot),
+          [LABELS.cache]: cache.name,
+          [LABELS.cacheScope]: scope.key,
+        },
+        annotations: {
+          [ANNOTATIONS.pipeline]: scope.pipeline,
+          ...(scope.branch !== undefined ? { [ANNOTATIONS.branch]: scope.branch } : {}),
+        },
         ownerReferences: [owner(queue)],
       },
       spec: {

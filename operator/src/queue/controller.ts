@@ -72,7 +72,11 @@ export const NO_SIDES = {
  */
 export class QueueController implements Controller {
   readonly name = "buildkitequeue";
-  constructor(private readonly ctx: ControllerContext, private readonly settings: QueueSettings, private readonly sides: QueueSides) {}
+  constructor(
+    private readonly ctx: ControllerContext,
+    private readonly settings: QueueSettings,
+    private readonly sides: QueueSides,
+  ) {}
 
   async reconcile(key: string): Promise<ReconcileResult> {
     const { namespace, name } = splitKey(key);
@@ -91,7 +95,13 @@ export class QueueController implements Controller {
     const counts = jobCounts(queueCapacity(queue, this.ctx.caches, this.ctx.expectations));
     const activeJobs = counts.active;
     const observation: QueueObservation = {
-      queue, activeJobs, waitingJobs: counts.waiting, secret, endpointRefused: endpointRefusal(queue, this.settings.allowedEndpoints), buildkite: [...this.sides.buildkite.conditions(key), ...this.sides.credentials.conditions(key)], ...(childError ? { childError } : {}),
+      queue,
+      activeJobs,
+      waitingJobs: counts.waiting,
+      secret,
+      endpointRefused: endpointRefusal(queue, this.settings.allowedEndpoints),
+      buildkite: [...this.sides.buildkite.conditions(key), ...this.sides.credentials.conditions(key)],
+      ...(childError ? { childError } : {}),
     };
     const status = planQueueStatus(observation, this.ctx.clock.now());
     this.ctx.metrics.slots(key, activeJobs, status.concurrency ?? 0);
@@ -117,7 +127,9 @@ export class QueueController implements Controller {
     const pods = this.ctx.caches.pods.list(namespace).filter((p) => p.metadata?.labels?.[LABELS.queue] === name).length;
     const plan = planDeletion({ jobs, pods, reporting: this.sides.buildkite.connected(key) });
     for (const job of plan.stop) {
-      await annotate(this.ctx.clients, BUILDKITE_JOB, namespace, job, { [ANNOTATIONS.stop]: `BuildkiteQueue ${key} was deleted.` }).catch((err: unknown) => {
+      await annotate(this.ctx.clients, BUILDKITE_JOB, namespace, job, {
+        [ANNOTATIONS.stop]: `BuildkiteQueue ${key} was deleted.`,
+      }).catch((err: unknown) => {
         if (!isNotFound(err)) throw err;
       });
     }
@@ -135,21 +147,51 @@ export class QueueController implements Controller {
       problem = `Buildkite did not answer for ${String(DEREGISTER_DEADLINE_MS / 60_000)} minutes: ${apiMessage(err)}`;
     }
     if (problem !== undefined) {
-      this.ctx.recorder.record(queue, "Warning", "StackNotDeregistered", `${problem} The queue's stack may remain in Buildkite; remove it there.`);
+      this.ctx.recorder.record(
+        queue,
+        "Warning",
+        "StackNotDeregistered",
+        `${problem} The queue's stack may remain in Buildkite; remove it there.`,
+      );
     }
     const policy = this.ctx.caches.networkPolicies.get(networkPolicyName(queue), namespace);
     // Typed lists leave kind and apiVersion off their items, so the cached policy is named here.
-    if (policy) await setFinalizer(this.ctx.clients, { apiVersion: "networking.k8s.io/v1", kind: "NetworkPolicy", metadata: policy.metadata ?? {} }, FINALIZER, false).catch((err: unknown) => { if (!isNotFound(err)) throw err; });
+    if (policy)
+      await setFinalizer(
+        this.ctx.clients,
+        { apiVersion: "networking.k8s.io/v1", kind: "NetworkPolicy", metadata: policy.metadata ?? {} },
+        FINALIZER,
+        false,
+      ).catch((err: unknown) => {
+        if (!isNotFound(err)) throw err;
+      });
     await setFinalizer(this.ctx.clients, queue, FINALIZER, false);
-    this.ctx.logger.info("Released deleted queue: its job pods are gone and its stack deregistered", { namespace, queue: name });
+    this.ctx.logger.info("Released deleted queue: its job pods are gone and its stack deregistered", {
+      namespace,
+      queue: name,
+    });
     return undefined;
   }
 
   private async writeDeleting(queue: BuildkiteQueue, message: string): Promise<void> {
     const ready = findCondition(queue.status?.conditions, "Ready");
     if (ready?.reason === "Deleting" && ready.message === message) return;
-    const status = { ...queue.status, conditions: setCondition(queue.status?.conditions, { type: "Ready", status: "False", reason: "Deleting", message }, queue.metadata.generation, this.ctx.clock.now()) };
-    await patchStatus(this.ctx.clients, BUILDKITE_QUEUE, queue.metadata.namespace ?? "", queue.metadata.name ?? "", status);
+    const status = {
+      ...queue.status,
+      conditions: setCondition(
+        queue.status?.conditions,
+        { type: "Ready", status: "False", reason: "Deleting", message },
+        queue.metadata.generation,
+        this.ctx.clock.now(),
+      ),
+    };
+    await patchStatus(
+      this.ctx.clients,
+      BUILDKITE_QUEUE,
+      queue.metadata.namespace ?? "",
+      queue.metadata.name ?? "",
+      status,
+    );
   }
 
   /** Applies each child whose cached copy differs from the desired one; returns the first the API server refused. */
@@ -172,17 +214,25 @@ export class QueueController implements Controller {
    * Applies a child unless the cached copy already holds everything desired: compared field by field, not by a hash
    * the operator wrote, so a child edited by hand (a NetworkPolicy opened up) is put back as it should be.
    */
-  private async applyIfChanged(desired: KubernetesObject, cache: ReadCache<KubernetesObject>): Promise<QueueObservation["childError"]> {
+  private async applyIfChanged(
+    desired: KubernetesObject,
+    cache: ReadCache<KubernetesObject>,
+  ): Promise<QueueObservation["childError"]> {
     const meta = desired.metadata ?? {};
     const cached = cache.get(meta.name ?? "", meta.namespace);
     if (cached && covers(cached, desired)) return undefined;
     try {
       await apply(this.ctx.clients, desired);
-      this.ctx.logger.info(`Applied ${desired.kind ?? "object"}`, { namespace: meta.namespace, name: meta.name, queue: meta.labels?.[LABELS.queue] });
+      this.ctx.logger.info(`Applied ${desired.kind ?? "object"}`, {
+        namespace: meta.namespace,
+        name: meta.name,
+        queue: meta.labels?.[LABELS.queue],
+      });
       return undefined;
     } catch (err) {
       // Refused as invalid or forbidden (an immutable PVC field, a quota): retrying cannot help until the spec changes.
-      if (isInvalid(err) || isForbidden(err)) return { kind: desired.kind ?? "object", name: meta.name ?? "", message: apiMessage(err) };
+      if (isInvalid(err) || isForbidden(err))
+        return { kind: desired.kind ?? "object", name: meta.name ?? "", message: apiMessage(err) };
       throw err;
     }
   }
@@ -195,7 +245,12 @@ export class QueueController implements Controller {
     const namespace = queue.metadata.namespace ?? "";
     const { caches } = this.ctx;
     const capacity = queueCapacity(queue, caches, this.ctx.expectations);
-    const surplus = surplusCacheClaims({ queue, claims: caches.claims.list(namespace), capacity, pods: caches.pods.list(namespace) });
+    const surplus = surplusCacheClaims({
+      queue,
+      claims: caches.claims.list(namespace),
+      capacity,
+      pods: caches.pods.list(namespace),
+    });
     for (const name of surplus.remove) {
       await this.ctx.clients.core.deleteNamespacedPersistentVolumeClaim({ name, namespace }).catch((err: unknown) => {
         if (!isNotFound(err)) throw err;
@@ -210,8 +265,11 @@ export class QueueController implements Controller {
     const after = findCondition(conditions, "Ready");
     if (!after || (before?.status === after.status && before.reason === after.reason)) return;
     this.ctx.recorder.record(queue, after.status === "True" ? "Normal" : "Warning", after.reason, after.message);
-    this.ctx.logger.info(after.status === "True" ? "Queue became ready" : "Queue became not ready",
-      { namespace: queue.metadata.namespace, queue: queue.metadata.name, reason: after.reason });
+    this.ctx.logger.info(after.status === "True" ? "Queue became ready" : "Queue became not ready", {
+      namespace: queue.metadata.namespace,
+      queue: queue.metadata.name,
+      reason: after.reason,
+    });
   }
 }
 
@@ -231,8 +289,10 @@ export function covers(actual: unknown, desired: unknown): boolean {
     if (typeof actual !== "object") return false;
     return fields.every(([k, v]) => covers((actual as Record<string, unknown>)[k], v));
   }
-  return actual === desired || (desired === undefined);
+  return actual === desired || desired === undefined;
 }
 
-const isEmpty = (v: unknown): boolean => v === undefined || (Array.isArray(v) && v.length === 0)
-  || (v !== null && typeof v === "object" && Object.values(v as Record<string, unknown>).every(isEmpty));
+const isEmpty = (v: unknown): boolean =>
+  v === undefined ||
+  (Array.isArray(v) && v.length === 0) ||
+  (v !== null && typeof v === "object" && Object.values(v as Record<string, unknown>).every(isEmpty));

@@ -17,10 +17,15 @@ export interface DeletionPlan {
  * then is the stack deregistered and the NetworkPolicy let go. Pure.
  */
 export function planDeletion(input: { jobs: readonly BuildkiteJob[]; pods: number; reporting: boolean }): DeletionPlan {
-  const stop = input.jobs.filter((j) => !isTerminal(j.status?.phase) && j.metadata.annotations?.[ANNOTATIONS.stop] === undefined).map((j) => j.metadata.name ?? "");
+  const stop = input.jobs
+    .filter((j) => !isTerminal(j.status?.phase) && j.metadata.annotations?.[ANNOTATIONS.stop] === undefined)
+    .map((j) => j.metadata.name ?? "");
   const unfinished = input.jobs.filter((j) => !isTerminal(j.status?.phase)).length;
   // Reports to Buildkite are waited for while the stack is connected; without one (a deleted token) they cannot go.
   const unreported = input.reporting ? input.jobs.filter(needsReport).length : 0;
   if (input.pods + unfinished + unreported === 0) return { stop };
-  return { stop, wait: `Stopping the queue's jobs before its NetworkPolicy goes: ${String(input.pods)} pods, ${String(unfinished)} jobs not ended, ${String(unreported)} not yet reported to Buildkite.` };
+  return {
+    stop,
+    wait: `Stopping the queue's jobs before its NetworkPolicy goes: ${String(input.pods)} pods, ${String(unfinished)} jobs not ended, ${String(unreported)} not yet reported to Buildkite.`,
+  };
 }

@@ -73,12 +73,18 @@ export interface DispatchRoom {
  * created BuildkiteJob there with `expectations.created(queueKey, jobKey)`), so a job just created takes room until the
  * cache shows it. Spread the result into {@link chooseReservations}.
  */
-export function dispatchRoom(queue: BuildkiteQueue, caches: Pick<Caches, "jobs" | "pods">, expectations: Expectations): DispatchRoom {
+export function dispatchRoom(
+  queue: BuildkiteQueue,
+  caches: Pick<Caches, "jobs" | "pods">,
+  expectations: Expectations,
+): DispatchRoom {
   const capacity = queueCapacity(queue, caches, expectations);
   const names = capacity.seats.map((s) => s.job.metadata.name ?? "");
   return {
     existing: new Set([...names, ...capacity.expectedJobs]),
-    finished: new Set(capacity.seats.filter((s) => isTerminal(s.job.status?.phase)).map((s) => s.job.metadata.name ?? "")),
+    finished: new Set(
+      capacity.seats.filter((s) => isTerminal(s.job.status?.phase)).map((s) => s.job.metadata.name ?? ""),
+    ),
     unfinishedVCPU: heldVCPU(capacity),
   };
 }
@@ -93,8 +99,13 @@ export const agentMayHaveStarted = (job: BuildkiteJob): boolean =>
  * Buildkite last reported it `reserved` (a running pod's agent may still be registering). Extending an already
  * accepted job is harmless (`not_reserved`).
  */
-export function reservationsToExtend(jobs: readonly BuildkiteJob[], lastReservedMs: ReadonlyMap<string, number>, nowMs: number, expirySeconds: number,
-  states: ReadonlyMap<string, JobState> = new Map()): string[] {
+export function reservationsToExtend(
+  jobs: readonly BuildkiteJob[],
+  lastReservedMs: ReadonlyMap<string, number>,
+  nowMs: number,
+  expirySeconds: number,
+  states: ReadonlyMap<string, JobState> = new Map(),
+): string[] {
   const due = nowMs - (expirySeconds * 1000) / 3;
   return jobs
     .filter((j) => !isTerminal(j.status?.phase) && (!agentMayHaveStarted(j) || states.get(j.spec.uuid) === "reserved"))
@@ -104,10 +115,20 @@ export function reservationsToExtend(jobs: readonly BuildkiteJob[], lastReserved
 
 /** Buildkite states that mean the job is no longer the stack's to run (§3.2). `finished` is missing on purpose: it
  * may be the pod's own agent that finished it before the pod's status caught up. */
-const TAKEN_BACK: ReadonlySet<JobState> = new Set<JobState>(["canceling", "canceled", "expired", "skipped", "broken", "timed_out"]);
+const TAKEN_BACK: ReadonlySet<JobState> = new Set<JobState>([
+  "canceling",
+  "canceled",
+  "expired",
+  "skipped",
+  "broken",
+  "timed_out",
+]);
 
 /** Jobs to mark with the state Buildkite reports, for the job controller to act on (once per job and state). */
-export function takenBack(jobs: readonly BuildkiteJob[], states: ReadonlyMap<string, JobState>): { name: string; state: JobState }[] {
+export function takenBack(
+  jobs: readonly BuildkiteJob[],
+  states: ReadonlyMap<string, JobState>,
+): { name: string; state: JobState }[] {
   const marks: { name: string; state: JobState }[] = [];
   for (const job of jobs) {
     const state = states.get(job.spec.uuid);
@@ -131,22 +152,38 @@ export interface JobTokenChoice {
  * created before the reservation, so a crash in between leaves a record of the job, never a job reserved and
  * forgotten; a job Buildkite then does not let this stack reserve is deleted again.
  */
-export function jobResourceFor(queue: BuildkiteQueue, job: ScheduledJob, stackKey: string, tokens: JobTokenChoice = {}): BuildkiteJob {
+export function jobResourceFor(
+  queue: BuildkiteQueue,
+  job: ScheduledJob,
+  stackKey: string,
+  tokens: JobTokenChoice = {},
+): BuildkiteJob {
   return {
     apiVersion: "buildkite.com/v1alpha1",
     kind: "BuildkiteJob",
     metadata: {
       name: jobResourceName(job.id),
       namespace: queue.metadata.namespace ?? "",
-      labels: { [LABELS.managedBy]: MANAGED_BY, [LABELS.queue]: queue.metadata.name ?? "", [LABELS.jobUuid]: job.id.toLowerCase() },
+      labels: {
+        [LABELS.managedBy]: MANAGED_BY,
+        [LABELS.queue]: queue.metadata.name ?? "",
+        [LABELS.jobUuid]: job.id.toLowerCase(),
+      },
       annotations: {
         [ANNOTATIONS.stack]: stackKey,
         ...(tokens.tokenSecret !== undefined ? { [ANNOTATIONS.agentTokenSecret]: tokens.tokenSecret } : {}),
         ...(tokens.pending === true ? { [ANNOTATIONS.reservation]: RESERVATION_PENDING } : {}),
       },
-      ownerReferences: [{
-        apiVersion: queue.apiVersion, kind: queue.kind, name: queue.metadata.name ?? "", uid: queue.metadata.uid ?? "", controller: true, blockOwnerDeletion: false,
-      }],
+      ownerReferences: [
+        {
+          apiVersion: queue.apiVersion,
+          kind: queue.kind,
+          name: queue.metadata.name ?? "",
+          uid: queue.metadata.uid ?? "",
+          controller: true,
+          blockOwnerDeletion: false,
+        },
+      ],
     },
     spec: {
       queueRef: { name: queue.metadata.name ?? "" },
@@ -171,10 +208,18 @@ export const STRANDED_WINDOW_MS = 15 * 60_000;
  * of leaving the job waiting behind a BuildkiteJob that will never run it. Canceled jobs and jobs already reported or
  * marked are skipped.
  */
-export function stranded(jobs: readonly BuildkiteJob[], states: ReadonlyMap<string, JobState>): { name: string; state: JobState }[] {
+export function stranded(
+  jobs: readonly BuildkiteJob[],
+  states: ReadonlyMap<string, JobState>,
+): { name: string; state: JobState }[] {
   return jobs.flatMap((job) => {
     const state = states.get(job.spec.uuid);
-    if ((state !== "scheduled" && state !== "reserved") || !isTerminal(job.status?.phase) || job.status?.phase === "Canceled") return [];
+    if (
+      (state !== "scheduled" && state !== "reserved") ||
+      !isTerminal(job.status?.phase) ||
+      job.status?.phase === "Canceled"
+    )
+      return [];
     if (job.metadata.annotations?.[ANNOTATIONS.buildkiteState] !== undefined) return [];
     if (job.status?.conditions?.some((c) => c.type === "ReportedToBuildkite") === true) return [];
     return [{ name: job.metadata.name ?? "", state }];
@@ -183,15 +228,21 @@ export function stranded(jobs: readonly BuildkiteJob[], states: ReadonlyMap<stri
 
 /** Terminal jobs recent enough to check for {@link stranded}. */
 export function recentlyEnded(jobs: readonly BuildkiteJob[], nowMs: number): BuildkiteJob[] {
-  return jobs.filter((j) => isTerminal(j.status?.phase) && j.status?.phase !== "Canceled"
-    && nowMs - (Date.parse(j.status?.finishedAt ?? "") || nowMs) < STRANDED_WINDOW_MS
-    && j.metadata.annotations?.[ANNOTATIONS.buildkiteState] === undefined
-    && j.status?.conditions?.some((c) => c.type === "ReportedToBuildkite") !== true);
+  return jobs.filter(
+    (j) =>
+      isTerminal(j.status?.phase) &&
+      j.status?.phase !== "Canceled" &&
+      nowMs - (Date.parse(j.status?.finishedAt ?? "") || nowMs) < STRANDED_WINDOW_MS &&
+      j.metadata.annotations?.[ANNOTATIONS.buildkiteState] === undefined &&
+      j.status?.conditions?.some((c) => c.type === "ReportedToBuildkite") !== true,
+  );
 }
 
 /** Jobs this stack must still tell Buildkite could not run, and has not yet (see {@link needsReport}). */
 export function reportsDue(jobs: readonly BuildkiteJob[], stackKey: string): BuildkiteJob[] {
-  return jobs.filter((j) => j.metadata.annotations?.[ANNOTATIONS.stack] === stackKey && needsReport(j) && reportOf(j) === undefined);
+  return jobs.filter(
+    (j) => j.metadata.annotations?.[ANNOTATIONS.stack] === stackKey && needsReport(j) && reportOf(j) === undefined,
+  );
 }
 
 /** The detail sent with `finish`: why the job could not run, and where to look. */
@@ -217,14 +268,24 @@ export function timelineNotes(job: BuildkiteJob, queue: BuildkiteQueue | undefin
   const status = job.status ?? {};
   const namespace = job.metadata.namespace ?? "";
   const notes: TimelineNote[] = [];
-  if (status.reason === "WaitingForSlot") notes.push({ fact: "waiting", text: status.message ?? "Waiting for a free slot." });
+  if (status.reason === "WaitingForSlot")
+    notes.push({ fact: "waiting", text: status.message ?? "Waiting for a free slot." });
   if (status.podUID !== undefined) {
-    notes.push({ fact: "pod", text: `Created pod ${status.podName ?? ""} (${status.shape ?? ""}) in namespace ${namespace}.` });
+    notes.push({
+      fact: "pod",
+      text: `Created pod ${status.podName ?? ""} (${status.shape ?? ""}) in namespace ${namespace}.`,
+    });
     // Silent permission failures are the worst kind: a job whose role is broken says so where people look.
     const credentials = queue?.status?.conditions?.find((c) => c.type === "CredentialsReady");
-    const broken = queue && credentials ? timelineMessageFor(credentials, {
-      namespace, name: queue.metadata.name ?? "", serviceAccount: serviceAccountName(queue), roleArn: queue.spec.aws?.roleArn ?? "",
-    }) : undefined;
+    const broken =
+      queue && credentials
+        ? timelineMessageFor(credentials, {
+            namespace,
+            name: queue.metadata.name ?? "",
+            serviceAccount: serviceAccountName(queue),
+            roleArn: queue.spec.aws?.roleArn ?? "",
+          })
+        : undefined;
     if (broken !== undefined) notes.push({ fact: "credentials", text: broken });
   }
   if (status.nodeName !== undefined) notes.push({ fact: "node", text: `Pod placed on node ${status.nodeName}.` });
@@ -246,7 +307,11 @@ export interface ReserveOutcome {
  * extended). A job not reserved is discarded only if it was never confirmed (fresh, or still pending): a held job
  * that is not reserved any more may be running under its agent already. Pure.
  */
-export function afterReserve(fresh: readonly BuildkiteJob[], held: readonly BuildkiteJob[], reserved: ReadonlySet<string>): ReserveOutcome {
+export function afterReserve(
+  fresh: readonly BuildkiteJob[],
+  held: readonly BuildkiteJob[],
+  reserved: ReadonlySet<string>,
+): ReserveOutcome {
   const pending = (j: BuildkiteJob): boolean => j.metadata.annotations?.[ANNOTATIONS.reservation] !== undefined;
   const all = [...fresh, ...held];
   const ours = all.filter((j) => reserved.has(j.spec.uuid));

@@ -42,8 +42,16 @@ describe("DutySchedule", () => {
 
 describe("dutiesToRun", () => {
   it("takes no job and marks none from a cache that may be stale, and takes none for a queue being deleted", () => {
-    expect(dutiesToRun({ staleCache: false, deleting: false })).to.deep.equal(["dispatch", "maintain", "states", "report"]);
-    expect(dutiesToRun({ staleCache: true, deleting: false }), "stale: keep what is held, decide nothing new").to.deep.equal(["maintain", "report"]);
+    expect(dutiesToRun({ staleCache: false, deleting: false })).to.deep.equal([
+      "dispatch",
+      "maintain",
+      "states",
+      "report",
+    ]);
+    expect(
+      dutiesToRun({ staleCache: true, deleting: false }),
+      "stale: keep what is held, decide nothing new",
+    ).to.deep.equal(["maintain", "report"]);
     expect(dutiesToRun({ staleCache: false, deleting: true })).to.deep.equal(["maintain", "states", "report"]);
     expect(dutiesToRun({ staleCache: true, deleting: true })).to.deep.equal(["maintain", "report"]);
   });

@@ -8,7 +8,8 @@ import { splitKey } from "../kube/resources.js";
 import type { AgentTokenReader } from "./agent-token.js";
 import { DutySchedule } from "./duty-schedule.js";
 import { JobTokens } from "./job-tokens.js";
-import { checkStates, dispatch, maintain, notifyTimeline, report, SourceMemory, type Connection, type Scope } from "./source-duties.js";
+import { checkStates, dispatch, maintain, SourceMemory, type Connection, type Scope } from "./source-duties.js";
+import { notifyTimeline, report } from "./reporting.js";
 import { errorText, SourceError } from "./source-support.js";
 import { fingerprintOf, queueStackKey, register, stacksClientFor, type JobSourceSettings } from "./stack-connection.js";
 
@@ -48,8 +49,19 @@ export class QueueJobSource {
   /** Duties in flight: a duty starts again only once its previous run is over. */
   private readonly running = new Map<DutyName, Promise<void>>();
   private readonly conds = new Map<string, ConditionUpdate>([
-    ["Registered", { type: "Registered", status: "Unknown", reason: "Connecting", message: "Registering a stack with Buildkite." }],
-    ["Dispatching", { type: "Dispatching", status: "Unknown", reason: "Connecting", message: "Not listing jobs until the stack is registered." }],
+    [
+      "Registered",
+      { type: "Registered", status: "Unknown", reason: "Connecting", message: "Registering a stack with Buildkite." },
+    ],
+    [
+      "Dispatching",
+      {
+        type: "Dispatching",
+        status: "Unknown",
+        reason: "Connecting",
+        message: "Not listing jobs until the stack is registered.",
+      },
+    ],
   ]);
   private readonly tokens: JobTokens;
   private readonly memory = new SourceMemory();
@@ -63,7 +75,9 @@ export class QueueJobSource {
     /** Called when the queue's Buildkite conditions change, so its status is written. */
     private readonly onChange: (queueKey: string) => void,
   ) {
-    this.tokens = new JobTokens(ctx, settings.jobTokenProbeMs, (update, queue) => { this.setCondition(update, queue); });
+    this.tokens = new JobTokens(ctx, settings.jobTokenProbeMs, (update, queue) => {
+      this.setCondition(update, queue);
+    });
     this.duties = new DutySchedule(ctx.clock, settings.pollIntervalMs, settings.maxBackoffMs);
   }
 
@@ -95,7 +109,11 @@ export class QueueJobSource {
     if (!conn || !deregister) return;
     await conn.client.deregister(conn.key).catch((err: unknown) => {
       // An unreachable Buildkite only leaves a disconnected stack behind.
-      this.ctx.logger.warn("Could not deregister the Buildkite stack", { stack: conn.key, queue: this.key, error: errorText(err) });
+      this.ctx.logger.warn("Could not deregister the Buildkite stack", {
+        stack: conn.key,
+        queue: this.key,
+        error: errorText(err),
+      });
     });
   }
 
@@ -120,7 +138,8 @@ export class QueueJobSource {
     } catch (err) {
       // Never registered, or already deregistered: nothing is left behind.
       if (err instanceof BuildkiteApiError && err.status === 404) return undefined;
-      if (err instanceof BuildkiteApiError && !err.retryable) return `Buildkite refused to deregister stack ${stack}: ${err.message}`;
+      if (err instanceof BuildkiteApiError && !err.retryable)
+        return `Buildkite refused to deregister stack ${stack}: ${err.message}`;
       throw err;
     }
     return undefined;
@@ -155,18 +174,39 @@ export class QueueJobSource {
     if (!queue || queue.metadata.uid !== this.uid) return;
     const conn = await this.connect(queue);
     const scope: Scope = {
-      ctx: this.ctx, queue, conn, tokens: this.tokens, memory: this.memory, reservationExpirySeconds: this.settings.reservationExpirySeconds,
+      ctx: this.ctx,
+      queue,
+      conn,
+      tokens: this.tokens,
+      memory: this.memory,
+      reservationExpirySeconds: this.settings.reservationExpirySeconds,
       jobs: this.ctx.caches.jobs.list(namespace).filter((j) => j.spec.queueRef.name === name),
-      setCondition: (update) => { this.setCondition(update, queue); },
+      setCondition: (update) => {
+        this.setCondition(update, queue);
+      },
     };
     const stale = this.ctx.cacheProblem?.();
     if (stale !== undefined) {
-      this.setCondition({ type: "Dispatching", status: "False", reason: "CacheNotReady", message: `No jobs are taken while the operator's view of the cluster may be out of date: ${stale}.` }, queue);
+      this.setCondition(
+        {
+          type: "Dispatching",
+          status: "False",
+          reason: "CacheNotReady",
+          message: `No jobs are taken while the operator's view of the cluster may be out of date: ${stale}.`,
+        },
+        queue,
+      );
     }
     const run: Record<DutyName, () => Promise<void>> = {
-      dispatch: () => dispatch(scope), maintain: () => maintain(scope), states: () => checkStates(scope), report: () => report(scope),
+      dispatch: () => dispatch(scope),
+      maintain: () => maintain(scope),
+      states: () => checkStates(scope),
+      report: () => report(scope),
     };
-    for (const name of dutiesToRun({ staleCache: stale !== undefined, deleting: queue.metadata.deletionTimestamp !== undefined })) {
+    for (const name of dutiesToRun({
+      staleCache: stale !== undefined,
+      deleting: queue.metadata.deletionTimestamp !== undefined,
+    })) {
       this.duty(name, queue, run[name], name === "states" ? this.settings.stateCheckIntervalMs : 0);
     }
     notifyTimeline(scope);
@@ -178,10 +218,18 @@ export class QueueJobSource {
    */
   private duty(name: DutyName, queue: BuildkiteQueue, run: () => Promise<void>, everyMs = 0): void {
     if (this.running.has(name) || !this.duties.due(name)) return;
-    const done = run().then(
-      () => { this.duties.succeeded(name, everyMs); },
-      (err: unknown) => { this.fail(err, this.duties.failed(name), name === "dispatch" ? "Dispatching" : undefined, queue); },
-    ).finally(() => { this.running.delete(name); });
+    const done = run()
+      .then(
+        () => {
+          this.duties.succeeded(name, everyMs);
+        },
+        (err: unknown) => {
+          this.fail(err, this.duties.failed(name), name === "dispatch" ? "Dispatching" : undefined, queue);
+        },
+      )
+      .finally(() => {
+        this.running.delete(name);
+      });
     this.running.set(name, done);
   }
 
@@ -207,8 +255,19 @@ export class QueueJobSource {
       // Notes already queued still go out (to the stack as it was); the next cycle registers again.
       void this.connection?.notifier.stop();
       this.connection = undefined;
-      this.setCondition({ type: "Registered", status: "False", reason: err.reason, message: err.message + retry }, current);
-      this.setCondition({ type: "Dispatching", status: "False", reason: "NotRegistered", message: "No jobs are taken until the stack is registered." }, current);
+      this.setCondition(
+        { type: "Registered", status: "False", reason: err.reason, message: err.message + retry },
+        current,
+      );
+      this.setCondition(
+        {
+          type: "Dispatching",
+          status: "False",
+          reason: "NotRegistered",
+          message: "No jobs are taken until the stack is registered.",
+        },
+        current,
+      );
       return;
     }
     this.ctx.logger.warn("Job source failed", { namespace, queue: name, error: errorText(err) });
@@ -220,7 +279,8 @@ export class QueueJobSource {
   /** Updates one condition; a change of status or reason is an Event and a status write. */
   private setCondition(update: ConditionUpdate, queue: BuildkiteQueue | undefined): void {
     const current = this.conds.get(update.type);
-    if (current?.status === update.status && current.reason === update.reason && current.message === update.message) return;
+    if (current?.status === update.status && current.reason === update.reason && current.message === update.message)
+      return;
     this.conds.set(update.type, update);
     if (queue && (current?.status !== update.status || current.reason !== update.reason)) {
       this.ctx.recorder.record(queue, update.status === "False" ? "Warning" : "Normal", update.reason, update.message);

@@ -27,9 +27,12 @@ export class JobSources implements QueueBuildkiteSide {
   sync(): void {
     if (this.stopped) return;
     // A queue being deleted keeps its source (connected, taking nothing) until its finalizer releases it.
-    const wanted = new Map(this.ctx.caches.queues.list()
-      .filter((q) => !this.released.has(q.metadata.uid ?? ""))
-      .map((q) => [keyOf(q), q.metadata.uid ?? ""]));
+    const wanted = new Map(
+      this.ctx.caches.queues
+        .list()
+        .filter((q) => !this.released.has(q.metadata.uid ?? ""))
+        .map((q) => [keyOf(q), q.metadata.uid ?? ""]),
+    );
     for (const [key, source] of this.sources) {
       if (wanted.get(key) === source.uid) continue;
       // Gone without its finalizer (or deleted and made anew under the same name): its own stack goes.
@@ -58,7 +61,8 @@ export class JobSources implements QueueBuildkiteSide {
     this.released.add(queue.metadata.uid ?? "");
     let source = this.sources.get(key);
     if (source !== undefined && source.uid === queue.metadata.uid) this.sources.delete(key);
-    else source = new QueueJobSource(key, queue.metadata.uid ?? "", this.ctx, this.tokens, this.settings, this.onChange);
+    else
+      source = new QueueJobSource(key, queue.metadata.uid ?? "", this.ctx, this.tokens, this.settings, this.onChange);
     const problem = await source.release(queue);
     this.tokens.forget(queue);
     return problem;

@@ -16,9 +16,15 @@ function stack(answer: { refuse?: boolean; withhold?: string[] }) {
     client: {
       issueJobTokens: (_key: string, uuids: string[]) => {
         calls.push(uuids);
-        if (answer.refuse === true) return Promise.reject(new BuildkiteApiError({ endpoint: "job-acquisition-tokens", status: 404, serverMessage: "Not Found" }));
+        if (answer.refuse === true)
+          return Promise.reject(
+            new BuildkiteApiError({ endpoint: "job-acquisition-tokens", status: 404, serverMessage: "Not Found" }),
+          );
         const issued = uuids.filter((u) => !(answer.withhold ?? []).includes(u));
-        return Promise.resolve({ tokens: new Map(issued.map((u) => [u, { token: `bkjat_${u}`, expiresAt: "" }])), notIssued: uuids.filter((u) => !issued.includes(u)) });
+        return Promise.resolve({
+          tokens: new Map(issued.map((u) => [u, { token: `bkjat_${u}`, expiresAt: "" }])),
+          notIssued: uuids.filter((u) => !issued.includes(u)),
+        });
       },
     },
   };
@@ -29,7 +35,9 @@ describe("JobTokens", () => {
     const clock = new FakeClock();
     const conditions: ConditionUpdate[] = [];
     // Only `store` writes to Kubernetes; these tests never reach it.
-    const tokens = new JobTokens({ clock, clients: {} as KubeClients }, 60_000, (c) => { conditions.push(c); });
+    const tokens = new JobTokens({ clock, clients: {} as KubeClients }, 60_000, (c) => {
+      conditions.push(c);
+    });
     return { clock, conditions, tokens, queue: queueFixture({ jobTokens }) };
   };
 
@@ -55,9 +63,15 @@ describe("JobTokens", () => {
     expect(await tokens.modeFor(queue, stack({}), "b"), "Required and refused: take nothing").to.equal("none");
 
     const preferred = setup("Preferred");
-    expect(await preferred.tokens.modeFor(preferred.queue, stack({ withhold: ["odd"] }), "odd"), "Preferred, one job not issued").to.equal("job");
+    expect(
+      await preferred.tokens.modeFor(preferred.queue, stack({ withhold: ["odd"] }), "odd"),
+      "Preferred, one job not issued",
+    ).to.equal("job");
     const fallback = setup("Preferred");
-    expect(await fallback.tokens.modeFor(fallback.queue, stack({ refuse: true }), "c"), "Preferred, refused for the queue").to.equal("agent");
+    expect(
+      await fallback.tokens.modeFor(fallback.queue, stack({ refuse: true }), "c"),
+      "Preferred, refused for the queue",
+    ).to.equal("agent");
     expect(fallback.conditions.at(-1)).to.include({ reason: "FallbackToAgentToken" });
     const disabled = setup("Disabled");
     expect(await disabled.tokens.modeFor(disabled.queue, stack({}), "d")).to.equal("agent");

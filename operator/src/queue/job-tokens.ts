@@ -67,7 +67,15 @@ export class JobTokens {
   async modeFor(queue: BuildkiteQueue, conn: Stack, candidate: string): Promise<"job" | "agent" | "none"> {
     const mode = queue.spec.jobTokens;
     if (mode === "Disabled") {
-      this.setCondition({ type: "JobTokens", status: "False", reason: "Disabled", message: "spec.jobTokens is Disabled: job pods get the queue's cluster agent token (an explicit opt-in)." }, queue);
+      this.setCondition(
+        {
+          type: "JobTokens",
+          status: "False",
+          reason: "Disabled",
+          message: "spec.jobTokens is Disabled: job pods get the queue's cluster agent token (an explicit opt-in).",
+        },
+        queue,
+      );
       return "agent";
     }
     if (this.work) return "job";
@@ -92,7 +100,15 @@ export class JobTokens {
     try {
       const issued = await conn.client.issueJobTokens(conn.key, uuids, JOB_TOKEN_LIFETIME_SECONDS);
       this.work = true;
-      this.setCondition({ type: "JobTokens", status: "True", reason: "Issued", message: "Each job pod gets a job acquisition token that can acquire its one job only." }, queue);
+      this.setCondition(
+        {
+          type: "JobTokens",
+          status: "True",
+          reason: "Issued",
+          message: "Each job pod gets a job acquisition token that can acquire its one job only.",
+        },
+        queue,
+      );
       return new Map([...issued.tokens].map(([uuid, t]) => [uuid, t.token]));
     } catch (err) {
       if (!(err instanceof BuildkiteApiError) || err.retryable) throw err;
@@ -108,9 +124,25 @@ export class JobTokens {
     const retryMs = preferred ? JOB_TOKEN_RETRY_MS : this.probeMs;
     this.refusedUntilMs = this.ctx.clock.nowMs() + retryMs;
     const minutes = Math.round(retryMs / 60_000);
-    const again = retryMs >= 60_000 ? `${String(minutes)} minute${minutes === 1 ? "" : "s"}` : `${String(Math.round(retryMs / 1000))} s`;
-    this.setCondition(preferred
-      ? { type: "JobTokens", status: "False", reason: "FallbackToAgentToken", message: `Buildkite did not issue job acquisition tokens (${err.message}); as spec.jobTokens is Preferred, job pods get the queue's cluster agent token instead. Asking again in ${again}.` }
-      : { type: "JobTokens", status: "False", reason: "JobTokensRefused", message: `Buildkite did not issue job acquisition tokens (${err.message}), so no job is reserved: spec.jobTokens is Required. Asking again in ${again}. Check that the agent token may issue job tokens; spec.jobTokens: Preferred would let pods use the cluster agent token instead.` }, queue);
+    const again =
+      retryMs >= 60_000
+        ? `${String(minutes)} minute${minutes === 1 ? "" : "s"}`
+        : `${String(Math.round(retryMs / 1000))} s`;
+    this.setCondition(
+      preferred
+        ? {
+            type: "JobTokens",
+            status: "False",
+            reason: "FallbackToAgentToken",
+            message: `Buildkite did not issue job acquisition tokens (${err.message}); as spec.jobTokens is Preferred, job pods get the queue's cluster agent token instead. Asking again in ${again}.`,
+          }
+        : {
+            type: "JobTokens",
+            status: "False",
+            reason: "JobTokensRefused",
+            message: `Buildkite did not issue job acquisition tokens (${err.message}), so no job is reserved: spec.jobTokens is Required. Asking again in ${again}. Check that the agent token may issue job tokens; spec.jobTokens: Preferred would let pods use the cluster agent token instead.`,
+          },
+      queue,
+    );
   }
 }

@@ -4,19 +4,24 @@ import type { BuildkiteQueue } from "../api/generated/buildkite-queue.js";
 import { ANNOTATIONS } from "../api/keys.js";
 import { jobResourceName, jobTokenSecretName } from "../api/names.js";
 import { concurrency } from "../api/shapes.js";
-import { BuildkiteApiError } from "../buildkite/errors.js";
 import type { NotificationBatcher } from "../buildkite/notifier.js";
 import type { StacksClient } from "../buildkite/stacks-client.js";
 import type { JobState } from "../buildkite/types.js";
 import { faultPoint } from "../fault-points.js";
 import { isTerminal } from "../job/phase.js";
-import { reportAnnotation } from "../job/plan.js";
 import type { ControllerContext } from "../kube/controller.js";
 import { apiMessage, createRefusal, isAlreadyExists, isNotFound } from "../kube/field-manager.js";
 import { annotate, deleteCustomObject } from "../kube/resources.js";
 import { NotLeaderError } from "../kube/write-guard.js";
 import {
-  afterReserve, chooseReservations, dispatchRoom, finishDetail, jobResourceFor, recentlyEnded, reportsDue, reservationsToExtend, stranded, takenBack, timelineNotes,
+  afterReserve,
+  chooseReservations,
+  dispatchRoom,
+  jobResourceFor,
+  recentlyEnded,
+  reservationsToExtend,
+  stranded,
+  takenBack,
   type JobTokenChoice,
 } from "./dispatch.js";
 import type { JobTokens } from "./job-tokens.js";
@@ -63,7 +68,8 @@ export interface Scope {
 /** Kubernetes writes in flight at once per queue when a poll takes many jobs. */
 const CREATE_CONCURRENCY = 16;
 /** `namespace/name` of a queue: its key among the expectations. */
-const queueKeyOf = (queue: BuildkiteQueue): string => `${queue.metadata.namespace ?? ""}/${queue.metadata.name ?? ""}`;
+export const queueKeyOf = (queue: BuildkiteQueue): string =>
+  `${queue.metadata.namespace ?? ""}/${queue.metadata.name ?? ""}`;
 
 /**
  * Takes jobs: lists scheduled jobs, chooses as many as there are free slots (highest priority first), records each as
@@ -73,20 +79,42 @@ const queueKeyOf = (queue: BuildkiteQueue): string => `${queue.metadata.namespac
  */
 export async function dispatch(s: Scope): Promise<void> {
   const { ctx, queue, conn, jobs, memory } = s;
-  const listed = await conn.client.scheduledJobs(conn.key, conn.queueKey).catch((err: unknown) => { throw dispatchError(err, "list scheduled jobs"); });
+  const listed = await conn.client.scheduledJobs(conn.key, conn.queueKey).catch((err: unknown) => {
+    throw dispatchError(err, "list scheduled jobs");
+  });
   const paused = queue.spec.paused ? "spec" : listed.paused ? "buildkite" : undefined;
   // A job just created takes room (through the expectations) until the cache shows it.
   const room = dispatchRoom(queue, ctx.caches, ctx.expectations);
-  const decision = chooseReservations({ scheduled: listed.jobs, ...room, limits: queue.spec, paused: paused !== undefined });
-  s.setCondition(paused === undefined
-    ? { type: "Dispatching", status: "True", reason: "Dispatching", message: `Taking up to ${concurrency(queue.spec)} jobs at once from Buildkite queue ${conn.queueKey}.` }
-    : { type: "Dispatching", status: "False", reason: paused === "spec" ? "PausedInSpec" : "PausedInBuildkite",
-      message: paused === "spec" ? "spec.paused is true: no new jobs are taken; set it to false to resume." : `Queue ${conn.queueKey} is paused in Buildkite: no new jobs are taken until it is resumed there.` });
+  const decision = chooseReservations({
+    scheduled: listed.jobs,
+    ...room,
+    limits: queue.spec,
+    paused: paused !== undefined,
+  });
+  s.setCondition(
+    paused === undefined
+      ? {
+          type: "Dispatching",
+          status: "True",
+          reason: "Dispatching",
+          message: `Taking up to ${concurrency(queue.spec)} jobs at once from Buildkite queue ${conn.queueKey}.`,
+        }
+      : {
+          type: "Dispatching",
+          status: "False",
+          reason: paused === "spec" ? "PausedInSpec" : "PausedInBuildkite",
+          message:
+            paused === "spec"
+              ? "spec.paused is true: no new jobs are taken; set it to false to resume."
+              : `Queue ${conn.queueKey} is paused in Buildkite: no new jobs are taken until it is resumed there.`,
+        },
+  );
   // A job reserved and then not run hides from every other stack for the whole reservation: with job tokens
   // Required, nothing is taken until Buildkite is known to issue them.
   const mode = decision.take.length > 0 ? await s.tokens.modeFor(queue, conn, decision.take[0]?.id ?? "") : "none";
   const take = mode === "none" ? [] : decision.take;
-  const choice = (uuid: string): JobTokenChoice => mode === "job" ? { tokenSecret: jobTokenSecretName(uuid) } : { pending: true };
+  const choice = (uuid: string): JobTokenChoice =>
+    mode === "job" ? { tokenSecret: jobTokenSecretName(uuid) } : { pending: true };
   // Created side by side (every job taken has a free slot; one by one, a burst would wait on as many round trips),
   // reserved in one call in the order they should start.
   const made = new Map<string, BuildkiteJob>();
@@ -110,19 +138,37 @@ export async function dispatch(s: Scope): Promise<void> {
  * this stack have them: they were never ours) and `held` ones (reservations to take again or extend). Reserved jobs
  * get their job tokens, or lose the pending mark that keeps a cluster-token pod from starting.
  */
-async function reserveAndRelease(s: Scope, fresh: readonly BuildkiteJob[], held: readonly BuildkiteJob[]): Promise<void> {
+async function reserveAndRelease(
+  s: Scope,
+  fresh: readonly BuildkiteJob[],
+  held: readonly BuildkiteJob[],
+): Promise<void> {
   const { ctx, conn, memory } = s;
   const all = [...fresh, ...held];
   // Checked right before: a reservation is not a Kubernetes write, so the central guard does not see it.
-  if (ctx.mayAct?.() === false) throw new NotLeaderError("This replica may not act (it is not the leader, or its lease may have lapsed): no job is reserved in Buildkite.");
-  const result = await conn.client.reserve(conn.key, all.map((j) => j.spec.uuid), s.reservationExpirySeconds)
-    .catch((err: unknown) => { throw dispatchError(err, "reserve jobs"); });
+  if (ctx.mayAct?.() === false)
+    throw new NotLeaderError(
+      "This replica may not act (it is not the leader, or its lease may have lapsed): no job is reserved in Buildkite.",
+    );
+  const result = await conn.client
+    .reserve(
+      conn.key,
+      all.map((j) => j.spec.uuid),
+      s.reservationExpirySeconds,
+    )
+    .catch((err: unknown) => {
+      throw dispatchError(err, "reserve jobs");
+    });
   faultPoint("after-reserve");
   for (const uuid of result.reserved) memory.lastReservedMs.set(uuid, ctx.clock.nowMs());
   const outcome = afterReserve(fresh, held, new Set(result.reserved));
-  await eachLimited(outcome.discard, CREATE_CONCURRENCY, async (job) => { await discard(s, job); });
+  await eachLimited(outcome.discard, CREATE_CONCURRENCY, async (job) => {
+    await discard(s, job);
+  });
   await eachLimited(outcome.release, CREATE_CONCURRENCY, async (job) => {
-    await annotate(ctx.clients, BUILDKITE_JOB, job.metadata.namespace ?? "", job.metadata.name ?? "", { [ANNOTATIONS.reservation]: null }).catch(ignoreNotFound);
+    await annotate(ctx.clients, BUILDKITE_JOB, job.metadata.namespace ?? "", job.metadata.name ?? "", {
+      [ANNOTATIONS.reservation]: null,
+    }).catch(ignoreNotFound);
   });
   await issueTokens(s, outcome.issue);
 }
@@ -130,8 +176,14 @@ async function reserveAndRelease(s: Scope, fresh: readonly BuildkiteJob[], held:
 /** Asks for the job tokens of `jobs` and writes them; a job Buildkite did not issue one for is asked for again later. */
 async function issueTokens(s: Scope, jobs: readonly BuildkiteJob[]): Promise<void> {
   if (jobs.length === 0) return;
-  const issued = await s.tokens.issue(s.queue, s.conn, jobs.map((j) => j.spec.uuid));
-  await eachLimited(jobs, CREATE_CONCURRENCY, async (job) => { await s.tokens.store(job, issued.get(job.spec.uuid)); });
+  const issued = await s.tokens.issue(
+    s.queue,
+    s.conn,
+    jobs.map((j) => j.spec.uuid),
+  );
+  await eachLimited(jobs, CREATE_CONCURRENCY, async (job) => {
+    await s.tokens.store(job, issued.get(job.spec.uuid));
+  });
 }
 
 /** A job Buildkite did not let this stack reserve (another stack has it, or it is gone): its record goes. */
@@ -139,7 +191,10 @@ async function discard(s: Scope, job: BuildkiteJob): Promise<void> {
   const name = job.metadata.name ?? "";
   s.ctx.expectations.forget(`${job.metadata.namespace ?? ""}/${name}`);
   await deleteCustomObject(s.ctx.clients, BUILDKITE_JOB, job.metadata.namespace ?? "", name);
-  s.ctx.logger.info("Deleted a job Buildkite did not let this stack reserve", { namespace: job.metadata.namespace, job: name });
+  s.ctx.logger.info("Deleted a job Buildkite did not let this stack reserve", {
+    namespace: job.metadata.namespace,
+    job: name,
+  });
 }
 
 /** Creates the BuildkiteJob; returns it as created, or undefined when it already existed or was refused. */
@@ -149,12 +204,26 @@ async function createJob(s: Scope, body: BuildkiteJob): Promise<BuildkiteJob | u
   const namespace = body.metadata.namespace ?? "";
   const name = body.metadata.name ?? "";
   try {
-    const created = await ctx.clients.custom.createNamespacedCustomObject({ group, version, plural, namespace, body }) as BuildkiteJob;
+    const created = (await ctx.clients.custom.createNamespacedCustomObject({
+      group,
+      version,
+      plural,
+      namespace,
+      body,
+    })) as BuildkiteJob;
     ctx.expectations.created(queueKeyOf(queue), `${namespace}/${name}`);
     s.memory.notified.set(body.spec.uuid, new Set());
     ctx.metrics.jobDispatched(`${namespace}/${queue.metadata.name ?? ""}`, queue.spec.instanceShape);
-    conn.notifier.add(body.spec.uuid, `Reserved by Kubernetes queue ${namespace}/${queue.metadata.name ?? ""}; starting a ${queue.spec.instanceShape} pod.`);
-    ctx.logger.info("Took job from Buildkite", { namespace, queue: queue.metadata.name, job: name, priority: body.spec.priority });
+    conn.notifier.add(
+      body.spec.uuid,
+      `Reserved by Kubernetes queue ${namespace}/${queue.metadata.name ?? ""}; starting a ${queue.spec.instanceShape} pod.`,
+    );
+    ctx.logger.info("Took job from Buildkite", {
+      namespace,
+      queue: queue.metadata.name,
+      job: name,
+      priority: body.spec.priority,
+    });
     return created;
   } catch (err) {
     // An earlier cycle whose answer was lost already made it: same job, same name; the next listing reclaims it.
@@ -181,11 +250,27 @@ export async function maintain(s: Scope): Promise<void> {
   const ours = jobs.filter((j) => j.metadata.annotations?.[ANNOTATIONS.stack] === conn.key);
   const live = new Set(ours.filter((j) => !isTerminal(j.status?.phase)).map((j) => j.spec.uuid));
   for (const uuid of memory.lastReservedMs.keys()) if (!live.has(uuid)) memory.lastReservedMs.delete(uuid);
-  const due = new Set(reservationsToExtend(ours, memory.lastReservedMs, ctx.clock.nowMs(), s.reservationExpirySeconds, memory.lastStates)
-    .filter((uuid) => !memory.reserving.has(uuid)));
-  if (due.size > 0) await reserveAndRelease(s, [], ours.filter((j) => due.has(j.spec.uuid)));
-  const young = (uuid: string): boolean => ctx.expectations.has(queueKeyOf(s.queue), `${s.queue.metadata.namespace ?? ""}/${jobResourceName(uuid)}`);
-  await issueTokens(s, s.tokens.awaiting(jobs, young).filter((j) => !due.has(j.spec.uuid)));
+  const due = new Set(
+    reservationsToExtend(
+      ours,
+      memory.lastReservedMs,
+      ctx.clock.nowMs(),
+      s.reservationExpirySeconds,
+      memory.lastStates,
+    ).filter((uuid) => !memory.reserving.has(uuid)),
+  );
+  if (due.size > 0)
+    await reserveAndRelease(
+      s,
+      [],
+      ours.filter((j) => due.has(j.spec.uuid)),
+    );
+  const young = (uuid: string): boolean =>
+    ctx.expectations.has(queueKeyOf(s.queue), `${s.queue.metadata.namespace ?? ""}/${jobResourceName(uuid)}`);
+  await issueTokens(
+    s,
+    s.tokens.awaiting(jobs, young).filter((j) => !due.has(j.spec.uuid)),
+  );
 }
 
 /** Asks Buildkite for the state of every unfinished job and marks those it took back (canceled, expired, …). */
@@ -195,69 +280,24 @@ export async function checkStates(s: Scope): Promise<void> {
   const unfinished = ours.filter((j) => !isTerminal(j.status?.phase));
   const ended = recentlyEnded(ours, ctx.clock.nowMs());
   if (unfinished.length === 0 && ended.length === 0) return;
-  const states = await conn.client.getStates(conn.key, [...unfinished, ...ended].map((j) => j.spec.uuid)).catch((err: unknown) => { throw dispatchError(err, "check job states"); });
+  const states = await conn.client
+    .getStates(
+      conn.key,
+      [...unfinished, ...ended].map((j) => j.spec.uuid),
+    )
+    .catch((err: unknown) => {
+      throw dispatchError(err, "check job states");
+    });
   s.memory.lastStates = states;
   for (const mark of [...takenBack(unfinished, states), ...stranded(ended, states)]) {
     const namespace = s.queue.metadata.namespace ?? "";
-    await annotate(ctx.clients, BUILDKITE_JOB, namespace, mark.name, { [ANNOTATIONS.buildkiteState]: mark.state }).catch(ignoreNotFound);
+    await annotate(ctx.clients, BUILDKITE_JOB, namespace, mark.name, {
+      [ANNOTATIONS.buildkiteState]: mark.state,
+    }).catch(ignoreNotFound);
     ctx.logger.info("Marked a job with its Buildkite state", { namespace, job: mark.name, state: mark.state });
   }
 }
 
-/**
- * Tells Buildkite (`finish`, exit -1, with the reason) about each job that could not run, so it does not sit reserved
- * until it lapses and runs nowhere, and records the answer on the job. A retried `finish` whose first attempt went
- * through comes back "already finished": Buildkite showing the job finished counts as reported.
- */
-export async function report(s: Scope): Promise<void> {
-  const { ctx, conn } = s;
-  for (const job of reportsDue(s.jobs, conn.key)) {
-    if (ctx.mayAct?.() === false) throw new NotLeaderError("This replica may not act (it is not the leader, or its lease may have lapsed): no job is finished in Buildkite.");
-    let outcome: string;
-    try {
-      await conn.client.finish(conn.key, job.spec.uuid, finishDetail(job));
-      outcome = reportAnnotation("Finished", "Buildkite was told the job could not run, with the reason above.");
-      ctx.logger.info("Told Buildkite a job could not run", { namespace: job.metadata.namespace, job: job.metadata.name, reason: job.status?.reason });
-    } catch (err) {
-      if (!(err instanceof BuildkiteApiError) || err.retryable || err.status === 404 || err.status === 401) throw dispatchError(err, "finish a job that could not run");
-      const state = (await conn.client.getStates(conn.key, [job.spec.uuid])).get(job.spec.uuid);
-      outcome = state === "finished"
-        ? reportAnnotation("Finished", "Buildkite shows the job finished; it was not run here.")
-        : reportAnnotation("FinishRefused", `Buildkite refused to finish the job: ${err.message}`);
-    }
-    await annotate(ctx.clients, BUILDKITE_JOB, job.metadata.namespace ?? "", job.metadata.name ?? "", { [ANNOTATIONS.reported]: outcome }).catch(ignoreNotFound);
-  }
-}
-
-/**
- * Sends each job's timeline notes once. A job this process did not create (it was running before a restart) starts
- * from the notes its state already calls for, so a restart repeats nothing on the timeline.
- */
-export function notifyTimeline(s: Scope): void {
-  const { conn, jobs, memory } = s;
-  const live = new Set<string>();
-  for (const job of jobs) {
-    if (job.metadata.annotations?.[ANNOTATIONS.stack] !== conn.key || isTerminal(job.status?.phase)) continue;
-    const uuid = job.spec.uuid;
-    live.add(uuid);
-    const notes = timelineNotes(job, s.queue);
-    const sent = memory.notified.get(uuid);
-    if (sent === undefined) {
-      memory.notified.set(uuid, new Set(notes.map((n) => n.fact)));
-      continue;
-    }
-    for (const note of notes) {
-      if (sent.has(note.fact)) continue;
-      sent.add(note.fact);
-      conn.notifier.add(uuid, note.text);
-    }
-  }
-  const namespace = s.queue.metadata.namespace ?? "";
-  for (const uuid of memory.notified.keys()) {
-    if (!live.has(uuid) && !s.ctx.expectations.has(queueKeyOf(s.queue), `${namespace}/${jobResourceName(uuid)}`)) memory.notified.delete(uuid);
-  }
-}
-
-function ignoreNotFound(err: unknown): void {
+export function ignoreNotFound(err: unknown): void {
   if (!isNotFound(err)) throw err;
 }

@@ -11,7 +11,11 @@ import type { KubeClients } from "../kube/resources.js";
 
 /** A failure with the condition reason and message a person reads on the queue. */
 export class SourceError extends Error {
-  constructor(readonly reason: string, message: string, readonly phase: "Registered" | "Dispatching") {
+  constructor(
+    readonly reason: string,
+    message: string,
+    readonly phase: "Registered" | "Dispatching",
+  ) {
     super(message);
   }
 }
@@ -22,9 +26,23 @@ export async function writeTokenSecret(clients: KubeClients, job: BuildkiteJob, 
   const name = jobTokenSecretName(job.spec.uuid);
   const body: V1Secret = {
     metadata: {
-      name, namespace,
-      labels: { [LABELS.managedBy]: MANAGED_BY, [LABELS.queue]: job.spec.queueRef.name, [LABELS.jobUuid]: job.spec.uuid.toLowerCase() },
-      ownerReferences: [{ apiVersion: job.apiVersion, kind: job.kind, name: job.metadata.name ?? "", uid: job.metadata.uid ?? "", controller: true, blockOwnerDeletion: false }],
+      name,
+      namespace,
+      labels: {
+        [LABELS.managedBy]: MANAGED_BY,
+        [LABELS.queue]: job.spec.queueRef.name,
+        [LABELS.jobUuid]: job.spec.uuid.toLowerCase(),
+      },
+      ownerReferences: [
+        {
+          apiVersion: job.apiVersion,
+          kind: job.kind,
+          name: job.metadata.name ?? "",
+          uid: job.metadata.uid ?? "",
+          controller: true,
+          blockOwnerDeletion: false,
+        },
+      ],
     },
     type: "Opaque",
     stringData: { token },
@@ -37,7 +55,6 @@ export async function writeTokenSecret(clients: KubeClients, job: BuildkiteJob, 
   }
 }
 
-
 /** Turns a failed token check or registration into what to fix. */
 export function registrationError(err: unknown, queue: BuildkiteQueue): unknown {
   if (!(err instanceof BuildkiteApiError)) return err;
@@ -45,23 +62,58 @@ export function registrationError(err: unknown, queue: BuildkiteQueue): unknown 
   const server = err.serverMessage ? ` (Buildkite: ${err.serverMessage})` : "";
   switch (err.status) {
     case 401:
-      return new SourceError("AgentTokenRejected", `Buildkite rejected the agent token in Secret ${secret}${server}; put a valid cluster agent token (bkct_…) in it.`, "Registered");
+      return new SourceError(
+        "AgentTokenRejected",
+        `Buildkite rejected the agent token in Secret ${secret}${server}; put a valid cluster agent token (bkct_…) in it.`,
+        "Registered",
+      );
     case 403:
-      return new SourceError("Forbidden", `Buildkite refused to register the stack${server}; the organisation may be at its stack limit, or the token lacks a permission.`, "Registered");
+      return new SourceError(
+        "Forbidden",
+        `Buildkite refused to register the stack${server}; the organisation may be at its stack limit, or the token lacks a permission.`,
+        "Registered",
+      );
     case 404:
-      return new SourceError("QueueNotFound", `Buildkite does not know queue ${queue.spec.queue} in the token's cluster${server}; create it there or fix spec.queue.`, "Registered");
+      return new SourceError(
+        "QueueNotFound",
+        `Buildkite does not know queue ${queue.spec.queue} in the token's cluster${server}; create it there or fix spec.queue.`,
+        "Registered",
+      );
     default:
-      return new SourceError(err.status === undefined || err.retryable ? "BuildkiteUnavailable" : "Rejected", `${err.message}; check spec.endpoint (${queue.spec.endpoint}).`, "Registered");
+      return new SourceError(
+        err.status === undefined || err.retryable ? "BuildkiteUnavailable" : "Rejected",
+        `${err.message}; check spec.endpoint (${queue.spec.endpoint}).`,
+        "Registered",
+      );
   }
 }
 
 export function dispatchError(err: unknown, what: string): unknown {
   if (!(err instanceof BuildkiteApiError)) return err;
-  if (err.status === 401) return new SourceError("AgentTokenRejected", `Buildkite rejected the agent token while trying to ${what}: ${err.message}.`, "Registered");
+  if (err.status === 401)
+    return new SourceError(
+      "AgentTokenRejected",
+      `Buildkite rejected the agent token while trying to ${what}: ${err.message}.`,
+      "Registered",
+    );
   // The stack is gone (deregistered elsewhere, or Buildkite lost it): register again instead of asking it forever.
-  if (err.status === 404) return new SourceError("StackNotFound", `Buildkite no longer knows the stack while trying to ${what}: ${err.message}; registering it again.`, "Registered");
-  if (err.status === 429) return new SourceError("RateLimited", `Buildkite kept rate-limiting requests to ${what}: ${err.message}.`, "Dispatching");
-  return new SourceError(err.retryable ? "BuildkiteUnavailable" : "Rejected", `Could not ${what}: ${err.message}.`, "Dispatching");
+  if (err.status === 404)
+    return new SourceError(
+      "StackNotFound",
+      `Buildkite no longer knows the stack while trying to ${what}: ${err.message}; registering it again.`,
+      "Registered",
+    );
+  if (err.status === 429)
+    return new SourceError(
+      "RateLimited",
+      `Buildkite kept rate-limiting requests to ${what}: ${err.message}.`,
+      "Dispatching",
+    );
+  return new SourceError(
+    err.retryable ? "BuildkiteUnavailable" : "Rejected",
+    `Could not ${what}: ${err.message}.`,
+    "Dispatching",
+  );
 }
 
 export function errorText(err: unknown): string {
@@ -69,7 +121,11 @@ export function errorText(err: unknown): string {
 }
 
 /** Runs `fn` over `items` with at most `limit` calls in flight, started in order; rejects with the first failure. */
-export async function eachLimited<T>(items: readonly T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
+export async function eachLimited<T>(
+  items: readonly T[],
+  limit: number,
+  fn: (item: T) => Promise<void>,
+): Promise<void> {
   let next = 0;
   const worker = async (): Promise<void> => {
     while (next < items.length) {

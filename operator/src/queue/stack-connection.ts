@@ -41,13 +41,25 @@ export const DEFAULT_JOB_SOURCE_SETTINGS: Omit<JobSourceSettings, "clusterId"> =
 
 /** The Stacks API key of a queue's stack in this cluster (its uid included: a queue made anew gets a new stack). */
 export const queueStackKey = (queue: BuildkiteQueue, settings: Pick<JobSourceSettings, "clusterId">): string =>
-  stackKey({ clusterId: settings.clusterId, namespace: queue.metadata.namespace ?? "", queue: queue.metadata.name ?? "", uid: queue.metadata.uid ?? "" });
+  stackKey({
+    clusterId: settings.clusterId,
+    namespace: queue.metadata.namespace ?? "",
+    queue: queue.metadata.name ?? "",
+    uid: queue.metadata.uid ?? "",
+  });
 
 /** A Stacks API client for a queue's endpoint and token, reporting its requests as the settings say. */
-export function stacksClientFor(queue: BuildkiteQueue, token: string, ctx: Pick<ControllerContext, "clock" | "logger">,
-  settings: Pick<JobSourceSettings, "maxAttempts" | "onRequest">): StacksClient {
+export function stacksClientFor(
+  queue: BuildkiteQueue,
+  token: string,
+  ctx: Pick<ControllerContext, "clock" | "logger">,
+  settings: Pick<JobSourceSettings, "maxAttempts" | "onRequest">,
+): StacksClient {
   return new StacksClient({
-    endpoint: queue.spec.endpoint, token, clock: ctx.clock, logger: ctx.logger,
+    endpoint: queue.spec.endpoint,
+    token,
+    clock: ctx.clock,
+    logger: ctx.logger,
     ...(settings.maxAttempts !== undefined ? { maxAttempts: settings.maxAttempts } : {}),
     ...(settings.onRequest ? { onRequest: settings.onRequest } : {}),
   });
@@ -55,28 +67,48 @@ export function stacksClientFor(queue: BuildkiteQueue, token: string, ctx: Pick<
 
 /** What a connection is good for: the same endpoint, queue and token. */
 export const fingerprintOf = (queue: BuildkiteQueue, token: string): string =>
-  createHash("sha256").update(JSON.stringify([queue.spec.endpoint, queue.spec.queue, token])).digest("hex");
+  createHash("sha256")
+    .update(JSON.stringify([queue.spec.endpoint, queue.spec.queue, token]))
+    .digest("hex");
 
 /**
  * Checks that the token is a cluster agent token and registers the queue's stack (idempotent): the connection every
  * duty of the job source uses, and the Registered condition to show.
  */
-export async function register(queue: BuildkiteQueue, token: string, ctx: Pick<ControllerContext, "clock" | "logger">,
-  settings: JobSourceSettings): Promise<{ connection: Connection; condition: ConditionUpdate }> {
+export async function register(
+  queue: BuildkiteQueue,
+  token: string,
+  ctx: Pick<ControllerContext, "clock" | "logger">,
+  settings: JobSourceSettings,
+): Promise<{ connection: Connection; condition: ConditionUpdate }> {
   const client = stacksClientFor(queue, token, ctx, settings);
   const key = queueStackKey(queue, settings);
-  const identity = await client.identity().catch((err: unknown) => { throw registrationError(err, queue); });
+  const identity = await client.identity().catch((err: unknown) => {
+    throw registrationError(err, queue);
+  });
   if (!identity.cluster_uuid) {
-    throw new SourceError("UnclusteredToken", `The token in Secret ${queue.spec.agentTokenSecretRef.name} is not a cluster agent token; the Stacks API needs one (bkct_…) from the cluster that holds queue ${queue.spec.queue}.`, "Registered");
+    throw new SourceError(
+      "UnclusteredToken",
+      `The token in Secret ${queue.spec.agentTokenSecretRef.name} is not a cluster agent token; the Stacks API needs one (bkct_…) from the cluster that holds queue ${queue.spec.queue}.`,
+      "Registered",
+    );
   }
-  const stack = await client.register(key, queue.spec.queue, {
-    namespace: queue.metadata.namespace ?? "", queue: queue.metadata.name ?? "", shape: queue.spec.instanceShape,
-  }).catch((err: unknown) => { throw registrationError(err, queue); });
+  const stack = await client
+    .register(key, queue.spec.queue, {
+      namespace: queue.metadata.namespace ?? "",
+      queue: queue.metadata.name ?? "",
+      shape: queue.spec.instanceShape,
+    })
+    .catch((err: unknown) => {
+      throw registrationError(err, queue);
+    });
   const notifier = new NotificationBatcher({ client, stackKey: key, clock: ctx.clock, logger: ctx.logger });
   return {
     connection: { fingerprint: fingerprintOf(queue, token), client, notifier, key, queueKey: stack.cluster_queue_key },
     condition: {
-      type: "Registered", status: "True", reason: "Registered",
+      type: "Registered",
+      status: "True",
+      reason: "Registered",
       message: `Registered as Buildkite stack ${key} for queue ${stack.cluster_queue_key} of cluster ${identity.cluster_name ?? identity.cluster_uuid}.`,
     },
   };

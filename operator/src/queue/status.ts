@@ -39,18 +39,35 @@ export function planQueueStatus(obs: QueueObservation, now: Date): BuildkiteQueu
   if (obs.endpointRefused !== undefined) {
     ready = { type: "Ready", status: "False", reason: "EndpointNotAllowed", message: obs.endpointRefused };
   } else if (obs.secret === "missing") {
-    ready = { type: "Ready", status: "False", reason: "AgentTokenSecretMissing",
-      message: `Secret ${ref.name} not found in namespace ${ns}; create it: kubectl create secret generic ${ref.name} -n ${ns} --from-literal=${ref.key}=<agent token> && kubectl label secret ${ref.name} -n ${ns} ${LABELS.agentToken}=true` };
+    ready = {
+      type: "Ready",
+      status: "False",
+      reason: "AgentTokenSecretMissing",
+      message: `Secret ${ref.name} not found in namespace ${ns}; create it: kubectl create secret generic ${ref.name} -n ${ns} --from-literal=${ref.key}=<agent token> && kubectl label secret ${ref.name} -n ${ns} ${LABELS.agentToken}=true`,
+    };
   } else if (obs.secret === "notMarked") {
     ready = { type: "Ready", status: "False", reason: "AgentTokenSecretNotMarked", message: notMarkedMessage(queue) };
   } else if (obs.secret === "missingKey") {
-    ready = { type: "Ready", status: "False", reason: "AgentTokenSecretKeyMissing",
-      message: `Secret ${ref.name} has no key "${ref.key}"; add it or set agentTokenSecretRef.key to the key that holds the token` };
+    ready = {
+      type: "Ready",
+      status: "False",
+      reason: "AgentTokenSecretKeyMissing",
+      message: `Secret ${ref.name} has no key "${ref.key}"; add it or set agentTokenSecretRef.key to the key that holds the token`,
+    };
   } else if (obs.childError) {
-    ready = { type: "Ready", status: "False", reason: "ChildRefused",
-      message: `The API server refused ${obs.childError.kind} ${obs.childError.name}: ${obs.childError.message}` };
+    ready = {
+      type: "Ready",
+      status: "False",
+      reason: "ChildRefused",
+      message: `The API server refused ${obs.childError.kind} ${obs.childError.name}: ${obs.childError.message}`,
+    };
   } else {
-    ready = { type: "Ready", status: "True", reason: "Ready", message: `Jobs run as ${total} concurrent ${queue.spec.instanceShape} pods at most.` };
+    ready = {
+      type: "Ready",
+      status: "True",
+      reason: "Ready",
+      message: `Jobs run as ${total} concurrent ${queue.spec.instanceShape} pods at most.`,
+    };
   }
   return {
     ...queue.status,
@@ -61,6 +78,9 @@ export function planQueueStatus(obs: QueueObservation, now: Date): BuildkiteQueu
     slots: `${obs.activeJobs}/${total}`,
     arch: shapeResources(queue.spec.instanceShape).arch,
     serviceAccountName: serviceAccountName(queue),
-    conditions: [ready, ...(obs.buildkite ?? [])].reduce((list, c) => setCondition(list, c, gen, now), withoutStale(queue, obs.buildkite ?? [])),
+    conditions: [ready, ...(obs.buildkite ?? [])].reduce(
+      (list, c) => setCondition(list, c, gen, now),
+      withoutStale(queue, obs.buildkite ?? []),
+    ),
   };
 }

@@ -1,3 +1,4 @@
+import { controllerRef } from "../kube/resources.js";
 import type { V1Container, V1EnvVar, V1Pod, V1Volume, V1VolumeMount } from "@kubernetes/client-node";
 import { createHash } from "node:crypto";
 import { ANNOTATIONS, LABELS, MANAGED_BY } from "../api/keys.js";
@@ -120,16 +121,7 @@ export function buildPod(queue: BuildkiteQueue, job: BuildkiteJob, slot = 0): V1
         [LABELS.shape]: spec.instanceShape,
       },
       annotations: { ...template.annotations },
-      ownerReferences: [
-        {
-          apiVersion: job.apiVersion,
-          kind: job.kind,
-          name,
-          uid: job.metadata.uid ?? "",
-          controller: true,
-          blockOwnerDeletion: true,
-        },
-      ],
+      ownerReferences: [controllerRef(job, true)],
     },
     spec: {
       restartPolicy: "Never",

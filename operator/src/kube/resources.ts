@@ -1,4 +1,5 @@
 import {
+  type V1OwnerReference,
   PatchStrategy,
   setHeaderOptions,
   type CoreV1Api,
@@ -119,4 +120,22 @@ export const keyOf = (o: KubernetesObject): string => `${o.metadata?.namespace ?
 export function splitKey(key: string): { namespace: string; name: string } {
   const i = key.indexOf("/");
   return { namespace: key.slice(0, i), name: key.slice(i + 1) };
+}
+
+/**
+ * The ownerReference that makes `owner` the controller of an object it creates: the object goes with it (garbage
+ * collection). `blockOwnerDeletion` makes a foreground deletion of the owner wait for the object.
+ */
+export function controllerRef(
+  owner: { apiVersion?: string; kind?: string; metadata: { name?: string; uid?: string } },
+  blockOwnerDeletion: boolean,
+): V1OwnerReference {
+  return {
+    apiVersion: owner.apiVersion ?? "",
+    kind: owner.kind ?? "",
+    name: owner.metadata.name ?? "",
+    uid: owner.metadata.uid ?? "",
+    controller: true,
+    blockOwnerDeletion,
+  };
 }

@@ -1,3 +1,4 @@
+import { controllerRef } from "../kube/resources.js";
 import type {
   V1NetworkPolicy,
   V1NetworkPolicyEgressRule,
@@ -16,14 +17,7 @@ import type { DnsPeer } from "../config/config.js";
 export const METADATA_CIDRS_V4 = ["169.254.169.254/32", "169.254.170.2/32", "169.254.170.23/32"] as const;
 export const METADATA_CIDRS_V6 = ["fd00:ec2::254/128", "fd00:ec2::23/128"] as const;
 
-const owner = (queue: BuildkiteQueue): V1OwnerReference => ({
-  apiVersion: queue.apiVersion,
-  kind: queue.kind,
-  name: queue.metadata.name ?? "",
-  uid: queue.metadata.uid ?? "",
-  controller: true,
-  blockOwnerDeletion: true,
-});
+const owner = (queue: BuildkiteQueue): V1OwnerReference => controllerRef(queue, true);
 
 const labels = (queue: BuildkiteQueue): Record<string, string> => ({
   [LABELS.managedBy]: MANAGED_BY,

@@ -1,3 +1,4 @@
+import { controllerRef } from "../kube/resources.js";
 import type { BuildkiteJob } from "../api/generated/buildkite-job.js";
 import type { BuildkiteQueue } from "../api/generated/buildkite-queue.js";
 import { ANNOTATIONS, LABELS, MANAGED_BY } from "../api/keys.js";
@@ -174,16 +175,7 @@ export function jobResourceFor(
         ...(tokens.tokenSecret !== undefined ? { [ANNOTATIONS.agentTokenSecret]: tokens.tokenSecret } : {}),
         ...(tokens.pending === true ? { [ANNOTATIONS.reservation]: RESERVATION_PENDING } : {}),
       },
-      ownerReferences: [
-        {
-          apiVersion: queue.apiVersion,
-          kind: queue.kind,
-          name: queue.metadata.name ?? "",
-          uid: queue.metadata.uid ?? "",
-          controller: true,
-          blockOwnerDeletion: false,
-        },
-      ],
+      ownerReferences: [controllerRef(queue, false)],
     },
     spec: {
       queueRef: { name: queue.metadata.name ?? "" },

@@ -5,7 +5,7 @@ import { LABELS, MANAGED_BY } from "../api/keys.js";
 import { jobTokenSecretName } from "../api/names.js";
 import { BuildkiteApiError } from "../buildkite/errors.js";
 import { apiMessage, isAlreadyExists } from "../kube/field-manager.js";
-import type { KubeClients } from "../kube/resources.js";
+import { controllerRef, type KubeClients } from "../kube/resources.js";
 
 /** The job source's failures in words for the queue's conditions, and the job token Secret it writes. */
 
@@ -33,16 +33,7 @@ export async function writeTokenSecret(clients: KubeClients, job: BuildkiteJob, 
         [LABELS.queue]: job.spec.queueRef.name,
         [LABELS.jobUuid]: job.spec.uuid.toLowerCase(),
       },
-      ownerReferences: [
-        {
-          apiVersion: job.apiVersion,
-          kind: job.kind,
-          name: job.metadata.name ?? "",
-          uid: job.metadata.uid ?? "",
-          controller: true,
-          blockOwnerDeletion: false,
-        },
-      ],
+      ownerReferences: [controllerRef(job, false)],
     },
     type: "Opaque",
     stringData: { token },

@@ -205,6 +205,9 @@ export class Operator {
       sources?.sync();
       credentials.sync();
     });
+    informers.listeners.jobs.add((job) => {
+      if (operator.acting) sources?.jobChanged(job);
+    });
     if (elector) {
       metrics.setLeader(false);
       logger.info("Waiting for the leader lease", {

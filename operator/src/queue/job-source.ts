@@ -1,4 +1,5 @@
 import type { ConditionUpdate } from "../api/conditions.js";
+import type { BuildkiteJob } from "../api/generated/buildkite-job.js";
 import type { BuildkiteQueue } from "../api/generated/buildkite-queue.js";
 import { BuildkiteApiError } from "../buildkite/errors.js";
 import { backoffDelayMs } from "../kube/backoff.js";
@@ -9,7 +10,7 @@ import type { AgentTokenReader } from "./agent-token.js";
 import { DutySchedule } from "./duty-schedule.js";
 import { JobTokens } from "./job-tokens.js";
 import { checkStates, dispatch, maintain, SourceMemory, type Connection, type Scope } from "./source-duties.js";
-import { notifyTimeline, report } from "./reporting.js";
+import { noteJob, notifyTimeline, report } from "./reporting.js";
 import { errorText, SourceError } from "./source-support.js";
 import { fingerprintOf, queueStackKey, register, stacksClientFor, type JobSourceSettings } from "./stack-connection.js";
 
@@ -83,6 +84,14 @@ export class QueueJobSource {
 
   start(): void {
     this.schedule(0);
+  }
+
+  /** A BuildkiteJob of this queue changed in the cache: its timeline notes go out now, not at the next poll. */
+  jobChanged(job: BuildkiteJob): void {
+    const conn = this.connection;
+    if (!conn || this.ctx.mayAct?.() === false) return;
+    const { namespace, name } = splitKey(this.key);
+    noteJob(conn, this.memory, this.ctx.caches.queues.get(name, namespace), job);
   }
 
   /** Whether the stack is registered now. */

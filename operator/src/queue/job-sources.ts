@@ -1,4 +1,5 @@
 import type { ConditionUpdate } from "../api/conditions.js";
+import type { BuildkiteJob } from "../api/generated/buildkite-job.js";
 import type { BuildkiteQueue } from "../api/generated/buildkite-queue.js";
 import type { ControllerContext } from "../kube/controller.js";
 import { keyOf } from "../kube/resources.js";
@@ -46,6 +47,11 @@ export class JobSources implements QueueBuildkiteSide {
       this.sources.set(key, source);
       source.start();
     }
+  }
+
+  /** A BuildkiteJob changed in the cache: its queue's source sends the timeline notes its state calls for. */
+  jobChanged(job: BuildkiteJob): void {
+    this.sources.get(`${job.metadata.namespace ?? ""}/${job.spec.queueRef.name}`)?.jobChanged(job);
   }
 
   connected(queueKey: string): boolean {

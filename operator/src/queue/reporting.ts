@@ -1,4 +1,4 @@
-import { BUILDKITE_JOB } from "../api/generated/buildkite-job.js";
+import { BUILDKITE_JOB, type BuildkiteJob } from "../api/generated/buildkite-job.js";
 import { ANNOTATIONS } from "../api/keys.js";
 import { jobResourceName } from "../api/names.js";
 import { BuildkiteApiError } from "../buildkite/errors.js";
@@ -55,23 +55,38 @@ export function notifyTimeline(s: Scope): void {
   const live = new Set<string>();
   for (const job of jobs) {
     if (job.metadata.annotations?.[ANNOTATIONS.stack] !== conn.key || isTerminal(job.status?.phase)) continue;
-    const uuid = job.spec.uuid;
-    live.add(uuid);
-    const notes = timelineNotes(job, s.queue);
-    const sent = memory.notified.get(uuid);
-    if (sent === undefined) {
-      memory.notified.set(uuid, new Set(notes.map((n) => n.fact)));
-      continue;
-    }
-    for (const note of notes) {
-      if (sent.has(note.fact)) continue;
-      sent.add(note.fact);
-      conn.notifier.add(uuid, note.text);
-    }
+    live.add(job.spec.uuid);
+    noteJob(conn, memory, s.queue, job);
   }
   const namespace = s.queue.metadata.namespace ?? "";
   for (const uuid of memory.notified.keys()) {
     if (!live.has(uuid) && !s.ctx.expectations.has(queueKeyOf(s.queue), `${namespace}/${jobResourceName(uuid)}`))
       memory.notified.delete(uuid);
+  }
+}
+
+/**
+ * Sends the notes one job's state calls for and that were not sent yet. Called on every change of the job (so a
+ * note goes out as soon as its status records the fact, even when the job ends before the next poll) and by the
+ * per-poll sweep.
+ */
+export function noteJob(
+  conn: Scope["conn"],
+  memory: Scope["memory"],
+  queue: Scope["queue"] | undefined,
+  job: BuildkiteJob,
+): void {
+  if (job.metadata.annotations?.[ANNOTATIONS.stack] !== conn.key) return;
+  const uuid = job.spec.uuid;
+  const notes = timelineNotes(job, queue);
+  const sent = memory.notified.get(uuid);
+  if (sent === undefined) {
+    memory.notified.set(uuid, new Set(notes.map((n) => n.fact)));
+    return;
+  }
+  for (const note of notes) {
+    if (sent.has(note.fact)) continue;
+    sent.add(note.fact);
+    conn.notifier.add(uuid, note.text);
   }
 }

@@ -71,3 +71,77 @@ export async function nodeContainers(node: RealNode, namespace: string, pod: str
       state: c.state ?? "",
     }));
 }
+
+/**
+ * The substitution the token search reads everything through: letters rotated by 13 and digits by 5, so it is its own
+ * inverse. The job is given `rot(token)`: it never holds the token, and its own text (in BUILDKITE_COMMAND of every
+ * process's environment, and in the searching processes' memory) turns into the token itself when read through rot,
+ * which is not what it looks for.
+ */
+export function rot(text: string): string {
+  return text.replace(/[A-Za-z0-9]/g, (ch) => {
+    const code = ch.charCodeAt(0);
+    if (ch >= "0" && ch <= "9") return String.fromCharCode(48 + ((code - 48 + 5) % 10));
+    const base = ch >= "a" ? 97 : 65;
+    return String.fromCharCode(base + ((code - base + 13) % 26));
+  });
+}
+
+/** A file the token search writes the control marker to, and must find it in. */
+export const SEARCH_CONTROL_FILE = "/workspace/bk-search-control.txt";
+
+/**
+ * Bash that searches everything job code can reach for a token and, as a positive control, for a marker it plants
+ * itself: every process's environment and command line, the writable memory of every process (/proc/PID/maps, read
+ * with dd from /proc/PID/mem), and every file under /workspace, /buildkite and /tmp. `encodedToken` and
+ * `encodedControl` are {@link rot} of the values, so neither value appears in the job. The controls: a process with
+ * the marker in its environment, a process holding it only in a shell variable, and {@link SEARCH_CONTROL_FILE}.
+ *
+ * Prints, with counts and never the values: `search controls env=<pid> mem=<pid>`, `search me uid=<uid>`, for each
+ * process `search env <pid> <comm> uid=<uid> token=<n> control=<n>` and `search mem <pid> <comm> uid=<uid>
+ * bytes=<n> token=<n> control=<n>[ gone]`, `search file <path> token=<n> control=<n>` for files with a hit, and
+ * `search files <count>`.
+ */
+export function tokenSearch(encodedToken: string, encodedControl: string): string {
+  return `set -u
+rot() { tr 'A-Za-z0-9' 'N-ZA-Mn-za-m5-90-4'; }
+token='${encodedToken}'
+control='${encodedControl}'
+count() { grep -a -o -F -e "$token" -e "$control" | awk -v t="$token" '{ if ($0 == t) n++; else c++ } END { printf "token=%d control=%d", n, c }'; }
+tmp=$(mktemp -d)
+(export BK_SEARCH_CONTROL="$(printf %s "$control" | rot)"; exec sleep 600) &
+env_pid=$!
+bash -c 'held=$(printf %s "$1" | tr "A-Za-z0-9" "N-ZA-Mn-za-m5-90-4"); : >"$2"; sleep 600; echo "\${#held}"' control "$control" "$tmp/held" &
+mem_pid=$!
+printf '%s\\n' "$control" | rot >${SEARCH_CONTROL_FILE}
+for i in $(seq 1 100); do
+  [ -e "$tmp/held" ] && [ "$(cat /proc/$env_pid/comm)" = sleep ] && break
+  sleep 0.1
+done
+echo "search controls env=$env_pid mem=$mem_pid"
+echo "search me uid=$(id -u)"
+for pid in $(ls /proc | grep -E '^[0-9]+$' | sort -n); do
+  comm=$(cat /proc/$pid/comm 2>/dev/null) || continue
+  comm=\${comm// /_}
+  uid=$(awk '/^Uid:/ {print $2}' /proc/$pid/status 2>/dev/null)
+  echo "search env $pid $comm uid=$uid $( { tr '\\0' '\\n' </proc/$pid/environ; tr '\\0' '\\n' </proc/$pid/cmdline; } 2>/dev/null | rot | count)"
+  : >"$tmp/dd"
+  found=$(while read -r range perms _; do
+      case $perms in rw*) ;; *) continue ;; esac
+      start=$((16#\${range%-*})); end=$((16#\${range#*-}))
+      dd if=/proc/$pid/mem bs=1M iflag=skip_bytes,count_bytes skip=$start count=$((end - start)) 2>>"$tmp/dd"
+    done 2>/dev/null </proc/$pid/maps | rot | count)
+  bytes=$(awk '/bytes/ {s += $1} END {print s + 0}' "$tmp/dd")
+  gone=""; [ -d /proc/$pid ] || gone=" gone"
+  echo "search mem $pid $comm uid=$uid bytes=$bytes $found$gone"
+done
+files=0
+while IFS= read -r -d '' f; do
+  files=$((files + 1))
+  found=$(rot <"$f" 2>/dev/null | count)
+  [ "$found" = "token=0 control=0" ] || echo "search file $f $found"
+done < <(find /workspace /buildkite /tmp -xdev -type f -readable -print0 2>/dev/null)
+echo "search files $files"
+kill $env_pid $mem_pid
+rm -rf "$tmp"`;
+}

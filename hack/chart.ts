@@ -48,9 +48,15 @@ const CEL_FEATURES: readonly [RegExp, number, string][] = [
   [/\bmessageExpression:/, 29, "messageExpression"],
 ];
 
-/** The Kubernetes minor the CRDs need, and why. */
+/** What the job pods need, besides the CRDs: the first Kubernetes minor that has it on by default. */
+const POD_FEATURES: readonly [number, string][] = [[34, "pod-level resources for job pods"]];
+
+/** The Kubernetes minor the CRDs and the job pods need, and why. */
 function crdMinimumMinor(crdText: string): { minor: number; because: string[] } {
-  const used = CEL_FEATURES.filter(([pattern]) => pattern.test(crdText));
+  const used: [unknown, number, string][] = [
+    ...CEL_FEATURES.filter(([pattern]) => pattern.test(crdText)),
+    ...POD_FEATURES.map(([minor, what]): [unknown, number, string] => [undefined, minor, what]),
+  ];
   const minor = Math.max(0, ...used.map(([, m]) => m));
   return { minor, because: used.filter(([, m]) => m === minor).map(([, , what]) => what) };
 }
@@ -75,7 +81,7 @@ function consistencyProblems(): string[] {
   const readme = readFileSync(join(repoRoot, "README.md"), "utf8");
   if (!readme.includes(`Kubernetes 1.${String(needed.minor)} or newer`))
     problems.push(
-      `README.md must say the cluster needs "Kubernetes 1.${String(needed.minor)} or newer" (the CRDs' validation rules)`,
+      `README.md must say the cluster needs "Kubernetes 1.${String(needed.minor)} or newer" (${needed.because.join(", ")})`,
     );
   const pkg = JSON.parse(readFileSync(join(repoRoot, "package.json"), "utf8")) as { version: string };
   if (chart.appVersion !== pkg.version)

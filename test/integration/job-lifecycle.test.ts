@@ -51,8 +51,16 @@ describe("BuildkiteJob lifecycle (operator in-process, real control plane)", fun
       expect(j.status?.phase).to.equal("Running");
     });
     const pod = await t.pod(name);
-    const resources = { cpu: "8", memory: "32Gi", "ephemeral-storage": "158G" };
-    expect(pod?.spec?.containers[0]?.resources).to.deep.equal({ requests: resources, limits: resources });
+    // The pod as a whole is the shape; its command container may use all of it and holds the disk.
+    expect(pod?.spec?.resources).to.deep.equal({
+      requests: { cpu: "8", memory: "32Gi" },
+      limits: { cpu: "8", memory: "32Gi" },
+    });
+    expect(pod?.spec?.containers.find((c) => c.name === "command")?.resources?.limits).to.deep.equal({
+      cpu: "8",
+      memory: "32Gi",
+      "ephemeral-storage": "158G",
+    });
     expect(pod?.spec?.nodeName).to.equal(running.status?.nodeName);
     const node = await t.core.readNode({ name: running.status?.nodeName ?? "" });
     expect(node.metadata?.labels?.["kubernetes.io/arch"]).to.equal("arm64");
@@ -224,7 +232,10 @@ describe("BuildkiteJob lifecycle (operator in-process, real control plane)", fun
       });
       const pod = await t.pod(name);
       const claim = pod?.spec?.volumes?.find((v) => v.name === "cache-gomod")?.persistentVolumeClaim?.claimName ?? "";
-      expect(pod?.spec?.containers[0]?.volumeMounts).to.deep.include({ name: "cache-gomod", mountPath: "/cache/go" });
+      expect(pod?.spec?.containers.find((c) => c.name === "command")?.volumeMounts).to.deep.include({
+        name: "cache-gomod",
+        mountPath: "/cache/go",
+      });
       await t.core.deleteNamespacedPod({ name, namespace: t.namespace, gracePeriodSeconds: 0 });
       await t.jobWhen(name, "Failed once its pod was deleted", (j) => {
         expect(j.status?.phase).to.equal("Failed");

@@ -19,6 +19,8 @@ export function queueFixture(spec: Partial<BuildkiteQueueSpec> = {}, name = "lin
       jobTokens: "Required",
       jobTTLSecondsAfterFinished: 3600,
       network: { denyMetadata: true, egress: "Internet" },
+      steps: { allowSidecars: true },
+      checkout: { skip: false },
       ...spec,
     },
   };

@@ -17,7 +17,11 @@ export const NEVER_RAN: ReadonlySet<string> = new Set([
   "Unschedulable",
   "PendingTimeout",
   "PodDeletedBeforeStart",
+  "StepRefused",
 ]);
+
+/** Reason of a job whose step asked for something its queue does not allow (no pod was made). */
+export const STEP_REFUSED = "StepRefused";
 
 /** The condition that records that Buildkite was told about a job that could not run. */
 export const REPORTED = "ReportedToBuildkite";

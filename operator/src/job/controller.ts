@@ -10,6 +10,7 @@ import type { ReconcileResult } from "../kube/work-queue.js";
 import { decideSlot, queueCapacity, seatOf } from "../capacity/queue-capacity.js";
 import { ensureCacheClaims } from "./ensure-claims.js";
 import { planJob, type JobPlan } from "./plan.js";
+import { decideStep } from "./step-request.js";
 import { buildPod } from "./pod-builder.js";
 import { afterPodCreate, mustConfirmPodGone, needsLiveRead, slotToHold, type PodCreation } from "./steps.js";
 import { DEFAULT_START_TIMEOUTS, type StartTimeouts } from "./stuck.js";
@@ -153,7 +154,10 @@ export class JobController implements Controller {
     // The cache claims of the job's scope and slot first: a pod whose claim is missing would never be scheduled.
     const claims = await ensureCacheClaims(this.ctx, queue, job, slot);
     if (!("ready" in claims)) return claims;
-    const body = buildPod(queue, job, slot);
+    const step = decideStep(queue, job);
+    // planJob refuses such a job before it asks for a pod; a queue changed since is refused here the same way.
+    if ("refused" in step) return { rejected: step.refused };
+    const body = buildPod(queue, job, slot, step.plan);
     const namespace = job.metadata.namespace ?? "";
     try {
       const pod = await this.ctx.clients.core.createNamespacedPod({ namespace, body });

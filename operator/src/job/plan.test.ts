@@ -50,6 +50,24 @@ describe("planJob", () => {
     expect(plan.status).to.include({ phase: "Pending", shape: "LINUX_AMD64_4X16", slot: 0 });
   });
 
+  it("fails a job whose step asks for what its queue does not allow: no pod, a warning, and Buildkite is told", () => {
+    const base = jobWith();
+    const job: BuildkiteJob = {
+      ...base,
+      metadata: { name: base.metadata.name ?? "", uid: "u", annotations: { [ANNOTATIONS.stack]: "stack-1" } },
+      spec: { ...base.spec, step: { kubernetes: { podSpecPatch: {} } } },
+    };
+    const plan = planJob(
+      { job, queue: readyQueue(), pod: undefined, slot: { waiting: { position: 1, free: 0 } } },
+      now,
+    );
+    expect(plan.actions).to.deep.equal([]);
+    expect(plan.status).to.include({ phase: "Failed", reason: "StepRefused" });
+    expect(plan.status.message).to.include("podSpecPatch");
+    expect(plan.events).to.deep.equal([{ type: "Warning", reason: "StepRefused", message: plan.status.message }]);
+    expect(needsReport({ ...job, status: plan.status })).to.equal(true);
+  });
+
   it("keeps a job waiting, saying why, while every slot of its queue is in use", () => {
     const plan = planJob(
       { job: jobWith(), queue: readyQueue(), pod: undefined, slot: { waiting: { position: 2, free: 0 } } },

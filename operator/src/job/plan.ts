@@ -8,7 +8,8 @@ import { isTerminal, podOutcome } from "./phase.js";
 import { podSlot, type SlotDecision } from "../capacity/queue-capacity.js";
 import { DEFAULT_START_TIMEOUTS, stuckPod, type StartTimeouts } from "./stuck.js";
 
-import { needsReport, reportOf, RESERVATION_PENDING } from "./buildkite-contract.js";
+import { needsReport, reportOf, RESERVATION_PENDING, STEP_REFUSED } from "./buildkite-contract.js";
+import { decideStep } from "./step-request.js";
 import { stopping } from "./stopping.js";
 
 export {
@@ -20,6 +21,7 @@ export {
   reportOf,
   REPORTED,
   RESERVATION_PENDING,
+  STEP_REFUSED,
 } from "./buildkite-contract.js";
 
 /** What the job controller saw for one BuildkiteJob (from the caches, confirmed live where it matters). */
@@ -226,6 +228,23 @@ export function planJob(obs: JobObservation, now: Date): JobPlan {
         ? [{ type: "Warning", reason: "QueueNotReady", message: notReady.message }]
         : [],
     );
+
+  const step = decideStep(queue, job);
+  if ("refused" in step) {
+    // What the step asks for is the queue's decision: no pod; the job source tells Buildkite (finish) why.
+    events.push({ type: "Warning", reason: STEP_REFUSED, message: step.refused });
+    return {
+      status: {
+        ...current,
+        phase: "Failed",
+        reason: STEP_REFUSED,
+        message: step.refused,
+        finishedAt: now.toISOString(),
+      },
+      actions: [],
+      events,
+    };
+  }
 
   const conditions = setCondition(
     current.conditions,

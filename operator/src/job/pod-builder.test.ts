@@ -1,17 +1,19 @@
 import { expect } from "chai";
+import type { V1Container, V1Pod } from "@kubernetes/client-node";
 import { jobFixture, queueFixture } from "../../../test/support/fixtures.js";
 import type { InstanceShape } from "../api/shapes.js";
 import { desiredCacheClaims } from "../queue/children.js";
 import { buildPod, IRSA_TOKEN_DIR } from "./pod-builder.js";
 
 const job = jobFixture();
-const agentOf = (pod: ReturnType<typeof buildPod>) => {
-  const agent = pod.spec?.containers[0];
-  if (!agent) throw new Error("no agent container");
-  return agent;
+const containerOf = (pod: V1Pod, name: string): V1Container => {
+  const found = [...(pod.spec?.initContainers ?? []), ...(pod.spec?.containers ?? [])].find((c) => c.name === name);
+  if (!found) throw new Error(`no ${name} container`);
+  return found;
 };
-const envOf = (pod: ReturnType<typeof buildPod>): Record<string, unknown> =>
-  Object.fromEntries((agentOf(pod).env ?? []).map((e) => [e.name, e.value ?? e.valueFrom]));
+const agentOf = (pod: V1Pod): V1Container => containerOf(pod, "agent");
+const envOf = (pod: V1Pod, name = "agent"): Record<string, unknown> =>
+  Object.fromEntries((containerOf(pod, name).env ?? []).map((e) => [e.name, e.value ?? e.valueFrom]));
 
 describe("buildPod", () => {
   const shapes: [InstanceShape, string, string, string, string][] = [
@@ -31,8 +33,9 @@ describe("buildPod", () => {
   for (const [shape, arch, cpu, memory, disk] of shapes) {
     it(`sizes ${shape} as ${cpu} CPU / ${memory} / ${disk} on ${arch}, requests equal to limits`, () => {
       const pod = buildPod(queueFixture({ instanceShape: shape, maxVCPU: 64 }), job);
-      const expected = { cpu, memory, "ephemeral-storage": disk };
-      expect(agentOf(pod).resources).to.deep.equal({ requests: expected, limits: expected });
+      // The pod as a whole is the shape; the command may use all of it and holds the disk.
+      expect(pod.spec?.resources).to.deep.equal({ requests: { cpu, memory }, limits: { cpu, memory } });
+      expect(containerOf(pod, "command").resources?.limits).to.deep.equal({ cpu, memory, "ephemeral-storage": disk });
       expect(pod.spec?.nodeSelector).to.deep.equal({ "kubernetes.io/arch": arch, "kubernetes.io/os": "linux" });
       expect(pod.spec?.volumes?.[0]).to.deep.equal({ name: "workspace", emptyDir: { sizeLimit: disk } });
     });
@@ -44,10 +47,13 @@ describe("buildPod", () => {
     expect([...(agent.command ?? []), ...(agent.args ?? [])]).to.deep.equal([
       "buildkite-agent",
       "start",
-      "--acquire-job",
-      job.spec.uuid,
       "--reflect-exit-status",
     ]);
+    expect(envOf(buildPod(queueFixture(), job))).to.include({
+      BUILDKITE_AGENT_ACQUIRE_JOB: job.spec.uuid,
+      BUILDKITE_KUBERNETES_EXEC: "true",
+      BUILDKITE_CONTAINER_COUNT: "2",
+    });
     expect(
       agent.lifecycle?.preStop?.exec?.command,
       "SIGQUIT before SIGTERM: the agent cancels its job at once",
@@ -67,11 +73,13 @@ describe("buildPod", () => {
       runAsNonRoot: true,
       seccompProfile: { type: "RuntimeDefault" },
     });
-    expect(agentOf(pod).securityContext).to.deep.equal({
-      allowPrivilegeEscalation: false,
-      capabilities: { drop: ["ALL"] },
-      runAsNonRoot: true,
-    });
+    for (const c of [...(pod.spec?.initContainers ?? []), ...(pod.spec?.containers ?? [])])
+      expect(c.securityContext, c.name).to.deep.equal({
+        allowPrivilegeEscalation: false,
+        capabilities: { drop: ["ALL"] },
+        runAsNonRoot: true,
+      });
+    expect(pod.spec?.shareProcessNamespace).to.equal(false);
     expect(pod.spec?.automountServiceAccountToken).to.equal(false);
     expect(pod.spec?.hostNetwork ?? false).to.equal(false);
     expect(pod.spec?.volumes?.some((v) => v.hostPath)).to.equal(false);
@@ -112,8 +120,8 @@ describe("buildPod", () => {
 
   it("has no AWS environment or token volume without aws", () => {
     const pod = buildPod(queueFixture(), job);
-    expect(Object.keys(envOf(pod)).filter((k) => k.startsWith("AWS_"))).to.deep.equal([]);
-    expect(pod.spec?.volumes?.map((v) => v.name)).to.deep.equal(["workspace"]);
+    expect(Object.keys(envOf(pod, "command")).filter((k) => k.startsWith("AWS_"))).to.deep.equal([]);
+    expect(pod.spec?.volumes?.map((v) => v.name)).to.deep.equal(["workspace", "buildkite-bin"]);
   });
 
   it("projects an IRSA token and sets the AWS environment when aws is set", () => {
@@ -124,20 +132,25 @@ describe("buildPod", () => {
       tokenExpirationSeconds: 3600,
     };
     const pod = buildPod(queueFixture({ aws }), job);
-    expect(envOf(pod)).to.include({
+    expect(
+      Object.keys(envOf(pod)).filter((k) => k.startsWith("AWS_")),
+      "the agent's env",
+    ).to.deep.equal([]);
+    expect(envOf(pod, "command")).to.include({
       AWS_ROLE_ARN: aws.roleArn,
       AWS_WEB_IDENTITY_TOKEN_FILE: `${IRSA_TOKEN_DIR}/token`,
       AWS_REGION: "eu-west-1",
       AWS_STS_REGIONAL_ENDPOINTS: "regional",
     });
-    expect(envOf(pod)).to.not.have.property("AWS_ENDPOINT_URL_STS");
+    expect(envOf(pod, "command")).to.not.have.property("AWS_ENDPOINT_URL_STS");
     expect(
-      envOf(buildPod(queueFixture({ aws: { ...aws, stsEndpoint: "https://sts.example.internal" } }), job)),
+      envOf(buildPod(queueFixture({ aws: { ...aws, stsEndpoint: "https://sts.example.internal" } }), job), "command"),
     ).to.include({ AWS_ENDPOINT_URL_STS: "https://sts.example.internal" });
     expect(pod.spec?.volumes?.find((v) => v.name === "aws-iam-token")?.projected?.sources).to.deep.equal([
       { serviceAccountToken: { audience: "sts.amazonaws.com", expirationSeconds: 3600, path: "token" } },
     ]);
-    expect(agentOf(pod).volumeMounts).to.deep.include({
+    expect(agentOf(pod).volumeMounts?.map((m) => m.name)).to.deep.equal(["workspace"]);
+    expect(containerOf(pod, "command").volumeMounts).to.deep.include({
       name: "aws-iam-token",
       mountPath: IRSA_TOKEN_DIR,
       readOnly: true,
@@ -153,14 +166,14 @@ describe("buildPod", () => {
       tokenExpirationSeconds: 3600,
     };
     const named = { ...job, spec: { ...job.spec, pipelineSlug: "deploy-api", buildNumber: 42 } };
-    expect(envOf(buildPod(queueFixture({ aws }), named)).AWS_ROLE_SESSION_NAME).to.equal(
+    expect(envOf(buildPod(queueFixture({ aws }), named), "command").AWS_ROLE_SESSION_NAME).to.equal(
       `bk-deploy-api-42-${job.spec.uuid}`,
     );
     const long = {
       ...job,
       spec: { ...job.spec, pipelineSlug: "a-very-long-pipeline-slug/with spaces".repeat(3), buildNumber: 123456 },
     };
-    const name = String(envOf(buildPod(queueFixture({ aws }), long)).AWS_ROLE_SESSION_NAME);
+    const name = String(envOf(buildPod(queueFixture({ aws }), long), "command").AWS_ROLE_SESSION_NAME);
     expect(name).to.have.length.at.most(64);
     expect(name).to.match(/^[\w+=,.@-]{2,64}$/);
     expect(name.endsWith(`-123456-${job.spec.uuid}`)).to.equal(true);
@@ -175,7 +188,10 @@ describe("buildPod", () => {
     const claimName = desiredCacheClaims(queue, web, 2)[0]?.metadata?.name;
     expect(claimName).to.match(/^bkq-linux-gomod-[0-9a-f]{20}-2$/);
     expect(pod.spec?.volumes).to.deep.include({ name: "cache-gomod", persistentVolumeClaim: { claimName } });
-    expect(agentOf(pod).volumeMounts).to.deep.include({ name: "cache-gomod", mountPath: "/cache/gomod" });
+    expect(containerOf(pod, "command").volumeMounts).to.deep.include({
+      name: "cache-gomod",
+      mountPath: "/cache/gomod",
+    });
     const deploy = buildPod(queue, { ...job, spec: { ...job.spec, pipelineSlug: "deploy" } }, 2);
     expect(deploy.spec?.volumes?.find((v) => v.name === "cache-gomod")?.persistentVolumeClaim?.claimName).to.not.equal(
       claimName,
@@ -199,7 +215,8 @@ describe("buildPod", () => {
     );
     expect(pod.metadata?.labels).to.include({ team: "infra", "buildkite.com/queue": "linux" });
     expect(pod.metadata?.annotations).to.include({ note: "x" });
-    expect(envOf(pod).FOO).to.equal("bar");
+    expect(envOf(pod, "command").FOO).to.equal("bar");
+    expect(envOf(pod)).to.not.have.property("FOO");
     expect(pod.spec).to.deep.include({
       priorityClassName: "ci-low",
       runtimeClassName: "gvisor",

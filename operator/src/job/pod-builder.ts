@@ -1,108 +1,45 @@
 import { controllerRef } from "../kube/resources.js";
-import type { V1Container, V1EnvVar, V1Pod, V1Volume, V1VolumeMount } from "@kubernetes/client-node";
+import type { V1EnvVar, V1Pod, V1TopologySpreadConstraint, V1Volume, V1VolumeMount } from "@kubernetes/client-node";
 import { createHash } from "node:crypto";
 import { ANNOTATIONS, LABELS, MANAGED_BY } from "../api/keys.js";
 import { cacheClaimName, cacheScope, serviceAccountName } from "../api/names.js";
 import { shapeResources } from "../api/shapes.js";
-import { proxyEnv } from "../queue/children.js";
+import {
+  agentContainer,
+  checkoutContainer,
+  commandContainer,
+  copyAgentContainer,
+  sidecarContainer,
+  WORKSPACE_DIR,
+} from "./pod-containers.js";
+import { defaultStep } from "./step-request.js";
 import type { BuildkiteJob } from "../api/generated/buildkite-job.js";
 import type { BuildkiteQueue } from "../api/generated/buildkite-queue.js";
 
 /** Where the projected IRSA token is mounted; the path the EKS webhook uses, so AWS SDKs find it unchanged. */
 export const IRSA_TOKEN_DIR = "/var/run/secrets/eks.amazonaws.com/serviceaccount";
-export const WORKSPACE_DIR = "/workspace";
+export { WORKSPACE_DIR };
 /** The non-root identity job pods run as (Pod Security restricted forbids root). */
 export const JOB_UID = 1000;
 
 /**
- * Builds the one pod that runs `job` with the settings of `queue` (DESIGN.md §4). Pure: same inputs, same pod.
- * `slot` and the job's pipeline (and branch, for Branch-scoped caches) select the cache claims the pod mounts.
+ * Builds the one pod that runs `job` with the settings of `queue` and what its step may have (`step`, the queue's
+ * decision), in containers with one role each (docs/pod-layout.md). Pure: same inputs, same pod. `slot` and the job's
+ * pipeline (and branch, for Branch-scoped caches) select the cache claims the pod mounts.
  */
-export function buildPod(queue: BuildkiteQueue, job: BuildkiteJob, slot = 0): V1Pod {
+export function buildPod(queue: BuildkiteQueue, job: BuildkiteJob, slot = 0, step = defaultStep(queue)): V1Pod {
   const { spec } = queue;
   const shape = shapeResources(spec.instanceShape);
   const name = job.metadata.name ?? "";
-  const resources = { cpu: String(shape.vcpu), memory: shape.memory, "ephemeral-storage": shape.disk };
   const template = spec.podTemplate ?? {};
   const jobToken = job.metadata.annotations?.[ANNOTATIONS.agentTokenSecret];
-
-  const volumes: V1Volume[] = [{ name: "workspace", emptyDir: { sizeLimit: shape.disk } }];
-  const mounts: V1VolumeMount[] = [{ name: "workspace", mountPath: WORKSPACE_DIR }];
-  const env: V1EnvVar[] = [
-    // The job's own acquisition token when it has one (it can acquire this job only), else the queue's agent token.
-    {
-      name: "BUILDKITE_AGENT_TOKEN",
-      valueFrom: {
-        secretKeyRef:
-          jobToken !== undefined
-            ? { name: jobToken, key: "token" }
-            : { name: spec.agentTokenSecretRef.name, key: spec.agentTokenSecretRef.key },
-      },
-    },
-    { name: "BUILDKITE_AGENT_ENDPOINT", value: spec.endpoint },
-    { name: "BUILDKITE_AGENT_TAGS", value: `queue=${spec.queue}` },
-    { name: "BUILDKITE_AGENT_NAME", valueFrom: { fieldRef: { fieldPath: "metadata.name" } } },
-    { name: "BUILDKITE_BUILD_PATH", value: `${WORKSPACE_DIR}/builds` },
-    { name: "BUILDKITE_PLUGINS_PATH", value: `${WORKSPACE_DIR}/plugins` },
-    { name: "HOME", value: WORKSPACE_DIR },
-  ];
-
-  if (spec.aws) {
-    volumes.push({
-      name: "aws-iam-token",
-      projected: {
-        sources: [
-          {
-            serviceAccountToken: {
-              audience: spec.aws.audience,
-              expirationSeconds: spec.aws.tokenExpirationSeconds,
-              path: "token",
-            },
-          },
-        ],
-      },
-    });
-    mounts.push({ name: "aws-iam-token", mountPath: IRSA_TOKEN_DIR, readOnly: true });
-    // Set here rather than by the EKS webhook, so IRSA also works on clusters without it.
-    env.push(
-      { name: "AWS_ROLE_ARN", value: spec.aws.roleArn },
-      { name: "AWS_WEB_IDENTITY_TOKEN_FILE", value: `${IRSA_TOKEN_DIR}/token` },
-      { name: "AWS_REGION", value: spec.aws.region },
-      { name: "AWS_DEFAULT_REGION", value: spec.aws.region },
-      { name: "AWS_STS_REGIONAL_ENDPOINTS", value: "regional" },
-      // CloudTrail names the session: which pipeline, build and job used the role.
-      { name: "AWS_ROLE_SESSION_NAME", value: roleSessionName(job) },
-      ...(spec.aws.stsEndpoint !== undefined ? [{ name: "AWS_ENDPOINT_URL_STS", value: spec.aws.stsEndpoint }] : []),
-    );
-  }
-
-  for (const cache of spec.cache ?? []) {
-    // The claim of the job's own scope (pipeline, or pipeline and branch): another pipeline's cache is never mounted.
-    volumes.push({
-      name: `cache-${cache.name}`,
-      persistentVolumeClaim: { claimName: cacheClaimName(queue, cache.name, cacheScope(queue, cache, job), slot) },
-    });
-    mounts.push({ name: `cache-${cache.name}`, mountPath: cache.mountPath });
-  }
-  env.push(...proxyEnv(queue));
-  env.push(...(template.env ?? []).map((e) => ({ name: e.name, value: e.value ?? "" })));
-
-  const agent: V1Container = {
-    name: "agent",
-    image: spec.agentImage,
-    command: ["buildkite-agent"],
-    // --reflect-exit-status: the container exits with the job's exit status, so the pod (and kubectl) shows it.
-    args: ["start", "--acquire-job", job.spec.uuid, "--reflect-exit-status"],
-    env,
-    resources: { requests: resources, limits: resources },
-    securityContext: { allowPrivilegeEscalation: false, capabilities: { drop: ["ALL"] }, runAsNonRoot: true },
-    volumeMounts: mounts,
-    workingDir: WORKSPACE_DIR,
-    // The agent takes SIGTERM as "finish the current job first", so a pod stopped for its deadline (or deleted by a
-    // person) would keep running the job until SIGKILL and leave Buildkite to notice a lost agent minutes later.
-    // SIGQUIT is the agent's ungraceful stop: it cancels the job and reports it at once.
-    lifecycle: { preStop: { exec: { command: ["/bin/sh", "-c", "kill -QUIT 1"] } } },
-  };
+  // The job's own acquisition token when it has one (it can acquire this job only), else the queue's agent token.
+  const token =
+    jobToken !== undefined
+      ? { name: jobToken, key: "token" }
+      : { name: spec.agentTokenSecretRef.name, key: spec.agentTokenSecretRef.key };
+  const clients = step.skipCheckout ? 1 : 2;
+  const command = commandContainer(queue, step, clients - 1, commandExtras(queue, job));
 
   const pod: V1Pod = {
     apiVersion: "v1",
@@ -128,9 +65,16 @@ export function buildPod(queue: BuildkiteQueue, job: BuildkiteJob, slot = 0): V1
       serviceAccountName: serviceAccountName(queue),
       automountServiceAccountToken: false,
       enableServiceLinks: false,
-      nodeSelector: { "kubernetes.io/arch": shape.arch, "kubernetes.io/os": "linux" },
+      // Each container sees only its own processes: job code cannot read the agent's memory.
+      shareProcessNamespace: false,
+      nodeSelector: { ...template.nodeSelector, "kubernetes.io/arch": shape.arch, "kubernetes.io/os": "linux" },
       activeDeadlineSeconds: spec.maxJobDurationSeconds,
       terminationGracePeriodSeconds: 60,
+      // The pod as a whole is exactly the shape; its containers share it (docs/pod-layout.md, "Resources").
+      resources: {
+        requests: { cpu: String(shape.vcpu), memory: shape.memory },
+        limits: { cpu: String(shape.vcpu), memory: shape.memory },
+      },
       securityContext: {
         runAsNonRoot: true,
         runAsUser: JOB_UID,
@@ -138,8 +82,17 @@ export function buildPod(queue: BuildkiteQueue, job: BuildkiteJob, slot = 0): V1
         fsGroup: JOB_UID,
         seccompProfile: { type: "RuntimeDefault" },
       },
-      containers: [agent],
-      volumes,
+      initContainers: [copyAgentContainer(queue), ...step.sidecars.map((s) => sidecarContainer(queue, s))],
+      containers: [
+        agentContainer(queue, job, clients, token),
+        ...(step.skipCheckout ? [] : [checkoutContainer(queue)]),
+        command,
+      ],
+      volumes: podVolumes(queue, job, slot, shape.disk),
+      ...(template.affinity ? { affinity: template.affinity } : {}),
+      ...(template.topologySpreadConstraints
+        ? { topologySpreadConstraints: template.topologySpreadConstraints as unknown as V1TopologySpreadConstraint[] }
+        : {}),
       ...(template.tolerations ? { tolerations: template.tolerations } : {}),
       ...(template.runtimeClassName ? { runtimeClassName: template.runtimeClassName } : {}),
       ...(template.priorityClassName ? { priorityClassName: template.priorityClassName } : {}),
@@ -148,6 +101,98 @@ export function buildPod(queue: BuildkiteQueue, job: BuildkiteJob, slot = 0): V1
   };
   (pod.metadata ??= {}).annotations = { ...pod.metadata.annotations, [ANNOTATIONS.specHash]: specHash(pod) };
   return pod;
+}
+
+/** The command container's AWS role (IRSA) and caches: the agent and checkout never get them. */
+function commandExtras(queue: BuildkiteQueue, job: BuildkiteJob): { env: V1EnvVar[]; mounts: V1VolumeMount[] } {
+  const { spec } = queue;
+  const env: V1EnvVar[] = [];
+  const mounts: V1VolumeMount[] = [];
+  if (spec.aws) {
+    mounts.push({ name: "aws-iam-token", mountPath: IRSA_TOKEN_DIR, readOnly: true });
+    // Set here rather than by the EKS webhook, so IRSA also works on clusters without it.
+    env.push(
+      { name: "AWS_ROLE_ARN", value: spec.aws.roleArn },
+      { name: "AWS_WEB_IDENTITY_TOKEN_FILE", value: `${IRSA_TOKEN_DIR}/token` },
+      { name: "AWS_REGION", value: spec.aws.region },
+      { name: "AWS_DEFAULT_REGION", value: spec.aws.region },
+      { name: "AWS_STS_REGIONAL_ENDPOINTS", value: "regional" },
+      // CloudTrail names the session: which pipeline, build and job used the role.
+      { name: "AWS_ROLE_SESSION_NAME", value: roleSessionName(job) },
+      ...(spec.aws.stsEndpoint !== undefined ? [{ name: "AWS_ENDPOINT_URL_STS", value: spec.aws.stsEndpoint }] : []),
+    );
+  }
+  for (const cache of spec.cache ?? []) mounts.push({ name: `cache-${cache.name}`, mountPath: cache.mountPath });
+  return { env, mounts };
+}
+
+/** The pod's volumes (docs/pod-layout.md, "Volumes"). */
+function podVolumes(queue: BuildkiteQueue, job: BuildkiteJob, slot: number, disk: string): V1Volume[] {
+  const { spec } = queue;
+  const template = spec.podTemplate ?? {};
+  const { checkout } = spec;
+  const volumes: V1Volume[] = [
+    { name: "workspace", emptyDir: { sizeLimit: disk } },
+    { name: "buildkite-bin", emptyDir: { sizeLimit: "256Mi" } },
+  ];
+  if (template.hooksConfigMap)
+    volumes.push({ name: "hooks", configMap: { name: template.hooksConfigMap, defaultMode: 0o555 } });
+  if (checkout.sshKeySecretRef)
+    volumes.push({
+      name: "git-ssh",
+      secret: {
+        secretName: checkout.sshKeySecretRef.name,
+        items: [{ key: checkout.sshKeySecretRef.key, path: "id" }],
+        defaultMode: 0o440,
+      },
+    });
+  if (checkout.knownHostsSecretRef)
+    volumes.push({
+      name: "git-known-hosts",
+      secret: {
+        secretName: checkout.knownHostsSecretRef.name,
+        items: [{ key: checkout.knownHostsSecretRef.key, path: "known_hosts" }],
+        defaultMode: 0o444,
+      },
+    });
+  if (checkout.httpsCredentialsSecretRef)
+    volumes.push({
+      name: "git-https",
+      secret: {
+        secretName: checkout.httpsCredentialsSecretRef.name,
+        items: [{ key: checkout.httpsCredentialsSecretRef.key, path: "git-credentials" }],
+        defaultMode: 0o440,
+      },
+    });
+  if (spec.aws)
+    volumes.push({
+      name: "aws-iam-token",
+      projected: {
+        sources: [
+          {
+            serviceAccountToken: {
+              audience: spec.aws.audience,
+              expirationSeconds: spec.aws.tokenExpirationSeconds,
+              path: "token",
+            },
+          },
+        ],
+      },
+    });
+  for (const cache of spec.cache ?? [])
+    // The claim of the job's own scope (pipeline, or pipeline and branch): another pipeline's cache is never mounted.
+    volumes.push({
+      name: `cache-${cache.name}`,
+      persistentVolumeClaim: { claimName: cacheClaimName(queue, cache.name, cacheScope(queue, cache, job), slot) },
+    });
+  for (const v of template.volumes ?? [])
+    volumes.push({
+      name: `v-${v.name}`,
+      ...(v.secret
+        ? { secret: { secretName: v.secret.secretName } }
+        : { configMap: { name: v.configMap?.name ?? "" } }),
+    });
+  return volumes;
 }
 
 /** STS's limit on a role session name: 2 to 64 characters of `[\w+=,.@-]`. */

@@ -1,5 +1,5 @@
 import { controllerRef } from "../kube/resources.js";
-import type { BuildkiteJob } from "../api/generated/buildkite-job.js";
+import type { BuildkiteJob, BuildkiteJobSpecStep } from "../api/generated/buildkite-job.js";
 import type { BuildkiteQueue } from "../api/generated/buildkite-queue.js";
 import { ANNOTATIONS, LABELS, MANAGED_BY } from "../api/keys.js";
 import { jobResourceName } from "../api/names.js";
@@ -158,6 +158,7 @@ export function jobResourceFor(
   job: ScheduledJob,
   stackKey: string,
   tokens: JobTokenChoice = {},
+  step?: BuildkiteJobSpecStep,
 ): BuildkiteJob {
   return {
     apiVersion: "buildkite.com/v1alpha1",
@@ -187,6 +188,7 @@ export function jobResourceFor(
       buildNumber: job.build.number,
       ...(job.build.branch !== null ? { branch: job.build.branch } : {}),
       ...(job.step.key !== null ? { stepKey: job.step.key } : {}),
+      ...(step !== undefined && Object.keys(step).length > 0 ? { step } : {}),
     },
   };
 }

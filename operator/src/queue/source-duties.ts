@@ -1,5 +1,5 @@
 import type { ConditionUpdate } from "../api/conditions.js";
-import { BUILDKITE_JOB, type BuildkiteJob } from "../api/generated/buildkite-job.js";
+import { BUILDKITE_JOB, type BuildkiteJob, type BuildkiteJobSpecStep } from "../api/generated/buildkite-job.js";
 import type { BuildkiteQueue } from "../api/generated/buildkite-queue.js";
 import { ANNOTATIONS } from "../api/keys.js";
 import { jobResourceName, jobTokenSecretName } from "../api/names.js";
@@ -26,6 +26,7 @@ import {
 } from "./dispatch.js";
 import type { JobTokens } from "./job-tokens.js";
 import { dispatchError, eachLimited } from "./source-support.js";
+import { stepOf } from "./step-source.js";
 
 /** A queue's registered stack. */
 export interface Connection {
@@ -120,7 +121,9 @@ export async function dispatch(s: Scope): Promise<void> {
   const made = new Map<string, BuildkiteJob>();
   await eachLimited(take, CREATE_CONCURRENCY, async (job) => {
     memory.reserving.add(job.id);
-    const record = await createJob(s, jobResourceFor(queue, job, conn.key, choice(job.id)));
+    const step = await readStep(s, job.id);
+    if (step === undefined) return;
+    const record = await createJob(s, jobResourceFor(queue, job, conn.key, choice(job.id), step));
     if (record) made.set(job.id, record);
   });
   const created = take.flatMap((job) => made.get(job.id) ?? []);
@@ -130,6 +133,22 @@ export async function dispatch(s: Scope): Promise<void> {
     if (created.length + reclaimed.length > 0) await reserveAndRelease(s, created, reclaimed);
   } finally {
     for (const job of take) memory.reserving.delete(job.id);
+  }
+}
+
+/**
+ * What the job's step asks of its pod (get-job), before the job is recorded: the job controller decides with it. A
+ * job Buildkite no longer offers (404) or cannot show now is left for a later poll, which lists it again if it waits.
+ */
+async function readStep(s: Scope, uuid: string): Promise<BuildkiteJobSpecStep | undefined> {
+  try {
+    return stepOf(await s.conn.client.getJob(s.conn.key, uuid));
+  } catch (err) {
+    s.ctx.logger.warn("Could not read a job's step from Buildkite; it is taken at a later poll", {
+      job: uuid,
+      error: (err as Error).message,
+    });
+    return undefined;
   }
 }
 

@@ -28,11 +28,23 @@ export interface BuildkiteJobSpec {
   branch?: string;
   stepKey?: string;
   label?: string;
+  /** What the job's step asks of its pod, read from Buildkite's get-job when the job was dispatched. The queue decides what is allowed; a request it refuses fails the job before any pod is made. */
+  step?: BuildkiteJobSpecStep;
 }
 
 /** The BuildkiteQueue (same namespace) whose settings run this job. */
 export interface BuildkiteJobSpecQueueRef {
   name: string;
+}
+
+/** What the job's step asks of its pod, read from Buildkite's get-job when the job was dispatched. The queue decides what is allowed; a request it refuses fails the job before any pod is made. */
+export interface BuildkiteJobSpecStep {
+  /** The step's `image:` (BUILDKITE_IMAGE); the command container runs in it. */
+  image?: string;
+  /** The step's `kubernetes` plugin settings, as the pipeline wrote them. */
+  kubernetes?: Record<string, unknown>;
+  /** Why the step's request could not be read (for example, malformed BUILDKITE_PLUGINS). */
+  error?: string;
 }
 
 export interface BuildkiteJobStatus {

@@ -26,6 +26,12 @@ export interface BuildkiteQueueSpec {
   maxVCPU: number;
   /** Image of the agent container (buildkite-agent on the PATH). */
   agentImage: string;
+  /** Image of the command container for steps that name no `image:` (default: agentImage). It needs /bin/sh; the agent binary is copied in. */
+  jobImage?: string;
+  /** What a step may ask of its pod, with its `image:` and its `kubernetes` plugin. */
+  steps: BuildkiteQueueSpecSteps;
+  /** How the checkout container clones the repository. Its credentials are mounted into that container only; the step's command never sees them. */
+  checkout: BuildkiteQueueSpecCheckout;
   /** A job's pod is stopped after this long (activeDeadlineSeconds); 1 s to 7 days. */
   maxJobDurationSeconds: number;
   /** While true no new job is taken from Buildkite; running jobs finish. */
@@ -49,6 +55,46 @@ export interface BuildkiteQueueSpecAgentTokenSecretRef {
   /** Name of the Secret. */
   name: string;
   /** Key of the token in the Secret. */
+  key: string;
+}
+
+/** What a step may ask of its pod, with its `image:` and its `kubernetes` plugin. */
+export interface BuildkiteQueueSpecSteps {
+  /** Images a step's `image:` and its sidecars may use, as patterns where `*` matches any run of characters (for example `registry.example.com/ci/*`). Default: any image. */
+  allowedImages?: string[];
+  /** Whether a step may run services beside it (the plugin's `sidecars`). */
+  allowSidecars: boolean;
+  /** Secrets (in the queue's namespace) a step may read into its environment with the plugin's `env` (`valueFrom.secretKeyRef`) and `envFrom`. Default: none. */
+  allowedSecrets?: string[];
+}
+
+/** How the checkout container clones the repository. Its credentials are mounted into that container only; the step's command never sees them. */
+export interface BuildkiteQueueSpecCheckout {
+  /** No checkout container; a step may also skip it with the plugin's `checkout.skip`. */
+  skip: boolean;
+  /** A Secret key holding an SSH private key for git over SSH. */
+  sshKeySecretRef?: BuildkiteQueueSpecCheckoutSshKeySecretRef;
+  /** A Secret key holding known_hosts lines for the git servers (required with sshKeySecretRef: host keys are checked). */
+  knownHostsSecretRef?: BuildkiteQueueSpecCheckoutKnownHostsSecretRef;
+  /** A Secret key holding git's credential store (lines such as https://user:token@github.com) for git over HTTPS. */
+  httpsCredentialsSecretRef?: BuildkiteQueueSpecCheckoutHttpsCredentialsSecretRef;
+}
+
+/** A Secret key holding an SSH private key for git over SSH. */
+export interface BuildkiteQueueSpecCheckoutSshKeySecretRef {
+  name: string;
+  key: string;
+}
+
+/** A Secret key holding known_hosts lines for the git servers (required with sshKeySecretRef: host keys are checked). */
+export interface BuildkiteQueueSpecCheckoutKnownHostsSecretRef {
+  name: string;
+  key: string;
+}
+
+/** A Secret key holding git's credential store (lines such as https://user:token@github.com) for git over HTTPS. */
+export interface BuildkiteQueueSpecCheckoutHttpsCredentialsSecretRef {
+  name: string;
   key: string;
 }
 
@@ -125,6 +171,20 @@ export interface BuildkiteQueueSpecPodTemplate {
   labels?: Record<string, string>;
   annotations?: Record<string, string>;
   env?: BuildkiteQueueSpecPodTemplateEnvItem[];
+  /** Every key of a Secret or ConfigMap as env of the command container. */
+  envFrom?: BuildkiteQueueSpecPodTemplateEnvFromItem[];
+  /** Secrets and ConfigMaps mounted read-only into the command container. */
+  volumes?: BuildkiteQueueSpecPodTemplateVolumesItem[];
+  /** A ConfigMap of agent hooks (keys such as pre-command, environment); they run in the checkout and command containers. */
+  hooksConfigMap?: string;
+  /** Node labels a job pod needs, besides its shape's architecture. */
+  nodeSelector?: Record<string, string>;
+  /** A pod affinity (core/v1 Affinity), added to the shape's architecture requirement, which it cannot override. */
+  affinity?: Record<string, unknown>;
+  /** core/v1 TopologySpreadConstraints for job pods. */
+  topologySpreadConstraints?: Record<string, unknown>[];
+  /** Pull policy of every container of a job pod (default Kubernetes' own rule). */
+  imagePullPolicy?: "Always" | "IfNotPresent" | "Never";
   tolerations?: BuildkiteQueueSpecPodTemplateTolerationsItem[];
   runtimeClassName?: string;
   priorityClassName?: string;
@@ -134,6 +194,57 @@ export interface BuildkiteQueueSpecPodTemplate {
 export interface BuildkiteQueueSpecPodTemplateEnvItem {
   name: string;
   value?: string;
+  /** A key of a Secret or ConfigMap in the queue's namespace. */
+  valueFrom?: BuildkiteQueueSpecPodTemplateEnvItemValueFrom;
+}
+
+/** A key of a Secret or ConfigMap in the queue's namespace. */
+export interface BuildkiteQueueSpecPodTemplateEnvItemValueFrom {
+  secretKeyRef?: BuildkiteQueueSpecPodTemplateEnvItemValueFromSecretKeyRef;
+  configMapKeyRef?: BuildkiteQueueSpecPodTemplateEnvItemValueFromConfigMapKeyRef;
+}
+
+export interface BuildkiteQueueSpecPodTemplateEnvItemValueFromSecretKeyRef {
+  name: string;
+  key: string;
+  optional?: boolean;
+}
+
+export interface BuildkiteQueueSpecPodTemplateEnvItemValueFromConfigMapKeyRef {
+  name: string;
+  key: string;
+  optional?: boolean;
+}
+
+export interface BuildkiteQueueSpecPodTemplateEnvFromItem {
+  prefix?: string;
+  secretRef?: BuildkiteQueueSpecPodTemplateEnvFromItemSecretRef;
+  configMapRef?: BuildkiteQueueSpecPodTemplateEnvFromItemConfigMapRef;
+}
+
+export interface BuildkiteQueueSpecPodTemplateEnvFromItemSecretRef {
+  name: string;
+  optional?: boolean;
+}
+
+export interface BuildkiteQueueSpecPodTemplateEnvFromItemConfigMapRef {
+  name: string;
+  optional?: boolean;
+}
+
+export interface BuildkiteQueueSpecPodTemplateVolumesItem {
+  name: string;
+  mountPath: string;
+  secret?: BuildkiteQueueSpecPodTemplateVolumesItemSecret;
+  configMap?: BuildkiteQueueSpecPodTemplateVolumesItemConfigMap;
+}
+
+export interface BuildkiteQueueSpecPodTemplateVolumesItemSecret {
+  secretName: string;
+}
+
+export interface BuildkiteQueueSpecPodTemplateVolumesItemConfigMap {
+  name: string;
 }
 
 export interface BuildkiteQueueSpecPodTemplateTolerationsItem {

@@ -78,8 +78,9 @@ export class RealNodeScenario {
       instanceShape: "LINUX_AMD64_2X4",
       maxVCPU: 2,
       agentImage: this.world.node.images.agent.ref,
-      // The fake's jobs name a repository that does not exist: the agent skips the checkout (as RealAgent does).
-      podTemplate: { tolerations: [REAL_NODE_TOLERATION], env: [{ name: "BUILDKITE_SKIP_CHECKOUT", value: "true" }] },
+      // The fake's jobs name a repository that does not exist: no checkout, unless a test sets `checkout`.
+      checkout: { skip: true },
+      podTemplate: { tolerations: [REAL_NODE_TOLERATION] },
       ...spec,
     });
   }

@@ -4,7 +4,6 @@ import { randomBytes } from "node:crypto";
 import { jobResourceName } from "../../operator/src/api/names.js";
 import { eventually } from "../support/eventually.js";
 import { GitServer } from "../support/git-server.js";
-import { REAL_NODE_TOLERATION } from "../support/real-node.js";
 import { SERVICE_MARKER, STEP_IMAGE_MARKER } from "./images.js";
 import { RealNodeScenario } from "./scenario.js";
 import {
@@ -30,11 +29,11 @@ interface Step {
 }
 
 /**
- * The queue's `checkout` settings (field names as the operator accepts them; adjust here if they change), with the
- * real node's toleration and without the BUILDKITE_SKIP_CHECKOUT that {@link RealNodeScenario.queue} sets by default.
+ * A queue that checks out (field names as the operator accepts them; adjust here if they change): `checkout` replaces
+ * the `skip: true` that {@link RealNodeScenario.queue} sets by default.
  */
-function checkoutQueue(checkout: Record<string, unknown> | undefined): Record<string, unknown> {
-  return { podTemplate: { tolerations: [REAL_NODE_TOLERATION] }, ...(checkout ? { checkout } : {}) };
+function checkoutQueue(checkout: Record<string, unknown>): Record<string, unknown> {
+  return { checkout };
 }
 
 /** Every container of a pod, init containers (copy-agent, sidecars) first, by name. */
@@ -196,7 +195,7 @@ describe("steps in a job pod of role containers on a real node: image, sidecars,
 
   it("fails the checkout of the private repository without credentials, with git's error in the build log", async () => {
     const server = g();
-    await sc().queue("private-none", checkoutQueue(undefined));
+    await sc().queue("private-none", checkoutQueue({}));
     const refusedBefore = server.requests().filter((r) => r.status === 401).length;
     const uuid = seedStep({ queue_key: "private-none", repo: server.httpUrl, command: "cat marker.txt" });
     const done = await sc().buildkiteState(uuid, "finished");

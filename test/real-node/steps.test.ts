@@ -7,6 +7,7 @@ import { GitServer } from "../support/git-server.js";
 import { SERVICE_MARKER, STEP_IMAGE_MARKER } from "./images.js";
 import { RealNodeScenario } from "./scenario.js";
 import {
+  describePod,
   inBash,
   KUBERNETES_PLUGIN,
   nodeContainers,
@@ -111,7 +112,7 @@ describe("steps in a job pod of role containers on a real node: image, sidecars,
       JSON.stringify(pod.spec),
     ).to.include({ "copy-agent": images.agent.ref, agent: images.agent.ref, command: images.step.ref });
     const done = await sc().buildkiteState(uuid, "finished");
-    expect(done.exit_status, done.log).to.equal(0);
+    expect(done.exit_status, `${done.log}\n${describePod(pod)}`).to.equal(0);
     expect(done.log).to.include(STEP_IMAGE_MARKER);
     expect(reported(done.log, "report"), done.log).to.include.members([
       "image-agent none",
@@ -137,7 +138,7 @@ describe("steps in a job pod of role containers on a real node: image, sidecars,
       JSON.stringify(pod.spec),
     ).to.deep.equal([{ restartPolicy: "Always", init: true }]);
     const done = await sc().buildkiteState(uuid, "finished");
-    expect(done.exit_status, done.log).to.equal(0);
+    expect(done.exit_status, `${done.log}\n${describePod(pod)}`).to.equal(0);
     // the service answers with its host name, which is the pod's: it ran in the job's pod
     expect(reported(done.log, "sidecar-answer"), done.log).to.deep.equal([
       `${SERVICE_MARKER} ${jobResourceName(uuid)}`,
@@ -164,8 +165,9 @@ describe("steps in a job pod of role containers on a real node: image, sidecars,
       checkoutQueue({ httpsCredentialsSecretRef: { name: "git-https", key: "credentials" } }),
     );
     const uuid = seedStep({ queue_key: "private-https", repo: server.httpUrl, command: "cat marker.txt" });
+    const pod = await sc().pod(uuid);
     const done = await sc().buildkiteState(uuid, "finished");
-    expect(done.exit_status, `${done.log}\n${sc().diagnose(uuid)}`).to.equal(0);
+    expect(done.exit_status, `${done.log}\n${sc().diagnose(uuid)}\n${describePod(pod)}`).to.equal(0);
     expect(done.log).to.include(server.marker);
     expect(server.requests().filter((r) => r.status === 200 && r.user === server.username)).to.not.deep.equal([]);
     await sc().jobPhase(uuid, "Succeeded");
@@ -185,8 +187,9 @@ describe("steps in a job pod of role containers on a real node: image, sidecars,
       }),
     );
     const uuid = seedStep({ queue_key: "private-ssh", repo: ssh.url, command: "cat marker.txt" });
+    const pod = await sc().pod(uuid);
     const done = await sc().buildkiteState(uuid, "finished");
-    expect(done.exit_status, `${done.log}\n${sc().diagnose(uuid)}`).to.equal(0);
+    expect(done.exit_status, `${done.log}\n${sc().diagnose(uuid)}\n${describePod(pod)}`).to.equal(0);
     expect(done.log).to.include(server.marker);
     expect(server.sshRequests()).to.include("git-upload-pack '/private.git'");
     await sc().jobPhase(uuid, "Succeeded");
@@ -213,8 +216,9 @@ describe("steps in a job pod of role containers on a real node: image, sidecars,
     const control = `control-${randomBytes(8).toString("hex")}`;
     await sc().queue("token-search");
     const uuid = seedStep({ queue_key: "token-search", command: inBash(tokenSearch(rot(token), rot(control))) });
+    const pod = await sc().pod(uuid);
     const done = await sc().buildkiteState(uuid, "finished", 180_000);
-    expect(done.exit_status, done.log).to.equal(0);
+    expect(done.exit_status, `${done.log}\n${describePod(pod)}`).to.equal(0);
     expect(done.log, "the build log").to.not.include(token);
     const lines = reported(done.log, "search");
     expect(
@@ -239,6 +243,11 @@ describe("steps in a job pod of role containers on a real node: image, sidecars,
       mine.filter((l) => l.includes(" bytes=0 ") && !l.endsWith(" gone")),
       report,
     ).to.deep.equal([]);
+    const bytes = mine.reduce((total, l) => total + Number(/ bytes=(\d+)/.exec(l)?.[1] ?? 0), 0);
+    const files = lines.find((l) => l.startsWith("files ")) ?? "files ?";
+    process.stderr.write(
+      `      (searched ${String(lines.filter((l) => l.startsWith("env ")).length)} processes, ${(bytes / 2 ** 20).toFixed(0)} MiB of memory, ${files.slice("files ".length)} files)\n`,
+    );
     await sc().jobPhase(uuid, "Succeeded");
     await sc().podGone(uuid);
   });

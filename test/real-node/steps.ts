@@ -1,3 +1,4 @@
+import type { V1Pod } from "@kubernetes/client-node";
 import { readdirSync, readFileSync } from "node:fs";
 import type { RealNode } from "../support/real-node.js";
 
@@ -144,4 +145,26 @@ done < <(find /workspace /buildkite /tmp -xdev -type f -readable -print0 2>/dev/
 echo "search files $files"
 kill $env_pid $mem_pid
 rm -rf "$tmp"`;
+}
+
+/**
+ * A job pod in a few lines, for failure messages (the pod is gone by the time a test looks at the outcome): each
+ * container's role, image, command, env names (values can be secrets) and mounts.
+ */
+export function describePod(pod: V1Pod): string {
+  const spec = pod.spec;
+  const containers = [
+    ...(spec?.initContainers ?? []).map((c) => ({ c, kind: c.restartPolicy === "Always" ? "sidecar" : "init" })),
+    ...(spec?.containers ?? []).map((c) => ({ c, kind: "container" })),
+  ];
+  return [
+    `pod ${pod.metadata?.name ?? "?"} (uid ${String(spec?.securityContext?.runAsUser ?? "image's")}):`,
+    ...containers.map(({ c, kind }) =>
+      [
+        `  ${kind} ${c.name}: ${c.image ?? "?"} ${JSON.stringify([...(c.command ?? []), ...(c.args ?? [])])}`,
+        `    env ${(c.env ?? []).map((e) => e.name).join(" ")}`,
+        `    mounts ${(c.volumeMounts ?? []).map((m) => `${m.mountPath}${m.readOnly ? " (ro)" : ""}`).join(", ")}`,
+      ].join("\n"),
+    ),
+  ].join("\n");
 }

@@ -16,6 +16,7 @@ const QUEUE_RULES: V1PolicyRule[] = [
   },
   { apiGroups: ["buildkite.com"], resources: ["buildkitejobs/status"], verbs: ["patch"] },
   { apiGroups: [""], resources: ["pods"], verbs: ["get", "list", "watch", "create", "delete"] },
+  { apiGroups: [""], resources: ["pods/log"], verbs: ["get"] },
   { apiGroups: [""], resources: ["secrets"], verbs: ["get", "create", "update"] },
   { apiGroups: [""], resources: ["serviceaccounts"], verbs: ["list", "watch", "create", "patch"] },
   { apiGroups: [""], resources: ["serviceaccounts/token"], verbs: ["create"] },

@@ -84,10 +84,12 @@ describe("Buildkite jobs in real containers on a real node", function () {
       // LINUX_AMD64_2X4: 2 CPUs (a CFS quota of two periods) and 4 GiB
       "cpu=200000/100000 memory=4294967296",
     ]);
-    // Only the emptyDir workspace and the files kubelet always provides come from the node's disk.
+    // Only the emptyDir workspace, the agent binary's emptyDir and the files kubelet always provides come from the
+    // node's disk.
     const mounts = report.filter((l) => l.startsWith("mount ")).map((l) => l.slice("mount ".length));
     expect(mounts).to.have.members([
       "/workspace",
+      "/buildkite/bin",
       "/etc/hosts",
       "/dev/termination-log",
       "/etc/hostname",

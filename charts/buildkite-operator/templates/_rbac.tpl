@@ -30,6 +30,11 @@ operator watches it reads from its informer cache, so `get` appears only where a
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch, create, delete]
+# The last lines of a job pod's failed container (an init container, or the agent), read once before the pod is
+# deleted, so the job's status, its Event and Buildkite's finish detail say why in the container's own words.
+- apiGroups: [""]
+  resources: [pods/log]
+  verbs: [get]
 # The queue's agent token Secret is read (never logged) to register with Buildkite and to check that it exists;
 # per-job token Secrets are created for a job's pod, and replaced (`update`) when the job's token is issued again.
 # No delete: a job's token Secret is owned by its BuildkiteJob and goes with it (garbage collector). No list/watch:

@@ -18,6 +18,7 @@ export const NEVER_RAN: ReadonlySet<string> = new Set([
   "PendingTimeout",
   "PodDeletedBeforeStart",
   "StepRefused",
+  "InitContainerFailed",
 ]);
 
 /** Reason of a job whose step asked for something its queue does not allow (no pod was made). */

@@ -9,8 +9,10 @@ import { deleteCustomObject, keyOf, patchStatus, splitKey } from "../kube/resour
 import type { ReconcileResult } from "../kube/work-queue.js";
 import { decideSlot, queueCapacity, seatOf } from "../capacity/queue-capacity.js";
 import { ensureCacheClaims } from "./ensure-claims.js";
+import { isTerminal } from "./phase.js";
 import { planJob, type JobPlan } from "./plan.js";
 import { decideStep } from "./step-request.js";
+import { LAST_WORDS, lastWordsSource, withLastWords } from "./last-words.js";
 import { buildPod } from "./pod-builder.js";
 import { afterPodCreate, mustConfirmPodGone, needsLiveRead, slotToHold, type PodCreation } from "./steps.js";
 import { DEFAULT_START_TIMEOUTS, type StartTimeouts } from "./stuck.js";
@@ -125,6 +127,14 @@ export class JobController implements Controller {
           break;
         }
         case "deletePod":
+          if (!isTerminal(stored.phase)) {
+            // The failed container's own words, read while the pod still has them.
+            const words = await this.lastWords(job);
+            if (words) {
+              status = withLastWords(status, words.container, words.log);
+              events.push({ type: "Warning", reason: "ContainerLog", message: status.message ?? "" });
+            }
+          }
           // Record the outcome before the pod that proves it goes away.
           await this.writeStatus(job, stored, status);
           stored = status;
@@ -173,6 +183,33 @@ export class JobController implements Controller {
       if (createRefusal(err) === "refused")
         return { rejected: `The API server refused the job's pod: ${apiMessage(err)}` };
       throw err;
+    }
+  }
+
+  /** The last log lines of the container that made the job's pod fail, if a runtime ran it; undefined otherwise. */
+  private async lastWords(job: BuildkiteJob): Promise<{ container: string; log: string } | undefined> {
+    const name = job.metadata.name ?? "";
+    const namespace = job.metadata.namespace ?? "";
+    const pod = this.ctx.caches.pods.get(name, namespace);
+    const container = pod ? lastWordsSource(pod) : undefined;
+    if (container === undefined) return undefined;
+    try {
+      const log = await this.ctx.clients.core.readNamespacedPodLog({
+        name,
+        namespace,
+        container,
+        tailLines: LAST_WORDS.lines,
+        limitBytes: LAST_WORDS.bytes * 2,
+      });
+      return { container, log };
+    } catch (err) {
+      this.ctx.logger.info("Could not read the failed container's log", {
+        namespace,
+        job: name,
+        container,
+        error: (err as Error).message,
+      });
+      return undefined;
     }
   }
 

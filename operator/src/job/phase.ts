@@ -29,7 +29,14 @@ export function podOutcome(pod: V1Pod, maxJobDurationSeconds: number | undefined
   const started = startedAt ? { startedAt: new Date(startedAt).toISOString() } : {};
   const finished = terminated?.finishedAt ? { finishedAt: new Date(terminated.finishedAt).toISOString() } : {};
   const exit = terminated ? { exitCode: terminated.exitCode } : {};
-  switch (status.phase) {
+  // The agent ends the job: once it has exited, what still runs (services, a client still waiting for it) is
+  // stopped with the pod, and the job's outcome is the agent's.
+  const phase =
+    status.phase === "Running" && terminated ? (terminated.exitCode === 0 ? "Succeeded" : "Failed") : status.phase;
+  const failedInit = status.initContainerStatuses?.find(
+    (c) => c.state?.terminated !== undefined && c.state.terminated.exitCode !== 0,
+  );
+  switch (phase) {
     case "Succeeded":
       return {
         phase: "Succeeded",
@@ -62,6 +69,16 @@ export function podOutcome(pod: V1Pod, maxJobDurationSeconds: number | undefined
           ...finished,
           reason: "OOMKilled",
           message: "The job ran out of memory at its shape's limit; choose a larger instanceShape.",
+        };
+      }
+      if (failedInit?.state?.terminated && !terminated) {
+        const t = failedInit.state.terminated;
+        return {
+          phase: "Failed",
+          ...node,
+          ...started,
+          reason: "InitContainerFailed",
+          message: `Container ${failedInit.name} (${failedInit.image}) exited with code ${t.exitCode}${t.reason ? ` (${t.reason})` : ""} before the agent started, so the job was not run.`,
         };
       }
       if (!terminated) {

@@ -9,6 +9,7 @@ import {
   checkoutContainer,
   commandContainer,
   copyAgentContainer,
+  imageCheckContainer,
   sidecarContainer,
   WORKSPACE_DIR,
 } from "./pod-containers.js";
@@ -82,7 +83,11 @@ export function buildPod(queue: BuildkiteQueue, job: BuildkiteJob, slot = 0, ste
         fsGroup: JOB_UID,
         seccompProfile: { type: "RuntimeDefault" },
       },
-      initContainers: [copyAgentContainer(queue), ...step.sidecars.map((s) => sidecarContainer(queue, s))],
+      initContainers: [
+        copyAgentContainer(queue),
+        ...(step.image !== spec.agentImage ? [imageCheckContainer(queue, step.image)] : []),
+        ...step.sidecars.map((s) => sidecarContainer(queue, s)),
+      ],
       containers: [
         agentContainer(queue, job, clients, token),
         ...(step.skipCheckout ? [] : [checkoutContainer(queue)]),

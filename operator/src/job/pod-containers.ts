@@ -39,6 +39,23 @@ export function copyAgentContainer(queue: BuildkiteQueue): V1Container {
 }
 
 /**
+ * Pulls the command's image and runs the copied agent in it (`--version`) before the agent starts: an image that
+ * cannot be pulled holds the pod in its init phase, where the job is failed and Buildkite told why, instead of the
+ * agent taking the job and waiting minutes for a container that never comes.
+ */
+export function imageCheckContainer(queue: BuildkiteQueue, image: string): V1Container {
+  return {
+    name: "image-check",
+    image,
+    ...pullPolicy(queue),
+    command: [AGENT_IN_POD, "--version"],
+    resources: requestsOnly(ROLE_REQUESTS.copyAgent),
+    securityContext: RESTRICTED,
+    volumeMounts: [{ name: "buildkite-bin", mountPath: BIN_DIR, readOnly: true }],
+  };
+}
+
+/**
  * The agent: the only container with a Buildkite token, which acquires the job and drives the others over the
  * workspace's socket. Its whole environment is handed to the other containers at registration (the agent removes
  * its token first), so nothing but the agent's own settings goes here.

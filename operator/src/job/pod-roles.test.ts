@@ -58,6 +58,12 @@ describe("the job pod's roles (docs/pod-layout.md)", () => {
     expect(named(podFor(queueFixture({ jobImage: "debian:12" }), jobFixture()), "command").image).to.equal("debian:12");
     const pod = podFor(queueFixture({ jobImage: "debian:12" }), withStep({ image: "node:22" }));
     expect(named(pod, "command").image).to.equal("node:22");
+    // The step's image is pulled and tried before the agent takes the job.
+    expect(pod.spec?.initContainers?.map((c) => c.name)).to.deep.equal(["copy-agent", "image-check"]);
+    expect(named(pod, "image-check")).to.deep.include({
+      image: "node:22",
+      command: ["/buildkite/bin/buildkite-agent", "--version"],
+    });
     expect(named(pod, "agent").image).to.equal("buildkite/agent:3");
     expect(named(pod, "checkout").image).to.equal("buildkite/agent:3");
   });

@@ -33,7 +33,9 @@ describe("stuckPod", () => {
       expect(stuck).to.have.property("reason", "ImagePullFailed");
       expect(stuck)
         .to.have.property("message")
-        .that.includes(queueFixture().spec.agentImage)
+        .that.includes("img")
+        .and.includes("container agent")
+        .and.includes("spec.agentImage")
         .and.includes("imagePullSecrets")
         .and.includes(`${reason} details`);
     });

@@ -1,4 +1,4 @@
-import type { V1Pod } from "@kubernetes/client-node";
+import type { V1ContainerStateWaiting, V1Pod } from "@kubernetes/client-node";
 import type { BuildkiteQueue } from "../api/generated/buildkite-queue.js";
 import { shapeResources } from "../api/shapes.js";
 
@@ -39,20 +39,24 @@ export function stuckPod(
 ): Stuck | { recheckAfterMs: number } {
   const created = Date.parse(String(pod.metadata?.creationTimestamp ?? "")) || now.getTime();
   const age = now.getTime() - created;
-  const waiting = pod.status?.containerStatuses?.find((c) => c.name === "agent")?.state?.waiting;
+  const blocked = blockedContainer(pod);
+  const waiting =
+    blocked?.waiting ??
+    [...(pod.status?.initContainerStatuses ?? []), ...(pod.status?.containerStatuses ?? [])].find(
+      (c) => c.state?.waiting,
+    )?.state?.waiting;
   const waitingReason = waiting?.reason ?? "";
-  const image = queue?.spec.agentImage ?? pod.spec?.containers[0]?.image ?? "";
   const grace = timeouts.startGraceSeconds * 1000;
-  if (IMAGE_PULL.has(waitingReason) && age >= grace) {
+  if (blocked && IMAGE_PULL.has(waitingReason) && age >= grace) {
     return {
       reason: "ImagePullFailed",
-      message: `The agent image ${image} could not be pulled for ${seconds(age)} (${waitingReason}: ${waiting?.message ?? "no message"}). Check spec.agentImage and spec.podTemplate.imagePullSecrets of the BuildkiteQueue.`,
+      message: `The image ${blocked.image} of container ${blocked.name} could not be pulled for ${seconds(age)} (${waitingReason}: ${waiting?.message ?? "no message"}). ${imageAdvice(blocked.name)}`,
     };
   }
-  if (CONFIG.has(waitingReason) && age >= grace) {
+  if (blocked && CONFIG.has(waitingReason) && age >= grace) {
     return {
       reason: "ContainerConfigError",
-      message: `The agent container could not be started for ${seconds(age)} (${waitingReason}: ${waiting?.message ?? "no message"}). Check that the agent token Secret and every env value the queue names exist.`,
+      message: `Container ${blocked.name} could not be started for ${seconds(age)} (${waitingReason}: ${waiting?.message ?? "no message"}). Check that the agent token Secret and every Secret, ConfigMap and env value the queue and the step name exist.`,
     };
   }
   const pending = timeouts.pendingTimeoutSeconds * 1000;
@@ -72,6 +76,25 @@ export function stuckPod(
   }
   const nextDeadline = IMAGE_PULL.has(waitingReason) || CONFIG.has(waitingReason) ? Math.min(grace, pending) : pending;
   return { recheckAfterMs: Math.max(1_000, nextDeadline - age) };
+}
+
+/** The first container (init containers first, in order) held back by an image or configuration problem. */
+function blockedContainer(pod: V1Pod): { name: string; image: string; waiting: V1ContainerStateWaiting } | undefined {
+  for (const c of [...(pod.status?.initContainerStatuses ?? []), ...(pod.status?.containerStatuses ?? [])]) {
+    const waiting = c.state?.waiting;
+    if (waiting && (IMAGE_PULL.has(waiting.reason ?? "") || CONFIG.has(waiting.reason ?? "")))
+      return { name: c.name, image: c.image, waiting };
+  }
+  return undefined;
+}
+
+/** Which setting names the image of a container of the job pod (docs/pod-layout.md). */
+function imageAdvice(container: string): string {
+  if (["agent", "copy-agent", "checkout"].includes(container))
+    return "Check spec.agentImage and spec.podTemplate.imagePullSecrets of the BuildkiteQueue.";
+  if (container === "command" || container === "image-check")
+    return "Check the step's image: (or the queue's spec.jobImage) and spec.podTemplate.imagePullSecrets.";
+  return "Check the image of the step's sidecar and the queue's spec.podTemplate.imagePullSecrets.";
 }
 
 function needsText(queue: BuildkiteQueue): string {

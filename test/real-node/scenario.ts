@@ -78,7 +78,7 @@ export class RealNodeScenario {
       instanceShape: "LINUX_AMD64_2X4",
       maxVCPU: 2,
       agentImage: this.world.node.images.agent.ref,
-      // The fake's jobs name a repository that does not exist: no checkout, unless a test sets `checkout`.
+      // The fake's jobs name a repository that does not exist: no checkout container, unless a test asks for one.
       checkout: { skip: true },
       podTemplate: { tolerations: [REAL_NODE_TOLERATION] },
       ...spec,

@@ -1,7 +1,7 @@
 import type { V1Container, V1Pod } from "@kubernetes/client-node";
 import { expect } from "chai";
 import { randomBytes } from "node:crypto";
-import { jobResourceName } from "../../operator/src/api/names.js";
+import { jobResourceName, jobTokenSecretName } from "../../operator/src/api/names.js";
 import { eventually } from "../support/eventually.js";
 import { GitServer } from "../support/git-server.js";
 import { SERVICE_MARKER, STEP_IMAGE_MARKER } from "./images.js";
@@ -211,44 +211,52 @@ describe("steps in a job pod of role containers on a real node: image, sidecars,
     await sc().podGone(uuid);
   });
 
-  it("leaves no Buildkite token where job code can reach it: environments, process memory, /workspace, /buildkite", async () => {
-    const token = sc().fake.agentToken;
-    const control = `control-${randomBytes(8).toString("hex")}`;
-    await sc().queue("token-search");
-    const uuid = seedStep({ queue_key: "token-search", command: inBash(tokenSearch(rot(token), rot(control))) });
-    const pod = await sc().pod(uuid);
-    const done = await sc().buildkiteState(uuid, "finished", 180_000);
-    expect(done.exit_status, `${done.log}\n${describePod(pod)}`).to.equal(0);
-    expect(done.log, "the build log").to.not.include(token);
-    const lines = reported(done.log, "search");
-    expect(
-      lines.filter((l) => /token=[1-9]/.test(l)),
-      "places where job code found the agent token",
-    ).to.deep.equal([]);
-    // Positive controls: the same search finds a marker the job planted in a process's environment (and so in its
-    // memory), in another process's memory alone, and in a file.
-    const [, envPid = "", memPid = ""] =
-      /^controls env=(\d+) mem=(\d+)$/.exec(lines.find((l) => l.startsWith("controls ")) ?? "") ?? [];
-    const report = lines.join("\n");
-    expect(searchLine(lines, "env", envPid), report).to.match(/ control=[1-9]/);
-    expect(searchLine(lines, "mem", envPid), report).to.match(/ control=[1-9]/);
-    expect(searchLine(lines, "mem", memPid), report).to.match(/ control=[1-9]/);
-    expect(searchLine(lines, "env", memPid), report).to.match(/ control=0$/);
-    expect(lines, report).to.include(`file ${SEARCH_CONTROL_FILE} token=0 control=1`);
-    // Coverage: the memory of every process of the job's uid was read, unless it ended while the search ran.
-    const uid = /^me uid=(\d+)$/.exec(lines.find((l) => l.startsWith("me ")) ?? "")?.[1] ?? "";
-    const mine = lines.filter((l) => l.startsWith("mem ") && l.includes(` uid=${uid} `));
-    expect(mine.length, report).to.be.at.least(4);
-    expect(
-      mine.filter((l) => l.includes(" bytes=0 ") && !l.endsWith(" gone")),
-      report,
-    ).to.deep.equal([]);
-    const bytes = mine.reduce((total, l) => total + Number(/ bytes=(\d+)/.exec(l)?.[1] ?? 0), 0);
-    const files = lines.find((l) => l.startsWith("files ")) ?? "files ?";
-    process.stderr.write(
-      `      (searched ${String(lines.filter((l) => l.startsWith("env ")).length)} processes, ${(bytes / 2 ** 20).toFixed(0)} MiB of memory, ${files.slice("files ".length)} files)\n`,
-    );
-    await sc().jobPhase(uuid, "Succeeded");
-    await sc().podGone(uuid);
-  });
+  for (const jobTokens of ["Disabled", "Required"] as const)
+    it(`leaves no Buildkite token where job code can reach it (jobTokens ${jobTokens}: the agent holds ${jobTokens === "Disabled" ? "the cluster agent token" : "a job acquisition token"}): environments, process memory, /workspace, /buildkite`, async () => {
+      const token = sc().fake.agentToken;
+      const control = `control-${randomBytes(8).toString("hex")}`;
+      const queue = `token-search-${jobTokens.toLowerCase()}`;
+      await sc().queue(queue, { jobTokens });
+      const uuid = seedStep({ queue_key: queue, command: inBash(tokenSearch(rot(token), rot(control))) });
+      const pod = await sc().pod(uuid);
+      // Which token the agent holds: the queue's Secret (the cluster token), or the job's own token Secret.
+      const tokenSecret = pod.spec?.containers
+        .find((c) => c.name === "agent")
+        ?.env?.find((e) => e.name === "BUILDKITE_AGENT_TOKEN")?.valueFrom?.secretKeyRef?.name;
+      if (jobTokens === "Disabled") expect(tokenSecret).to.equal("bk-token");
+      else expect(tokenSecret).to.equal(jobTokenSecretName(uuid));
+      const done = await sc().buildkiteState(uuid, "finished", 180_000);
+      expect(done.exit_status, `${done.log}\n${describePod(pod)}`).to.equal(0);
+      expect(done.log, "the build log").to.not.include(token);
+      const lines = reported(done.log, "search");
+      expect(
+        lines.filter((l) => /token=[1-9]/.test(l)),
+        "places where job code found the agent token",
+      ).to.deep.equal([]);
+      // Positive controls: the same search finds a marker the job planted in a process's environment (and so in its
+      // memory), in another process's memory alone, and in a file.
+      const [, envPid = "", memPid = ""] =
+        /^controls env=(\d+) mem=(\d+)$/.exec(lines.find((l) => l.startsWith("controls ")) ?? "") ?? [];
+      const report = lines.join("\n");
+      expect(searchLine(lines, "env", envPid), report).to.match(/ control=[1-9]/);
+      expect(searchLine(lines, "mem", envPid), report).to.match(/ control=[1-9]/);
+      expect(searchLine(lines, "mem", memPid), report).to.match(/ control=[1-9]/);
+      expect(searchLine(lines, "env", memPid), report).to.match(/ control=0$/);
+      expect(lines, report).to.include(`file ${SEARCH_CONTROL_FILE} token=0 control=1`);
+      // Coverage: the memory of every process of the job's uid was read, unless it ended while the search ran.
+      const uid = /^me uid=(\d+)$/.exec(lines.find((l) => l.startsWith("me ")) ?? "")?.[1] ?? "";
+      const mine = lines.filter((l) => l.startsWith("mem ") && l.includes(` uid=${uid} `));
+      expect(mine.length, report).to.be.at.least(4);
+      expect(
+        mine.filter((l) => l.includes(" bytes=0 ") && !l.endsWith(" gone")),
+        report,
+      ).to.deep.equal([]);
+      const bytes = mine.reduce((total, l) => total + Number(/ bytes=(\d+)/.exec(l)?.[1] ?? 0), 0);
+      const files = lines.find((l) => l.startsWith("files ")) ?? "files ?";
+      process.stderr.write(
+        `      (searched ${String(lines.filter((l) => l.startsWith("env ")).length)} processes, ${(bytes / 2 ** 20).toFixed(0)} MiB of memory, ${files.slice("files ".length)} files)\n`,
+      );
+      await sc().jobPhase(uuid, "Succeeded");
+      await sc().podGone(uuid);
+    });
 });

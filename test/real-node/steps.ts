@@ -92,7 +92,7 @@ export function rot(text: string): string {
 export const SEARCH_CONTROL_FILE = "/workspace/bk-search-control.txt";
 
 /**
- * Bash that searches everything job code can reach for a token and, as a positive control, for a marker it plants
+ * Bash that searches everything job code can reach for a token (the given one, and any job acquisition token) and, as a positive control, for a marker it plants
  * itself: every process's environment and command line, the writable memory of every process (/proc/PID/maps, read
  * with dd from /proc/PID/mem), and every file under /workspace, /buildkite and /tmp. `encodedToken` and
  * `encodedControl` are {@link rot} of the values, so neither value appears in the job. The controls: a process with
@@ -108,7 +108,9 @@ export function tokenSearch(encodedToken: string, encodedControl: string): strin
 rot() { tr 'A-Za-z0-9' 'N-ZA-Mn-za-m5-90-4'; }
 token='${encodedToken}'
 control='${encodedControl}'
-count() { grep -a -o -F -e "$token" -e "$control" | awk -v t="$token" '{ if ($0 == t) n++; else c++ } END { printf "token=%d control=%d", n, c }'; }
+# Any job acquisition token (bkjat_…) counts as a token too: in a jobTokens Required queue that is what the agent holds.
+jat='${rot("bkjat_")}'
+count() { grep -a -o -F -e "$token" -e "$control" -e "$jat" | awk -v t="$token" -v j="$jat" '{ if ($0 == t) n++; else if ($0 == j) n++; else c++ } END { printf "token=%d control=%d", n, c }'; }
 tmp=$(mktemp -d)
 (export BK_SEARCH_CONTROL="$(printf %s "$control" | rot)"; exec sleep 600) &
 env_pid=$!

@@ -47,8 +47,8 @@ export class Screen {
   /** Shows the tables: redrawn in place on a terminal, otherwise only the rows that changed since last time. */
   show(tables: Table[]): void {
     if (this.live) {
-      const lines = tables.flatMap((t, i) => [...(i > 0 ? [""] : []), ...render(t)]);
       const width = Math.max(20, (this.out.columns || 120) - 1);
+      const lines = tables.flatMap((t, i) => [...(i > 0 ? [""] : []), ...render(fitColumns(t, width))]);
       const fit = lines.slice(0, Math.max(1, (this.out.rows || 50) - 2)).map((l) => l.slice(0, width));
       this.clear();
       this.out.write(`${fit.join("\n")}\n`);
@@ -90,6 +90,20 @@ function columnWidths(table: Table, least: number[] = []): number[] {
   return table.titles.map((_, i) => Math.max(least[i] ?? 0, ...rows.map((r) => (r[i] ?? "").length)));
 }
 
+/** The table's leading columns that fit in `width` (columns go by importance, so a narrow terminal loses the last). */
+function fitColumns(table: Table, width: number): Table {
+  const widths = columnWidths(table);
+  let keep = 1;
+  for (let used = widths[0] ?? 0; keep < widths.length; keep++) {
+    used += 2 + (widths[keep] ?? 0);
+    if (used > width) break;
+  }
+  return {
+    titles: table.titles.slice(0, keep),
+    rows: table.rows.map((r) => ({ key: r.key, cells: r.cells.slice(0, keep) })),
+  };
+}
+
 /** A table as lines of padded columns (the titles first). */
 function render(table: Table, widths = columnWidths(table)): string[] {
   return [table.titles, ...table.rows.map((r) => r.cells)].map((r) =>
@@ -108,15 +122,15 @@ const condition = (queue: BuildkiteQueue, type: string): string => {
 /** The queues as `kubectl get bkq` would show them, with their AWS credentials. */
 export function queueTable(queues: BuildkiteQueue[]): Table {
   return {
-    titles: ["QUEUE", "SHAPE", "SLOTS", "READY", "AWS CREDENTIALS"],
+    titles: ["QUEUE", "SHAPE", "SLOTS", "AWS CREDENTIALS", "READY"],
     rows: queues.map((q) => ({
       key: `queue/${q.metadata.name ?? ""}`,
       cells: [
         q.metadata.name ?? "",
         q.spec.instanceShape,
         q.status?.slots ?? "",
-        condition(q, "Ready"),
         q.spec.aws ? condition(q, "CredentialsReady") || "checking" : "-",
+        condition(q, "Ready"),
       ],
     })),
   };
@@ -131,26 +145,25 @@ export interface JobView {
   buildkiteState: string;
 }
 
-/** The jobs: Kubernetes' view (node, phase, exit code) beside Buildkite's (the job's state there). */
+/** The jobs: Kubernetes' view (phase, exit code, node, reason) beside Buildkite's (the job's state there). */
 export function jobTable(jobs: JobView[]): Table {
   const order = (v: JobView): string => String(v.job?.metadata.creationTimestamp ?? "~");
   return {
-    titles: ["JOB", "QUEUE", "NODE", "PHASE", "EXIT", "BUILDKITE"],
+    titles: ["JOB", "QUEUE", "PHASE", "EXIT", "BUILDKITE", "NODE", "REASON"],
     rows: [...jobs]
       .sort((a, b) => order(a).localeCompare(order(b)))
       .map((v) => {
         const status = v.job?.status ?? {};
-        const phase = v.job ? (status.phase ?? "") : "(waiting in Buildkite)";
-        const why = ["Failed", "Canceled", "TimedOut"].includes(phase) && status.reason ? ` ${status.reason}` : "";
         return {
           key: `job/${v.uuid}`,
           cells: [
             v.label,
             v.queue,
-            status.nodeName ?? "",
-            phase + why,
+            v.job ? (status.phase ?? "") : "-",
             status.exitCode === undefined ? "" : String(status.exitCode),
             v.buildkiteState,
+            status.nodeName ?? "",
+            ["Running", "Succeeded"].includes(status.phase ?? "") ? "" : (status.reason ?? ""),
           ],
         };
       }),

@@ -235,11 +235,10 @@ function lookFurther(kubeconfig: string, metricsPort: number): string[] {
     [`curl -s http://127.0.0.1:${String(metricsPort)}/metrics | grep ^buildkite_operator_jobs`, "its metrics"],
     [`less ${shown(OPERATOR_LOG)}`, "its JSON log"],
   ];
-  const width = Math.max(...commands.map(([c]) => c.length));
   return [
     "",
     "Look further, in another terminal:",
-    ...commands.map(([c, why]) => `  ${why ? `${c.padEnd(width)}  # ${why}` : c}`),
+    ...commands.flatMap(([c, why]) => [...(why ? [`  # ${why}`] : []), `  ${c}`]),
   ];
 }
 

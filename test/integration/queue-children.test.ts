@@ -228,7 +228,7 @@ describe("BuildkiteQueue children (operator in-process, real control plane and g
       expect(j.status?.phase).to.equal("Running");
     });
     const envNames = (pod: Awaited<ReturnType<TestObjects["pod"]>>) =>
-      (pod?.spec?.containers[0]?.env ?? []).map((e) => e.name);
+      (pod?.spec?.containers.find((c) => c.name === "command")?.env ?? []).map((e) => e.name);
     const plain = await t.pod(plainJob);
     const aws = await t.pod(awsJob);
     expect(envNames(plain).filter((n) => n.startsWith("AWS_"))).to.deep.equal([]);

@@ -108,7 +108,7 @@ export function tokenSearch(encodedToken: string, encodedControl: string): strin
 rot() { tr 'A-Za-z0-9' 'N-ZA-Mn-za-m5-90-4'; }
 token='${encodedToken}'
 control='${encodedControl}'
-# Any job acquisition token (bkjat_…) counts as a token too: in a jobTokens Required queue that is what the agent holds.
+# Any job acquisition token counts as a token too (jat is its prefix, encoded): a Required queue's agent holds one.
 jat='${rot("bkjat_")}'
 count() { grep -a -o -F -e "$token" -e "$control" -e "$jat" | awk -v t="$token" -v j="$jat" '{ if ($0 == t) n++; else if ($0 == j) n++; else c++ } END { printf "token=%d control=%d", n, c }'; }
 tmp=$(mktemp -d)

@@ -4,6 +4,8 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ContainerConfigError, PathMap, prepareLaunch, type LaunchContext } from "./container-launch.js";
+import { buildPod } from "../../operator/src/job/pod-builder.js";
+import { jobFixture, queueFixture } from "./fixtures.js";
 import { memoryKeys } from "./memory-keys.js";
 import { rolePod } from "./role-pod.js";
 
@@ -48,6 +50,9 @@ describe("container launch", () => {
     // The copy's destination is in a volume: moved there, never replaced by our binary.
     expect(paths.arg("/buildkite/bin/buildkite-agent")).to.equal("/h/bin/buildkite-agent");
     expect(paths.arg("buildkite-agent")).to.equal(AGENT);
+    expect(paths.text("{ grep x; } >/buildkite/bin/passwd|cat</workspace/in")).to.equal(
+      "{ grep x; } >/h/bin/passwd|cat</h/ws/in",
+    );
     for (const kept of ["/workspaces", "http://host/workspace", "queue=default", "arn:aws:iam::1:role/x"])
       expect(paths.text(kept)).to.equal(kept);
   });
@@ -73,6 +78,16 @@ describe("container launch", () => {
     const agent = await launch("agent");
     expect(agent.env).to.include({ BUILDKITE_AGENT_TOKEN: "x", BUILDKITE_BUILD_PATH: join(dir, "v/workspace/build") });
     expect(agent.env).to.not.have.property("BUILDKITE_SKIP_CHECKOUT");
+  });
+
+  it("launches the operator's copy-agent script: the copy and the passwd go to the volume, the image's passwd is read", async () => {
+    const pod = buildPod(queueFixture(), jobFixture());
+    const copyAgent = pod.spec?.initContainers?.find((c) => c.name === "copy-agent") ?? { name: "" };
+    const [, script = ""] = (await prepareLaunch(ctx, pod, copyAgent)).args;
+    const bin = join(dir, "v/buildkite-bin");
+    expect(script).to.include(`cp "$(command -v buildkite-agent)" ${bin}/buildkite-agent`);
+    // /etc/passwd is a mount of checkout only: copy-agent reads the image's own.
+    expect(script).to.include(" /etc/passwd 2>/dev/null").and.include(`>${bin}/passwd`);
   });
 
   it("gives the agent's Kubernetes mode its /workspace default in the volume, and refuses socket paths over 107 bytes", async () => {

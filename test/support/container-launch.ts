@@ -7,8 +7,8 @@ import { expand, resolveEnv, type KeySource } from "./kubelet-env.js";
 /**
  * How one container of a pod runs as a local process: its argv, env and working directory as the kubelet would give
  * them, with every path under one of its volume mounts moved to the volume's local directory, and the image's
- * `buildkite-agent` replaced by the one on this machine. A path under a volume that only another container of the
- * pod mounts is moved too (so a container may see a volume it does not mount: a known difference).
+ * `buildkite-agent` replaced by the one on this machine. In env values, a path under a volume that only another
+ * container of the pod mounts is moved too (so a container may see a volume it does not mount: a known difference).
  */
 
 /** What a container's process is started with. */
@@ -55,21 +55,23 @@ const JOB_API_SOCKET = join("job-api", "4194304-2147483647.sock");
 /** Builds the launch of `container` (a regular or init container of `pod`). */
 export async function prepareLaunch(ctx: LaunchContext, pod: V1Pod, container: V1Container): Promise<Launch> {
   const { name } = container;
-  const roots: [string, string][] = [];
-  // Its own mounts first; then the other containers' mount paths: the agent hands its env (BUILDKITE_HOOKS_PATH, …)
-  // to the bootstraps at registration, so a path must name the same directory in every container of the pod.
-  const others = [...(pod.spec?.initContainers ?? []), ...(pod.spec?.containers ?? [])].filter((c) => c !== container);
-  for (const mount of [container, ...others].flatMap((c) => c.volumeMounts ?? [])) {
-    const dir = ctx.volumes.get(mount.name);
-    if (dir === undefined)
-      throw new ContainerConfigError(name, `volume ${mount.name} of mount ${mount.mountPath} is not in the pod`);
-    if (!roots.some(([root]) => root === mount.mountPath))
-      roots.push([mount.mountPath, join(dir, mount.subPath ?? "")]);
-  }
+  const mountRoots = (c: V1Container): [string, string][] =>
+    (c.volumeMounts ?? []).map((mount) => {
+      const dir = ctx.volumes.get(mount.name);
+      if (dir === undefined)
+        throw new ContainerConfigError(name, `volume ${mount.name} of mount ${mount.mountPath} is not in the pod`);
+      return [mount.mountPath, join(dir, mount.subPath ?? "")];
+    });
+  const roots = mountRoots(container);
   const ownDir = join(ctx.podDir, "w", name);
   const workingDir = container.workingDir ?? "/";
   if (workingDir !== "/" && !roots.some(([root]) => under(workingDir, root))) roots.push([workingDir, ownDir]);
   const paths = new PathMap(roots, ctx.agentBinary);
+  // Env values also get the other containers' mount paths: the agent hands its env (BUILDKITE_HOOKS_PATH, …) to the
+  // bootstraps at registration, so such a path must name the same directory in every container of the pod.
+  const others = [...(pod.spec?.initContainers ?? []), ...(pod.spec?.containers ?? [])].filter((c) => c !== container);
+  const shared = others.flatMap(mountRoots).filter(([root]) => !roots.some(([own]) => own === root));
+  const envPaths = new PathMap([...roots, ...shared], ctx.agentBinary);
 
   let vars: Map<string, string>;
   try {
@@ -101,7 +103,7 @@ export async function prepareLaunch(ctx: LaunchContext, pod: V1Pod, container: V
   if (kubernetesMode)
     // The agent's default job context dir is /workspace: that of the pod's volume there, never this machine's.
     env.BUILDKITE_JOB_CONTEXT_DIR = paths.mapped("/workspace") ? paths.text("/workspace") : join(ownDir, "workspace");
-  for (const [key, value] of vars) env[key] = paths.text(value);
+  for (const [key, value] of vars) env[key] = envPaths.text(value);
   if (kubernetesMode) checkSocketPaths(name, env);
   for (const dir of [cwd, env.HOME ?? home, join(ctx.podDir, "hooks")]) await mkdir(dir, { recursive: true });
   const [binary = "", ...args] = argv;
@@ -145,7 +147,8 @@ export function locate(binary: string, path: string): string | undefined {
 
 /**
  * A container's mount paths and the local directories they map to. Paths are found at word boundaries (start, space,
- * quote, `=`, `:` or `,`), so a PATH-like list or a `sh -c` script gets its paths moved too, not only a whole value.
+ * quote, `=`, `:`, `,`, `;`, `(`, a redirection or a pipe), so a PATH-like list or a `sh -c` script gets its paths
+ * moved too, not only a whole value.
  */
 export class PathMap {
   readonly #roots: readonly (readonly [string, string])[];
@@ -165,7 +168,7 @@ export class PathMap {
 
   /** `text` with every absolute path in it moved: under a mount to its directory, else an agent binary to ours. */
   text(text: string): string {
-    return text.replace(/(^|[\s"'=:,;(])(\/(?!\/)[^\s"':,;()]*)/g, (_, before: string, path: string) => {
+    return text.replace(/(^|[\s"'=:,;(<>|&])(\/(?!\/)[^\s"':,;()<>|&]*)/g, (_, before: string, path: string) => {
       const [root, dir] = this.#roots.find(([r]) => under(path, r)) ?? [];
       if (root !== undefined && dir !== undefined) return before + dir + path.slice(root.length);
       return before + (path.endsWith("/buildkite-agent") ? this.agentBinary : path);

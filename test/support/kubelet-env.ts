@@ -99,8 +99,8 @@ async function valueFrom(source: KeySource, pod: V1Pod, env: V1EnvVar): Promise<
   return value?.toString("utf8");
 }
 
-/** The downward API's `fieldRef` paths for env. */
-function fieldValue(pod: V1Pod, path: string): string {
+/** The downward API's `fieldRef` paths (env, and downwardAPI volume files). */
+export function fieldValue(pod: V1Pod, path: string): string {
   const meta = pod.metadata ?? {};
   const keyed = /^metadata\.(labels|annotations)\['(.+)'\]$/.exec(path);
   if (keyed) return (keyed[1] === "labels" ? meta.labels : meta.annotations)?.[keyed[2] ?? ""] ?? "";

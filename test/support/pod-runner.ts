@@ -48,8 +48,8 @@ export interface PodRunnerOptions {
  *
  * What a container gets: its command and args (a missing command means the image's entrypoint, known only for the
  * agent image), its env (value, `$(VAR)`, Secret and ConfigMap keys, `envFrom`, downward API fields), its working
- * directory, and its own PID namespace where `unshare` works. Volumes (emptyDir, PVC, Secret, ConfigMap, projected
- * tokens, Secrets and ConfigMaps) are directories under the pod's; their mount paths are rewritten to those
+ * directory, and its own PID namespace where `unshare` works. Volumes (emptyDir, PVC, Secret, ConfigMap, downward
+ * API, and projections of these and of ServiceAccount tokens) are directories under the pod's; their mount paths are rewritten to those
  * directories wherever they appear in args, env values and the working dir (see container-launch.ts). An image's
  * `buildkite-agent` (bare, or any `…/buildkite-agent` outside the pod's volumes) is the local binary, which is also
  * first on every PATH: so copy-agent's `cp` puts the real agent into the buildkite-bin volume's directory, and the

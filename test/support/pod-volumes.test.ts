@@ -10,7 +10,7 @@ describe("pod volumes", () => {
   let dir: string;
   let ctx: VolumeContext;
   const pod = (volumes: V1Volume[]): V1Pod => ({
-    metadata: { name: "p", uid: "u" },
+    metadata: { name: "p", namespace: "ci", uid: "u" },
     spec: { containers: [], volumes },
   });
   const mode = async (file: string): Promise<number> => (await stat(file)).mode & 0o777;
@@ -65,6 +65,7 @@ describe("pod volumes", () => {
             sources: [
               { configMap: { name: "hooks", items: [{ key: "environment", path: "env" }] } },
               { serviceAccountToken: { path: "token", audience: "sts" } },
+              { downwardAPI: { items: [{ path: "namespace", fieldRef: { fieldPath: "metadata.namespace" } }] } },
             ],
           },
         },
@@ -79,6 +80,7 @@ describe("pod volumes", () => {
     expect(known, "a key not in items is not written").to.have.property("code", "ENOENT");
     expect(await mode(join(dir, "pod/v/mixed/env"))).to.equal(0o444);
     expect(await readFile(join(dir, "pod/v/mixed/token"), "utf8")).to.equal("token-for-p-sts");
+    expect(await readFile(join(dir, "pod/v/mixed/namespace"), "utf8")).to.equal("ci");
   });
 
   it("fails to mount a missing object or listed key unless optional", async () => {

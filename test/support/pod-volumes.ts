@@ -1,13 +1,21 @@
-import type { CoreV1Api, V1KeyToPath, V1Pod, V1ServiceAccountTokenProjection, V1Volume } from "@kubernetes/client-node";
+import type {
+  CoreV1Api,
+  V1DownwardAPIVolumeFile,
+  V1KeyToPath,
+  V1Pod,
+  V1ServiceAccountTokenProjection,
+  V1Volume,
+} from "@kubernetes/client-node";
 import { chmod, mkdir, writeFile } from "node:fs/promises";
 import { dirname, join, normalize } from "node:path";
-import type { KeySource } from "./kubelet-env.js";
+import { fieldValue, type KeySource } from "./kubelet-env.js";
 
 /**
  * A pod's volumes as local directories, made before any of its containers starts (as the kubelet mounts them):
  * emptyDir one per pod, a PVC one per claim (kept across pods), Secret and ConfigMap volumes with their keys written
- * as files, and projected volumes of ServiceAccount tokens, Secrets and ConfigMaps. The files are written once
- * (the kubelet's atomic `..data` symlink swaps and later refreshes are not modelled); `readOnly` is not enforced.
+ * as files, downward API files, and projected volumes of ServiceAccount tokens, Secrets, ConfigMaps and downward API
+ * files (the default `kube-api-access-*` volume among them). The files are written once (the kubelet's atomic
+ * `..data` symlink swaps and later refreshes are not modelled); `readOnly` is not enforced.
  */
 
 /** Where the volumes go and how Secrets, ConfigMaps and ServiceAccount tokens are read. */
@@ -59,8 +67,14 @@ async function mountVolume(ctx: VolumeContext, pod: V1Pod, volume: V1Volume): Pr
     await write("configmap", configMap.name ?? "", { items, defaultMode, optional });
     return dir;
   }
+  if (volume.downwardAPI) {
+    await writeFields(dir, pod, volume.downwardAPI.items ?? [], volume.downwardAPI.defaultMode, fail);
+    return dir;
+  }
   if (!projected?.sources)
-    return fail("only emptyDir, PVC, Secret, ConfigMap and projected volumes are supported by the pod runner");
+    return fail(
+      "only emptyDir, PVC, Secret, ConfigMap, downward API and projected volumes are supported by the pod runner",
+    );
   const defaultMode = projected.defaultMode;
   for (const source of projected.sources) {
     if (source.secret) {
@@ -72,7 +86,10 @@ async function mountVolume(ctx: VolumeContext, pod: V1Pod, volume: V1Volume): Pr
     } else if (source.serviceAccountToken) {
       const token = source.serviceAccountToken;
       await writeFile(await fileIn(dir, token.path, fail), await ctx.token(pod, token), { mode: 0o600 });
-    } else fail("only ServiceAccount token, Secret and ConfigMap projections are supported by the pod runner");
+    } else if (source.downwardAPI) {
+      await writeFields(dir, pod, source.downwardAPI.items ?? [], defaultMode, fail);
+    } else
+      fail("only ServiceAccount token, Secret, ConfigMap and downward API projections are supported by the pod runner");
   }
   return dir;
 }
@@ -132,6 +149,28 @@ async function writeKeys(
     await writeFile(file, data);
     // Explicitly: writeFile's mode is filtered by the umask.
     await chmod(file, (item.mode ?? options.defaultMode ?? DEFAULT_MODE) & 0o7777);
+  }
+}
+
+/** Writes downward API items (`fieldRef` only) as files, as a downwardAPI volume or projection does. */
+async function writeFields(
+  dir: string,
+  pod: V1Pod,
+  items: readonly V1DownwardAPIVolumeFile[],
+  defaultMode: number | undefined,
+  fail: (message: string) => never,
+): Promise<void> {
+  for (const item of items) {
+    if (!item.fieldRef) fail(`downward API item ${item.path}: only fieldRef is supported by the pod runner`);
+    let value: string;
+    try {
+      value = fieldValue(pod, item.fieldRef.fieldPath);
+    } catch (err) {
+      return fail((err as Error).message);
+    }
+    const file = await fileIn(dir, item.path, fail);
+    await writeFile(file, value);
+    await chmod(file, (item.mode ?? defaultMode ?? DEFAULT_MODE) & 0o7777);
   }
 }
 

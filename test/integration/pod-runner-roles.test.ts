@@ -166,7 +166,8 @@ describe("PodRunner: the pod of one role per container, run by the real buildkit
     expect(statuses).to.include({ command: 3 });
     expect(Object.keys(statuses)).to.deep.equal(["agent", "command"]);
     expect(run.phase).to.equal("Failed");
-    // The layout's agent has no BUILDKITE_AGENT_REFLECT_EXIT_STATUS: it exits 0 however the job ended.
+    // The documented agent env has no reflect-exit-status (the operator's pod adds --reflect-exit-status): without it
+    // the agent exits 0 however the job ended, and only `command` carries the job's status.
     expect(run.exitCode, "the agent container's exit code").to.equal(0);
     expect(statuses.agent).to.equal(0);
   });
@@ -251,7 +252,8 @@ describe("PodRunner: the pod of one role per container, run by the real buildkit
   });
 
   it("cannot run the step without BUILDKITE_COMMAND on `command`: kubernetes-bootstrap never takes the agent's", async () => {
-    // agent 3.138.1 keeps BUILDKITE_COMMAND from the container's own env (existingEnvPriority), so the pod must set it.
+    // agent 3.138.1 keeps BUILDKITE_COMMAND from the container's own env (existingEnvPriority), so the pod must set it
+    // (the operator's pod does; docs/pod-layout.md does not say so yet).
     const uuid = fakeBuildkite().seedJob({ queue_key: QUEUE, command: "echo never-runs" });
     const { pod } = await runPod(uuid, { checkout: false });
     const job = fakeBuildkite().job(uuid);

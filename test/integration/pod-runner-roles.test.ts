@@ -1,12 +1,12 @@
 import type { KubeConfig, V1ContainerStatus, V1Pod } from "@kubernetes/client-node";
 import { expect } from "chai";
 import { execFileSync } from "node:child_process";
-import { readdirSync, readFileSync } from "node:fs";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { expandPlugins, KUBERNETES_PLUGIN } from "../fake-buildkite/plugins.js";
 import { FakeBuildkite } from "../fake-buildkite/server.js";
+import { processesRunning } from "../support/managed-process.js";
 import { eventually } from "../support/eventually.js";
 import { testCluster, testNamespace } from "../support/global-cluster.js";
 import { TestObjects } from "../support/objects.js";
@@ -263,17 +263,3 @@ describe("PodRunner: the pod of one role per container, run by the real buildkit
     expect(pod.status?.phase).to.equal("Failed");
   });
 });
-
-/** Pids of this machine's processes whose command line is `command` (read from /proc). */
-function processesRunning(command: string): number[] {
-  return readdirSync("/proc")
-    .filter((e) => /^\d+$/.test(e))
-    .filter((pid) => {
-      try {
-        return readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0").join(" ").trim() === command;
-      } catch {
-        return false;
-      }
-    })
-    .map(Number);
-}

@@ -1,6 +1,5 @@
 import type { KubeConfig, V1Pod } from "@kubernetes/client-node";
 import { expect } from "chai";
-import { readdirSync, readFileSync } from "node:fs";
 import { jobResourceName } from "../../operator/src/api/names.js";
 import type { BuildkiteJob } from "../../operator/src/api/generated/buildkite-job.js";
 import type { BuildkiteQueueSpec } from "../../operator/src/api/generated/buildkite-queue.js";
@@ -8,6 +7,7 @@ import { buildPod } from "../../operator/src/job/pod-builder.js";
 import { decideStep } from "../../operator/src/job/step-request.js";
 import { FakeBuildkite } from "../fake-buildkite/server.js";
 import { installCrds } from "../support/crds.js";
+import { processesRunning } from "../support/managed-process.js";
 import { eventually } from "../support/eventually.js";
 import { queueFixture } from "../support/fixtures.js";
 import { testCluster, testNamespace } from "../support/global-cluster.js";
@@ -300,17 +300,3 @@ describe("PodRunner: job pods run by the real buildkite-agent (real control plan
     );
   });
 });
-
-/** Pids of this machine's processes whose command line is `command` (read from /proc). */
-function processesRunning(command: string): number[] {
-  return readdirSync("/proc")
-    .filter((e) => /^\d+$/.test(e))
-    .filter((pid) => {
-      try {
-        return readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0").join(" ").trim() === command;
-      } catch {
-        return false;
-      }
-    })
-    .map(Number);
-}

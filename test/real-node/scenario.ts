@@ -59,6 +59,8 @@ export class RealNodeScenario {
       syncTimeoutMs: 20_000,
       buildkite: FAST,
       allowedEndpoints: [fake.agentEndpoint],
+      // Images are imported on the node, never pulled: a container that cannot start is failed after 15 s, not 120.
+      timeouts: { startGraceSeconds: 15 },
     });
     return new RealNodeScenario(world, t, fake, operator);
   }

@@ -157,6 +157,37 @@ describe("steps in a job pod of role containers on a real node: image, sidecars,
     );
   });
 
+  it("fails a job whose service exits at start before the agent takes it, with the service's own words in Buildkite and the job's Event", async () => {
+    const { images } = sc().world.node;
+    await sc().queue("broken-service");
+    const words = `service-config-missing-${randomBytes(4).toString("hex")}`;
+    const uuid = seedStep({
+      queue_key: "broken-service",
+      image: images.step.ref,
+      plugins: [
+        {
+          [KUBERNETES_PLUGIN]: {
+            sidecars: [{ name: "db", image: images.step.ref, command: ["/bin/sh", "-c", `echo ${words} >&2; exit 3`] }],
+          },
+        },
+      ],
+      command: "echo never-runs",
+    });
+    const done = await sc().buildkiteState(uuid, "finished", 180_000);
+    expect(done.exit_status).to.equal(-1);
+    expect(done.log, "the command never ran").to.not.include("never-runs");
+    expect(done.finish_detail, "what Buildkite shows").to.include("Container db").and.include(words);
+    const job = await sc().jobPhase(uuid, "Failed");
+    expect(job.status).to.include({ reason: "InitContainerFailed" });
+    expect(job.status?.message).to.include(`Last lines of container db:\n${words}`);
+    const events = await sc().t.core.listNamespacedEvent({
+      namespace: sc().t.namespace,
+      fieldSelector: `involvedObject.name=${jobResourceName(uuid)}`,
+    });
+    expect(events.items.some((e) => e.reason === "ContainerLog" && (e.message ?? "").includes(words))).to.equal(true);
+    await sc().podGone(uuid);
+  });
+
   it("checks out a private repository over HTTP with a git-credentials Secret; the command reads marker.txt", async () => {
     const server = g();
     await createSecret("git-https", { credentials: `${server.credentialsLine}\n` });

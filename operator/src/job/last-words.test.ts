@@ -9,6 +9,7 @@ const status = (
   name: string,
   state: NonNullable<V1ContainerStatus["state"]>,
   containerID?: string,
+  lastState?: NonNullable<V1ContainerStatus["lastState"]>,
 ): V1ContainerStatus => ({
   name,
   image: `${name}-image`,
@@ -17,6 +18,7 @@ const status = (
   restartCount: 0,
   state,
   ...(containerID ? { containerID } : {}),
+  ...(lastState ? { lastState } : {}),
 });
 const exited = (exitCode: number) => ({ terminated: { exitCode, reason: exitCode === 0 ? "Completed" : "Error" } });
 const pod = (s: NonNullable<V1Pod["status"]>): V1Pod => ({
@@ -58,10 +60,7 @@ describe("a failed pod's own words", () => {
         phase: "Pending",
         initContainerStatuses: [
           status("copy-agent", exited(0)),
-          {
-            ...status("sidecar-0", { waiting: { reason: "CrashLoopBackOff" } }),
-            lastState: { terminated: { exitCode: 3 } },
-          },
+          status("sidecar-0", { waiting: { reason: "CrashLoopBackOff" } }, undefined, { terminated: { exitCode: 3 } }),
         ],
       }),
       queueFixture(),
@@ -103,10 +102,9 @@ describe("a failed pod's own words", () => {
       container: "agent",
       previous: false,
     });
-    const crashing: V1ContainerStatus = {
-      ...status("sidecar-0", { waiting: { reason: "CrashLoopBackOff" } }),
-      lastState: { terminated: { exitCode: 3, containerID: id } },
-    };
+    const crashing: V1ContainerStatus = status("sidecar-0", { waiting: { reason: "CrashLoopBackOff" } }, undefined, {
+      terminated: { exitCode: 3, containerID: id },
+    });
     expect(lastWordsSource(pod({ initContainerStatuses: [crashing] })), "a crash-looping service").to.deep.equal({
       container: "sidecar-0",
       previous: true,

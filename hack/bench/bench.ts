@@ -1,5 +1,6 @@
 import { execFileSync } from "node:child_process";
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import * as prettier from "prettier";
 import { cpus, loadavg, totalmem } from "node:os";
 import { basename, dirname, join } from "node:path";
 import { repoRoot } from "../../test/support/binaries.js";
@@ -172,10 +173,11 @@ async function main(): Promise<void> {
   const log = (line: string): void => {
     process.stderr.write(`${line}\n`);
   };
-  const command = `npm run bench -- ${process.argv.slice(2).join(" ")}`.trim();
+  const quoted = process.argv.slice(2).map((a) => (/[\s"]/.test(a) ? JSON.stringify(a) : a));
+  const command = `npm run bench -- ${quoted.join(" ")}`.trim();
   if (o.render !== undefined) {
     const saved = JSON.parse(readFileSync(o.render, "utf8")) as { header: string; command: string; results: Result[] };
-    writeFileSync(o.out, render(saved.results, saved.command, saved.header, o.out));
+    await writeFormatted(o.out, render(saved.results, saved.command, saved.header, o.out));
     log(`wrote ${o.out} from ${o.render}`);
     return;
   }
@@ -213,8 +215,8 @@ async function main(): Promise<void> {
   const header = `${note}Measured ${new Date().toISOString().slice(0, 10)} on ${machine()}, control plane included (everything runs on this machine). Load average (1, 5, 15 min) ${load(loadAtStart)} at the start, ${load(loadavg())} at the end.`;
   mkdirSync(join(dirname(o.out), basename(o.out, ".md")), { recursive: true });
   const saved = join(dirname(o.out), basename(o.out, ".md"), "results.json");
-  writeFileSync(saved, `${JSON.stringify({ header, command, results }, null, 1)}\n`);
-  writeFileSync(o.out, render(results, command, header, o.out));
+  await writeFormatted(saved, JSON.stringify({ header, command, results }));
+  await writeFormatted(o.out, render(results, command, header, o.out));
   log(`wrote ${o.out} and ${saved}`);
 }
 
@@ -231,6 +233,12 @@ async function retriedOnce(what: string, row: () => Promise<Result>, log: (line:
     );
     return row();
   }
+}
+
+/** Writes a results file as `npm run format` would leave it (the repository's Prettier settings), so lint passes. */
+async function writeFormatted(file: string, text: string): Promise<void> {
+  const options = (await prettier.resolveConfig(file)) ?? {};
+  writeFileSync(file, await prettier.format(text, { ...options, filepath: file }));
 }
 
 /** One line per row for the log while the run goes on. */

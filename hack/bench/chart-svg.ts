@@ -12,7 +12,7 @@ export interface Series {
 const COLORS = ["#7f7f7f", "#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
 const W = 720;
 const H = 360;
-const M = { left: 64, right: 16, top: 36, bottom: 44 };
+const M = { left: 64, right: 16, top: 52, bottom: 44 };
 
 /** A round step for about `n` ticks over `max`: 1, 2 or 5 times a power of ten. */
 export function niceStep(max: number, n = 6): number {
@@ -74,10 +74,11 @@ export function podsCreatedChart(title: string, series: readonly Series[]): stri
       .map(([t, n], j) => `${j === 0 ? "M" : "L"}${num(x(t))},${num(y(n))}`)
       .join(" ");
     parts.push(`<path d="${path}" fill="none" stroke="${color}" stroke-width="2"/>`);
-    const ly = M.top + 16 + i * 18;
+    // The legend sits in a row above the plot, clear of the lines.
+    const lx = M.left + i * 220;
     parts.push(
-      `<line x1="${String(M.left + 12)}" y1="${String(ly - 4)}" x2="${String(M.left + 36)}" y2="${String(ly - 4)}" stroke="${color}" stroke-width="3"/>`,
-      `<text x="${String(M.left + 42)}" y="${String(ly)}">${esc(`${s.label} (${String(s.seconds.length)})`)}</text>`,
+      `<line x1="${String(lx)}" y1="36" x2="${String(lx + 24)}" y2="36" stroke="${color}" stroke-width="3"/>`,
+      `<text x="${String(lx + 30)}" y="40">${esc(`${s.label} (${String(s.seconds.length)})`)}</text>`,
     );
   });
   parts.push("</svg>");

@@ -40,6 +40,17 @@ export interface RowEnv {
   watch: JobWatch;
   dir: string;
   byClient: boolean;
+  crdsInstalledAt: number;
+}
+
+/**
+ * kube-controller-manager's garbage collector learns of new kinds by rediscovering every 30 s; until then it checks
+ * the owners of each new dependent (a job's pod and token Secret) with a GET each, which a cluster whose CRDs are
+ * older never does. A system row starts its jobs only once the collector knows the CRDs.
+ */
+export async function afterGarbageCollectorSync(env: RowEnv): Promise<void> {
+  const wait = env.crdsInstalledAt + 35_000 - Date.now();
+  if (wait > 0) await new Promise((r) => setTimeout(r, wait));
 }
 
 /**
@@ -66,6 +77,7 @@ export async function withFreshCluster<T>(
     reuseConnections(kc);
     if (byClient) actAsBench(kc);
     await installCrds(kc);
+    const crdsInstalledAt = Date.now();
     const namespace = "bench";
     const core = kc.makeApiClient(CoreV1Api);
     const batch = kc.makeApiClient(BatchV1Api);
@@ -83,7 +95,7 @@ export async function withFreshCluster<T>(
       jobs: () => batch.listNamespacedJob({ namespace }),
       secrets: () => core.listNamespacedSecret({ namespace }),
     });
-    return await fn({ cluster, kc, namespace, watch, dir, byClient });
+    return await fn({ cluster, kc, namespace, watch, dir, byClient, crdsInstalledAt });
   } finally {
     await watch?.stop().catch(() => undefined);
     await cluster.stop();

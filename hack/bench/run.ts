@@ -13,7 +13,14 @@ import {
   type HeapSummary,
   type Share,
 } from "./profiles.js";
-import { p50p95p99, requestsPerJob, RowMeter, withFreshCluster, type RowEnv } from "./row.js";
+import {
+  afterGarbageCollectorSync,
+  p50p95p99,
+  requestsPerJob,
+  RowMeter,
+  withFreshCluster,
+  type RowEnv,
+} from "./row.js";
 import { OURS, type BenchContext, type BenchQueue, type SystemUnderTest } from "./systems.js";
 import { stages, type StageRow, type Trace } from "./trace.js";
 
@@ -214,6 +221,7 @@ export async function runScenario(system: SystemUnderTest, scenario: Scenario, o
       }
       opts.log(`${system.name}: starting for ${describe(scenario)}`);
       running = await system.start(ctx);
+      await afterGarbageCollectorSync(env);
       const meter = await RowMeter.start(env, running.pids);
       const start = Date.now();
       const seeding = seed(fake, scenario, queues);

@@ -93,31 +93,6 @@ export interface HeapSummary {
   byKind: Map<string, number>;
 }
 
-interface HeapSnapshot {
-  snapshot: { meta: { node_fields: string[]; node_types: [string[], ...unknown[]] } };
-  nodes: number[];
-  strings: string[];
-}
-
-/** Sums a heap snapshot's nodes by constructor or kind. */
-export function summarizeHeapSnapshot(text: string): HeapSummary {
-  const snap = JSON.parse(text) as HeapSnapshot;
-  const fields = snap.snapshot.meta.node_fields;
-  const types = snap.snapshot.meta.node_types[0];
-  const width = fields.length;
-  const [typeAt, nameAt, sizeAt] = ["type", "name", "self_size"].map((f) => fields.indexOf(f));
-  const byKind = new Map<string, number>();
-  let total = 0;
-  for (let i = 0; i < snap.nodes.length; i += width) {
-    const size = snap.nodes[i + (sizeAt ?? 0)] ?? 0;
-    const type = types[snap.nodes[i + (typeAt ?? 0)] ?? 0] ?? "?";
-    const kind = type === "object" ? (snap.strings[snap.nodes[i + (nameAt ?? 0)] ?? 0] ?? "?") : `(${type})`;
-    byKind.set(kind, (byKind.get(kind) ?? 0) + size);
-    total += size;
-  }
-  return { totalBytes: total, byKind };
-}
-
 /** What grew between two snapshots, largest first. */
 export function heapGrowth(before: HeapSummary, after: HeapSummary, top = 10): Share[] {
   const grown = after.totalBytes - before.totalBytes;

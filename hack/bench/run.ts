@@ -1,18 +1,12 @@
 import { CustomObjectsApi } from "@kubernetes/client-node";
-import { mkdirSync, readFileSync, rmSync } from "node:fs";
+import { mkdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import type { BuildkiteQueue } from "../../operator/src/api/generated/buildkite-queue.js";
 import { FakeBuildkite } from "../../test/fake-buildkite/server.js";
 import { FastRunner } from "../../test/support/fast-runner.js";
 import { BarePodClient, postBarePods } from "./bare-pods.js";
-import {
-  cpuProfileIn,
-  heapGrowth,
-  summarizeHeapSnapshot,
-  type CpuSummary,
-  type HeapSummary,
-  type Share,
-} from "./profiles.js";
+import { readHeapSnapshot } from "./heap-snapshot.js";
+import { cpuProfileIn, heapGrowth, type CpuSummary, type HeapSummary, type Share } from "./profiles.js";
 import {
   afterGarbageCollectorSync,
   p50p95p99,
@@ -314,7 +308,7 @@ async function heapInFlight(
   jobs: number,
 ): Promise<Result["heap"]> {
   if (!running.heapSnapshot) return undefined;
-  const full = read(await running.heapSnapshot());
+  const full = await read(await running.heapSnapshot());
   await env.kc.makeApiClient(CustomObjectsApi).deleteCollectionNamespacedCustomObject({
     group: "buildkite.com",
     version: "v1alpha1",
@@ -326,7 +320,7 @@ async function heapInFlight(
   );
   // The operator's caches see the same deletes a moment later.
   await new Promise((r) => setTimeout(r, 5_000));
-  const empty = read(await running.heapSnapshot());
+  const empty = await read(await running.heapSnapshot());
   return {
     emptyMb: empty.totalBytes / 2 ** 20,
     fullMb: full.totalBytes / 2 ** 20,
@@ -335,8 +329,8 @@ async function heapInFlight(
   };
 }
 
-function read(file: string): HeapSummary {
-  const summary = summarizeHeapSnapshot(readFileSync(file, "utf8"));
+async function read(file: string): Promise<HeapSummary> {
+  const summary = await readHeapSnapshot(file);
   rmSync(file, { force: true });
   return summary;
 }

@@ -4,8 +4,10 @@
 # kube-apiserver, via hack/build-binaries.sh), containerd + containerd-shim-runc-v2 + ctr, runc, crictl and kube-router
 # (its NetworkPolicy firewall only). Installs the Debian packages the node needs when they are missing: the CNI plugins
 # (bridge, host-local, loopback in /usr/lib/cni), iptables and ipset (kube-router), libseccomp-dev and gcc (runc is
-# built with cgo), curl (a NetworkPolicy test probes with it). Each binary is built once per version into the same
-# cache as build-binaries.sh and checked against its pin, so a second run takes a second. Linux only, as root.
+# built with cgo), curl (a NetworkPolicy test probes with it), git and openssh-server (test/support/git-server.ts serves
+# a private repository with `git http-backend` and a throwaway sshd of its own on a high port; the package's service
+# is not used). Each binary is built once per version into the same cache as build-binaries.sh and checked against its
+# pin, so a second run takes a second. Linux only, as root.
 #
 # Usage: hack/build-node.sh [name ...]   (default: all of kubelet containerd containerd-shim-runc-v2 ctr runc crictl
 #                                         kube-router, and the Debian packages)
@@ -76,7 +78,8 @@ containerd_ldflags() {
 want=("$@"); [ ${#want[@]} -gt 0 ] || want=(packages kubelet containerd containerd-shim-runc-v2 ctr runc crictl kube-router)
 for name in "${want[@]}"; do
   case $name in
-    packages) apt_install /usr/lib/cni/bridge containernetworking-plugins iptables iptables ipset ipset curl curl ;;
+    packages) apt_install /usr/lib/cni/bridge containernetworking-plugins iptables iptables ipset ipset curl curl \
+      /usr/sbin/sshd openssh-server /usr/lib/git-core/git-http-backend git ;;
     kubelet) bash "$here/build-binaries.sh" kubelet ;;
     containerd|ctr)
       build "$name" "$CONTAINERD_VERSION" "$name github.com/containerd/containerd/v2 $CONTAINERD_VERSION" --version \

@@ -19,6 +19,8 @@ interface PanelSpec {
   targets: Target[];
   /** Grid width out of 24 (default 8). */
   width?: number;
+  /** A panel about failures: no data is its healthy state (the dashboard test lets it be empty). */
+  errorsOnly?: true;
 }
 
 interface RowSpec {
@@ -93,7 +95,7 @@ export const ROWS: RowSpec[] = [
     title: "Capacity",
     panels: [
       {
-        title: "Slots used / total",
+        title: "Slots used / capacity",
         kind: "timeseries",
         unit: "short",
         width: 12,
@@ -101,7 +103,7 @@ export const ROWS: RowSpec[] = [
           "Concurrency slots held by unfinished jobs, against floor(maxVCPU / shape vCPU). Jobs beyond the slots stay scheduled in Buildkite.",
         targets: [
           { expr: `max by (queue) (buildkite_operator_slots_used{${Q}} ${LEADER})`, legend: "used {{queue}}" },
-          { expr: `max by (queue) (buildkite_operator_slots_total{${Q}} ${LEADER})`, legend: "total {{queue}}" },
+          { expr: `max by (queue) (buildkite_operator_slots_capacity{${Q}} ${LEADER})`, legend: "capacity {{queue}}" },
         ],
       },
       {
@@ -111,7 +113,7 @@ export const ROWS: RowSpec[] = [
         description: "Slots used over slots available, across the selected queues.",
         targets: [
           {
-            expr: `sum(buildkite_operator_slots_used{${Q}} ${LEADER}) / sum(buildkite_operator_slots_total{${Q}} ${LEADER})`,
+            expr: `sum(buildkite_operator_slots_used{${Q}} ${LEADER}) / sum(buildkite_operator_slots_capacity{${Q}} ${LEADER})`,
             legend: "utilisation",
           },
         ],
@@ -147,6 +149,7 @@ export const ROWS: RowSpec[] = [
       {
         title: "Failed requests",
         kind: "timeseries",
+        errorsOnly: true,
         unit: "reqps",
         description: "Requests answered with 4xx or 5xx (429: rate limited), or with no answer.",
         targets: [
@@ -176,6 +179,7 @@ export const ROWS: RowSpec[] = [
       {
         title: "Reconcile errors",
         kind: "timeseries",
+        errorsOnly: true,
         unit: "ops",
         description: "Reconciles that failed and were retried with backoff; the operator's log says why.",
         targets: [
@@ -195,11 +199,15 @@ export const ROWS: RowSpec[] = [
       {
         title: "Informer restarts",
         kind: "timeseries",
+        errorsOnly: true,
         unit: "short",
         description:
           "Watches replaced after an error or going quiet, per hour. A steady rise points at the API server or the network.",
         targets: [
-          { expr: `sum by (informer) (increase(buildkite_operator_informer_restarts[1h]))`, legend: "{{informer}}" },
+          {
+            expr: `sum by (informer) (increase(buildkite_operator_informer_restarts_total[1h]))`,
+            legend: "{{informer}}",
+          },
         ],
       },
       {
@@ -235,15 +243,26 @@ export const ROWS: RowSpec[] = [
   },
 ];
 
-/** Every `buildkite_operator_*` metric the dashboard queries, as registered (histogram series suffixes removed). */
+/** The metric whose `queue` label values fill the dashboard's queue variable. */
+export const QUEUE_VARIABLE_METRIC = "buildkite_operator_slots_capacity";
+
+/** Every query of the dashboard's panels, with the panel it belongs to (Grafana's `$variables` left in). */
+export function dashboardQueries(): { panel: string; expr: string; errorsOnly: boolean }[] {
+  return ROWS.flatMap((row) =>
+    row.panels.flatMap((p) =>
+      p.targets.map((t) => ({ panel: p.title, expr: t.expr, errorsOnly: p.errorsOnly ?? false })),
+    ),
+  );
+}
+
+/**
+ * Every `buildkite_operator_*` metric the dashboard queries, its queue variable's included, as registered
+ * (histogram series suffixes removed).
+ */
 export function dashboardMetrics(): string[] {
-  const names = new Set<string>();
-  for (const row of ROWS) {
-    for (const panel of row.panels) {
-      for (const t of panel.targets) {
-        for (const m of t.expr.matchAll(/buildkite_operator_[a-z_]+/g)) names.add(m[0].replace(/_bucket$/, ""));
-      }
-    }
+  const names = new Set<string>([QUEUE_VARIABLE_METRIC]);
+  for (const { expr } of dashboardQueries()) {
+    for (const m of expr.matchAll(/buildkite_operator_[a-z_]+/g)) names.add(m[0].replace(/_bucket$/, ""));
   }
   return [...names].sort();
 }
@@ -331,8 +350,8 @@ export function renderDashboard(): string {
           label: "Queue",
           type: "query",
           datasource: DATASOURCE,
-          query: { query: "label_values(buildkite_operator_slots_total, queue)", refId: "queue" },
-          definition: "label_values(buildkite_operator_slots_total, queue)",
+          query: { query: `label_values(${QUEUE_VARIABLE_METRIC}, queue)`, refId: "queue" },
+          definition: `label_values(${QUEUE_VARIABLE_METRIC}, queue)`,
           includeAll: true,
           multi: true,
           allValue: ".*",

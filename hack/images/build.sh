@@ -2,14 +2,18 @@
 # Builds the images the real test node runs, with no registry and no Docker: each is an OCI image layout written by
 # hand (blobs, config, manifest, index.json) and packed as a tar that `ctr -n k8s.io images import` takes.
 #   pause  the sandbox image: one static Go binary (hack/images/pause), user 65535
-#   agent  a Debian rootfs from debootstrap (minbase + bash, git, ca-certificates) as one layer, the buildkite-agent of
-#          hack/bin as a second; default user buildkite (uid/gid 10000), working directory /workspace
+#   agent    a Debian rootfs from debootstrap (minbase + bash, git, ca-certificates, openssh-client for checkouts over
+#            SSH) as one layer, the buildkite-agent of hack/bin as a second; default user buildkite (uid/gid 10000),
+#            working directory /workspace
+#   step     a step's `image:`: the same Debian layer and a second one with /etc/bk-step-image (hack/images/step) and
+#            user `step` (uid/gid 1000, the default user); no buildkite-agent: the job runs the one copied into the pod
+#   service  a sidecar: one static Go HTTP server (hack/images/service) on 127.0.0.1:$PORT (8080), user 65532
 # Images are cached in ${BK_OPERATOR_CACHE:-~/.cache/buildkite-operator}/images, keyed by what goes into them (the
 # functions below that build each part, the Debian suite, mirror and packages, the agent binary, the pause source): the
 # tag is that key, so a second run prints the cached tarball at once and a change rebuilds only what changed (the
 # Debian layer is cached apart). Building a new version of a part removes the older ones.
 #
-# Usage: hack/images/build.sh [pause|agent ...]   (default both; needs root for debootstrap)
+# Usage: hack/images/build.sh [pause|agent|step|service ...]   (default all; needs root for debootstrap)
 # Prints one line per image on stdout: NAME REFERENCE TARBALL. Progress goes to stderr.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -20,8 +24,10 @@ export GOTOOLCHAIN=local GOFLAGS=-buildvcs=false
 
 REPOSITORY=localhost/buildkite-operator-test
 SUITE=${BK_DEBIAN_SUITE:-bookworm}
-PACKAGES=bash,git,ca-certificates
+PACKAGES=bash,git,ca-certificates,openssh-client
 AGENT_UID=10000
+STEP_UID=1000
+SERVICE_UID=65532
 
 log() { echo "images: $*" >&2; }
 die() { echo "images: $*" >&2; exit 1; }
@@ -84,18 +90,39 @@ oci_image() {
   echo "$name $ref $out"
 }
 
-build_pause() {
-  local key; key=$( { declare -f build_pause layer_tar oci_image; cat "$here/pause/main.go" "$here/pause/go.mod"; go version; echo "$arch"; } | short_key)
-  local layer="$cache/pause-layer-$key.tar"
+# go_layer NAME BINARY: the layer of a static Go program of hack/images/NAME as /BINARY, plus an /etc/passwd and
+# /etc/group naming UID (for tools that look the user up). Prints the layer's path; the key is its input.
+go_layer() {
+  local name=$1 binary=$2 uid=${3:-}
+  local key; key=$( { declare -f go_layer layer_tar; cat "$here/$name/main.go" "$here/$name/go.mod"; go version; echo "$arch $binary $uid"; } | short_key)
+  local layer="$cache/$name-layer-$key.tar"
   if [ ! -f "$layer" ]; then
-    log "building the pause image"
-    local dir; dir=$(mktemp -d "$cache/.pause-XXXXXX")
-    (cd "$here/pause" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$dir/pause" .) || die "building pause failed"
+    log "building the $name image"
+    local dir; dir=$(mktemp -d "$cache/.$name-XXXXXX")
+    (cd "$here/$name" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$dir/$binary" .) || die "building $name failed"
+    if [ -n "$uid" ]; then
+      mkdir -p "$dir/etc"
+      echo "$name:x:$uid:$uid:$name:/:/nonexistent" >"$dir/etc/passwd"
+      echo "$name:x:$uid:" >"$dir/etc/group"
+    fi
     layer_tar "$dir" "$layer" --owner=0 --group=0 --mtime=@0
     rm -rf "$dir"
-    prune "$cache/pause-layer-*.tar" "$layer"
+    prune "$cache/$name-layer-*.tar" "$layer"
   fi
+  echo "$layer"
+}
+
+build_pause() {
+  local layer; layer=$(go_layer pause pause)
+  local key; key=$( { basename "$layer"; declare -f build_pause oci_image; } | short_key)
   oci_image pause "$key" '{"User":"65535:65535","Entrypoint":["/pause"]}' "$layer"
+}
+
+build_service() {
+  local layer; layer=$(go_layer service bk-test-service "$SERVICE_UID")
+  local config='{"User":"'$SERVICE_UID:$SERVICE_UID'","Env":["PORT=8080"],"Entrypoint":["/bk-test-service"]}'
+  local key; key=$( { basename "$layer"; echo "$config"; declare -f build_service oci_image; } | short_key)
+  oci_image service "$key" "$config" "$layer"
 }
 
 # The Debian layer: debootstrap of SUITE from the mirror, the agent's user, /workspace, apt's caches dropped.
@@ -149,11 +176,35 @@ build_agent() {
   oci_image agent "$key" "$config" "$base" "$layer"
 }
 
-want=("$@"); [ ${#want[@]} -gt 0 ] || want=(pause agent)
+# The step image's own layer: its marker file and user `step` added to the Debian layer's passwd and group files.
+build_step() {
+  local base; base=$(debian_layer)
+  local marker="$here/step/bk-step-image"
+  local key; key=$( { basename "$base"; cat "$marker"; echo "$STEP_UID"; declare -f build_step layer_tar; } | short_key)
+  local layer="$cache/step-layer-$key.tar"
+  if [ ! -f "$layer" ]; then
+    local dir; dir=$(mktemp -d "$cache/.step-XXXXXX")
+    mkdir -p "$dir/etc"
+    tar -xf "$base" -C "$dir" ./etc/passwd ./etc/group
+    echo "step:x:$STEP_UID:$STEP_UID:Step:/workspace:/bin/bash" >>"$dir/etc/passwd"
+    echo "step:x:$STEP_UID:" >>"$dir/etc/group"
+    install -m 0644 "$marker" "$dir/etc/bk-step-image"
+    layer_tar "$dir" "$layer" --owner=0 --group=0 --mtime=@0
+    rm -rf "$dir"
+    prune "$cache/step-layer-*.tar" "$layer"
+  fi
+  local config='{"User":"'$STEP_UID:$STEP_UID'","Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin","LANG=C.UTF-8"],"WorkingDir":"/workspace","Cmd":["/bin/bash"]}'
+  local key2; key2=$( { basename "$layer"; echo "$config"; declare -f build_step oci_image; } | short_key)
+  oci_image step "$key2" "$config" "$base" "$layer"
+}
+
+want=("$@"); [ ${#want[@]} -gt 0 ] || want=(pause agent step service)
 for name in "${want[@]}"; do
   case $name in
     pause) build_pause ;;
     agent) build_agent ;;
-    *) die "unknown image '$name' (known: pause agent)" ;;
+    step) build_step ;;
+    service) build_service ;;
+    *) die "unknown image '$name' (known: pause agent step service)" ;;
   esac
 done

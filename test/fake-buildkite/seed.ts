@@ -1,5 +1,5 @@
 import { randomUUID } from "node:crypto";
-import { compact, HttpError, optionalInt, optionalString, stringArray, stringMap } from "./http.js";
+import { compact, HttpError, isRecord, optionalInt, optionalString, stringArray, stringMap } from "./http.js";
 import { JOB_STATES, LOCKED_STATES, type JobState } from "./model.js";
 import type { JobRecord } from "./records.js";
 
@@ -29,9 +29,24 @@ export interface SeedJobOptions {
   readonly build_number?: number;
   readonly branch?: string;
   readonly step_key?: string;
-  /** `BUILDKITE_REPO` (default a fake URL; agents that run seeded jobs skip checkout). */
+  /**
+   * `BUILDKITE_REPO`. Default: a URL that does not exist, and the job env then also has `BUILDKITE_SKIP_CHECKOUT=true`
+   * (as a step's `checkout: {skip: true}` sets it), so an agent running the job skips the checkout phase. A real URL
+   * (a local `file://` repository, an http server of the test's) is checked out for real.
+   */
   readonly repo?: string;
+  /** The step's `image:`, as `BUILDKITE_IMAGE` in the job env (the image agent-stack-k8s runs the command in). */
+  readonly image?: string;
+  /**
+   * The step's plugins as the pipeline upload expands them, serialized into `BUILDKITE_PLUGINS` (default `[]`):
+   * one object per plugin, keyed by its full location. {@link expandPlugins} turns the pipeline's shorthand
+   * (`{kubernetes: {...}}`, `docker#v5.12.0`) into this form.
+   */
+  readonly plugins?: readonly PluginEntry[];
 }
+
+/** One plugin of `BUILDKITE_PLUGINS`: `{"<location>[#<ref>]": <config or null>}`. */
+export type PluginEntry = Readonly<Record<string, unknown>>;
 
 /** Context the store supplies for a new job. */
 export interface SeedContext {
@@ -42,6 +57,8 @@ export interface SeedContext {
 }
 
 const DEFAULT_COMMAND = 'echo "hello from the fake"';
+/** The repository of seeded jobs that name none: it does not exist, so their checkout is skipped. */
+export const FAKE_REPO = "https://git.fake-buildkite.invalid/fake-org/fake-pipeline.git";
 
 /** Builds a new job record with the standard environment the bootstrap requires (§2.6, §6.6). */
 export function seedJobRecord(options: SeedJobOptions, ctx: SeedContext): JobRecord {
@@ -64,7 +81,7 @@ export function seedJobRecord(options: SeedJobOptions, ctx: SeedContext): JobRec
     BUILDKITE_BUILD_ID: build.uuid,
     BUILDKITE_BUILD_NUMBER: String(build.number),
     BUILDKITE_BUILD_URL: buildUrl,
-    BUILDKITE_REPO: options.repo ?? "https://git.fake-buildkite.invalid/fake-org/fake-pipeline.git",
+    BUILDKITE_REPO: options.repo ?? FAKE_REPO,
     BUILDKITE_COMMIT: "HEAD",
     BUILDKITE_BRANCH: build.branch,
     BUILDKITE_MESSAGE: "Seeded by the fake Buildkite",
@@ -75,13 +92,15 @@ export function seedJobRecord(options: SeedJobOptions, ctx: SeedContext): JobRec
     BUILDKITE_PIPELINE_PROVIDER: "git",
     BUILDKITE_ORGANIZATION_SLUG: ctx.organizationSlug,
     BUILDKITE_COMMAND: command,
-    BUILDKITE_PLUGINS: "[]",
+    BUILDKITE_PLUGINS: JSON.stringify(options.plugins ?? []),
     BUILDKITE_LABEL: stepKey ?? "fake step",
     BUILDKITE_STEP_KEY: stepKey ?? "",
     BUILDKITE_RETRY_COUNT: "0",
     BUILDKITE_COMPUTE_TYPE: "self-hosted",
+    ...(options.image === undefined ? {} : { BUILDKITE_IMAGE: options.image }),
     ...options.env,
   };
+  if (env.BUILDKITE_REPO === FAKE_REPO && !("BUILDKITE_SKIP_CHECKOUT" in env)) env.BUILDKITE_SKIP_CHECKOUT = "true";
   return {
     uuid,
     seq: ctx.seq,
@@ -121,6 +140,7 @@ export function parseSeedBody(body: Record<string, unknown>): SeedJobOptions {
   const state = text("state");
   if (state !== undefined && !isJobState(state)) throw new HttpError(422, `unknown job state ${state}`);
   const rules = body.agent_query_rules;
+  const plugins = body.plugins === undefined || body.plugins === null ? undefined : pluginList(body.plugins);
   return compact<SeedJobOptions>({
     id: text("id"),
     queue_key: text("queue_key"),
@@ -136,7 +156,16 @@ export function parseSeedBody(body: Record<string, unknown>): SeedJobOptions {
     branch: text("branch"),
     step_key: text("step_key"),
     repo: text("repo"),
+    image: text("image"),
+    plugins,
   });
+}
+
+/** `BUILDKITE_PLUGINS`' form: an array of objects of one key each. */
+function pluginList(value: unknown): PluginEntry[] {
+  if (!Array.isArray(value) || !value.every((p) => isRecord(p) && Object.keys(p).length === 1))
+    throw new HttpError(422, 'plugins must be an array of objects of one key each, e.g. [{"docker#v5.12.0": {...}}]');
+  return value as PluginEntry[];
 }
 
 const JOB_STATE_SET: ReadonlySet<string> = new Set(JOB_STATES);

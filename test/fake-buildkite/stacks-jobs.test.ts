@@ -73,6 +73,7 @@ describe("fake Buildkite Stacks API: jobs the stack holds", () => {
       "BUILDKITE_STEP_KEY",
       "BUILDKITE_RETRY_COUNT",
       "BUILDKITE_COMPUTE_TYPE",
+      "BUILDKITE_SKIP_CHECKOUT",
       "EXTRA",
     ]);
     fake.cancel(job);

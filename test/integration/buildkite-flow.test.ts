@@ -162,18 +162,20 @@ describe("Buildkite jobs flow from the Stacks API through BuildkiteJobs to pods 
     // The only projected token is IRSA's, for STS's audience, not the API server's.
     const projected = spec?.volumes?.flatMap((v) => v.projected?.sources ?? []) ?? [];
     expect(projected.map((p) => p.serviceAccountToken?.audience)).to.deep.equal(["sts.amazonaws.com"]);
-    expect(spec?.containers.map((c) => c.name)).to.deep.equal(["agent"]);
-    const withToken = spec?.containers
-      .filter((c) => c.env?.some((e) => e.name === "BUILDKITE_AGENT_TOKEN"))
-      .map((c) => c.name);
+    expect(spec?.containers.map((c) => c.name)).to.deep.equal(["agent", "checkout", "command"]);
+    // Only the agent holds a Buildkite token; the job's containers never do.
+    const all = [...(spec?.initContainers ?? []), ...(spec?.containers ?? [])];
+    const withToken = all.filter((c) => c.env?.some((e) => e.name === "BUILDKITE_AGENT_TOKEN")).map((c) => c.name);
     expect(withToken).to.deep.equal(["agent"]);
-    const tokenRef = spec?.containers[0]?.env?.find((e) => e.name === "BUILDKITE_AGENT_TOKEN")?.valueFrom?.secretKeyRef;
+    const agent = spec?.containers.find((c) => c.name === "agent");
+    const tokenRef = agent?.env?.find((e) => e.name === "BUILDKITE_AGENT_TOKEN")?.valueFrom?.secretKeyRef;
     expect(tokenRef?.name).to.equal(jobTokenSecretName(uuid));
-    expect(spec?.containers[0]?.securityContext).to.deep.include({
-      allowPrivilegeEscalation: false,
-      runAsNonRoot: true,
-      capabilities: { drop: ["ALL"] },
-    });
+    for (const c of all)
+      expect(c.securityContext, c.name).to.deep.include({
+        allowPrivilegeEscalation: false,
+        runAsNonRoot: true,
+        capabilities: { drop: ["ALL"] },
+      });
     s.fake.cancel(uuid);
     await s.jobPhase(uuid, "Canceled");
   });

@@ -119,7 +119,7 @@ describe("Chaos: kills, API server restarts and Buildkite faults lose no job and
         const page = (await httpGet(`http://127.0.0.1:${port}/metrics`)).body;
         const restarts = page
           .split("\n")
-          .filter((l) => l.startsWith("buildkite_operator_informer_restarts{"))
+          .filter((l) => l.startsWith("buildkite_operator_informer_restarts_total{"))
           .reduce((n, l) => n + Number(l.split(" ").at(-1)), 0);
         expect(restarts, "informer restarts").to.be.greaterThan(0);
         expect((await httpGet(`http://127.0.0.1:${port}/readyz`)).status).to.equal(200);

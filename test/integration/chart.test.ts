@@ -107,7 +107,7 @@ describe("Helm chart: lint, template and values schema", function () {
       "Jobs completed by result",
       "Queue wait",
       "Dispatch latency",
-      "Slots used / total",
+      "Slots used / capacity",
       "Requests by endpoint and status",
       "Reconcile errors",
       "Work-queue depth",

@@ -1,4 +1,4 @@
-import type { KubeConfig, V1Container, V1Pod } from "@kubernetes/client-node";
+import type { KubeConfig, V1Container, V1ContainerStatus, V1Pod } from "@kubernetes/client-node";
 import { expect } from "chai";
 import { createWriteStream } from "node:fs";
 import { join } from "node:path";
@@ -13,6 +13,7 @@ import { testCluster, testNamespace } from "../support/global-cluster.js";
 import { TestObjects } from "../support/objects.js";
 import { startTestOperator } from "../support/operator.js";
 import { RUNNER_ANNOTATION } from "../support/pod-runner.js";
+import { rolePod } from "../support/role-pod.js";
 
 const FAST = { pollIntervalMs: 250, stateCheckIntervalMs: 500 };
 const JOBS = 200;
@@ -278,6 +279,38 @@ describe("FastRunner: job pods run over the agent API (real control plane, fake 
       { what: "the pod Failed with 255" },
     );
     expect(fastRunner.runs().get(uuid)?.exitCode).to.equal(255);
+  });
+
+  it("runs the pod of one role per container (docs/pod-layout.md): acquires as `agent`, ends every container as the kubelet", async () => {
+    const t = await namespace("fast-roles");
+    const fastRunner = await runner(t, { exitCode: () => 2 });
+    const uuid = fake.seedJob({ queue_key: "roles" });
+    const pod = rolePod({
+      name: "roles-job",
+      uuid,
+      queue: "roles",
+      endpoint: fake.agentEndpoint,
+      tokenSecret: "bk-token",
+      command: "make test",
+      sidecars: [{ image: "postgres:17" }],
+      annotations: { [RUNNER_ANNOTATION]: FAST_RUNNER },
+    });
+    await t.core.createNamespacedPod({ namespace: t.namespace, body: pod });
+    const ended = await eventually(
+      async () => {
+        const p = await t.pod("roles-job");
+        expect(p?.status?.phase).to.equal("Failed");
+        return p;
+      },
+      { what: "the pod Failed" },
+    );
+    const codes = (list: V1ContainerStatus[] | undefined): Record<string, number | undefined> =>
+      Object.fromEntries((list ?? []).map((s) => [s.name, s.state?.terminated?.exitCode]));
+    // The job ran and failed with 2: `command` exits with it, the agent (no reflect-exit-status) with 0.
+    expect(codes(ended?.status?.containerStatuses)).to.deep.equal({ agent: 0, checkout: 0, command: 2 });
+    expect(codes(ended?.status?.initContainerStatuses)).to.deep.equal({ "copy-agent": 0, "sidecar-0": 0 });
+    expect(fake.job(uuid)).to.include({ state: "finished", exit_status: 2 });
+    expect(fastRunner.runs().get(uuid)).to.include({ pod: "roles-job", exitCode: 0 });
   });
 
   it("waits out 423 Locked for its Retry-After, and retries a start that failed with 503", async () => {

@@ -126,7 +126,7 @@ describe("Operations: leader election, metrics, health and logs of the operator 
         expect(sample(page, "buildkite_operator_job_duration_seconds_count", { queue })).to.equal(2);
         expect(sample(page, "buildkite_operator_queue_wait_seconds_count", { queue })).to.equal(2);
         expect(sample(page, "buildkite_operator_dispatch_latency_seconds_count", { queue })).to.equal(2);
-        expect(sample(page, "buildkite_operator_slots_total", { queue })).to.equal(2);
+        expect(sample(page, "buildkite_operator_slots_capacity", { queue })).to.equal(2);
         expect(sample(page, "buildkite_operator_slots_used", { queue })).to.equal(0);
         expect(
           sample(page, "buildkite_operator_buildkite_requests_total", { endpoint: "batch-reserve", status: "200" }),
@@ -135,7 +135,7 @@ describe("Operations: leader election, metrics, health and logs of the operator 
           sample(page, "buildkite_operator_reconciles_total", { controller: "buildkitejob", result: "success" }),
         ).to.be.at.least(2);
         expect(page).to.match(/^buildkite_operator_workqueue_depth\{controller="buildkitejob"\} \d+$/m);
-        expect(page).to.match(/^buildkite_operator_informer_restarts\{informer="pods"\} \d+$/m);
+        expect(page).to.match(/^buildkite_operator_informer_restarts_total\{informer="pods"\} \d+$/m);
         expect(sample(page, "buildkite_operator_leader")).to.equal(1);
         expect(
           sample(page, "buildkite_operator_kubernetes_requests_total", { method: "POST" }),

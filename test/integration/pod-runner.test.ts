@@ -1,12 +1,13 @@
 import type { KubeConfig, V1Pod } from "@kubernetes/client-node";
 import { expect } from "chai";
-import { readdirSync, readFileSync } from "node:fs";
 import { jobResourceName } from "../../operator/src/api/names.js";
 import type { BuildkiteJob } from "../../operator/src/api/generated/buildkite-job.js";
 import type { BuildkiteQueueSpec } from "../../operator/src/api/generated/buildkite-queue.js";
 import { buildPod } from "../../operator/src/job/pod-builder.js";
+import { decideStep } from "../../operator/src/job/step-request.js";
 import { FakeBuildkite } from "../fake-buildkite/server.js";
 import { installCrds } from "../support/crds.js";
+import { processesRunning } from "../support/managed-process.js";
 import { eventually } from "../support/eventually.js";
 import { queueFixture } from "../support/fixtures.js";
 import { testCluster, testNamespace } from "../support/global-cluster.js";
@@ -52,8 +53,14 @@ describe("PodRunner: job pods run by the real buildkite-agent (real control plan
     if (t.namespace) await t.core.deleteNamespace({ name: t.namespace });
   });
 
-  /** Creates the BuildkiteJob (its pod's controller owner: without it the garbage collector deletes the pod) and the pod buildPod makes for it. */
+  /**
+   * Creates the BuildkiteJob (its pod's controller owner: without it the garbage collector deletes the pod), with the
+   * step's command as the operator records it from get-job, and the pod buildPod makes for it.
+   */
   async function createJobPod(uuid: string, spec: Partial<BuildkiteQueueSpec>): Promise<string> {
+    const command = fakeBuildkite()
+      .jobs()
+      .find((j) => j.id === uuid)?.command;
     const queue = queueFixture(
       { queue: QUEUE, endpoint: fakeBuildkite().agentEndpoint, instanceShape: "LINUX_AMD64_2X4", ...spec },
       QUEUE,
@@ -68,10 +75,16 @@ describe("PodRunner: job pods run by the real buildkite-agent (real control plan
         apiVersion: "buildkite.com/v1alpha1",
         kind: "BuildkiteJob",
         metadata: { name: jobResourceName(uuid) },
-        spec: { queueRef: { name: QUEUE }, uuid, priority: 0 },
+        spec: { queueRef: { name: QUEUE }, uuid, priority: 0, ...(command === undefined ? {} : { step: { command } }) },
       },
     })) as BuildkiteJob;
-    const pod = await t.core.createNamespacedPod({ namespace: t.namespace, body: buildPod(queue, job) });
+    // As the operator: the queue decides what the step may have, and the pod runs that.
+    const decision = decideStep(queue, job);
+    if ("refused" in decision) throw new Error(decision.refused);
+    const pod = await t.core.createNamespacedPod({
+      namespace: t.namespace,
+      body: buildPod(queue, job, 0, decision.plan),
+    });
     return pod.metadata?.name ?? "";
   }
 
@@ -170,6 +183,51 @@ describe("PodRunner: job pods run by the real buildkite-agent (real control plan
     });
   });
 
+  it("still runs a pod of the earlier layout: one container running `buildkite-agent start --acquire-job` and the job", async () => {
+    const uuid = fakeBuildkite().seedJob({ queue_key: QUEUE, command: 'echo one-container in "$HOME" && exit 2' });
+    const name = "one-container";
+    await t.core.createNamespacedPod({
+      namespace: t.namespace,
+      body: {
+        metadata: { name, annotations: REAL },
+        spec: {
+          restartPolicy: "Never",
+          containers: [
+            {
+              name: "agent",
+              image: "buildkite/agent:3",
+              command: ["buildkite-agent"],
+              args: ["start", "--acquire-job", uuid, "--reflect-exit-status"],
+              env: [
+                {
+                  name: "BUILDKITE_AGENT_TOKEN",
+                  valueFrom: { secretKeyRef: { name: "bk-agent-token", key: "token" } },
+                },
+                { name: "BUILDKITE_AGENT_ENDPOINT", value: fakeBuildkite().agentEndpoint },
+                { name: "BUILDKITE_AGENT_TAGS", value: `queue=${QUEUE}` },
+                { name: "BUILDKITE_BUILD_PATH", value: "/workspace/builds" },
+                { name: "HOME", value: "/workspace" },
+              ],
+              volumeMounts: [{ name: "workspace", mountPath: "/workspace" }],
+              workingDir: "/workspace",
+            },
+          ],
+          volumes: [{ name: "workspace", emptyDir: {} }],
+        },
+      },
+    });
+    const run = await podRunner().waitForRun(name, 60_000);
+    expect(run, run.output).to.include({ uuid, exitCode: 2, phase: "Failed" });
+    expect(run.containers.map((c) => c.name)).to.deep.equal(["agent"]);
+    expect(fakeBuildkite().job(uuid)).to.include({ state: "finished", exit_status: 2 });
+    expect(fakeBuildkite().job(uuid).log).to.include(`one-container in ${podRunner().workDir}/`);
+    const pod = await podWhen(name, "Failed", (p) => {
+      expect(p.status?.phase).to.equal("Failed");
+    });
+    expect(pod.status?.containerStatuses?.map((c) => c.state?.terminated?.exitCode)).to.deep.equal([2]);
+    expect(pod.status).to.not.have.property("initContainerStatuses");
+  });
+
   it("leaves a pod without the annotation to KWOK, which runs and ends it as before", async () => {
     const uuid = "0190a8f4-52c1-4b8e-9d4a-00000000c0de";
     const name = await createJobPod(uuid, {});
@@ -192,13 +250,15 @@ describe("PodRunner: job pods run by the real buildkite-agent (real control plan
     const name = await createJobPod(uuid, { maxJobDurationSeconds: 3, podTemplate: { annotations: REAL } });
 
     const run = await podRunner().waitForRun(name, 60_000);
-    // One SIGTERM only makes the agent wait for its job (a graceful stop); the SIGKILL after the grace period ends it.
-    expect(run, run.output).to.include({ reason: "DeadlineExceeded", exitCode: 137 });
+    // The agent's Kubernetes mode takes SIGTERM as an ungraceful stop: it interrupts the command container, finishes
+    // the job as stopped (-1) and exits with that status (--reflect-exit-status: 255). preStop hooks are not run.
+    expect(run, run.output).to.include({ reason: "DeadlineExceeded", exitCode: 255 });
+    expect(fakeBuildkite().job(uuid)).to.include({ state: "finished", exit_status: -1, signal_reason: "agent_stop" });
     const pod = await podWhen(name, "Failed", (p) => {
       expect(p.status?.phase).to.equal("Failed");
     });
     expect(pod.status).to.include({ reason: "DeadlineExceeded" });
-    expect(pod.status?.containerStatuses?.[0]?.state?.terminated).to.include({ exitCode: 137, reason: "Error" });
+    expect(pod.status?.containerStatuses?.[0]?.state?.terminated).to.include({ exitCode: 255, reason: "Error" });
     await eventually(
       () => {
         expect(processesRunning("sleep 287")).to.deep.equal([]);
@@ -223,7 +283,9 @@ describe("PodRunner: job pods run by the real buildkite-agent (real control plan
 
     await t.core.deleteNamespacedPod({ name, namespace: t.namespace });
     const run = await podRunner().waitForRun(name, 30_000);
-    expect(run.exitCode, run.output).to.equal(137);
+    // As for the deadline: the agent stops the job at SIGTERM, Buildkite is told, and it exits with the job's -1.
+    expect(run.exitCode, run.output).to.equal(255);
+    expect(fakeBuildkite().job(uuid)).to.include({ state: "finished", exit_status: -1, signal_reason: "agent_stop" });
     await eventually(
       async () => {
         expect(await t.pod(name)).to.equal(undefined);
@@ -238,17 +300,3 @@ describe("PodRunner: job pods run by the real buildkite-agent (real control plan
     );
   });
 });
-
-/** Pids of this machine's processes whose command line is `command` (read from /proc). */
-function processesRunning(command: string): number[] {
-  return readdirSync("/proc")
-    .filter((e) => /^\d+$/.test(e))
-    .filter((pid) => {
-      try {
-        return readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0").join(" ").trim() === command;
-      } catch {
-        return false;
-      }
-    })
-    .map(Number);
-}

@@ -92,7 +92,10 @@ describe("--watch-namespaces: the operator serves the listed namespaces and neve
       "persistentvolumeclaims",
     ]) {
       expect(page).to.match(
-        new RegExp(`^buildkite_operator_informer_restarts\\{informer="${kind}/${watched.namespace}"\\} \\d+$`, "m"),
+        new RegExp(
+          `^buildkite_operator_informer_restarts_total\\{informer="${kind}/${watched.namespace}"\\} \\d+$`,
+          "m",
+        ),
       );
     }
     expect(page).to.not.match(/informer="pods"/);

@@ -1,4 +1,6 @@
+import type { V1Pod } from "@kubernetes/client-node";
 import { expect } from "chai";
+import { randomBytes } from "node:crypto";
 import { createWriteStream } from "node:fs";
 import { join } from "node:path";
 import type { BuildkiteJob } from "../../operator/src/api/generated/buildkite-job.js";
@@ -16,6 +18,8 @@ import type { World } from "./world.js";
 
 const TOKEN_SECRET = "bk-token";
 const FAST = { pollIntervalMs: 250, stateCheckIntervalMs: 500 };
+/** The containers of a job pod (docs/pod-layout.md) whose logs explain a failure. */
+const POD_CONTAINERS = ["copy-agent", "agent", "checkout", "command"] as const;
 
 /**
  * Buildkite jobs on the real node: a namespace enforcing Pod Security *restricted*, a fake Buildkite listening on the
@@ -39,7 +43,11 @@ export class RealNodeScenario {
       "pod-security.kubernetes.io/enforce-version": "latest",
     });
     const t = new TestObjects(kc, namespace);
-    const fake = await FakeBuildkite.start({ host: world.node.gatewayIp });
+    // A token of its own per run, so a search for it (steps.test.ts) cannot be fooled by a value written elsewhere.
+    const fake = await FakeBuildkite.start({
+      host: world.node.gatewayIp,
+      agentToken: `bkct_${randomBytes(16).toString("hex")}`,
+    });
     await t.createTokenSecret(TOKEN_SECRET, fake.agentToken);
     const logger = createLogger(
       "debug",
@@ -51,6 +59,8 @@ export class RealNodeScenario {
       syncTimeoutMs: 20_000,
       buildkite: FAST,
       allowedEndpoints: [fake.agentEndpoint],
+      // Images are imported on the node, never pulled: a container that cannot start is failed after 15 s, not 120.
+      timeouts: { startGraceSeconds: 15 },
     });
     return new RealNodeScenario(world, t, fake, operator);
   }
@@ -108,9 +118,27 @@ export class RealNodeScenario {
     );
   }
 
-  /** What the agent container printed, while kubelet still has it: for failure messages. */
+  /**
+   * The job's pod as first seen: it is deleted when the job ends, so a test that checks its spec starts polling as soon
+   * as it seeds the job, and the pod lives at least as long as its images take to start.
+   */
+  async pod(uuid: string, timeoutMs = 90_000): Promise<V1Pod> {
+    return eventually(
+      async () => {
+        const pod = await this.t.pod(jobResourceName(uuid));
+        if (!pod) throw new Error(`no pod of job ${uuid} yet`);
+        return pod;
+      },
+      { what: `the pod of job ${uuid}`, timeoutMs, intervalMs: 100 },
+    );
+  }
+
+  /** What the pod's containers printed, while kubelet still has it: for failure messages. */
   diagnose(uuid: string): string {
-    const log = this.world.node.containerLog(this.t.namespace, jobResourceName(uuid));
-    return log === "" ? "(no container log)" : `container log:\n${log.split("\n").slice(-15).join("\n")}`;
+    const logs = POD_CONTAINERS.map((container) => {
+      const log = this.world.node.containerLog(this.t.namespace, jobResourceName(uuid), container);
+      return log === "" ? "" : `${container} container log:\n${log.split("\n").slice(-15).join("\n")}`;
+    }).filter((l) => l !== "");
+    return logs.length === 0 ? "(no container log)" : logs.join("\n");
   }
 }

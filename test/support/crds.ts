@@ -1,5 +1,6 @@
 import {
   ApiextensionsV1Api,
+  CustomObjectsApi,
   KubernetesObjectApi,
   loadYaml,
   PatchStrategy,
@@ -11,10 +12,16 @@ import { join } from "node:path";
 import { repoRoot } from "./binaries.js";
 import { eventually } from "./eventually.js";
 
-/** Applies every CRD of `crds/` (server-side apply) and waits until the API server serves them. */
+/**
+ * Applies every CRD of `crds/` (server-side apply) and waits until the API server serves them as an informer reads
+ * them: `Established`, and a full list answered. Right after `Established` the resource's watch cache is still
+ * filling, and the API server answers lists that the cache serves (an informer's unpaginated list) with 429 "storage is
+ * (re)initializing" for about a second; an operator started then logs a failed informer and restarts it.
+ */
 export async function installCrds(kc: KubeConfig): Promise<void> {
   const objects = KubernetesObjectApi.makeApiClient(kc);
   const ext = kc.makeApiClient(ApiextensionsV1Api);
+  const custom = kc.makeApiClient(CustomObjectsApi);
   const dir = join(repoRoot, "crds");
   // loadYaml maps JSON names to the client's model names (`x-kubernetes-validations` → `xKubernetesValidations`,
   // `enum` → `_enum`); a plain YAML parse would have the serializer silently drop those fields.
@@ -30,8 +37,11 @@ export async function installCrds(kc: KubeConfig): Promise<void> {
           const live = await ext.readCustomResourceDefinition({ name: crd.metadata?.name ?? "" });
           if (live.status?.conditions?.find((c) => c.type === "Established")?.status !== "True")
             throw new Error("not established");
+          const version = live.spec.versions.find((v) => v.storage)?.name ?? "";
+          // unpaginated, as an informer lists: a paginated list is answered from etcd while the cache fills
+          await custom.listClusterCustomObject({ group: live.spec.group, version, plural: live.spec.names.plural });
         },
-        { timeoutMs: 30_000, what: `CRD ${crd.metadata?.name ?? ""} to be established` },
+        { timeoutMs: 30_000, what: `CRD ${crd.metadata?.name ?? ""} to be established and listed` },
       ),
     ),
   );

@@ -11,6 +11,7 @@ import {
   type SecretReader,
 } from "./fast-pod.js";
 import { jobFixture, queueFixture } from "./fixtures.js";
+import { rolePod } from "./role-pod.js";
 
 const ENDPOINT = "http://fake/v3";
 const secrets: SecretReader = (name, key) =>
@@ -110,5 +111,51 @@ describe("fast runner pods", () => {
     // agent-stack-k8s: the agent exits 0, the command container with the job's status.
     expect(ended(0, 2)).to.deep.equal(["Failed", 0, 2]);
     expect(ended(27)).to.deep.equal(["Failed", 27, 27]);
+  });
+
+  it("reads the role layout's agent container, not copy-agent, a sidecar, checkout or command", async () => {
+    const p = rolePod({
+      name: "roles",
+      uuid: "j2",
+      queue: "linux",
+      endpoint: ENDPOINT,
+      tokenSecret: "bk-agent-token",
+      command: "make",
+      sidecars: [{ image: "postgres:17" }],
+    });
+    expect(await agentLaunch(p, "http://default/v3", secrets)).to.deep.include({
+      container: "agent",
+      uuid: "j2",
+      token: "bkct_x",
+      endpoint: ENDPOINT,
+      tags: ["queue=linux"],
+      name: "roles",
+      reflect: false,
+    });
+  });
+
+  it("writes the role layout's statuses as the kubelet: init containers done, sidecars running, then each role's exit", () => {
+    const p = rolePod({ name: "roles", uuid: "j2", queue: "q", endpoint: ENDPOINT, tokenSecret: "t" });
+    p.spec?.initContainers?.push({ name: "sidecar-0", image: "redis", restartPolicy: "Always" });
+    type Status = { state: { running?: object; terminated?: { exitCode: number } } };
+    type Patch = { status: { phase: string; containerStatuses: Status[]; initContainerStatuses: Status[] } };
+    const running = (runningPatch(p, new Date(0)) as Patch).status;
+    expect(running.phase).to.equal("Running");
+    expect(running.initContainerStatuses.map((s) => Object.keys(s.state))).to.deep.equal([["terminated"], ["running"]]);
+    expect(running.containerStatuses.map((s) => Object.keys(s.state))).to.deep.equal([
+      ["running"],
+      ["running"],
+      ["running"],
+    ]);
+    const ended = (agentExit: number, jobExit?: number): unknown[] => {
+      const { status } = terminatedPatch(p, "agent", agentExit, jobExit, new Date(0), new Date(1)) as Patch;
+      const codes = (list: Status[]): unknown[] => list.map((s) => s.state.terminated?.exitCode);
+      return [status.phase, ...codes(status.initContainerStatuses), ...codes(status.containerStatuses)];
+    };
+    // copy-agent, sidecar-0, agent, checkout, command.
+    expect(ended(0, 0)).to.deep.equal(["Succeeded", 0, 0, 0, 0, 0]);
+    expect(ended(0, 2)).to.deep.equal(["Failed", 0, 0, 0, 0, 2]);
+    // A refused acquire: the bootstraps never registered.
+    expect(ended(27)).to.deep.equal(["Failed", 0, 0, 27, 1, 1]);
   });
 });

@@ -1,5 +1,6 @@
-import type { V1Container, V1ContainerStatus, V1EnvVar, V1Pod, V1PodCondition } from "@kubernetes/client-node";
-import { expand } from "./kubelet-env.js";
+import type { V1Container, V1EnvVar, V1Pod } from "@kubernetes/client-node";
+import { expand, isSidecar } from "./kubelet-env.js";
+import { podStatus, type ContainerFacts, type PodFacts } from "./kubelet-status.js";
 import { RUNNER_ANNOTATION } from "./pod-runner.js";
 
 /**
@@ -9,8 +10,6 @@ import { RUNNER_ANNOTATION } from "./pod-runner.js";
 
 /** The annotation value that hands a pod to the fast runner (KWOK's stages skip any pod with the key). */
 export const FAST_RUNNER = "fast";
-/** The pod and host IP reported for annotated pods, as pod-runner.ts reports them. */
-const LOCAL_IP = "127.0.0.1";
 
 /**
  * Whether the runner should take `pod` now. Annotated `fast`: once bound. With `adoptAll`, an unannotated pod too,
@@ -60,8 +59,9 @@ const WANTED = [
 ];
 
 /**
- * Finds the agent container, the first with `--acquire-job <uuid>` (this operator's pods) or the env
- * `BUILDKITE_AGENT_ACQUIRE_JOB` (agent-stack-k8s's), and resolves the env the agent reads.
+ * Finds the agent container among the regular containers (init containers and sidecars never acquire), the first
+ * with `--acquire-job <uuid>` (this operator's pod of one container) or the env `BUILDKITE_AGENT_ACQUIRE_JOB` (the
+ * role layout's `agent`, agent-stack-k8s's), and resolves the env the agent reads.
  */
 export async function agentLaunch(pod: V1Pod, defaultEndpoint: string, readSecret: SecretReader): Promise<AgentLaunch> {
   const containers = pod.spec?.containers ?? [];
@@ -173,37 +173,17 @@ export function agentExitCode(outcome: AgentOutcome, reflect: boolean): number {
 
 /** Strategic-merge status patch (by uid: a replacement pod of the same name is never written) for Running. */
 export function runningPatch(pod: V1Pod, startedAt: Date): object {
-  const containerStatuses: V1ContainerStatus[] = (pod.spec?.containers ?? []).map((c) => ({
-    name: c.name,
-    image: c.image ?? "",
-    imageID: "",
-    ready: true,
-    started: true,
-    restartCount: 0,
-    state: { running: { startedAt } },
-  }));
-  const conditions = ["PodReadyToStartContainers", "PodScheduled", "Initialized", "ContainersReady", "Ready"].map(
-    (type) => condition(pod, type, "True"),
-  );
-  return {
-    metadata: { uid: pod.metadata?.uid },
-    status: {
-      phase: "Running",
-      hostIP: LOCAL_IP,
-      hostIPs: [{ ip: LOCAL_IP }],
-      podIP: LOCAL_IP,
-      podIPs: [{ ip: LOCAL_IP }],
-      startTime: startedAt,
-      conditions,
-      containerStatuses,
-    },
-  };
+  return { metadata: { uid: pod.metadata?.uid }, status: podStatus(pod, podFacts(pod, startedAt)) };
 }
 
 /**
- * The terminal status patch. The agent container exits with `agentExit`; the pod's other containers (agent-stack-k8s's
- * command containers) with the job's own status if it ran, else with the agent's. Phase as the kubelet derives it
- * for restartPolicy Never: Succeeded only if every container exited 0.
+ * The terminal status patch, as the kubelet reports a pod whose containers have all stopped. The agent container
+ * exits with `agentExit`. A `kubernetes-bootstrap` container (one with `BUILDKITE_BOOTSTRAP_PHASES`, of the role
+ * layout or agent-stack-k8s's) exits with the job's status if its phases include `command`, 0 for `checkout`, and 1
+ * if no job ran (it never got to register: the agent and its socket were gone). Any other container exits with the
+ * job's status if it ran, else with the agent's. Init containers completed at the start; sidecars stopped cleanly at
+ * the end. Phase as the kubelet derives it for restartPolicy Never: Succeeded only if every regular container
+ * exited 0. The pod's IPs and startTime are left as they are.
  */
 export function terminatedPatch(
   pod: V1Pod,
@@ -213,27 +193,37 @@ export function terminatedPatch(
   startedAt: Date,
   finishedAt: Date,
 ): object {
-  const containerStatuses: V1ContainerStatus[] = (pod.spec?.containers ?? []).map((c) => {
-    const exitCode = c.name === agentContainer || jobExit === undefined ? agentExit : jobExit & 0xff;
-    const terminated = { exitCode, reason: exitCode === 0 ? "Completed" : "Error", startedAt, finishedAt };
-    return {
-      name: c.name,
-      image: c.image ?? "",
-      imageID: "",
-      ready: false,
-      started: false,
-      restartCount: 0,
-      state: { terminated },
-    };
-  });
-  const phase = containerStatuses.every((s) => s.state?.terminated?.exitCode === 0) ? "Succeeded" : "Failed";
-  const conditions = ["ContainersReady", "Ready"].map((type) => condition(pod, type, "False", "PodCompleted"));
-  return { metadata: { uid: pod.metadata?.uid }, status: { phase, conditions, containerStatuses } };
+  const exit = (c: V1Container): number => {
+    if (c.name === agentContainer) return agentExit;
+    const phases = c.env?.find((e) => e.name === "BUILDKITE_BOOTSTRAP_PHASES")?.value;
+    if (phases === undefined) return jobExit === undefined ? agentExit : jobExit & 0xff;
+    if (jobExit === undefined) return 1;
+    return phases.split(",").includes("command") ? jobExit & 0xff : 0;
+  };
+  const { phase, conditions, containerStatuses, initContainerStatuses } = podStatus(
+    pod,
+    podFacts(pod, startedAt, { finishedAt, exit }),
+  );
+  return {
+    metadata: { uid: pod.metadata?.uid },
+    status: { phase, conditions, containerStatuses, ...(initContainerStatuses ? { initContainerStatuses } : {}) },
+  };
 }
 
-/** A condition that keeps its lastTransitionTime while its status stays. */
-function condition(pod: V1Pod, type: string, status: "True" | "False", reason?: string): V1PodCondition {
-  const prev = pod.status?.conditions?.find((c) => c.type === type);
-  const lastTransitionTime = prev?.status === status ? (prev.lastTransitionTime ?? new Date()) : new Date();
-  return { type, status, lastTransitionTime, ...(reason === undefined ? {} : { reason }) };
+/** Every container as started at `startedAt` (init containers already done), or stopped at `end`. */
+function podFacts(pod: V1Pod, startedAt: Date, end?: { finishedAt: Date; exit: (c: V1Container) => number }): PodFacts {
+  const containers = new Map<string, ContainerFacts>();
+  for (const c of pod.spec?.initContainers ?? []) {
+    const stopped = !isSidecar(c)
+      ? { finishedAt: startedAt, exitCode: 0 }
+      : end && { finishedAt: end.finishedAt, exitCode: 0 };
+    containers.set(c.name, { name: c.name, startedAt, ...stopped });
+  }
+  for (const c of pod.spec?.containers ?? [])
+    containers.set(c.name, {
+      name: c.name,
+      startedAt,
+      ...(end && { finishedAt: end.finishedAt, exitCode: end.exit(c) }),
+    });
+  return { startedAt, containers, ended: end !== undefined };
 }

@@ -33,8 +33,8 @@ export interface FastRunnerOptions {
   readonly namespaces: readonly string[];
   /** The agent endpoint for pods without BUILDKITE_AGENT_ENDPOINT (the fake's `agentEndpoint`). */
   readonly fakeEndpoint: string;
-  /** Simulated run time between start and finish (default 0). */
-  readonly durationMs?: number;
+  /** Simulated run time between start and finish (default 0), or each job's own. */
+  readonly durationMs?: number | ((uuid: string) => number);
   /** The job's exit status (default 0). */
   readonly exitCode?: (uuid: string) => number;
   /** Also take unannotated pods once KWOK has made them Running (other controllers' pods). Default false. */
@@ -296,7 +296,8 @@ export class FastRunner {
         await this.#api.start(session, this.#uuid(run), this.#token(run));
         const text = (this.options.log ?? defaultLog)(this.#uuid(run), pod?.metadata?.name ?? "");
         if (text !== "") await this.#api.chunk(session, this.#uuid(run), this.#token(run), text).catch(() => undefined);
-        run.finishAt = now + (this.options.durationMs ?? 0);
+        const { durationMs = 0 } = this.options;
+        run.finishAt = now + (typeof durationMs === "number" ? durationMs : durationMs(this.#uuid(run)));
         run.heartbeatAt = now + session.heartbeatIntervalMs;
         return "running";
       }

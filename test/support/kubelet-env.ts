@@ -1,21 +1,52 @@
-import type {
-  CoreV1Api,
-  V1Container,
-  V1ContainerState,
-  V1ContainerStatus,
-  V1EnvVar,
-  V1Pod,
-  V1PodStatus,
-} from "@kubernetes/client-node";
+import type { CoreV1Api, V1Container, V1EnvVar, V1Pod } from "@kubernetes/client-node";
 import { isNotFound } from "../../operator/src/kube/field-manager.js";
 
 /**
- * What a kubelet derives from a pod spec, for the test stand-ins that play kubelet (the pod-runner and the fast
- * runner): the container's resolved env, and the container statuses and conditions it reports.
+ * What a kubelet derives from a pod spec, for the test stand-ins that play kubelet (the pod runner and the fast
+ * runner): a container's resolved env, and which pods and containers it would run.
  */
 
-/** The pod and host IP the stand-ins report: the agent runs on this machine. */
+/** The pod and host IP the stand-ins report: the containers run on this machine. */
 export const LOCAL_IP = "127.0.0.1";
+
+/** The keys of a Secret (its `data`) or ConfigMap (`data` and `binaryData`), decoded; undefined if it does not exist. */
+export interface KeySource {
+  secret(name: string): Promise<ReadonlyMap<string, Buffer> | undefined>;
+  configMap(name: string): Promise<ReadonlyMap<string, Buffer> | undefined>;
+}
+
+/** A {@link KeySource} reading the pod's namespace through the API server, each object once. */
+export function apiKeySource(core: CoreV1Api, namespace: string): KeySource {
+  const memo = new Map<string, Promise<ReadonlyMap<string, Buffer> | undefined>>();
+  const once = (
+    id: string,
+    read: () => Promise<{ data?: Record<string, string>; binaryData?: Record<string, string> }>,
+    text: boolean,
+  ): Promise<ReadonlyMap<string, Buffer> | undefined> => {
+    let value = memo.get(id);
+    if (!value) {
+      value = read().then(
+        (object) => {
+          const keys = new Map<string, Buffer>();
+          // A Secret's data and a ConfigMap's binaryData are base64; a ConfigMap's data is text.
+          for (const [k, v] of Object.entries(object.data ?? {})) keys.set(k, Buffer.from(v, text ? "utf8" : "base64"));
+          for (const [k, v] of Object.entries(object.binaryData ?? {})) keys.set(k, Buffer.from(v, "base64"));
+          return keys;
+        },
+        (err: unknown) => {
+          if (isNotFound(err)) return undefined;
+          throw err;
+        },
+      );
+      memo.set(id, value);
+    }
+    return value;
+  };
+  return {
+    secret: (name) => once(`secret/${name}`, () => core.readNamespacedSecret({ name, namespace }), false),
+    configMap: (name) => once(`configmap/${name}`, () => core.readNamespacedConfigMap({ name, namespace }), true),
+  };
+}
 
 /** Kubernetes' `$(VAR)` expansion: variables defined so far are replaced, `$$` escapes, anything else stays. */
 export function expand(text: string, vars: ReadonlyMap<string, string>): string {
@@ -24,37 +55,52 @@ export function expand(text: string, vars: ReadonlyMap<string, string>): string 
   );
 }
 
-/** The container's env as the kubelet resolves it, in order: values (expanded), Secret keys, downward API fields. */
-export async function resolveEnv(core: CoreV1Api, pod: V1Pod, container: V1Container): Promise<Map<string, string>> {
-  if (container.envFrom?.length) throw new Error("envFrom is not supported by the pod runner");
+/** What the kubelet accepts as an env var name from `envFrom` (others are skipped, with an event). */
+const ENV_NAME = /^[-._a-zA-Z][-._a-zA-Z0-9]*$/;
+
+/**
+ * The container's env as the kubelet resolves it: first every `envFrom` source in order (a later one wins, each key
+ * with its prefix), then `env` in order, each value expanded against what is defined so far, or read from a Secret or
+ * ConfigMap key or a downward API field. A missing object or key fails the container (CreateContainerConfigError)
+ * unless marked optional.
+ */
+export async function resolveEnv(source: KeySource, pod: V1Pod, container: V1Container): Promise<Map<string, string>> {
   const vars = new Map<string, string>();
+  for (const from of container.envFrom ?? []) {
+    const ref = from.secretRef ?? from.configMapRef;
+    const kind = from.secretRef ? "secret" : "configmap";
+    const keys = ref && (await (from.secretRef ? source.secret(ref.name ?? "") : source.configMap(ref.name ?? "")));
+    if (!ref || (!keys && ref.optional !== true)) throw new Error(`envFrom: ${kind} "${ref?.name ?? ""}" not found`);
+    for (const [key, value] of keys ?? []) {
+      const name = `${from.prefix ?? ""}${key}`;
+      if (ENV_NAME.test(name)) vars.set(name, value.toString("utf8"));
+    }
+  }
   for (const env of container.env ?? []) {
-    const value = env.valueFrom ? await valueFrom(core, pod, env) : expand(env.value ?? "", vars);
+    const value = env.valueFrom ? await valueFrom(source, pod, env) : expand(env.value ?? "", vars);
     if (value !== undefined) vars.set(env.name, value);
   }
   return vars;
 }
 
-async function valueFrom(core: CoreV1Api, pod: V1Pod, env: V1EnvVar): Promise<string | undefined> {
-  const { fieldRef, secretKeyRef: ref } = env.valueFrom ?? {};
+async function valueFrom(source: KeySource, pod: V1Pod, env: V1EnvVar): Promise<string | undefined> {
+  const { fieldRef, secretKeyRef, configMapKeyRef } = env.valueFrom ?? {};
   if (fieldRef) return fieldValue(pod, fieldRef.fieldPath);
-  if (!ref) throw new Error(`env ${env.name}: only value, fieldRef and secretKeyRef are supported by the pod runner`);
-  const secret = `Secret ${pod.metadata?.namespace ?? ""}/${ref.name ?? ""}`;
-  let data: string | undefined;
-  try {
-    data = (await core.readNamespacedSecret({ name: ref.name ?? "", namespace: pod.metadata?.namespace ?? "" })).data?.[
-      ref.key
-    ];
-  } catch (err) {
-    if (!isNotFound(err)) throw err;
+  const ref = secretKeyRef ?? configMapKeyRef;
+  if (!ref)
+    throw new Error(`env ${env.name}: only value, fieldRef, secretKeyRef and configMapKeyRef are supported here`);
+  const kind = secretKeyRef ? "secret" : "configmap";
+  const keys = await (secretKeyRef ? source.secret(ref.name ?? "") : source.configMap(ref.name ?? ""));
+  const value = keys?.get(ref.key);
+  if (value === undefined && ref.optional !== true) {
+    const what = keys ? `key ${ref.key} of ${kind} "${ref.name ?? ""}"` : `${kind} "${ref.name ?? ""}"`;
+    throw new Error(`env ${env.name}: ${what} not found (${kind} ${pod.metadata?.namespace ?? ""}/${ref.name ?? ""})`);
   }
-  if (data === undefined && ref.optional !== true)
-    throw new Error(`env ${env.name}: ${secret} or its key ${ref.key} does not exist`);
-  return data === undefined ? undefined : Buffer.from(data, "base64").toString("utf8");
+  return value?.toString("utf8");
 }
 
-/** The downward API's `fieldRef` paths for env. */
-function fieldValue(pod: V1Pod, path: string): string {
+/** The downward API's `fieldRef` paths (env, and downwardAPI volume files). */
+export function fieldValue(pod: V1Pod, path: string): string {
   const meta = pod.metadata ?? {};
   const keyed = /^metadata\.(labels|annotations)\['(.+)'\]$/.exec(path);
   if (keyed) return (keyed[1] === "labels" ? meta.labels : meta.annotations)?.[keyed[2] ?? ""] ?? "";
@@ -65,82 +111,12 @@ function fieldValue(pod: V1Pod, path: string): string {
     "spec.nodeName": pod.spec?.nodeName,
     "spec.serviceAccountName": pod.spec?.serviceAccountName,
     "status.podIP": LOCAL_IP,
+    "status.podIPs": LOCAL_IP,
     "status.hostIP": LOCAL_IP,
+    "status.hostIPs": LOCAL_IP,
   };
   if (!(path in fields)) throw new Error(`fieldRef ${path} is not supported by the pod runner`);
   return fields[path] ?? "";
-}
-
-export function containerStatus(container: V1Container, state: V1ContainerState, ready = false): V1ContainerStatus {
-  return {
-    name: container.name,
-    image: container.image ?? "",
-    imageID: "",
-    ready,
-    started: ready,
-    restartCount: 0,
-    state,
-  };
-}
-
-/** Sets the pod's conditions; one keeps its lastTransitionTime while its status stays. */
-export function setConditions(status: V1PodStatus, next: [string, "True" | "False", string?][]): void {
-  const byType = new Map((status.conditions ?? []).map((c) => [c.type, c]));
-  for (const [type, value, reason] of next) {
-    const prev = byType.get(type);
-    const lastTransitionTime = prev?.status === value ? (prev.lastTransitionTime ?? new Date()) : new Date();
-    byType.set(type, { type, status: value, ...(reason === undefined ? {} : { reason }), lastTransitionTime });
-  }
-  status.conditions = [...byType.values()];
-}
-
-/** What the status of one run of a container is written from. */
-export interface ContainerRun {
-  readonly startedAt: Date;
-  readonly finishedAt: Date | undefined;
-  readonly exitCode: number | undefined;
-  readonly reason: string | undefined;
-  readonly deadlineExceeded: boolean;
-}
-
-export function setRunning(status: V1PodStatus, container: V1Container, run: ContainerRun): void {
-  Object.assign(status, {
-    phase: "Running",
-    hostIP: LOCAL_IP,
-    hostIPs: [{ ip: LOCAL_IP }],
-    podIP: LOCAL_IP,
-    podIPs: [{ ip: LOCAL_IP }],
-    startTime: run.startedAt,
-  });
-  setConditions(status, [
-    ["PodReadyToStartContainers", "True"],
-    ["PodScheduled", "True"],
-    ["Initialized", "True"],
-    ["ContainersReady", "True"],
-    ["Ready", "True"],
-  ]);
-  status.containerStatuses = [containerStatus(container, { running: { startedAt: run.startedAt } }, true)];
-}
-
-export function setTerminated(status: V1PodStatus, container: V1Container, run: ContainerRun): void {
-  const exitCode = run.exitCode ?? 128;
-  status.phase = exitCode === 0 && !run.deadlineExceeded ? "Succeeded" : "Failed";
-  if (run.deadlineExceeded)
-    Object.assign(status, {
-      reason: "DeadlineExceeded",
-      message: "Pod was active on the node longer than the specified deadline",
-    });
-  setConditions(status, [
-    ["ContainersReady", "False", "PodCompleted"],
-    ["Ready", "False", "PodCompleted"],
-  ]);
-  const terminated = {
-    exitCode,
-    reason: run.reason ?? "Error",
-    startedAt: run.startedAt,
-    finishedAt: run.finishedAt ?? new Date(),
-  };
-  status.containerStatuses = [containerStatus(container, { terminated })];
 }
 
 /** Bound to a node, not deleting, not finished: a kubelet would run it. */
@@ -154,9 +130,26 @@ export function runnable(pod: V1Pod): boolean {
   );
 }
 
-/** The job uuid of an agent container started with `--acquire-job`. */
+/** An init container with `restartPolicy: Always`: a native sidecar (KEP-753). */
+export const isSidecar = (container: V1Container): boolean => container.restartPolicy === "Always";
+
+/**
+ * The container that runs `buildkite-agent start` for a job: the one named `agent`, else the first with
+ * `--acquire-job` or the env `BUILDKITE_AGENT_ACQUIRE_JOB`, else (a pod of one container) the first.
+ */
+export function agentContainer(pod: V1Pod): V1Container | undefined {
+  const containers = pod.spec?.containers ?? [];
+  return (
+    containers.find((c) => c.name === "agent") ??
+    containers.find((c) => acquiredJob(c) !== undefined) ??
+    (containers.length === 1 ? containers[0] : undefined)
+  );
+}
+
+/** The job uuid the agent container acquires: `--acquire-job <uuid>` (or `=uuid`), or a literal env value. */
 export function acquiredJob(container: V1Container): string | undefined {
   const args = container.args ?? [];
   const i = args.indexOf("--acquire-job");
-  return i >= 0 ? args[i + 1] : args.find((a) => a.startsWith("--acquire-job="))?.slice("--acquire-job=".length);
+  const flag = i >= 0 ? args[i + 1] : args.find((a) => a.startsWith("--acquire-job="))?.slice("--acquire-job=".length);
+  return flag ?? container.env?.find((e) => e.name === "BUILDKITE_AGENT_ACQUIRE_JOB")?.value;
 }

@@ -202,3 +202,17 @@ export function descendants(pid: number): number[] {
   }
   return found;
 }
+
+/** Pids of this machine's processes whose command line is `command` (read from /proc). */
+export function processesRunning(command: string): number[] {
+  return readdirSync("/proc")
+    .filter((e) => /^\d+$/.test(e))
+    .filter((pid) => {
+      try {
+        return readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0").join(" ").trim() === command;
+      } catch {
+        return false;
+      }
+    })
+    .map(Number);
+}

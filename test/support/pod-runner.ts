@@ -1,36 +1,25 @@
-import {
-  CoreV1Api,
-  type KubeConfig,
-  type V1Container,
-  type V1Pod,
-  type V1PodStatus,
-  type V1Volume,
-} from "@kubernetes/client-node";
-import { spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { createWriteStream, existsSync, rmSync } from "node:fs";
-import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
-import { constants, tmpdir } from "node:os";
-import { dirname, join } from "node:path";
+import { CoreV1Api, type KubeConfig, type V1Pod } from "@kubernetes/client-node";
+import { spawnSync } from "node:child_process";
+import { existsSync, realpathSync, rmSync } from "node:fs";
+import { mkdir, mkdtemp, rm, symlink, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { isConflict, isNotFound } from "../../operator/src/kube/field-manager.js";
 import { hackBinary } from "./binaries.js";
-import {
-  acquiredJob,
-  containerStatus,
-  expand,
-  resolveEnv,
-  runnable,
-  setRunning,
-  setTerminated,
-} from "./kubelet-env.js";
+import { ContainerConfigError, prepareLaunch } from "./container-launch.js";
+import { UNSHARE } from "./container-process.js";
 import { eventually } from "./eventually.js";
-import { descendants, onExit } from "./managed-process.js";
+import { apiKeySource, runnable } from "./kubelet-env.js";
+import { podStatus } from "./kubelet-status.js";
+import { onExit } from "./managed-process.js";
+import { PodExecution, type PodRun } from "./pod-execution.js";
+import { apiTokenSource, mountVolumes, VolumeError } from "./pod-volumes.js";
+
+export type { ContainerKind, ContainerRun, PodRun } from "./pod-execution.js";
 
 /** Pods annotated `kwok.test/runner: real` are run by {@link PodRunner}; KWOK's stages skip any pod with this key. */
 export const RUNNER_ANNOTATION = "kwok.test/runner";
 const POLL_MS = 200;
-/** unshare's arguments for a PID namespace that dies with the process started in it (its init). */
-const UNSHARE = ["--pid", "--fork", "--kill-child", "--"];
-const TAIL_LINES = 40;
 
 /** Options for {@link PodRunner.start}. */
 export interface PodRunnerOptions {
@@ -39,111 +28,44 @@ export interface PodRunnerOptions {
   readonly namespace: string;
   /** What `buildkite-agent` in a container's command means here (default `hack/bin/buildkite-agent`). */
   readonly agentBinary?: string;
-  /** Where pod directories go (default a fresh short temp dir, removed by stop()). Short: the agent puts sockets under HOME. */
+  /**
+   * Where pod directories go (default a fresh short temp dir, removed by stop()). Short: Unix socket paths (the
+   * agent's under HOME, the Kubernetes mode's in the workspace volume) must stay under 108 bytes.
+   */
   readonly workDir?: string;
   /** Cap on a pod's termination grace period before SIGKILL (default 3 s). */
   readonly maxGraceMs?: number;
 }
 
-/** What the runner did with one pod. */
-export interface PodRun {
-  readonly name: string;
-  readonly uid: string;
-  /** The Buildkite job the agent was told to acquire (`--acquire-job`). */
-  readonly uuid: string | undefined;
-  readonly startedAt: Date;
-  readonly finishedAt: Date | undefined;
-  readonly exitCode: number | undefined;
-  /** The container's termination reason (Completed, Error, StartError), or the pod's DeadlineExceeded. */
-  readonly reason: string | undefined;
-  /** The agent's last output lines. */
-  readonly output: string;
-}
-
-/** One pod's agent process, from its start to the final status write. */
-class Run {
-  readonly tail: string[] = [];
-  /** When the agent was started (status.startTime). */
-  startedAt = new Date();
-  child: ChildProcess | undefined;
-  /** Resolves once the agent has exited and its output is drained, or it could not be started. */
-  closed: Promise<void> = Promise.resolve();
-  finishedAt: Date | undefined;
-  exitCode: number | undefined;
-  reason: string | undefined;
-  deadlineExceeded = false;
-  /** Set once the final status is written (or cannot be: the pod is gone). */
-  settled = false;
-  #killTimer: NodeJS.Timeout | undefined;
-
-  /** `isolated`: the agent runs in a PID namespace of its own, whose every process the kernel ends with it. */
-  constructor(
-    readonly name: string,
-    readonly uid: string,
-    readonly uuid: string | undefined,
-    private readonly isolated: boolean,
-  ) {}
-
-  get running(): boolean {
-    return this.child !== undefined && this.exitCode === undefined;
-  }
-
-  /** As the kubelet stops a container: SIGTERM, then SIGKILL after `graceMs`. */
-  terminate(graceMs: number): void {
-    const pid = this.child?.pid;
-    if (!this.running || this.#killTimer || pid === undefined) return;
-    // To the process group: the agent, and unshare (which passes the exit status on) when it wraps the agent.
-    try {
-      process.kill(-pid, "SIGTERM");
-    } catch {
-      /* exited; its exit event is on its way */
-    }
-    this.#killTimer = setTimeout(() => {
-      this.kill();
-    }, graceMs).unref();
-  }
-
-  /**
-   * SIGKILL to the agent and all below it. The bootstrap and the job's commands run in process groups of their own
-   * and have no parent-death signal: without a PID namespace to end them, they are found in /proc.
-   */
-  kill(): void {
-    const pid = this.child?.pid;
-    if (!this.running || pid === undefined) return;
-    const orphans = this.isolated ? [] : descendants(pid);
-    for (const target of [-pid, ...orphans]) {
-      try {
-        process.kill(target, "SIGKILL");
-      } catch {
-        /* already gone */
-      }
-    }
-  }
-
-  exited(code: number | null, signal: NodeJS.Signals | null): void {
-    clearTimeout(this.#killTimer);
-    this.finishedAt = new Date();
-    // A container killed by a signal reports 128 + its number, as container runtimes do.
-    this.exitCode ??= code ?? 128 + (signal ? constants.signals[signal] : 0);
-    this.reason ??= this.exitCode === 0 ? "Completed" : "Error";
-  }
-
-  view(): PodRun {
-    const { name, uid, uuid, startedAt, finishedAt, exitCode } = this;
-    const reason = this.deadlineExceeded ? "DeadlineExceeded" : this.reason;
-    return { name, uid, uuid, startedAt, finishedAt, exitCode, reason, output: this.tail.join("\n") };
-  }
-}
-
 /**
  * Plays kubelet for the pods of one namespace annotated `kwok.test/runner: real`: once the scheduler binds such a
- * pod, it resolves the container's environment as the kubelet does, runs the container's command with the real
- * buildkite-agent on this machine, and writes the pod's status (Running, then Succeeded or Failed with the agent's
- * exit code). It polls rather than watches: a level-based loop that cannot die silently, quick enough for tests.
+ * pod, it mounts its volumes as local directories, resolves each container's environment as the kubelet does, runs
+ * the containers' commands as local processes (the init containers in order, native sidecars left running, then the
+ * regular containers at once) with the real buildkite-agent on this machine for `buildkite-agent`, and writes the
+ * pod's status as they start and stop (Pending, Running, then Succeeded or Failed, a status for every container).
+ * Both the pod of one `agent` container and the pod of one role per container (docs/pod-layout.md) run. It polls
+ * rather than watches: a level-based loop that cannot die silently, quick enough for tests.
+ *
+ * What a container gets: its command and args (a missing command means the image's entrypoint, known only for the
+ * agent image), its env (value, `$(VAR)`, Secret and ConfigMap keys, `envFrom`, downward API fields), its working
+ * directory, and its own PID namespace where `unshare` works. Volumes (emptyDir, PVC, Secret, ConfigMap, downward
+ * API, and projections of these and of ServiceAccount tokens) are directories under the pod's; their mount paths are rewritten to those
+ * directories wherever they appear in args, env values and the working dir (see container-launch.ts). An image's
+ * `buildkite-agent` (bare, or any `…/buildkite-agent` outside the pod's volumes) is the local binary, which is also
+ * first on every PATH: so copy-agent's `cp` puts the real agent into the buildkite-bin volume's directory, and the
+ * containers that run `/buildkite/bin/buildkite-agent` run that copy.
+ *
+ * What it does not do: images (every container runs on this machine's filesystem, users and tools), network or
+ * mount namespaces (all containers share the host's loopback, so a sidecar is reachable on localhost as in a pod),
+ * resource limits, probes, restarts (restartPolicy Never is assumed: a failed init container fails the pod),
+ * preStop hooks (a stopped container gets SIGTERM, then SIGKILL after the grace period, capped at maxGraceMs),
+ * readOnly mounts, and volume refreshes. A sidecar whose command is not on this machine (e.g. a postgres image) is
+ * not run but reported as running, with a note in the pod's status.message and in {@link PodRun}; a regular or init
+ * container whose command is not here ends at once with StartError, exit 128.
  */
 export class PodRunner {
   readonly #core: CoreV1Api;
-  readonly #runs = new Map<string, Run>();
+  readonly #runs = new Map<string, PodExecution>();
   readonly #preparing = new Set<Promise<unknown>>();
   readonly #forgetExitHook: () => void;
   #timer: NodeJS.Timeout | undefined;
@@ -161,7 +83,7 @@ export class PodRunner {
     private readonly isolated: boolean,
   ) {
     this.#core = kc.makeApiClient(CoreV1Api);
-    // An interrupted test run kills every agent and removes the directory; setpriv --pdeathsig covers a runner
+    // An interrupted test run kills every container and removes the directory; setpriv --pdeathsig covers a runner
     // killed outright.
     this.#forgetExitHook = onExit(() => {
       for (const run of this.#runs.values()) run.kill();
@@ -174,12 +96,17 @@ export class PodRunner {
     if (!existsSync(binary))
       throw new Error(`pod runner: agent binary ${binary} is missing. Run \`bash hack/build-binaries.sh\`.`);
     const workDir = options.workDir ?? (await mkdtemp(join(tmpdir(), "bkpr-")));
+    // `buildkite-agent` on every container's PATH, for scripts that look it up (a copy-agent's `command -v`).
+    await mkdir(join(workDir, "bin"), { recursive: true });
+    await rm(join(workDir, "bin", "buildkite-agent"), { force: true });
+    // The file itself, not a link to it: a copy made with `cp -a` keeps working.
+    await symlink(realpathSync(binary), join(workDir, "bin", "buildkite-agent"));
     // A PID namespace needs root (or user namespaces); without one, kill() walks /proc instead.
     const isolated = spawnSync("unshare", [...UNSHARE, "true"]).status === 0;
     const runner = new PodRunner(
       options.kubeConfig,
       options.namespace,
-      binary,
+      realpathSync(binary),
       workDir,
       options.workDir === undefined,
       options.maxGraceMs ?? 3_000,
@@ -194,28 +121,30 @@ export class PodRunner {
     return [...this.#runs.values()].map((run) => run.view());
   }
 
-  /** Waits until the agent of pod `podName` has exited and the pod's final status is written. */
+  /** Waits until every container of pod `podName` has exited and the pod's final status is written. */
   async waitForRun(podName: string, timeoutMs = 45_000): Promise<PodRun> {
     return eventually(
       () => {
         const run = [...this.#runs.values()].reverse().find((r) => r.name === podName);
         if (run?.settled === true) return run.view();
         const error = this.#lastError ? `; last error: ${this.#lastError.message}` : "";
-        throw new Error(run ? `the agent still runs${error}\n${run.tail.join("\n")}` : `not started${error}`);
+        if (!run) throw new Error(`not started${error}`);
+        const tails = run.view().containers.map((c) => `--- ${c.name}\n${c.output}`);
+        throw new Error(`the pod still runs${error}\n${tails.join("\n")}`);
       },
       { timeoutMs, intervalMs: 50, what: `the pod runner to finish pod ${podName}` },
     );
   }
 
-  /** Stops polling and every agent (SIGTERM, SIGKILL after at most 2 s); writes no status after. */
+  /** Stops polling and every container (SIGTERM, SIGKILL after at most 2 s); writes no status after. */
   async stop(): Promise<void> {
     this.#stopped = true;
     clearTimeout(this.#timer);
     await this.#polling;
     await Promise.allSettled(this.#preparing);
-    const running = [...this.#runs.values()].filter((run) => run.running);
-    for (const run of running) run.terminate(Math.min(2_000, this.maxGraceMs));
-    await Promise.all(running.map((run) => run.closed));
+    const runs = [...this.#runs.values()];
+    for (const run of runs) run.terminate(Math.min(2_000, this.maxGraceMs));
+    await Promise.allSettled(runs.map((run) => run.done));
     this.#forgetExitHook();
     if (this.#removeDir()) await rm(this.workDir, { recursive: true, force: true });
   }
@@ -236,7 +165,7 @@ export class PodRunner {
       const live = new Map(pods.map((pod) => [pod.metadata?.uid ?? "", pod]));
       for (const run of this.#runs.values()) {
         const pod = live.get(run.uid);
-        if (pod?.metadata?.deletionTimestamp === undefined && pod !== undefined) continue;
+        if (run.ended || (pod !== undefined && pod.metadata?.deletionTimestamp === undefined)) continue;
         // A pod already removed (KWOK's pod-delete stage is quick) gets the kubelet's minimum grace period, 2 s.
         run.terminate(this.#graceMs(pod?.metadata?.deletionGracePeriodSeconds));
       }
@@ -251,30 +180,29 @@ export class PodRunner {
   }
 
   async #begin(pod: V1Pod): Promise<void> {
-    const { name = "", uid = "" } = pod.metadata ?? {};
-    const container = pod.spec?.containers.find((c) => c.name === "agent") ?? pod.spec?.containers[0];
-    if (!container) throw new Error(`pod ${name} has no container`);
-    const run = new Run(name, uid, acquiredJob(container), this.isolated);
+    const run = new PodExecution(pod, this.isolated);
+    const { uid } = run;
     this.#runs.set(uid, run);
-    const preparing = this.#prepare(pod, container, join(this.workDir, uid.slice(0, 8)));
+    const preparing = this.#prepare(pod, run, join(this.workDir, uid.slice(0, 8)));
     this.#preparing.add(preparing);
-    let launch: Launch;
     try {
-      launch = await preparing;
+      await preparing;
     } catch (err) {
-      // As the kubelet does: report CreateContainerConfigError and try again (a Secret may not exist yet).
+      // As the kubelet does: report the container (or, for a volume, every container) waiting, and try again.
       setTimeout(() => this.#runs.delete(uid), 1_000).unref();
-      const waiting = { reason: "CreateContainerConfigError", message: asError(err).message };
-      await this.#writeStatus(name, uid, (status) => {
-        status.containerStatuses = [containerStatus(container, { waiting })];
-      });
+      if (err instanceof ContainerConfigError) run.setWaiting("CreateContainerConfigError", err.message, err.container);
+      else if (err instanceof VolumeError) run.setWaiting("ContainerCreating", err.message);
+      else throw err;
+      await this.#writeStatus(run);
       throw err;
     } finally {
       this.#preparing.delete(preparing);
     }
-    if (this.#stopped) return;
-    this.#spawn(run, launch);
-    // The kubelet counts activeDeadlineSeconds from status.startTime: the agent's start here.
+    if (this.#stopped) {
+      run.settled = true;
+      return;
+    }
+    // The kubelet counts activeDeadlineSeconds from status.startTime: the pod's start here.
     const deadline = pod.spec?.activeDeadlineSeconds;
     const timer =
       deadline === undefined
@@ -283,19 +211,37 @@ export class PodRunner {
             run.deadlineExceeded = true;
             run.terminate(this.#graceMs(pod.spec?.terminationGracePeriodSeconds));
           }, deadline * 1000).unref();
-    await this.#writeStatus(name, uid, (status) => {
-      setRunning(status, container, run);
-    });
-    await run.closed;
+    run.done = run.run(() => {
+      this.#publish(run);
+    }, this.#graceMs(pod.spec?.terminationGracePeriodSeconds));
+    await run.done;
     clearTimeout(timer);
-    if (!this.#isStopped())
-      await this.#writeStatus(name, uid, (status) => {
-        setTerminated(status, container, run);
-      });
+    this.#publish(run);
+    await run.writes;
     run.settled = true;
   }
 
-  /** The runner's own temp directory goes with it, unless BK_KEEP_CLUSTER=1 keeps the agents' logs. */
+  /** Mounts the pod's volumes and prepares every container's launch, before any starts. */
+  async #prepare(pod: V1Pod, run: PodExecution, podDir: string): Promise<void> {
+    const keys = apiKeySource(this.#core, this.namespace);
+    const token = apiTokenSource(this.#core);
+    const volumes = await mountVolumes({ keys, token, podDir, workDir: this.workDir }, pod);
+    await mkdir(join(podDir, "hooks"), { recursive: true });
+    await writeFile(join(podDir, "agent.cfg"), "");
+    const ctx = { podDir, volumes, keys, agentBinary: this.agentBinary, binDir: join(this.workDir, "bin") };
+    for (const container of run.containers()) run.setLaunch(await prepareLaunch(ctx, pod, container));
+  }
+
+  /** Queues a write of the pod's status as it is now; writes go one at a time, none after stop(). */
+  #publish(run: PodExecution): void {
+    run.writes = run.writes
+      .then(() => (this.#isStopped() ? undefined : this.#writeStatus(run)))
+      .catch((err: unknown) => {
+        this.#lastError = asError(err);
+      });
+  }
+
+  /** The runner's own temp directory goes with it, unless BK_KEEP_CLUSTER=1 keeps the containers' logs. */
   #removeDir(): boolean {
     return this.ownDir && process.env.BK_KEEP_CLUSTER !== "1";
   }
@@ -310,140 +256,14 @@ export class PodRunner {
     return this.#stopped;
   }
 
-  /** The container's environment, argv and working directory, with its volumes' paths moved into `podDir`. */
-  async #prepare(pod: V1Pod, container: V1Container, podDir: string): Promise<Launch> {
-    const roots: [string, string][] = [];
-    for (const mount of container.volumeMounts ?? []) {
-      const volume = pod.spec?.volumes?.find((v) => v.name === mount.name);
-      if (!volume) throw new Error(`volume ${mount.name} of mount ${mount.mountPath} is not in the pod`);
-      roots.push([mount.mountPath, join(await this.#volume(pod, volume, podDir), mount.subPath ?? "")]);
-    }
-    const workingDir = container.workingDir ?? "/";
-    if (workingDir !== "/" && !roots.some(([root]) => under(workingDir, root)))
-      roots.push([workingDir, join(podDir, "workdir")]);
-    roots.sort((a, b) => b[0].length - a[0].length);
-    const toHost = (value: string): string => {
-      const [root, dir] = roots.find(([r]) => under(value, r)) ?? [];
-      return root === undefined || dir === undefined ? value : dir + value.slice(root.length);
-    };
-    const vars = await resolveEnv(this.#core, pod, container);
-    const argv = [...(container.command ?? ["buildkite-agent"]), ...(container.args ?? [])].map((a) =>
-      toHost(expand(a, vars)),
-    );
-    const cwd = workingDir === "/" ? join(podDir, "workdir") : toHost(workingDir);
-    const config = join(podDir, "agent.cfg");
-    // What the agent's image would provide; the pod's own environment goes over it, as a container's env does.
-    const env: Record<string, string> = {
-      PATH: process.env.PATH ?? "/usr/local/bin:/usr/bin:/bin",
-      HOME: join(podDir, "home"),
-      // An empty config keeps a machine-wide /etc/buildkite-agent/buildkite-agent.cfg out of the test.
-      BUILDKITE_AGENT_CONFIG: config,
-      BUILDKITE_HOOKS_PATH: join(podDir, "hooks"),
-      // The fake's repository URL does not exist; the bootstrap's documented switch skips the checkout.
-      BUILDKITE_SKIP_CHECKOUT: "true",
-      // No gRPC streaming attempt against a fake that speaks only the polling API.
-      BUILDKITE_AGENT_PING_MODE: "poll-only",
-      BUILDKITE_AGENT_NO_COLOR: "true",
-    };
-    for (const [key, value] of vars) env[key] = toHost(value);
-    for (const dir of [cwd, env.HOME ?? podDir, join(podDir, "hooks")]) await mkdir(dir, { recursive: true });
-    await writeFile(config, "");
-    const [command = "", ...args] = argv;
-    return {
-      binary: command === "buildkite-agent" ? this.agentBinary : command,
-      args,
-      env,
-      cwd,
-      logFile: join(podDir, "agent.log"),
-    };
-  }
-
-  /** The host directory of a volume: one per pod for emptyDir, one per claim for a PVC (kept across pods). */
-  async #volume(pod: V1Pod, volume: V1Volume, podDir: string): Promise<string> {
-    const claim = volume.persistentVolumeClaim?.claimName;
-    const dir = claim === undefined ? join(podDir, "v", volume.name) : join(this.workDir, "pvc", claim);
-    await mkdir(dir, { recursive: true });
-    if (volume.emptyDir || claim !== undefined) return dir;
-    const sources = volume.projected?.sources ?? [];
-    if (sources.length === 0 || sources.some((s) => !s.serviceAccountToken))
-      throw new Error(`volume ${volume.name}: only emptyDir, PVC and projected ServiceAccount tokens are supported`);
-    for (const { serviceAccountToken: source } of sources) {
-      if (!source) continue;
-      // As the kubelet does for a projected token: a TokenRequest bound to the pod, written to the file.
-      const request = await this.#core.createNamespacedServiceAccountToken({
-        name: pod.spec?.serviceAccountName ?? "default",
-        namespace: this.namespace,
-        body: {
-          spec: {
-            audiences: source.audience === undefined ? [] : [source.audience],
-            expirationSeconds: source.expirationSeconds ?? 3600,
-            boundObjectRef: {
-              apiVersion: "v1",
-              kind: "Pod",
-              name: pod.metadata?.name ?? "",
-              uid: pod.metadata?.uid ?? "",
-            },
-          },
-        },
-      });
-      await mkdir(dirname(join(dir, source.path)), { recursive: true });
-      await writeFile(join(dir, source.path), request.status?.token ?? "", { mode: 0o600 });
-    }
-    return dir;
-  }
-
-  #spawn(run: Run, launch: Launch): void {
-    const log = createWriteStream(launch.logFile, { flags: "a" });
-    // setpriv --pdeathsig: the kernel kills the agent if the test runner dies without cleaning up; in a PID namespace
-    // (unshare --kill-child) it then ends the job's processes too. Detached: a process group of its own to signal.
-    const argv = [...(this.isolated ? ["unshare", ...UNSHARE] : []), launch.binary, ...launch.args];
-    const child = spawn("setpriv", ["--pdeathsig", "SIGKILL", "--", ...argv], {
-      env: launch.env,
-      cwd: launch.cwd,
-      stdio: ["ignore", "pipe", "pipe"],
-      detached: true,
-    });
-    run.child = child;
-    run.startedAt = new Date();
-    const keep = (chunk: Buffer): void => {
-      log.write(chunk);
-      run.tail.push(
-        ...chunk
-          .toString("utf8")
-          .split("\n")
-          .filter((l) => l.length > 0),
-      );
-      run.tail.splice(0, Math.max(0, run.tail.length - TAIL_LINES));
-    };
-    child.stdout.on("data", keep);
-    child.stderr.on("data", keep);
-    child.on("exit", (code, signal) => {
-      run.exited(code, signal);
-    });
-    run.closed = new Promise((resolve) => {
-      const done = (): void => {
-        if (!log.writableEnded) log.end();
-        resolve();
-      };
-      child.on("close", done);
-      child.on("error", (err) => {
-        // What a container runtime reports for a command it cannot start.
-        run.tail.push(`spawn failed: ${err.message}`);
-        run.exitCode = 128;
-        run.reason = "StartError";
-        run.exited(null, null);
-        done();
-      });
-    });
-  }
-
-  /** Updates the status of a fresh read of the pod and replaces it, again on 409; a pod gone or replaced is left be. */
-  async #writeStatus(name: string, uid: string, update: (status: V1PodStatus) => void): Promise<void> {
+  /** Writes the run's status over a fresh read of the pod, again on 409; a pod gone or replaced is left be. */
+  async #writeStatus(run: PodExecution): Promise<void> {
+    const { name, uid } = run;
     for (let attempt = 0; attempt < 10; attempt++) {
       try {
         const pod = await this.#core.readNamespacedPod({ name, namespace: this.namespace });
         if (pod.metadata?.uid !== uid) return;
-        update((pod.status ??= {}));
+        Object.assign((pod.status ??= {}), podStatus(pod, run.facts()));
         await this.#core.replaceNamespacedPodStatus({ name, namespace: this.namespace, body: pod });
         return;
       } catch (err) {
@@ -455,15 +275,4 @@ export class PodRunner {
   }
 }
 
-interface Launch {
-  binary: string;
-  args: string[];
-  env: Record<string, string>;
-  cwd: string;
-  logFile: string;
-}
-
 const asError = (err: unknown): Error => (err instanceof Error ? err : new Error(String(err)));
-
-const under = (path: string, root: string): boolean =>
-  path === root || path.startsWith(root.endsWith("/") ? root : `${root}/`);

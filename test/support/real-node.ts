@@ -2,7 +2,7 @@ import { CoreV1Api, RbacAuthorizationV1Api } from "@kubernetes/client-node";
 import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { mkdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { buildImages, type NodeImages } from "../real-node/images.js";
+import { buildImages, type LocalImage, type NodeImages } from "../real-node/images.js";
 import {
   cgroupHierarchies,
   claimHost,
@@ -77,8 +77,9 @@ function preflight(): void {
  * A real Kubernetes node next to the KWOK ones: containerd (CRI, runc, CNI bridge), kubelet from the control plane's
  * own Kubernetes module, and kube-router enforcing NetworkPolicy, as processes of this test run with their logs in the
  * cluster's directory. Pods land here when they tolerate {@link REAL_NODE_TAINT}; their images are the locally built
- * pause and agent images (`hack/images/build.sh`), imported into containerd, so no registry is needed. One per
- * machine. {@link stop} removes every trace from the host (processes, mounts, bridge, iptables, cgroups, settings).
+ * pause, agent, step and service images (`hack/images/build.sh`), imported into containerd, so no registry is needed.
+ * One per machine. {@link stop} removes every trace from the host (processes, mounts, bridge, iptables, cgroups,
+ * settings).
  */
 export class RealNode {
   #stopped = false;
@@ -260,7 +261,7 @@ export class RealNode {
     });
     await containerd.waitReady(async () => (await this.ctr(["version"])).includes("Server:"), READY_TIMEOUT_MS);
     await Promise.all(
-      [this.images.pause, this.images.agent].map((image) =>
+      Object.values(this.images).map((image: LocalImage) =>
         this.ctr(["-n", "k8s.io", "images", "import", image.tarball]),
       ),
     );

@@ -191,13 +191,15 @@ export class JobController implements Controller {
     const name = job.metadata.name ?? "";
     const namespace = job.metadata.namespace ?? "";
     const pod = this.ctx.caches.pods.get(name, namespace);
-    const container = pod ? lastWordsSource(pod) : undefined;
-    if (container === undefined) return undefined;
+    const source = pod ? lastWordsSource(pod) : undefined;
+    if (source === undefined) return undefined;
+    const { container, previous } = source;
     try {
       const log = await this.ctx.clients.core.readNamespacedPodLog({
         name,
         namespace,
         container,
+        previous,
         tailLines: LAST_WORDS.lines,
         limitBytes: LAST_WORDS.bytes * 2,
       });

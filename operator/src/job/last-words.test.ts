@@ -9,6 +9,7 @@ const status = (
   name: string,
   state: NonNullable<V1ContainerStatus["state"]>,
   containerID?: string,
+  lastState?: NonNullable<V1ContainerStatus["lastState"]>,
 ): V1ContainerStatus => ({
   name,
   image: `${name}-image`,
@@ -17,6 +18,7 @@ const status = (
   restartCount: 0,
   state,
   ...(containerID ? { containerID } : {}),
+  ...(lastState ? { lastState } : {}),
 });
 const exited = (exitCode: number) => ({ terminated: { exitCode, reason: exitCode === 0 ? "Completed" : "Error" } });
 const pod = (s: NonNullable<V1Pod["status"]>): V1Pod => ({
@@ -52,6 +54,23 @@ describe("a failed pod's own words", () => {
     expect(outcome.message).to.include("image-check").and.include("127");
   });
 
+  it("fails a pod whose service keeps exiting before the job could start, after the start grace", () => {
+    const stuck = stuckPod(
+      pod({
+        phase: "Pending",
+        initContainerStatuses: [
+          status("copy-agent", exited(0)),
+          status("sidecar-0", { waiting: { reason: "CrashLoopBackOff" } }, undefined, { terminated: { exitCode: 3 } }),
+        ],
+      }),
+      queueFixture(),
+      { pendingTimeoutSeconds: 600, startGraceSeconds: 120 },
+      new Date("2026-03-01T12:03:00Z"),
+    );
+    expect(stuck).to.have.property("reason", "InitContainerFailed");
+    expect(stuck).to.have.property("message").that.includes("sidecar-0").and.includes("exit 3");
+  });
+
   it("fails a pod whose step image cannot be pulled, pointing at the step's image:", () => {
     const stuck = stuckPod(
       pod({
@@ -78,8 +97,18 @@ describe("a failed pod's own words", () => {
           containerStatuses: [status("agent", exited(1), id)],
         }),
       ),
-    ).to.equal("copy-agent");
-    expect(lastWordsSource(pod({ containerStatuses: [status("agent", exited(1), id)] }))).to.equal("agent");
+    ).to.deep.equal({ container: "copy-agent", previous: false });
+    expect(lastWordsSource(pod({ containerStatuses: [status("agent", exited(1), id)] }))).to.deep.equal({
+      container: "agent",
+      previous: false,
+    });
+    const crashing: V1ContainerStatus = status("sidecar-0", { waiting: { reason: "CrashLoopBackOff" } }, undefined, {
+      terminated: { exitCode: 3, containerID: id },
+    });
+    expect(lastWordsSource(pod({ initContainerStatuses: [crashing] })), "a crash-looping service").to.deep.equal({
+      container: "sidecar-0",
+      previous: true,
+    });
     expect(lastWordsSource(pod({ containerStatuses: [status("agent", exited(0), id)] }))).to.equal(undefined);
     expect(lastWordsSource(pod({ containerStatuses: [status("agent", exited(1))] })), "no runtime").to.equal(undefined);
   });

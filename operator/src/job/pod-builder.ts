@@ -131,6 +131,11 @@ function commandExtras(queue: BuildkiteQueue, job: BuildkiteJob): { env: V1EnvVa
   return { env, mounts };
 }
 
+/** A volume holding one key of a Secret as the file `path`. */
+function secretFile(name: string, ref: { name: string; key: string }, path: string, defaultMode: number): V1Volume {
+  return { name, secret: { secretName: ref.name, items: [{ key: ref.key, path }], defaultMode } };
+}
+
 /** The pod's volumes (docs/pod-layout.md, "Volumes"). */
 function podVolumes(queue: BuildkiteQueue, job: BuildkiteJob, slot: number, disk: string): V1Volume[] {
   const { spec } = queue;
@@ -142,33 +147,11 @@ function podVolumes(queue: BuildkiteQueue, job: BuildkiteJob, slot: number, disk
   ];
   if (template.hooksConfigMap)
     volumes.push({ name: "hooks", configMap: { name: template.hooksConfigMap, defaultMode: 0o555 } });
-  if (checkout.sshKeySecretRef)
-    volumes.push({
-      name: "git-ssh",
-      secret: {
-        secretName: checkout.sshKeySecretRef.name,
-        items: [{ key: checkout.sshKeySecretRef.key, path: "id" }],
-        defaultMode: 0o440,
-      },
-    });
+  if (checkout.sshKeySecretRef) volumes.push(secretFile("git-ssh", checkout.sshKeySecretRef, "id", 0o440));
   if (checkout.knownHostsSecretRef)
-    volumes.push({
-      name: "git-known-hosts",
-      secret: {
-        secretName: checkout.knownHostsSecretRef.name,
-        items: [{ key: checkout.knownHostsSecretRef.key, path: "known_hosts" }],
-        defaultMode: 0o444,
-      },
-    });
+    volumes.push(secretFile("git-known-hosts", checkout.knownHostsSecretRef, "known_hosts", 0o444));
   if (checkout.httpsCredentialsSecretRef)
-    volumes.push({
-      name: "git-https",
-      secret: {
-        secretName: checkout.httpsCredentialsSecretRef.name,
-        items: [{ key: checkout.httpsCredentialsSecretRef.key, path: "git-credentials" }],
-        defaultMode: 0o440,
-      },
-    });
+    volumes.push(secretFile("git-https", checkout.httpsCredentialsSecretRef, "git-credentials", 0o440));
   if (spec.aws)
     volumes.push({
       name: "aws-iam-token",

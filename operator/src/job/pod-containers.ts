@@ -14,6 +14,8 @@ export const GIT_SSH_DIR = "/buildkite/git/ssh";
 export const GIT_KNOWN_HOSTS_DIR = "/buildkite/git/known-hosts";
 export const GIT_HTTPS_DIR = "/buildkite/git/https";
 const AGENT_IN_POD = `${BIN_DIR}/buildkite-agent`;
+/** The uid job pods run as (pod-builder's JOB_UID), as text for the passwd line. */
+const JOB_UID_TEXT = "1000";
 
 /** Every container of a job pod: no root, no privilege escalation, no capabilities (Pod Security restricted). */
 export const RESTRICTED: V1SecurityContext = {
@@ -31,7 +33,13 @@ export function copyAgentContainer(queue: BuildkiteQueue): V1Container {
     name: "copy-agent",
     image: queue.spec.agentImage,
     ...pullPolicy(queue),
-    command: ["/bin/sh", "-ec", `cp "$(command -v buildkite-agent)" ${AGENT_IN_POD}`],
+    // Also a passwd with the pod's user, for the checkout container (same image): ssh refuses a uid without an entry.
+    command: [
+      "/bin/sh",
+      "-ec",
+      `cp "$(command -v buildkite-agent)" ${AGENT_IN_POD}
+{ grep -v '^[^:]*:[^:]*:${JOB_UID_TEXT}:' /etc/passwd 2>/dev/null || true; echo 'buildkite:x:${JOB_UID_TEXT}:${JOB_UID_TEXT}:buildkite:${WORKSPACE_DIR}:/bin/sh'; } >${BIN_DIR}/passwd`,
+    ],
     resources: requestsOnly(ROLE_REQUESTS.copyAgent),
     securityContext: RESTRICTED,
     volumeMounts: [{ name: "buildkite-bin", mountPath: BIN_DIR }],
@@ -138,12 +146,18 @@ export function checkoutContainer(queue: BuildkiteQueue): V1Container {
   }
   if (checkout.httpsCredentialsSecretRef) {
     mounts.push({ name: "git-https", mountPath: GIT_HTTPS_DIR, readOnly: true });
+    // Answers git's `get` from the store file; `store` and `erase` would try to write to the read-only mount.
     env.push(
       { name: "GIT_CONFIG_COUNT", value: "1" },
       { name: "GIT_CONFIG_KEY_0", value: "credential.helper" },
-      { name: "GIT_CONFIG_VALUE_0", value: `store --file=${GIT_HTTPS_DIR}/git-credentials` },
+      {
+        name: "GIT_CONFIG_VALUE_0",
+        value: `!f() { test "$1" = get && git credential-store --file=${GIT_HTTPS_DIR}/git-credentials get; }; f`,
+      },
     );
   }
+  // The pod's user by name (copy-agent wrote the entry): ssh and git look the user up.
+  mounts.push({ name: "buildkite-bin", mountPath: "/etc/passwd", subPath: "passwd", readOnly: true });
   env.push(...proxyEnv(queue));
   return {
     name: "checkout",
@@ -179,6 +193,8 @@ export function commandContainer(
     command: [AGENT_IN_POD, "kubernetes-bootstrap"],
     env: [
       ...bootstrapEnv("command", id, "plugin,command"),
+      // kubernetes-bootstrap takes the command from its own container only, never from the agent.
+      ...(step.command !== undefined ? [{ name: "BUILDKITE_COMMAND", value: step.command }] : []),
       ...extra.env,
       ...proxyEnv(queue),
       ...(template.env ?? []).map((e) =>

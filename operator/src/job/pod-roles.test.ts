@@ -49,6 +49,15 @@ describe("the job pod's roles (docs/pod-layout.md)", () => {
       expect(c.volumeMounts).to.deep.include({ name: "buildkite-bin", mountPath: "/buildkite/bin", readOnly: true });
       expect(env(c), `${name} has no token`).to.not.have.property("BUILDKITE_AGENT_TOKEN");
     }
+    expect(named(pod, "checkout").volumeMounts, "the pod's user has a passwd entry").to.deep.include({
+      name: "buildkite-bin",
+      mountPath: "/etc/passwd",
+      subPath: "passwd",
+      readOnly: true,
+    });
+    expect(env(named(podFor(queueFixture(), withStep({ command: "make test" })), "command"))).to.include({
+      BUILDKITE_COMMAND: "make test",
+    });
     const tokenHolders = all(pod).filter((c) => c.env?.some((e) => e.valueFrom?.secretKeyRef));
     expect(tokenHolders.map((c) => c.name)).to.deep.equal(["agent"]);
   });

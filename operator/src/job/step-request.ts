@@ -13,6 +13,8 @@ export const KUBERNETES_PLUGIN = "github.com/buildkite-plugins/kubernetes-buildk
 export interface StepPlan {
   /** The command container's image: the step's `image:`, else the queue's jobImage, else its agentImage. */
   image: string;
+  /** The step's command (BUILDKITE_COMMAND of the command container; the bootstrap takes it from there only). */
+  command?: string;
   /** The step's services, as native sidecars (names and images set; security and placement are the pod's). */
   sidecars: V1Container[];
   /** Extra env of the command container. */
@@ -87,6 +89,7 @@ export function decideStep(queue: BuildkiteQueue, job: BuildkiteJob): StepDecisi
   return {
     plan: {
       image,
+      ...(step.command !== undefined ? { command: step.command } : {}),
       sidecars: sidecars.containers,
       env: env.value,
       envFrom: envFrom.value,

@@ -20,10 +20,12 @@ const IMAGE_PULL = new Set([
   "RegistryUnavailable",
 ]);
 const CONFIG = new Set(["CreateContainerConfigError", "CreateContainerError", "RunContainerError"]);
+/** A service (a native sidecar) that exits again and again: the pod never gets past its init phase. */
+const CRASH_LOOP = "CrashLoopBackOff";
 
 /** A pod that will not start: why, in words that say what to fix. */
 export interface Stuck {
-  reason: "ImagePullFailed" | "ContainerConfigError" | "Unschedulable" | "PendingTimeout";
+  reason: "ImagePullFailed" | "ContainerConfigError" | "InitContainerFailed" | "Unschedulable" | "PendingTimeout";
   message: string;
 }
 
@@ -59,6 +61,13 @@ export function stuckPod(
       message: `Container ${blocked.name} could not be started for ${seconds(age)} (${waitingReason}: ${waiting?.message ?? "no message"}). Check that the agent token Secret and every Secret, ConfigMap and env value the queue and the step name exist.`,
     };
   }
+  if (blocked && waitingReason === CRASH_LOOP && age >= grace) {
+    const exit = blocked.lastExit;
+    return {
+      reason: "InitContainerFailed",
+      message: `Container ${blocked.name} (${blocked.image}) keeps exiting${exit === undefined ? "" : ` (exit ${exit})`} before the job could start, so the job was not run. Check the step's sidecar (its image, command and env).`,
+    };
+  }
   const pending = timeouts.pendingTimeoutSeconds * 1000;
   if (age >= pending) {
     const scheduled = pod.status?.conditions?.find((c) => c.type === "PodScheduled");
@@ -74,16 +83,28 @@ export function stuckPod(
       message: `The pod did not start within ${seconds(age)}${waitingReason ? ` (${waitingReason})` : ""}${pod.spec?.nodeName ? ` on node ${pod.spec.nodeName}` : ""}. Check the node and the pod's events.`,
     };
   }
-  const nextDeadline = IMAGE_PULL.has(waitingReason) || CONFIG.has(waitingReason) ? Math.min(grace, pending) : pending;
+  const nextDeadline =
+    IMAGE_PULL.has(waitingReason) || CONFIG.has(waitingReason) || waitingReason === CRASH_LOOP
+      ? Math.min(grace, pending)
+      : pending;
   return { recheckAfterMs: Math.max(1_000, nextDeadline - age) };
 }
 
 /** The first container (init containers first, in order) held back by an image or configuration problem. */
-function blockedContainer(pod: V1Pod): { name: string; image: string; waiting: V1ContainerStateWaiting } | undefined {
-  for (const c of [...(pod.status?.initContainerStatuses ?? []), ...(pod.status?.containerStatuses ?? [])]) {
+function blockedContainer(
+  pod: V1Pod,
+): { name: string; image: string; waiting: V1ContainerStateWaiting; lastExit?: number } | undefined {
+  const init = pod.status?.initContainerStatuses ?? [];
+  for (const c of [...init, ...(pod.status?.containerStatuses ?? [])]) {
     const waiting = c.state?.waiting;
-    if (waiting && (IMAGE_PULL.has(waiting.reason ?? "") || CONFIG.has(waiting.reason ?? "")))
-      return { name: c.name, image: c.image, waiting };
+    const reason = waiting?.reason ?? "";
+    if (waiting && (IMAGE_PULL.has(reason) || CONFIG.has(reason) || (reason === CRASH_LOOP && init.includes(c))))
+      return {
+        name: c.name,
+        image: c.image,
+        waiting,
+        ...(c.lastState?.terminated ? { lastExit: c.lastState.terminated.exitCode } : {}),
+      };
   }
   return undefined;
 }

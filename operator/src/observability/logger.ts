@@ -16,14 +16,27 @@ export interface LogContext {
 export type Logger = winston.Logger;
 
 /**
- * Creates the operator's JSON logger. One line per entry with `time`, `level`, `message` and the context keys.
- * The logger is created once in `main.ts` and passed down; nothing reaches for a global.
+ * Creates the operator's JSON logger: one line per entry with `time` (RFC 3339, UTC, milliseconds), `level`,
+ * `message` and the context keys (docs/observability.md lists them). The logger is created once in `main.ts` and
+ * passed down; nothing reaches for a global. `now` is the clock the time is read from.
+ *
+ * One time field, `time`: it is what Go's log/slog, Fluent Bit's and Fluentd's JSON parsers, Vector and Google Cloud
+ * Logging read without configuration, and what this project documented from the start. winston's own `timestamp`
+ * format is not used: with an alias it writes the same instant twice.
  */
-export function createLogger(level: LogLevel, stream: NodeJS.WritableStream = process.stdout): Logger {
+export function createLogger(
+  level: LogLevel,
+  stream: NodeJS.WritableStream = process.stdout,
+  now: () => Date = () => new Date(),
+): Logger {
+  const time = winston.format((info) => {
+    info.time = now().toISOString();
+    return info;
+  });
   return winston.createLogger({
     level,
     levels: { error: 0, warn: 1, info: 2, debug: 3 },
-    format: winston.format.combine(winston.format.timestamp({ alias: "time" }), winston.format.json()),
+    format: winston.format.combine(time(), winston.format.json()),
     transports: [new winston.transports.Stream({ stream })],
   });
 }

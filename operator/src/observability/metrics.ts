@@ -8,6 +8,15 @@ const LATENCY_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 
 /** Seconds: job durations from a few seconds to the 8-hour default limit. */
 const DURATION_BUCKETS = [1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 28800];
 const API_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 15];
+/**
+ * prom-client's Node.js gauges that carry a counter's `_total` suffix (`promtool check metrics` rejects them). Their
+ * per-type twins (`nodejs_active_handles`, …) stay: `sum()` of those is the same total.
+ */
+const MISNAMED_DEFAULTS = new Set(
+  ["nodejs_active_handles_total", "nodejs_active_requests_total", "nodejs_active_resources_total"].map(
+    (n) => PREFIX + n,
+  ),
+);
 
 /** Something whose size is read at scrape time (a work queue, an informer). */
 export interface Sampled {
@@ -28,7 +37,7 @@ export class Metrics {
   private readonly dispatchLatency: Histogram<"queue">;
   private readonly duration: Histogram<"queue" | "shape" | "result">;
   private readonly slotsUsed: Gauge<"queue">;
-  private readonly slotsTotal: Gauge<"queue">;
+  private readonly slotsCapacity: Gauge<"queue">;
   private readonly apiRequests: Counter<"endpoint" | "status">;
   private readonly apiLatency: Histogram<"endpoint">;
   private readonly reconciles: Counter<"controller" | "result">;
@@ -43,7 +52,7 @@ export class Metrics {
   ) {
     this.registry = registry;
     const r = [registry];
-    if (options.processMetrics !== false) collectDefaultMetrics({ register: registry, prefix: PREFIX });
+    if (options.processMetrics !== false) registerDefaultMetrics(registry);
     this.dispatched = new Counter({
       name: `${PREFIX}jobs_dispatched_total`,
       help: "Jobs taken from Buildkite and turned into BuildkiteJobs.",
@@ -83,8 +92,8 @@ export class Metrics {
       labelNames: ["queue"],
       registers: r,
     });
-    this.slotsTotal = new Gauge({
-      name: `${PREFIX}slots_total`,
+    this.slotsCapacity = new Gauge({
+      name: `${PREFIX}slots_capacity`,
       help: "Concurrency slots of a queue: floor(maxVCPU / shape vCPU).",
       labelNames: ["queue"],
       registers: r,
@@ -144,12 +153,18 @@ export class Metrics {
       });
     };
     sampled(`${PREFIX}workqueue_depth`, "Keys waiting in a controller's work queue.", "controller", options.workQueues);
-    sampled(
-      `${PREFIX}informer_restarts`,
-      "Times an informer was replaced after an error or going stale.",
-      "informer",
-      options.informerRestarts,
-    );
+    new Counter({
+      name: `${PREFIX}informer_restarts_total`,
+      help: "Times an informer was replaced after an error or going stale.",
+      labelNames: ["informer"],
+      registers: r,
+      // Each informer counts its own restarts (a number that only grows while the process lives, as a counter's
+      // must); the counter is set to those counts at scrape time rather than kept twice.
+      collect() {
+        this.reset();
+        for (const s of options.informerRestarts?.() ?? []) this.inc({ informer: s.name }, s.value());
+      },
+    });
   }
 
   jobDispatched(queue: string, shape: string): void {
@@ -174,9 +189,9 @@ export class Metrics {
     }
   }
 
-  slots(queue: string, used: number, total: number): void {
+  slots(queue: string, used: number, capacity: number): void {
     this.slotsUsed.set({ queue }, used);
-    this.slotsTotal.set({ queue }, total);
+    this.slotsCapacity.set({ queue }, capacity);
   }
 
   credentials(queue: string, ready: boolean | undefined): void {
@@ -187,7 +202,7 @@ export class Metrics {
   /** Drops a deleted queue's series so label sets stay bounded by the queues that exist. */
   queueDeleted(queue: string): void {
     this.slotsUsed.remove({ queue });
-    this.slotsTotal.remove({ queue });
+    this.slotsCapacity.remove({ queue });
     this.credentialsReady.remove({ queue });
   }
 
@@ -207,6 +222,16 @@ export class Metrics {
 
   setLeader(leading: boolean): void {
     this.leader.set(leading ? 1 : 0);
+  }
+}
+
+/** Node.js process metrics (CPU, memory, event loop, GC), less the ones whose names break Prometheus conventions. */
+function registerDefaultMetrics(registry: Registry): void {
+  const defaults = new Registry();
+  collectDefaultMetrics({ register: defaults, prefix: PREFIX });
+  for (const { name } of defaults.getMetricsAsArray()) {
+    const metric = defaults.getSingleMetric(name);
+    if (metric && !MISNAMED_DEFAULTS.has(name)) registry.registerMetric(metric);
   }
 }
 

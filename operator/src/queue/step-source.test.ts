@@ -1,10 +1,15 @@
 import { expect } from "chai";
 import { stepOf } from "./step-source.js";
 
-const details = (env: Record<string, string>) => ({ id: "j", command: "true", env });
+const details = (env: Record<string, string>, command = "") => ({ id: "j", command, env });
 const PLUGIN = "github.com/buildkite-plugins/kubernetes-buildkite-plugin";
 
 describe("stepOf: what a step asks of its pod, read from get-job", () => {
+  it("records the step's command, which the command container runs, and refuses one too long to record", () => {
+    expect(stepOf(details({}, "make test"))).to.deep.equal({ command: "make test" });
+    expect(stepOf(details({}, "x".repeat(70_000))).error).to.match(/longer than 65536/);
+  });
+
   it("reads the step's image and its kubernetes plugin, and nothing when it asks for nothing", () => {
     expect(stepOf(details({}))).to.deep.equal({});
     expect(stepOf(details({ BUILDKITE_PLUGINS: "[]", BUILDKITE_IMAGE: "" }))).to.deep.equal({});

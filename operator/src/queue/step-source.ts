@@ -4,6 +4,8 @@ import { KUBERNETES_PLUGIN } from "../job/step-request.js";
 
 /** The largest plugin settings a BuildkiteJob records; a bigger request is refused rather than cut. */
 const MAX_PLUGIN_BYTES = 32 * 1024;
+/** The longest step command a BuildkiteJob records (the CRD's limit). */
+const MAX_COMMAND_BYTES = 65536;
 
 /**
  * What a job's step asks of its pod, from Buildkite's get-job: its `image:` (BUILDKITE_IMAGE) and its `kubernetes`
@@ -12,7 +14,15 @@ const MAX_PLUGIN_BYTES = 32 * 1024;
  */
 export function stepOf(details: JobDetails): BuildkiteJobSpecStep {
   const image = details.env.BUILDKITE_IMAGE?.trim();
-  const step: BuildkiteJobSpecStep = image ? { image } : {};
+  const step: BuildkiteJobSpecStep = {
+    ...(details.command !== "" ? { command: details.command } : {}),
+    ...(image ? { image } : {}),
+  };
+  if (details.command.length > MAX_COMMAND_BYTES)
+    return {
+      ...(image ? { image } : {}),
+      error: `The step's command is longer than ${MAX_COMMAND_BYTES} characters.`,
+    };
   const raw = details.env.BUILDKITE_PLUGINS ?? "";
   if (raw.trim() === "") return step;
   let plugins: unknown;

@@ -41,6 +41,8 @@ export interface BuildkiteJobSpecQueueRef {
 export interface BuildkiteJobSpecStep {
   /** The step's `image:` (BUILDKITE_IMAGE); the command container runs in it. */
   image?: string;
+  /** The step's command, as get-job gives it; the command container runs it. */
+  command?: string;
   /** The step's `kubernetes` plugin settings, as the pipeline wrote them. */
   kubernetes?: Record<string, unknown>;
   /** Why the step's request could not be read (for example, malformed BUILDKITE_PLUGINS). */

@@ -1,0 +1,3 @@
+module local/service
+
+go 1.26

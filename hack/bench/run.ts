@@ -1,15 +1,22 @@
-import { CoreV1Api, CustomObjectsApi } from "@kubernetes/client-node";
-import { mkdtemp } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { CustomObjectsApi } from "@kubernetes/client-node";
+import { mkdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
-import type { BuildkiteJob } from "../../operator/src/api/generated/buildkite-job.js";
+import type { BuildkiteQueue } from "../../operator/src/api/generated/buildkite-queue.js";
 import { FakeBuildkite } from "../../test/fake-buildkite/server.js";
-import { LocalCluster } from "../../test/support/cluster.js";
-import { installCrds } from "../../test/support/crds.js";
 import { FastRunner } from "../../test/support/fast-runner.js";
-import type { NodePoolSpec } from "../../test/support/nodes.js";
-import { percentile, ProcessSampler, watchPods } from "./measure.js";
-import type { BenchContext, BenchQueue, SystemUnderTest } from "./systems.js";
+import { BarePodClient, postBarePods } from "./bare-pods.js";
+import { readHeapSnapshot } from "./heap-snapshot.js";
+import { cpuProfileIn, heapGrowth, type CpuSummary, type HeapSummary, type Share } from "./profiles.js";
+import {
+  afterGarbageCollectorSync,
+  p50p95p99,
+  requestsPerJob,
+  RowMeter,
+  withFreshCluster,
+  type RowEnv,
+} from "./row.js";
+import { OURS, type BenchContext, type BenchQueue, type SystemUnderTest } from "./systems.js";
+import { stages, type StageRow, type Trace } from "./trace.js";
 
 /** What one scenario asks for. */
 export type Scenario =
@@ -17,7 +24,10 @@ export type Scenario =
   | { kind: "steady"; rate: number; seconds: number }
   | { kind: "inflight"; jobs: number };
 
-/** One row of the results table. */
+/** The row of the ceiling: bare pods on the same cluster, no operator. */
+export const BARE_PODS = "bare pods (ceiling)";
+
+/** One row of the results. */
 export interface Result {
   system: string;
   scenario: string;
@@ -26,20 +36,51 @@ export interface Result {
   podsPerSecond: number;
   createdMs: [number, number, number];
   runningMs: [number, number, number];
-  maxRssMb: number;
+  maxRssMb: number | undefined;
   heapUsedMb: number | undefined;
-  cpuCores: number;
-  buildkiteCallsPerJob: number;
+  /** CPU of the system's own processes (cores, averaged from the first job to the row's end). */
+  cpuCores: number | undefined;
+  /**
+   * CPU time per job (ms) by process, from the first job until the row has settled (pods deleted): the cluster's
+   * components, the system, the benchmark process itself (fake Buildkite, fast runner, watches).
+   */
+  cpuMsPerJob: Record<string, number>;
+  /** The benchmark process's event-loop delay (ms): p50, p99, max. */
+  loopDelayMs: [number, number, number];
+  buildkiteCallsPerJob: number | undefined;
+  /** The requests the system counted itself making (this operator only). */
   kubernetesCallsPerJob: number | undefined;
+  /** The API server's count per job, net of the idle cluster's rate: the total and by verb and resource. */
+  apiRequestsPerJob: number;
+  apiRequests: [string, number][];
+  /** With `--by-client`: the same from the API server's audit log, by client (see audit.ts). */
+  byClient?: Record<string, Record<string, number>>;
   duplicates: number;
   leftovers: string;
+  /** Pods, unfinished BuildkiteJobs and busy slots left, summed; undefined where jobs are held on purpose. */
+  leftoverCount: number | undefined;
+  stages: StageRow[];
+  /** Seconds after the first job was due at which each pod was first seen (for the chart). */
+  createdSeconds: number[];
+  /**
+   * Steady only: jobs seeded but without a pod yet, at most, when the last job was seeded, and how fast that grew
+   * while jobs were seeded (least-squares slope, jobs per second).
+   */
+  backlog?: { max: number; atLastSeed: number; perSecond: number };
+  /** In-flight only: the live heap with every job Running and once they are gone, from heap snapshots. */
+  heap?: { fullMb: number; emptyMb: number; perJobKb: number; growth: Share[] };
+  cpuProfile?: CpuSummary;
+  loadAverage: [number, number];
 }
 
-/** Plenty of room: 40 nodes (20 per architecture) of 256 vCPU, 1 TiB, 250 pods — 10,000 pods in all. */
-const BENCH_NODES: NodePoolSpec[] = [
-  { arch: "amd64", count: 20, cpu: "256", memory: "1Ti", ephemeralStorage: "20T", pods: "250" },
-  { arch: "arm64", count: 20, cpu: "256", memory: "1Ti", ephemeralStorage: "20T", pods: "250" },
-];
+/** Options a row runs with. */
+export interface RowOptions {
+  deadlineMs: number;
+  byClient: boolean;
+  cpuProfile: boolean;
+  heapSnapshots: boolean;
+  log: (line: string) => void;
+}
 
 function queuesFor(scenario: Scenario): BenchQueue[] {
   if (scenario.kind === "inflight") return [{ key: "held", shape: "LINUX_AMD64_2X4", vcpu: 2, slots: scenario.jobs }];
@@ -49,169 +90,352 @@ function queuesFor(scenario: Scenario): BenchQueue[] {
   ];
 }
 
-const describe = (s: Scenario): string =>
+export const describe = (s: Scenario): string =>
   s.kind === "burst"
-    ? `burst of ${s.jobs}`
+    ? `burst of ${String(s.jobs)}`
     : s.kind === "steady"
-      ? `steady ${s.rate}/s for ${s.seconds} s`
-      : `${s.jobs} in flight`;
+      ? `steady ${String(s.rate)}/s for ${String(s.seconds)} s`
+      : `${String(s.jobs)} in flight`;
+
+const jobCount = (s: Scenario): number => (s.kind === "steady" ? s.rate * s.seconds : s.jobs);
+/** When job `i` of the scenario is due, after `start`. */
+const dueAt = (s: Scenario, start: number) => (i: number) =>
+  s.kind === "steady" ? start + (i * 1000) / s.rate : start;
+
+async function until(what: string, deadline: number, done: () => boolean, tick?: () => void): Promise<void> {
+  while (!done()) {
+    if (Date.now() > deadline) throw new Error(`${what} did not happen in time`);
+    tick?.();
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
+
+/** Latency, throughput and trace figures that every row computes the same way from its trace. */
+function fromTrace(trace: Trace, due: ReadonlyMap<string, number>, start: number) {
+  const created = trace.get("pod created") ?? new Map<string, number>();
+  const lags = (m: Map<string, number> | undefined): number[] =>
+    [...(m ?? new Map<string, number>())].flatMap(([u, t]) => {
+      const d = due.get(u);
+      return d === undefined ? [] : [t - d];
+    });
+  const times = [...due.keys()].flatMap((u) => created.get(u) ?? []);
+  const spread = times.length > 1 ? (Math.max(...times) - Math.min(...times)) / 1000 : 0;
+  return {
+    podsPerSecond: times.length / Math.max(spread, 0.001),
+    createdMs: p50p95p99(lags(created)),
+    runningMs: p50p95p99(lags(trace.get("Running"))),
+    stages: stages(trace, due),
+    // Centiseconds: the chart needs no more, and results.json stays small at 10,000 jobs.
+    createdSeconds: times.map((t) => Math.round((t - start) / 10) / 100).sort((a, b) => a - b),
+  };
+}
+
+/**
+ * The ceiling row: the scenario's pods as bare pods, POSTed by a minimal client on a fresh cluster with the same
+ * nodes; done when every pod is Running, then deleted together. No system, no Buildkite.
+ */
+export async function runBarePods(scenario: Scenario, opts: RowOptions): Promise<Result> {
+  return withFreshCluster(opts.log, opts.byClient, async (env) => {
+    const count = jobCount(scenario);
+    const client = new BarePodClient(env.cluster, env.namespace);
+    try {
+      opts.log(`${BARE_PODS}: starting for ${describe(scenario)}`);
+      const meter = await RowMeter.start(env, []);
+      const start = Date.now() + 100;
+      const due = await postBarePods(client, count, dueAt(scenario, start));
+      const running = env.watch.trace.get("Running") ?? new Map<string, number>();
+      await until(`${BARE_PODS}: every pod Running`, start + opts.deadlineMs, () => running.size >= count);
+      const seconds = meter.elapsed();
+      await client.deleteAll();
+      const deleted = env.watch.trace.get("pod deleted") ?? new Map<string, number>();
+      await until(`${BARE_PODS}: every pod gone`, Date.now() + 120_000, () => deleted.size >= count);
+      const measured = meter.stopSamplers();
+      const requests = requestsPerJob(await meter.requests(), count);
+      const byClient = await meter.byClient(count);
+      return {
+        system: BARE_PODS,
+        scenario: describe(scenario),
+        jobs: count,
+        seconds,
+        ...fromTrace(env.watch.trace, due, start),
+        maxRssMb: undefined,
+        heapUsedMb: undefined,
+        cpuCores: undefined,
+        cpuMsPerJob: perJobMs(measured.cpuSeconds, count),
+        loopDelayMs: measured.loopDelayMs,
+        buildkiteCallsPerJob: undefined,
+        kubernetesCallsPerJob: undefined,
+        apiRequestsPerJob: requests.total,
+        apiRequests: requests.byKey,
+        ...(byClient ? { byClient } : {}),
+        duplicates: [...env.watch.podsPerJob.values()].filter((s) => s.size > 1).length,
+        leftovers: `${String(env.watch.current("pods").length)} pods`,
+        leftoverCount: env.watch.current("pods").length,
+        loadAverage: meter.loadAverage(),
+      };
+    } finally {
+      client.close();
+    }
+  });
+}
 
 /**
  * Runs one scenario against one system on a fresh cluster and fake Buildkite, bounded by `deadlineMs`, and measures
  * it. Pods are completed by the fast runner (the agent's API calls, no process per job), the same for every system.
  */
-export async function runScenario(
-  system: SystemUnderTest,
-  scenario: Scenario,
-  deadlineMs: number,
-  log: (line: string) => void,
-): Promise<Result> {
-  const dir = await mkdtemp(join(tmpdir(), "bk-bench-"));
-  const cluster = await LocalCluster.start({ nodePools: BENCH_NODES, log });
-  const kc = cluster.kubeConfig();
-  const fake = await FakeBuildkite.start();
-  const namespace = "bench";
-  let runner: FastRunner | undefined;
-  let pods: Awaited<ReturnType<typeof watchPods>> | undefined;
-  let running: Awaited<ReturnType<SystemUnderTest["start"]>> | undefined;
-  try {
-    await installCrds(kc);
-    const core = kc.makeApiClient(CoreV1Api);
-    await core.createNamespace({ body: { metadata: { name: namespace } } });
+export async function runScenario(system: SystemUnderTest, scenario: Scenario, opts: RowOptions): Promise<Result> {
+  return withFreshCluster(opts.log, opts.byClient, async (env) => {
+    const fake = await FakeBuildkite.start();
+    let runner: FastRunner | undefined;
+    let running: Awaited<ReturnType<SystemUnderTest["start"]>> | undefined;
     const queues = queuesFor(scenario);
-    const ctx: BenchContext = {
-      kc,
-      kubeconfigPath: cluster.kubeconfigPath,
-      namespace,
-      fake,
-      queues,
-      dir,
-      runnerMode: scenario.kind === "inflight" ? "kwok" : "fast",
-    };
-    const watched = await watchPods(kc, namespace, () => core.listNamespacedPod({ namespace }));
-    pods = watched;
-    if (scenario.kind !== "inflight") {
-      runner = await FastRunner.start({
-        kubeConfig: kc,
-        namespaces: [namespace],
-        fakeEndpoint: fake.agentEndpoint,
-        adoptAll: system.adoptPods,
-        concurrency: 64,
-      });
-    }
-    log(`${system.name}: starting for ${describe(scenario)}`);
-    running = await system.start(ctx);
-    const sampler = new ProcessSampler(running.pids);
-    const started = Date.now();
-    const uuids = await seed(fake, scenario, queues);
-    const deadline = started + deadlineMs;
-    const target =
-      scenario.kind === "inflight"
-        ? () => watched.times.running.size >= uuids.length
-        : () => uuids.every((u) => fake.job(u).state === "finished");
-    while (!target()) {
-      if (Date.now() > deadline)
-        throw new Error(
-          `${system.name}: ${describe(scenario)} did not complete within ${deadlineMs / 1000} s (${watched.times.created.size} pods created, ${uuids.filter((u) => fake.job(u).state === "finished").length} finished)`,
-        );
-      await new Promise((r) => setTimeout(r, 250));
-    }
-    const seconds = (Date.now() - started) / 1000;
-    const usage = sampler.stop();
-    const kubeCalls = await running.kubernetesRequests();
-    const heapUsedMb = await running.heapUsedMb();
-    const createdTimes = uuids.map((u) => watched.times.created.get(u)).filter((t) => t !== undefined);
-    const lags = (times: Map<string, number>): number[] =>
-      uuids.flatMap((u) => {
-        const at = times.get(u);
-        return at === undefined ? [] : [at - Date.parse(fake.job(u).scheduled_at)];
-      });
-    const created = lags(watched.times.created);
-    const runningLags = lags(watched.times.running);
-    const acquires = new Map<string, number>();
-    let buildkiteCalls = 0;
-    for (const r of fake.requests()) {
-      if (r.route?.startsWith("stacks.") === true) buildkiteCalls++;
-      if (r.route === "agent.acquire" && r.status < 300) {
-        const uuid = /jobs\/([^/]+)\/acquire/.exec(r.path)?.[1] ?? "";
-        acquires.set(uuid, (acquires.get(uuid) ?? 0) + 1);
+    const profileDir = join(env.dir, "cpu");
+    try {
+      const nodeFlags: string[] = [];
+      if (opts.cpuProfile) nodeFlags.push("--cpu-prof", `--cpu-prof-dir=${profileDir}`);
+      if (opts.heapSnapshots) nodeFlags.push("--heapsnapshot-signal=SIGUSR2", `--diagnostic-dir=${env.dir}`);
+      const ctx: BenchContext = {
+        kc: env.kc,
+        kubeconfigPath: env.cluster.kubeconfigPath,
+        namespace: env.namespace,
+        fake,
+        queues,
+        dir: env.dir,
+        runnerMode: scenario.kind === "inflight" ? "kwok" : "fast",
+        nodeFlags,
+      };
+      if (scenario.kind !== "inflight") {
+        runner = await FastRunner.start({
+          kubeConfig: env.kc,
+          namespaces: [env.namespace],
+          fakeEndpoint: fake.agentEndpoint,
+          adoptAll: system.adoptPods,
+          concurrency: 64,
+        });
       }
+      opts.log(`${system.name}: starting for ${describe(scenario)}`);
+      running = await system.start(ctx);
+      await afterGarbageCollectorSync(env);
+      const meter = await RowMeter.start(env, running.pids);
+      const start = Date.now();
+      const seeding = seed(fake, scenario, queues);
+      const uuids = seeding.uuids;
+      const created = env.watch.trace.get("pod created") ?? new Map<string, number>();
+      const backlog = { max: 0, atLastSeed: 0, perSecond: 0 };
+      const samples: [number, number][] = [];
+      const pending = new Set<string>();
+      let seen = 0;
+      const target =
+        scenario.kind === "inflight"
+          ? () => (env.watch.trace.get("Running")?.size ?? 0) >= uuids.length && seeding.done
+          : () => {
+              for (; seen < uuids.length; seen++) pending.add(uuids[seen] ?? "");
+              for (const u of pending) if (fake.jobState(u) === "finished") pending.delete(u);
+              return seeding.done && pending.size === 0;
+            };
+      await until(`${system.name}: ${describe(scenario)}`, start + opts.deadlineMs, target, () => {
+        const waiting = uuids.filter((u) => !created.has(u)).length;
+        backlog.max = Math.max(backlog.max, waiting);
+        if (seeding.done) return;
+        backlog.atLastSeed = waiting;
+        samples.push([(Date.now() - start) / 1000, waiting]);
+      });
+      backlog.perSecond = slope(samples);
+      const seconds = meter.elapsed();
+      const kubeCalls = await running.kubernetesRequests();
+      const heapUsedMb = await running.heapUsedMb();
+      const left =
+        scenario.kind === "inflight"
+          ? undefined
+          : await leftoversAfter(env, system.deletesPods ? 30_000 : 0, system === OURS);
+      const window = meter.elapsed();
+      const measured = meter.stopSamplers();
+      const requests = requestsPerJob(await meter.requests(), uuids.length);
+      const byClient = await meter.byClient(uuids.length);
+      const heap = opts.heapSnapshots ? await heapInFlight(env, running, uuids.length) : undefined;
+      const { trace, due, buildkiteCalls, acquiredTwice } = fromFake(fake, uuids, env.watch.trace);
+      await running.stop();
+      running = undefined;
+      return {
+        system: system.name,
+        scenario: describe(scenario),
+        jobs: uuids.length,
+        seconds,
+        ...fromTrace(trace, due, start),
+        maxRssMb: measured.systemRssMb,
+        heapUsedMb,
+        cpuCores: (measured.cpuSeconds.system ?? 0) / window,
+        cpuMsPerJob: perJobMs(measured.cpuSeconds, uuids.length),
+        loopDelayMs: measured.loopDelayMs,
+        buildkiteCallsPerJob: buildkiteCalls / uuids.length,
+        kubernetesCallsPerJob: kubeCalls === undefined ? undefined : kubeCalls / uuids.length,
+        apiRequestsPerJob: requests.total,
+        apiRequests: requests.byKey,
+        ...(byClient ? { byClient } : {}),
+        duplicates: acquiredTwice + [...env.watch.podsPerJob.values()].filter((s) => s.size > 1).length,
+        leftovers: left?.text ?? "n/a (held)",
+        leftoverCount: left?.count,
+        ...(scenario.kind === "steady" ? { backlog } : {}),
+        ...(heap ? { heap } : {}),
+        ...(opts.cpuProfile ? profileOf(profileDir) : {}),
+        loadAverage: meter.loadAverage(),
+      };
+    } finally {
+      await running?.stop().catch(() => undefined);
+      await runner?.stop().catch(() => undefined);
+      await fake.stop().catch(() => undefined);
     }
-    const duplicates =
-      [...acquires.values()].filter((n) => n > 1).length +
-      [...watched.times.podsPerJob.values()].filter((s) => s.size > 1).length;
-    const leftovers = scenario.kind === "inflight" ? "n/a (held)" : await leftoversAfter(kc, namespace, 30_000);
-    const spread = createdTimes.length > 1 ? (Math.max(...createdTimes) - Math.min(...createdTimes)) / 1000 : seconds;
-    return {
-      system: system.name,
-      scenario: describe(scenario),
-      jobs: uuids.length,
-      seconds,
-      podsPerSecond: createdTimes.length / Math.max(spread, 0.001),
-      createdMs: [percentile(created, 50), percentile(created, 95), percentile(created, 99)],
-      runningMs: [percentile(runningLags, 50), percentile(runningLags, 95), percentile(runningLags, 99)],
-      maxRssMb: usage.maxRssMb,
-      heapUsedMb,
-      cpuCores: usage.cpuCores,
-      buildkiteCallsPerJob: buildkiteCalls / uuids.length,
-      kubernetesCallsPerJob: kubeCalls === undefined ? undefined : kubeCalls / uuids.length,
-      duplicates,
-      leftovers,
-    };
-  } finally {
-    await pods?.stop().catch(() => undefined);
-    await running?.stop().catch(() => undefined);
-    await runner?.stop().catch(() => undefined);
-    await fake.stop().catch(() => undefined);
-    await cluster.stop();
-  }
+  });
 }
 
-/** Seeds the scenario's jobs across its queues; a steady scenario seeds them at its rate. Returns their uuids. */
-async function seed(fake: FakeBuildkite, scenario: Scenario, queues: readonly BenchQueue[]): Promise<string[]> {
-  const uuids: string[] = [];
+const perJobMs = (cpuSeconds: Record<string, number>, jobs: number): Record<string, number> =>
+  Object.fromEntries(Object.entries(cpuSeconds).map(([k, v]) => [k, (v * 1000) / Math.max(jobs, 1)]));
+
+function profileOf(dir: string): { cpuProfile?: CpuSummary } {
+  mkdirSync(dir, { recursive: true });
+  const summary = cpuProfileIn(dir);
+  return summary ? { cpuProfile: summary } : {};
+}
+
+/**
+ * The live heap with every job in flight and again once they are all gone (their BuildkiteJobs deleted, their pods
+ * collected): the difference per job is what a job in flight costs, with start-up and compiled code the same in both.
+ * Taken after the row's memory was sampled (a snapshot inflates the process's RSS); the files are removed once read.
+ */
+async function heapInFlight(
+  env: RowEnv,
+  running: { heapSnapshot?: () => Promise<string> },
+  jobs: number,
+): Promise<Result["heap"]> {
+  if (!running.heapSnapshot) return undefined;
+  const full = await read(await running.heapSnapshot());
+  await env.kc.makeApiClient(CustomObjectsApi).deleteCollectionNamespacedCustomObject({
+    group: "buildkite.com",
+    version: "v1alpha1",
+    plural: "buildkitejobs",
+    namespace: env.namespace,
+  });
+  await until("every job's BuildkiteJob and pod gone", Date.now() + 600_000, () =>
+    ["pods", "records"].every((k) => env.watch.current(k as "pods" | "records").length === 0),
+  );
+  // The operator's caches see the same deletes a moment later.
+  await new Promise((r) => setTimeout(r, 5_000));
+  const empty = await read(await running.heapSnapshot());
+  return {
+    emptyMb: empty.totalBytes / 2 ** 20,
+    fullMb: full.totalBytes / 2 ** 20,
+    perJobKb: (full.totalBytes - empty.totalBytes) / 1024 / Math.max(jobs, 1),
+    growth: heapGrowth(empty, full),
+  };
+}
+
+async function read(file: string): Promise<HeapSummary> {
+  const summary = await readHeapSnapshot(file);
+  rmSync(file, { force: true });
+  return summary;
+}
+
+/** Least-squares slope of (seconds, backlog) samples: how fast the backlog grew, in jobs per second. */
+function slope(points: readonly [number, number][]): number {
+  const n = points.length;
+  if (n < 2) return 0;
+  const mx = points.reduce((a, [x]) => a + x, 0) / n;
+  const my = points.reduce((a, [, y]) => a + y, 0) / n;
+  const sxx = points.reduce((a, [x]) => a + (x - mx) ** 2, 0);
+  return sxx === 0 ? 0 : points.reduce((a, [x, y]) => a + (x - mx) * (y - my), 0) / sxx;
+}
+
+/** Adds the fake's milestones (listed, reserved, finished) to the watch's trace; counts Stacks API calls and double acquires. */
+function fromFake(fake: FakeBuildkite, uuids: readonly string[], watched: Trace) {
+  const trace: Trace = new Map([...watched].map(([m, times]) => [m, new Map(times)]));
+  const due = new Map<string, number>();
+  for (const u of uuids) {
+    const job = fake.job(u);
+    due.set(u, Date.parse(job.scheduled_at));
+    const stamp = (m: "listed" | "reserved" | "finished", at: string | null | undefined): void => {
+      if (at) trace.get(m)?.set(u, Date.parse(at));
+    };
+    stamp("listed", job.listed_at);
+    stamp("reserved", job.history.find((h) => h.event === "reserve")?.at);
+    stamp("finished", job.finished_at);
+  }
+  const acquires = new Map<string, number>();
+  let buildkiteCalls = 0;
+  for (const r of fake.requests()) {
+    if (r.route?.startsWith("stacks.") === true) buildkiteCalls++;
+    if (r.route === "agent.acquire" && r.status < 300) {
+      const uuid = /jobs\/([^/]+)\/acquire/.exec(r.path)?.[1] ?? "";
+      acquires.set(uuid, (acquires.get(uuid) ?? 0) + 1);
+    }
+  }
+  return { trace, due, buildkiteCalls, acquiredTwice: [...acquires.values()].filter((n) => n > 1).length };
+}
+
+/** Seeds the scenario's jobs across its queues, a steady scenario's at its rate; `uuids` fills as it goes. */
+function seed(
+  fake: FakeBuildkite,
+  scenario: Scenario,
+  queues: readonly BenchQueue[],
+): { uuids: string[]; done: boolean } {
+  const state = { uuids: [] as string[], done: false };
   const one = (i: number): void => {
     const q = queues[i % queues.length];
-    if (q) uuids.push(fake.seedJob({ queue_key: q.key, command: "true", priority: i % 3 }));
+    if (q) state.uuids.push(fake.seedJob({ queue_key: q.key, command: "true", priority: i % 3 }));
   };
+  const total = jobCount(scenario);
   if (scenario.kind !== "steady") {
-    for (let i = 0; i < scenario.jobs; i++) one(i);
-    return uuids;
+    for (let i = 0; i < total; i++) one(i);
+    state.done = true;
+    return state;
   }
-  const total = scenario.rate * scenario.seconds;
-  const start = Date.now();
-  for (let i = 0; i < total; i++) {
-    const due = start + (i * 1000) / scenario.rate;
-    if (due > Date.now()) await new Promise((r) => setTimeout(r, due - Date.now()));
-    one(i);
-  }
-  return uuids;
+  const at = dueAt(scenario, Date.now());
+  void (async () => {
+    for (let i = 0; i < total; i++) {
+      const wait = at(i) - Date.now();
+      if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+      one(i);
+    }
+    state.done = true;
+  })();
+  return state;
 }
 
-/** What is left in the namespace after the jobs ended: pods, unfinished BuildkiteJobs. */
-async function leftoversAfter(
-  kc: ReturnType<LocalCluster["kubeConfig"]>,
-  namespace: string,
-  graceMs: number,
-): Promise<string> {
-  const core = kc.makeApiClient(CoreV1Api);
-  const custom = kc.makeApiClient(CustomObjectsApi);
+/** What is left once the jobs ended (from the watches: no request of its own): pods, unfinished records, busy slots. */
+async function leftoversAfter(env: RowEnv, graceMs: number, slots: boolean): Promise<{ text: string; count: number }> {
   const deadline = Date.now() + graceMs;
-  for (;;) {
-    const pods = (await core.listNamespacedPod({ namespace })).items.length;
-    const jobs = (
-      (await custom.listNamespacedCustomObject({
+  const unfinished = (): number =>
+    env.watch
+      .current("records")
+      .filter(
+        (j) =>
+          !["Succeeded", "Failed", "Canceled", "TimedOut"].includes(
+            (j as { status?: { phase?: string } }).status?.phase ?? "",
+          ),
+      ).length;
+  while ((env.watch.current("pods").length > 0 || unfinished() > 0) && Date.now() < deadline)
+    await new Promise((r) => setTimeout(r, 500));
+  // Only this operator's rows have queues (agent-stack-k8s's have none to list). A queue's status follows its
+  // jobs' a moment later: read again until every slot shows free or the grace is over.
+  const listQueues = async (): Promise<BuildkiteQueue[]> =>
+    (
+      (await env.kc.makeApiClient(CustomObjectsApi).listNamespacedCustomObject({
         group: "buildkite.com",
         version: "v1alpha1",
-        plural: "buildkitejobs",
-        namespace,
-      })) as { items: BuildkiteJob[] }
+        plural: "buildkitequeues",
+        namespace: env.namespace,
+      })) as { items: BuildkiteQueue[] }
     ).items;
-    const unfinished = jobs.filter(
-      (j) => !["Succeeded", "Failed", "Canceled", "TimedOut"].includes(j.status?.phase ?? ""),
-    ).length;
-    if ((pods === 0 && unfinished === 0) || Date.now() > deadline)
-      return `${pods} pods, ${unfinished} unfinished BuildkiteJobs`;
+  let queues = slots ? await listQueues() : [];
+  while (queues.some((q) => (q.status?.active ?? 0) > 0) && Date.now() < deadline) {
     await new Promise((r) => setTimeout(r, 500));
+    queues = await listQueues();
   }
+  const busy = queues.reduce((n, q) => n + (q.status?.active ?? 0), 0);
+  const busySlots = queues.length > 0 ? `, ${String(busy)} slots busy` : "";
+  const pods = env.watch.current("pods").length;
+  const records = unfinished();
+  return {
+    text: `${String(pods)} pods, ${String(records)} unfinished BuildkiteJobs${busySlots}`,
+    count: pods + records + busy,
+  };
 }

@@ -1,8 +1,9 @@
 import { CoreV1Api, CustomObjectsApi, type KubeConfig } from "@kubernetes/client-node";
 import { spawn } from "node:child_process";
 import { once } from "node:events";
-import { createWriteStream } from "node:fs";
+import { createWriteStream, readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
+import { parse } from "yaml";
 import type { BuildkiteQueue } from "../../operator/src/api/generated/buildkite-queue.js";
 import type { FakeBuildkite } from "../../test/fake-buildkite/server.js";
 import { repoRoot } from "../../test/support/binaries.js";
@@ -27,6 +28,8 @@ export interface BenchContext {
   dir: string;
   /** Who runs the pods: the fast runner (to completion), or KWOK alone (Running until the end, for in-flight). */
   runnerMode: "fast" | "kwok";
+  /** Node.js flags for a system that runs on Node (a CPU profile, a heap snapshot on a signal); files go to `dir`. */
+  nodeFlags: readonly string[];
 }
 
 /** A running system under test. */
@@ -38,12 +41,16 @@ export interface RunningSystem {
   kubernetesRequests(): Promise<number | undefined>;
   /** V8 heap in use (MB), when the system reports it. */
   heapUsedMb(): Promise<number | undefined>;
+  /** Has the system write a heap snapshot (Node.js, started with `--heapsnapshot-signal=SIGUSR2`); its path. */
+  heapSnapshot?(): Promise<string>;
 }
 
 export interface SystemUnderTest {
   name: string;
   /** Whether the fast runner must adopt pods it cannot annotate. */
   adoptPods: boolean;
+  /** Whether the system deletes a job's pod when the job ends (agent-stack-k8s leaves it to its Job's TTL). */
+  deletesPods: boolean;
   start(ctx: BenchContext): Promise<RunningSystem>;
 }
 
@@ -57,10 +64,21 @@ async function waitFor(what: string, timeoutMs: number, check: () => Promise<boo
   }
 }
 
+/** The Node.js flags the chart gives the operator (its heap limit), so the benchmark runs it as it is deployed. */
+function chartNodeFlags(): string[] {
+  const values = parse(readFileSync(join(repoRoot, "charts/buildkite-operator/values.yaml"), "utf8")) as {
+    heapLimitMiB?: number;
+  };
+  return values.heapLimitMiB ? [`--max-old-space-size=${String(values.heapLimitMiB)}`] : [];
+}
+
+const snapshotsIn = (dir: string): string[] => readdirSync(dir).filter((f) => f.endsWith(".heapsnapshot"));
+
 /** This project's operator, as its own process (so its memory and CPU can be read). */
 export const OURS: SystemUnderTest = {
   name: "buildkite-operator",
   adoptPods: false,
+  deletesPods: true,
   async start(ctx) {
     const core = ctx.kc.makeApiClient(CoreV1Api);
     const custom = ctx.kc.makeApiClient(CustomObjectsApi);
@@ -80,6 +98,8 @@ export const OURS: SystemUnderTest = {
         "SIGKILL",
         "--",
         process.execPath,
+        ...chartNodeFlags(),
+        ...ctx.nodeFlags,
         join(repoRoot, "dist/operator/src/main.js"),
         "--leader-elect=false",
         `--http-port=${port}`,
@@ -149,6 +169,21 @@ export const OURS: SystemUnderTest = {
         const line = page.split("\n").find((l) => l.startsWith("buildkite_operator_nodejs_heap_size_used_bytes "));
         return line === undefined ? undefined : Number(line.split(" ").at(-1)) / 2 ** 20;
       },
+      async heapSnapshot() {
+        const before = new Set(snapshotsIn(ctx.dir));
+        child.kill("SIGUSR2");
+        // V8 writes the snapshot on the main thread: once the file is there and /healthz answers, it is complete.
+        let file: string | undefined;
+        await waitFor("the operator's heap snapshot", 300_000, async () => {
+          file ??= snapshotsIn(ctx.dir).find((f) => !before.has(f));
+          return (
+            file !== undefined &&
+            (await httpGet(`http://127.0.0.1:${port}/healthz`, undefined, 1_000).catch(() => ({ status: 0 })))
+              .status === 200
+          );
+        });
+        return join(ctx.dir, file ?? "");
+      },
     };
   },
 };
@@ -157,6 +192,7 @@ export const OURS: SystemUnderTest = {
 export const AGENT_STACK_K8S: SystemUnderTest = {
   name: "agent-stack-k8s",
   adoptPods: true,
+  deletesPods: false,
   async start(ctx) {
     const peers = await Promise.all(
       ctx.queues.map((q) =>

@@ -1,6 +1,6 @@
 import { HttpError } from "./http.js";
 import type { Faults, FaultSpec } from "./faults.js";
-import type { JobEvent } from "./model.js";
+import type { JobEvent, JobState } from "./model.js";
 import type { RateLimiter } from "./rate-limit.js";
 import type { AgentRecord } from "./records.js";
 import type { RequestLog, RequestLogEntry } from "./request-log.js";
@@ -42,6 +42,12 @@ export class FakeControl {
   job(uuid: string): FakeJobRecord {
     this.store.sweep();
     return jobRecordView(this.store.job(uuid));
+  }
+
+  /** A job's state alone: cheap enough to ask for thousands of jobs several times a second. */
+  jobState(uuid: string): JobState {
+    this.store.sweep();
+    return this.store.job(uuid).state;
   }
 
   jobs(): FakeJobRecord[] {

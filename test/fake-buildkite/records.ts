@@ -88,6 +88,8 @@ export interface JobRecord {
   readonly created_at: number;
   readonly scheduled_at: number;
   readonly runnable_at: number;
+  /** When a stack's list of scheduled jobs first showed the job (benchmarks trace a job's way from here). */
+  listed_at?: number;
   readonly pipeline: { readonly slug: string; readonly uuid: string };
   readonly build: { readonly uuid: string; readonly number: number; readonly branch: string };
   readonly step: { readonly key: string | null };

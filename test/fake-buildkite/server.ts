@@ -6,6 +6,7 @@ import { Faults, type FaultSpec } from "./faults.js";
 import { RateLimiter } from "./rate-limit.js";
 import { RequestLog, type RequestLogEntry } from "./request-log.js";
 import type { SeedJobOptions } from "./seed.js";
+import type { JobState } from "./model.js";
 import { FakeStore } from "./store.js";
 import type { FakeAgentView, FakeJobRecord, FakeStackView } from "./views.js";
 
@@ -143,6 +144,11 @@ export class FakeBuildkite {
   /** A job's full record: state, outcome, assembled log, notifications and state history. Throws for an unknown uuid. */
   job(uuid: string): FakeJobRecord {
     return this.#control.job(uuid);
+  }
+
+  /** A job's state alone, without building its record (log, history): for polling many jobs. */
+  jobState(uuid: string): JobState {
+    return this.#control.jobState(uuid);
   }
 
   jobs(): FakeJobRecord[] {

@@ -116,9 +116,11 @@ function listScheduled(ctx: ApiContext, params: Params): Reply {
     .sort(bySchedule);
   const page = candidates.slice(0, limit);
   const last = page.at(-1);
+  const now = store.now();
+  for (const job of page) job.listed_at ??= now;
   // Polling is what keeps the stack "connected" in Buildkite's UI.
   stack.state = "connected";
-  stack.last_connected_on = store.now();
+  stack.last_connected_on = now;
   return json(200, {
     jobs: page.map(scheduledJobItem),
     page_info: { has_next_page: candidates.length > page.length, end_cursor: last ? encodeCursor(last) : null },

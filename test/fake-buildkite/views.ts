@@ -19,6 +19,8 @@ export interface FakeJobRecord {
   readonly created_at: string;
   readonly scheduled_at: string;
   readonly runnable_at: string;
+  /** When a stack's list first showed the job; null if no list has. */
+  readonly listed_at: string | null;
   readonly started_at: string | null;
   readonly finished_at: string | null;
   readonly pipeline: { readonly slug: string; readonly uuid: string };
@@ -70,6 +72,7 @@ export function jobRecordView(job: JobRecord): FakeJobRecord {
     created_at: iso(job.created_at),
     scheduled_at: iso(job.scheduled_at),
     runnable_at: iso(job.runnable_at),
+    listed_at: isoOrNull(job.listed_at),
     started_at: isoOrNull(job.started_at),
     finished_at: isoOrNull(job.finished_at),
     pipeline: { ...job.pipeline },

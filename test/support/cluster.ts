@@ -18,6 +18,14 @@ export interface ClusterOptions {
   keepDir?: boolean;
   /** Where progress lines go (default stderr). */
   log?: (line: string) => void;
+  /**
+   * Extra kube-scheduler flags. The benchmarks lift its client-side rate limit (`--kube-api-qps=5000
+   * --kube-api-burst=5000`, as kwokctl's benchmark mode does) so that the scheduler's default of 50 requests/s does not
+   * set the pace; tests keep the defaults a real cluster has.
+   */
+  schedulerArgs?: readonly string[];
+  /** Extra kube-apiserver flags (the benchmarks' audit log); kept across {@link LocalCluster.restartApiServer}. */
+  apiServerArgs?: readonly string[];
 }
 
 /**
@@ -34,7 +42,7 @@ export class LocalCluster {
     readonly processes: ProcessGroup,
     readonly keepDir: boolean,
     private readonly forgetCleanup: () => void,
-    private readonly restartInfo: { etcdUrl: string; port: number },
+    private readonly restartInfo: { etcdUrl: string; port: number; args: readonly string[] },
   ) {}
 
   /**
@@ -44,7 +52,8 @@ export class LocalCluster {
   async restartApiServer(downMs = 0): Promise<void> {
     await this.processes.get("kube-apiserver")?.stop(2_000);
     if (downMs > 0) await new Promise((r) => setTimeout(r, downMs));
-    await startApiServer(this.dir, this.processes, this.pki, this.restartInfo.etcdUrl, this.restartInfo.port);
+    const { etcdUrl, port, args } = this.restartInfo;
+    await startApiServer(this.dir, this.processes, this.pki, etcdUrl, port, args);
   }
 
   /** Starts every component, registers the nodes and waits until they are Ready. Prints the time to ready. */
@@ -62,13 +71,13 @@ export class LocalCluster {
         });
     try {
       const [pki, etcd] = await Promise.all([generatePki(dir), startEtcd(dir, processes)]);
-      const apiserver = await startApiServer(dir, processes, pki, etcd.url);
+      const apiserver = await startApiServer(dir, processes, pki, etcd.url, undefined, options.apiServerArgs);
       const kubeconfigPath = await writeKubeconfig(join(dir, "kubeconfig"), apiserver.url, {
         ca: pki.caCert,
         cert: pki.adminCert,
         key: pki.adminKey,
       });
-      const restart = { etcdUrl: etcd.url, port: apiserver.port };
+      const restart = { etcdUrl: etcd.url, port: apiserver.port, args: options.apiServerArgs ?? [] };
       const cluster = new LocalCluster(
         dir,
         pki,
@@ -82,7 +91,7 @@ export class LocalCluster {
       );
       const core = cluster.kubeConfig().makeApiClient(CoreV1Api);
       const [, nodeNames] = await Promise.all([
-        startControllers(dir, processes, pki, kubeconfigPath),
+        startControllers(dir, processes, pki, kubeconfigPath, options.schedulerArgs),
         // nodes first: KWOK's node-initialize stage copies the capacity they were registered with
         registerNodes(core, options.nodePools ?? DEFAULT_NODE_POOLS).then(async (names) => {
           await startKwok(dir, processes, kubeconfigPath);

@@ -37,13 +37,17 @@ export async function startEtcd(dir: string, group: ProcessGroup): Promise<{ pro
   return { process: etcd, url };
 }
 
-/** Starts kube-apiserver with RBAC, PodSecurity and a discoverable ServiceAccount issuer; waits for /readyz. */
+/**
+ * Starts kube-apiserver with RBAC, PodSecurity and a discoverable ServiceAccount issuer (and `extraArgs`); waits for
+ * /readyz.
+ */
 export async function startApiServer(
   dir: string,
   group: ProcessGroup,
   pki: Pki,
   etcdUrl: string,
   samePort?: number,
+  extraArgs: readonly string[] = [],
 ): Promise<{ process: ManagedProcess; url: string; port: number }> {
   const port = samePort ?? (await freePort());
   const url = `https://127.0.0.1:${port}`;
@@ -75,6 +79,7 @@ export async function startApiServer(
       "--event-ttl=2h",
       "--max-requests-inflight=2000",
       "--max-mutating-requests-inflight=1000",
+      ...extraArgs,
     ],
   });
   const tls = { ca: pki.caCert, cert: pki.adminCert, key: pki.adminKey };
@@ -86,12 +91,16 @@ export async function startApiServer(
   return { process: apiserver, url, port };
 }
 
-/** Starts kube-controller-manager (garbage collector, ServiceAccounts, …) and kube-scheduler; waits for /healthz. */
+/**
+ * Starts kube-controller-manager (garbage collector, ServiceAccounts, …) and kube-scheduler (with `schedulerArgs`
+ * added to its flags); waits for /healthz.
+ */
 export async function startControllers(
   dir: string,
   group: ProcessGroup,
   pki: Pki,
   kubeconfig: string,
+  schedulerArgs: readonly string[] = [],
 ): Promise<ManagedProcess[]> {
   const [kcmPort, schedPort] = await Promise.all([freePort(), freePort()]);
   const common = [`--kubeconfig=${kubeconfig}`, "--bind-address=127.0.0.1", "--leader-elect=false"];
@@ -114,7 +123,7 @@ export async function startControllers(
     name: "kube-scheduler",
     binary: hackBinary("kube-scheduler"),
     logFile: join(dir, "kube-scheduler.log"),
-    args: [...common, `--secure-port=${schedPort}`],
+    args: [...common, `--secure-port=${schedPort}`, ...schedulerArgs],
   });
   await Promise.all([
     kcm.waitReady(async () => (await httpGet(`https://127.0.0.1:${kcmPort}/healthz`)).status === 200, READY_TIMEOUT_MS),

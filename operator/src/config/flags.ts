@@ -36,7 +36,8 @@ export const FLAGS = {
     value: "ms",
     default: 1_000,
     range: [100, 60_000],
-    meaning: "How often each queue asks Buildkite for scheduled jobs.",
+    meaning:
+      "How often each queue asks Buildkite for scheduled jobs when none are waiting (every 250 ms while some are).",
   },
   "state-check-interval-ms": {
     value: "ms",

@@ -165,6 +165,16 @@ describe("planJob", () => {
     expect(plan.actions).to.deep.equal(["deletePod"]);
   });
 
+  it("deletes a finished job's pod once: a pod already terminating is waited for, and the TTL starts after it", () => {
+    const job = jobWith({ phase: "Succeeded", podUID: "pod-uid", finishedAt: "2026-03-01T10:00:00.000Z" });
+    const pod = podOf(job, { phase: "Succeeded", ...terminated(0, "Completed") }, "node-a");
+    const ready = { ...readyQueue(), spec: { ...readyQueue().spec, jobTTLSecondsAfterFinished: 0 } };
+    expect(planJob({ job, queue: ready, pod, slot: free }, now).actions).to.deep.equal(["deletePod"]);
+    (pod.metadata ??= {}).deletionTimestamp = new Date(now.getTime() - 1_000);
+    expect(planJob({ job, queue: ready, pod, slot: free }, now).actions).to.deep.equal([]);
+    expect(planJob({ job, queue: ready, pod: undefined, slot: free }, now).actions).to.deep.equal(["deleteJob"]);
+  });
+
   it("records a non-zero exit as Failed with its code", () => {
     const job = jobWith({ phase: "Running", podUID: "pod-uid" });
     const plan = planJob(

@@ -84,7 +84,8 @@ export function planJob(obs: JobObservation, now: Date): JobPlan {
 
   const taken = job.metadata.annotations?.[ANNOTATIONS.buildkiteState];
   if (isTerminal(current.phase)) {
-    const actions: JobAction[] = pod ? ["deletePod"] : [];
+    // A pod already terminating is waited for, not deleted again on each of its updates meanwhile.
+    const actions: JobAction[] = pod && pod.metadata?.deletionTimestamp === undefined ? ["deletePod"] : [];
     if (needsReport(job)) {
       // The job source tells Buildkite (`finish`) and records its answer on the job; the job keeps it as a condition.
       const reported = reportOf(job);
@@ -102,7 +103,7 @@ export function planJob(obs: JobObservation, now: Date): JobPlan {
         ],
       };
     }
-    if (actions.length > 0) return { status: current, actions, events };
+    if (pod) return { status: current, actions, events };
     const ttl = queue?.spec.jobTTLSecondsAfterFinished ?? DEFAULT_TTL_SECONDS;
     const finished = Date.parse(current.finishedAt ?? "") || now.getTime();
     const remaining = finished + ttl * 1000 - now.getTime();

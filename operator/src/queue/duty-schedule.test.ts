@@ -1,6 +1,6 @@
 import { expect } from "chai";
 import { FakeClock } from "../../../test/support/fake-clock.js";
-import { DutySchedule } from "./duty-schedule.js";
+import { BUSY_POLL_MS, DutySchedule, nextPollMs } from "./duty-schedule.js";
 import { dutiesToRun } from "./job-source.js";
 
 describe("DutySchedule", () => {
@@ -37,6 +37,15 @@ describe("DutySchedule", () => {
     duties.succeeded("states");
     expect(duties.due("states")).to.equal(true);
     expect(duties.failed("states"), "a success starts the backoff over").to.equal(1_000);
+  });
+});
+
+describe("nextPollMs", () => {
+  it("polls within the Stacks API's list limit while jobs wait, and at the configured interval when idle", () => {
+    expect(nextPollMs(true, 1_000)).to.equal(BUSY_POLL_MS);
+    expect(nextPollMs(false, 1_000)).to.equal(1_000);
+    expect(nextPollMs(true, 100), "never slower than configured").to.equal(100);
+    expect(1_000 / BUSY_POLL_MS, "list calls a second with two pages a poll").to.be.at.most(10 / 2);
   });
 });
 

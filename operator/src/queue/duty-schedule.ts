@@ -32,3 +32,19 @@ export class DutySchedule<Name extends string> {
     return delay;
   }
 }
+
+/**
+ * The shortest wait between two polls while jobs are waiting. The Stacks API allows a stack 10 list calls a second
+ * (429 beyond, with Retry-After, which the transport honours inside the call) and one poll may list two pages: 250 ms
+ * keeps a busy queue at 8 calls a second at most.
+ */
+export const BUSY_POLL_MS = 250;
+
+/**
+ * How long until a job source polls again: soon while Buildkite still has jobs waiting for the queue (the last list
+ * was not empty), so a job waits for a slot rather than for the next poll; the configured interval once the queue is
+ * idle, so an idle queue costs what it always did. Pure.
+ */
+export function nextPollMs(jobsWaiting: boolean, pollIntervalMs: number): number {
+  return jobsWaiting ? Math.min(pollIntervalMs, BUSY_POLL_MS) : pollIntervalMs;
+}

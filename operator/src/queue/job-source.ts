@@ -7,7 +7,7 @@ import type { Timer } from "../kube/clock.js";
 import type { ControllerContext } from "../kube/controller.js";
 import { splitKey } from "../kube/resources.js";
 import type { AgentTokenReader } from "./agent-token.js";
-import { DutySchedule } from "./duty-schedule.js";
+import { DutySchedule, nextPollMs } from "./duty-schedule.js";
 import { JobTokens } from "./job-tokens.js";
 import { checkStates, dispatch, maintain, SourceMemory, type Connection, type Scope } from "./source-duties.js";
 import { noteJob, notifyTimeline, report } from "./reporting.js";
@@ -46,6 +46,8 @@ export class QueueJobSource {
   private stopped = false;
   private connection: Connection | undefined;
   private connectFailures = 0;
+  /** Whether the last list showed jobs waiting: the next poll then comes sooner. */
+  private jobsWaiting = false;
   private readonly duties: DutySchedule<DutyName>;
   /** Duties in flight: a duty starts again only once its previous run is over. */
   private readonly running = new Map<DutyName, Promise<void>>();
@@ -162,10 +164,11 @@ export class QueueJobSource {
   }
 
   private async runCycle(): Promise<void> {
-    let delay = this.settings.pollIntervalMs;
+    let delay: number;
     try {
       await this.once();
       this.connectFailures = 0;
+      delay = nextPollMs(this.jobsWaiting, this.settings.pollIntervalMs);
     } catch (err) {
       // Only a failure to connect lands here; each duty handles its own.
       this.connectFailures++;
@@ -207,7 +210,10 @@ export class QueueJobSource {
       );
     }
     const run: Record<DutyName, () => Promise<void>> = {
-      dispatch: () => dispatch(scope),
+      dispatch: async () => {
+        this.jobsWaiting = false;
+        this.jobsWaiting = await dispatch(scope);
+      },
       maintain: () => maintain(scope),
       states: () => checkStates(scope),
       report: () => report(scope),

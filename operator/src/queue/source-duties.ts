@@ -76,9 +76,10 @@ export const queueKeyOf = (queue: BuildkiteQueue): string =>
  * Takes jobs: lists scheduled jobs, chooses as many as there are free slots (highest priority first), records each as
  * a BuildkiteJob, and only then reserves them, so a crash at any point leaves a record the next cycle finishes (a
  * recorded job that is still scheduled is reserved again; one reserved elsewhere is deleted). Jobs reserved get their
- * job tokens; those whose pods use the cluster token are released to start.
+ * job tokens; those whose pods use the cluster token are released to start. Resolves to whether Buildkite listed jobs
+ * waiting for the queue (taken or not), which makes the next poll come sooner.
  */
-export async function dispatch(s: Scope): Promise<void> {
+export async function dispatch(s: Scope): Promise<boolean> {
   const { ctx, queue, conn, jobs, memory } = s;
   const listed = await conn.client.scheduledJobs(conn.key, conn.queueKey).catch((err: unknown) => {
     throw dispatchError(err, "list scheduled jobs");
@@ -134,6 +135,7 @@ export async function dispatch(s: Scope): Promise<void> {
   } finally {
     for (const job of take) memory.reserving.delete(job.id);
   }
+  return listed.jobs.length > 0 && paused === undefined;
 }
 
 /**

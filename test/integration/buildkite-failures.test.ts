@@ -2,6 +2,7 @@ import { PatchStrategy, setHeaderOptions } from "@kubernetes/client-node";
 import { expect } from "chai";
 import { jobResourceName } from "../../operator/src/api/names.js";
 import type { Operator } from "../../operator/src/operator.js";
+import { expandPlugins } from "../fake-buildkite/plugins.js";
 import { BuildkiteScenario } from "../support/buildkite-scenario.js";
 import { eventually } from "../support/eventually.js";
 import { testCluster } from "../support/global-cluster.js";
@@ -121,5 +122,34 @@ describe("Jobs that cannot run are failed and reported to Buildkite in words a p
     expect(job.status?.message).to.include("exceeded quota");
     const finished = await s.buildkiteState(uuid, "finished");
     expect(finished.finish_detail).to.include("refused the job's pod");
+  });
+  it("refuses a step that asks for what its queue does not allow: no pod, Buildkite told which field and which setting, and a Warning Event", async () => {
+    await s.queue("strict", "real", { steps: { allowedImages: ["registry.example.com/ci/*"], allowSidecars: false } });
+    const refusals = [
+      {
+        plugins: expandPlugins([{ kubernetes: { podSpecPatch: { serviceAccountName: "admin" } } }]),
+        says: "podSpecPatch",
+      },
+      { image: "docker.io/evil/miner:1", says: "spec.steps.allowedImages" },
+      {
+        plugins: expandPlugins([{ kubernetes: { sidecars: [{ image: "registry.example.com/ci/redis:7" }] } }]),
+        says: "spec.steps.allowSidecars",
+      },
+    ];
+    for (const { says, ...step } of refusals) {
+      const uuid = s.fake.seedJob({ queue_key: "strict", command: "echo never-runs", ...step });
+      const job = await s.jobPhase(uuid, "Failed");
+      expect(job.status?.reason).to.equal("StepRefused");
+      expect(job.status?.message).to.include(says);
+      const finished = await s.buildkiteState(uuid, "finished");
+      expect(finished.exit_status).to.equal(-1);
+      expect(finished.finish_detail).to.include(says);
+      expect(await s.t.pod(jobResourceName(uuid)), "no pod").to.equal(undefined);
+      const events = await s.t.core.listNamespacedEvent({
+        namespace: s.t.namespace,
+        fieldSelector: `involvedObject.name=${jobResourceName(uuid)}`,
+      });
+      expect(events.items.some((e) => e.reason === "StepRefused" && e.type === "Warning")).to.equal(true);
+    }
   });
 });

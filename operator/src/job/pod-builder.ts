@@ -10,6 +10,7 @@ import {
   commandContainer,
   copyAgentContainer,
   imageCheckContainer,
+  JOB_UID,
   sidecarContainer,
   WORKSPACE_DIR,
 } from "./pod-containers.js";
@@ -20,8 +21,7 @@ import type { BuildkiteQueue } from "../api/generated/buildkite-queue.js";
 /** Where the projected IRSA token is mounted; the path the EKS webhook uses, so AWS SDKs find it unchanged. */
 export const IRSA_TOKEN_DIR = "/var/run/secrets/eks.amazonaws.com/serviceaccount";
 export { WORKSPACE_DIR };
-/** The non-root identity job pods run as (Pod Security restricted forbids root). */
-export const JOB_UID = 1000;
+export { JOB_UID };
 
 /**
  * Builds the one pod that runs `job` with the settings of `queue` and what its step may have (`step`, the queue's

@@ -14,8 +14,8 @@ export const GIT_SSH_DIR = "/buildkite/git/ssh";
 export const GIT_KNOWN_HOSTS_DIR = "/buildkite/git/known-hosts";
 export const GIT_HTTPS_DIR = "/buildkite/git/https";
 const AGENT_IN_POD = `${BIN_DIR}/buildkite-agent`;
-/** The uid job pods run as (pod-builder's JOB_UID), as text for the passwd line. */
-const JOB_UID_TEXT = "1000";
+/** The non-root identity job pods run as (Pod Security restricted forbids root). */
+export const JOB_UID = 1000;
 
 /** Every container of a job pod: no root, no privilege escalation, no capabilities (Pod Security restricted). */
 export const RESTRICTED: V1SecurityContext = {
@@ -38,7 +38,7 @@ export function copyAgentContainer(queue: BuildkiteQueue): V1Container {
       "/bin/sh",
       "-ec",
       `cp "$(command -v buildkite-agent)" ${AGENT_IN_POD}
-{ grep -v '^[^:]*:[^:]*:${JOB_UID_TEXT}:' /etc/passwd 2>/dev/null || true; echo 'buildkite:x:${JOB_UID_TEXT}:${JOB_UID_TEXT}:buildkite:${WORKSPACE_DIR}:/bin/sh'; } >${BIN_DIR}/passwd`,
+{ grep -v '^[^:]*:[^:]*:${String(JOB_UID)}:' /etc/passwd 2>/dev/null || true; echo 'buildkite:x:${String(JOB_UID)}:${String(JOB_UID)}:buildkite:${WORKSPACE_DIR}:/bin/sh'; } >${BIN_DIR}/passwd`,
     ],
     resources: requestsOnly(ROLE_REQUESTS.copyAgent),
     securityContext: RESTRICTED,

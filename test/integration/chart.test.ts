@@ -357,7 +357,7 @@ describe("Helm chart installed: the operator runs as the chart's ServiceAccount 
     );
     await eventually(
       async () => {
-        expect((await t.events(name)).map((e) => e.reason)).to.include("CreatingPod");
+        expect((await t.events(name)).map((e) => e.reason)).to.include("Succeeded");
       },
       { what: "the operator's Events on the job" },
     );

@@ -37,10 +37,12 @@ export class JobController implements Controller {
     if (!job) {
       // Gone: its pod goes with it through the ownerReference and the garbage collector, and so does its slot.
       this.ctx.expectations.forget(key);
+      this.ctx.expectations.jobChanged(key);
       return;
     }
     let plan = await this.plan(key, job);
-    if (needsLiveRead(plan)) {
+    // A job this process created and made no pod for cannot be newer than the cache in any way that matters here.
+    if (needsLiveRead(plan) && !this.ctx.expectations.unchangedSinceCreated(key, job.metadata.uid)) {
       const live = await this.readJob(namespace, name);
       if (!live) return;
       if (live.metadata.resourceVersion !== job.metadata.resourceVersion) {
@@ -169,6 +171,8 @@ export class JobController implements Controller {
     if ("refused" in step) return { rejected: step.refused };
     const body = buildPod(queue, job, slot, step.plan);
     const namespace = job.metadata.namespace ?? "";
+    // Whatever the answer, a pod may exist from now on: the job's cached copy may lag behind it.
+    this.ctx.expectations.jobChanged(keyOf(job));
     try {
       const pod = await this.ctx.clients.core.createNamespacedPod({ namespace, body });
       this.ctx.logger.info("Created pod", { namespace, job: job.metadata.name, pod: pod.metadata?.name, slot });

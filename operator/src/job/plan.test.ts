@@ -116,7 +116,7 @@ describe("planJob", () => {
     });
   });
 
-  it("follows the pod: unschedulable → Pending with the scheduler's words, placed → Starting, Running", () => {
+  it("follows the pod: unschedulable → Pending with the scheduler's words, placed → Starting, Running (no Event)", () => {
     const job = jobWith({ phase: "Pending", podUID: "pod-uid" });
     const unschedulable = planJob(
       {
@@ -147,7 +147,8 @@ describe("planJob", () => {
       now,
     );
     expect(running.status).to.include({ phase: "Running", startedAt: now.toISOString() });
-    expect(running.events.map((e) => e.reason)).to.deep.equal(["Running"]);
+    // Routine steps are in the status; only the outcome is an Event.
+    expect(running.events).to.deep.equal([]);
   });
 
   it("records exit 0 and deletes the pod when it succeeds", () => {
@@ -163,6 +164,7 @@ describe("planJob", () => {
     );
     expect(plan.status).to.include({ phase: "Succeeded", exitCode: 0, finishedAt: "2026-03-01T11:59:00.000Z" });
     expect(plan.actions).to.deep.equal(["deletePod"]);
+    expect(plan.events.map((e) => [e.type, e.reason])).to.deep.equal([["Normal", "Succeeded"]]);
   });
 
   it("deletes a finished job's pod once: a pod already terminating is waited for, and the TTL starts after it", () => {

@@ -163,7 +163,10 @@ export function planJob(obs: JobObservation, now: Date): JobPlan {
       ...(terminal ? { finishedAt: outcome.finishedAt ?? now.toISOString() } : {}),
       ...(gen !== undefined ? { observedGeneration: gen } : {}),
     };
-    if (outcome.phase !== current.phase) events.push(phaseEvent(outcome.phase, outcome.reason, outcome.message));
+    // One Event per job's outcome: routine steps (pod created, running) are in its status, and an Event each cost the
+    // API server and etcd as much as the status writes themselves.
+    if (terminal && outcome.phase !== current.phase)
+      events.push(phaseEvent(outcome.phase, outcome.reason, outcome.message));
     return {
       status,
       actions: terminal ? ["deletePod"] : [],
@@ -282,13 +285,7 @@ export function planJob(obs: JobObservation, now: Date): JobPlan {
       conditions,
     },
     actions: ["createPod"],
-    events: [
-      {
-        type: "Normal",
-        reason: "CreatingPod",
-        message: `Creating a ${queue.spec.instanceShape} pod for job ${job.spec.uuid}.`,
-      },
-    ],
+    events,
   };
 }
 

@@ -93,4 +93,14 @@ describe("Expectations", () => {
     expectations.created("ci/linux", "ci/bkj-a");
     expect(expectations.pending("ci/linux", () => false).get("ci/bkj-a")).to.deep.equal({ kind: "assigned", slot: 2 });
   });
+
+  it("knows a job it created and has not changed since, by uid: a job of the same name made anew is not it", () => {
+    e.jobCreated("ci/bkj-a", "uid-1");
+    expect(e.unchangedSinceCreated("ci/bkj-a", "uid-1")).to.equal(true);
+    expect(e.unchangedSinceCreated("ci/bkj-a", "uid-2")).to.equal(false);
+    expect(e.unchangedSinceCreated("ci/bkj-b", "uid-1")).to.equal(false);
+    expect(e.unchangedSinceCreated("ci/bkj-a", undefined)).to.equal(false);
+    e.jobChanged("ci/bkj-a");
+    expect(e.unchangedSinceCreated("ci/bkj-a", "uid-1")).to.equal(false);
+  });
 });

@@ -30,6 +30,8 @@ export class Expectations {
   private readonly owners = new Map<string, Map<string, Entry>>();
   /** The owner of each key, so an object can be forgotten by its key alone (once deleted, its owner is unknown). */
   private readonly ownerOf = new Map<string, string>();
+  /** BuildkiteJobs this process created and has not changed since, by key: their uids (see {@link jobCreated}). */
+  private readonly fresh = new Map<string, string>();
 
   constructor(
     private readonly clock: Clock,
@@ -80,6 +82,30 @@ export class Expectations {
       else result.set(key, entry.expected);
     }
     return result;
+  }
+
+  /**
+   * Records that this process created the BuildkiteJob `key` (with `uid`). Until this process marks it (stop, a
+   * Buildkite state) or makes its pod, nothing that forbids or replaces its pod is written to it (bar by a person), so
+   * its cached copy is as good as a live read for creating the pod (see {@link unchangedSinceCreated}). Its own status
+   * writes before the pod (waiting for a slot) and the release of its reservation do not count: the pod's create
+   * writes over them, and a cache behind the release only delays the pod.
+   */
+  jobCreated(key: string, uid: string): void {
+    this.fresh.set(key, uid);
+  }
+
+  /**
+   * Whether the job `key` with `uid` was created by this process, which has neither written it since nor made its pod.
+   * A job created elsewhere (by a person, or before a restart or a change of leader) may be newer than its cached copy.
+   */
+  unchangedSinceCreated(key: string, uid: string | undefined): boolean {
+    return uid !== undefined && this.fresh.get(key) === uid;
+  }
+
+  /** This process wrote the job `key`, made its pod, or saw it go: its cached copy may lag from now on. */
+  jobChanged(key: string): void {
+    this.fresh.delete(key);
   }
 
   private set(owner: string, key: string, expected: Expected): void {

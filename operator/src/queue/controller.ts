@@ -127,6 +127,7 @@ export class QueueController implements Controller {
     const pods = this.ctx.caches.pods.list(namespace).filter((p) => p.metadata?.labels?.[LABELS.queue] === name).length;
     const plan = planDeletion({ jobs, pods, reporting: this.sides.buildkite.connected(key) });
     for (const job of plan.stop) {
+      this.ctx.expectations.jobChanged(`${namespace}/${job}`);
       await annotate(this.ctx.clients, BUILDKITE_JOB, namespace, job, {
         [ANNOTATIONS.stop]: `BuildkiteQueue ${key} was deleted.`,
       }).catch((err: unknown) => {

@@ -233,6 +233,7 @@ async function createJob(s: Scope, body: BuildkiteJob): Promise<BuildkiteJob | u
       body,
     })) as BuildkiteJob;
     ctx.expectations.created(queueKeyOf(queue), `${namespace}/${name}`);
+    if (created.metadata.uid !== undefined) ctx.expectations.jobCreated(`${namespace}/${name}`, created.metadata.uid);
     s.memory.notified.set(body.spec.uuid, new Set());
     ctx.metrics.jobDispatched(`${namespace}/${queue.metadata.name ?? ""}`, queue.spec.instanceShape);
     conn.notifier.add(
@@ -312,6 +313,7 @@ export async function checkStates(s: Scope): Promise<void> {
   s.memory.lastStates = states;
   for (const mark of [...takenBack(unfinished, states), ...stranded(ended, states)]) {
     const namespace = s.queue.metadata.namespace ?? "";
+    ctx.expectations.jobChanged(`${namespace}/${mark.name}`);
     await annotate(ctx.clients, BUILDKITE_JOB, namespace, mark.name, {
       [ANNOTATIONS.buildkiteState]: mark.state,
     }).catch(ignoreNotFound);

@@ -2,7 +2,7 @@ import { CoordinationV1Api, CoreV1Api, KubeConfig, type KubernetesObject } from 
 import type { Logger } from "winston";
 import type { BuildkiteJob } from "./api/generated/buildkite-job.js";
 import { LABELS } from "./api/keys.js";
-import { isTerminal } from "./job/phase.js";
+import { COUNTS_WRITE_INTERVAL_MS } from "./queue/status.js";
 import { type Clock } from "./kube/clock.js";
 import type { Controller, ControllerContext } from "./kube/controller.js";
 import { type InformerSet } from "./kube/informers.js";
@@ -52,12 +52,10 @@ export function wire(informers: InformerSet, queueWork: WorkQueue, jobWork: Work
   const { caches, listeners } = informers;
   const queueKey = (namespace: string | undefined, name: string | undefined): string =>
     `${namespace ?? ""}/${name ?? ""}`;
-  // Jobs of a queue that are not terminal: they wait on the queue's readiness or for a free slot.
+  // Jobs of a queue waiting for their pod: on the queue's readiness or for a free slot (an index, not a scan).
   const wakeJobs = (namespace: string | undefined, queue: string | undefined): void => {
-    for (const job of caches.jobs.list(namespace)) {
-      if (job.spec.queueRef.name === queue && !isTerminal(job.status?.phase) && job.status?.podUID === undefined)
-        jobWork.add(keyOf(job));
-    }
+    if (namespace === undefined || queue === undefined) return;
+    for (const job of caches.live.waiting(namespace, queue)) jobWork.add(keyOf(job));
   };
   const byQueueLabel = (o: KubernetesObject): void => {
     const queue = o.metadata?.labels?.[LABELS.queue];
@@ -70,7 +68,8 @@ export function wire(informers: InformerSet, queueWork: WorkQueue, jobWork: Work
   });
   listeners.jobs.add((j: BuildkiteJob) => {
     jobWork.add(keyOf(j));
-    queueWork.add(queueKey(j.metadata.namespace, j.spec.queueRef.name));
+    // A job's change only moves its queue's counts, written at most once a second: one reconcile per second does.
+    queueWork.addAfter(queueKey(j.metadata.namespace, j.spec.queueRef.name), COUNTS_WRITE_INTERVAL_MS);
     wakeJobs(j.metadata.namespace, j.spec.queueRef.name);
   });
   listeners.pods.add((p) => {

@@ -1,4 +1,5 @@
-import type { BuildkiteJob } from "../../operator/src/api/generated/buildkite-job.js";
+import type { BuildkiteJob, BuildkiteJobStatus } from "../../operator/src/api/generated/buildkite-job.js";
+import type { ScheduledJob } from "../../operator/src/buildkite/types.js";
 import type { BuildkiteQueue, BuildkiteQueueSpec } from "../../operator/src/api/generated/buildkite-queue.js";
 
 /** Fixture builders: objects as the API server serves them (defaults filled), overridable per test. */
@@ -54,3 +55,33 @@ export function jobFixture(
     spec: { queueRef: { name: queue }, uuid, priority: 0 },
   };
 }
+
+let seq = 0;
+/** A job as the Stacks API lists it, with a fresh uuid: scheduled at `at` (a second later for each made). */
+export const scheduled = (
+  priority: number,
+  at = `2026-03-01T12:00:${String(10 + seq).padStart(2, "0")}Z`,
+): ScheduledJob => {
+  seq++;
+  const id = `00000000-0000-4000-8000-${String(seq).padStart(12, "0")}`;
+  return {
+    id,
+    priority,
+    agent_query_rules: ["queue=q"],
+    scheduled_at: at,
+    pipeline: { slug: "p" },
+    build: { number: 7, branch: "main" },
+    step: { key: null },
+  };
+};
+/** A BuildkiteJob of queue ci/linux with the given status and annotations. */
+export const jobWith = (
+  uuid: string,
+  status: BuildkiteJobStatus = {},
+  annotations: Record<string, string> = {},
+): BuildkiteJob => {
+  const j = jobFixture(uuid);
+  j.metadata.annotations = annotations;
+  j.status = status;
+  return j;
+};

@@ -3,7 +3,7 @@ import { expect } from "chai";
 import type { BuildkiteJob } from "../api/generated/buildkite-job.js";
 import { buildPod } from "../job/pod-builder.js";
 import { jobFixture, queueFixture } from "../../../test/support/fixtures.js";
-import { memoryCache } from "../../../test/support/memory-cache.js";
+import { memoryJobCaches } from "../../../test/support/memory-cache.js";
 import { FakeClock } from "../../../test/support/fake-clock.js";
 import { EXPECTATION_TTL_MS, Expectations } from "../kube/expectations.js";
 import {
@@ -188,7 +188,14 @@ describe("queueCapacity", () => {
   let jobs: BuildkiteJob[];
   let pods: V1Pod[];
   const read = () =>
-    queueCapacity(queue, { jobs: memoryCache(() => jobs), pods: memoryCache(() => pods) }, expectations);
+    queueCapacity(
+      queue,
+      memoryJobCaches(
+        () => jobs,
+        () => pods,
+      ),
+      expectations,
+    );
   beforeEach(() => {
     clock = new FakeClock();
     expectations = new Expectations(clock);

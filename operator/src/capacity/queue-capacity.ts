@@ -76,22 +76,25 @@ export function seatOf(job: BuildkiteJob, pod: V1Pod | undefined, expected?: Exp
  */
 export function queueCapacity(
   queue: BuildkiteQueue,
-  caches: Pick<Caches, "jobs" | "pods">,
+  caches: Pick<Caches, "jobs" | "live" | "pods">,
   expectations: Expectations,
 ): QueueCapacity {
   const namespace = queue.metadata.namespace ?? "";
-  const jobs = caches.jobs.list(namespace).filter((j) => j.spec.queueRef.name === queue.metadata.name);
+  // Only the jobs that count (not terminal, or with a pod): finished ones kept for their TTL cost nothing here.
+  const jobs = caches.live.of(namespace, queue.metadata.name ?? "");
   const byKey = new Map(
     jobs.map((j) => [keyOf(j), { job: j, pod: caches.pods.get(j.metadata.name ?? "", namespace) }]),
   );
   const pending = expectations.pending(keyOf(queue), (key, expected) => {
     const cached = byKey.get(key);
-    if (expected.kind === "created") return cached !== undefined;
+    // A job the cache shows, live or already ended, is no longer only expected.
+    const ended = (): boolean => {
+      const job = caches.jobs.get(splitKey(key).name, namespace);
+      return job !== undefined && isTerminal(job.status?.phase);
+    };
+    if (expected.kind === "created") return cached !== undefined || ended();
     // A job gone from the cache keeps its slot until the job controller forgets it (it sees the job deleted).
-    return (
-      cached !== undefined &&
-      (seatOf(cached.job, cached.pod).slot !== undefined || isTerminal(cached.job.status?.phase))
-    );
+    return cached !== undefined ? seatOf(cached.job, cached.pod).slot !== undefined || ended() : ended();
   });
   const seats = [...byKey].map(([key, { job, pod }]) => seatOf(job, pod, pending.get(key)));
   const expectedJobs = [...pending]

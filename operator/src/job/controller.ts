@@ -7,7 +7,7 @@ import type { Controller, ControllerContext } from "../kube/controller.js";
 import { apiMessage, createRefusal, isConflict, isNotFound } from "../kube/field-manager.js";
 import { deleteCustomObject, keyOf, patchStatus, splitKey } from "../kube/resources.js";
 import type { ReconcileResult } from "../kube/work-queue.js";
-import { decideSlot, queueCapacity, seatOf } from "../capacity/queue-capacity.js";
+import { decideSlot, queueCapacity, seatOf, type SlotDecision } from "../capacity/queue-capacity.js";
 import { ensureCacheClaims } from "./ensure-claims.js";
 import { isTerminal } from "./phase.js";
 import { planJob, type JobPlan } from "./plan.js";
@@ -61,8 +61,14 @@ export class JobController implements Controller {
     const namespace = job.metadata.namespace ?? "";
     const queue = this.ctx.caches.queues.get(job.spec.queueRef.name, namespace);
     const pod = await this.currentPod(job);
-    const capacity = queue ? queueCapacity(queue, this.ctx.caches, this.ctx.expectations) : undefined;
-    const slot = capacity ? decideSlot(capacity, job) : { waiting: { position: 0, free: 0 } };
+    // A job that records its slot, or has ended, needs no look at the rest of the queue.
+    const recorded = job.status?.slot;
+    const slot: SlotDecision =
+      recorded !== undefined || isTerminal(job.status?.phase)
+        ? { slot: recorded ?? 0 }
+        : queue
+          ? decideSlot(queueCapacity(queue, this.ctx.caches, this.ctx.expectations), job)
+          : { waiting: { position: 0, free: 0 } };
     const plan = planJob({ job, queue, pod, slot, timeouts: this.timeouts }, this.ctx.clock.now());
     const hold = slotToHold(plan, seatOf(job, pod).slot);
     if (queue && hold !== undefined) this.ctx.expectations.assigned(keyOf(queue), key, hold);

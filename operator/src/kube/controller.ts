@@ -15,8 +15,18 @@ export interface ReadCache<T> {
   list(namespace?: string): T[];
 }
 
+/** Each queue's jobs that count for its capacity, and those waiting for their pod, from the caches (see LiveJobs). */
+export interface LiveJobsView {
+  /** Jobs of the queue that are not terminal, or terminal with their pod still in the cache. */
+  of(namespace: string, queue: string): BuildkiteJob[];
+  /** Jobs of the queue that are not terminal and have no pod recorded. */
+  waiting(namespace: string, queue: string): BuildkiteJob[];
+}
+
 /** The caches the controllers read from: every decision starts from what these hold now. */
 export interface Caches {
+  /** An index over `jobs` and `pods`, kept with them. */
+  live: LiveJobsView;
   queues: ReadCache<BuildkiteQueue>;
   jobs: ReadCache<BuildkiteJob>;
   pods: ReadCache<V1Pod>;

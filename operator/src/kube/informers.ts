@@ -15,6 +15,7 @@ import type { Logger } from "winston";
 import { BUILDKITE_JOB, type BuildkiteJob } from "../api/generated/buildkite-job.js";
 import { BUILDKITE_QUEUE, type BuildkiteQueue } from "../api/generated/buildkite-queue.js";
 import { LABELS, MANAGED_BY } from "../api/keys.js";
+import { LiveJobs } from "../capacity/live-jobs.js";
 import type { Clock } from "./clock.js";
 import type { Caches, ReadCache } from "./controller.js";
 import { NamespacedCache } from "./namespaced-cache.js";
@@ -34,12 +35,15 @@ export class Listeners<T> {
 /** The supervised informers of every kind the controllers read, their caches, and the listeners their changes go to. */
 export interface InformerSet {
   caches: Caches;
-  listeners: { [K in keyof Caches]: Listeners<CacheItem<Caches[K]>> };
+  listeners: { [K in keyof InformerCaches]: Listeners<CacheItem<InformerCaches[K]>> };
   /** Every informer (one per kind, or one per kind and watched namespace): readiness covers them all. */
   all: SupervisedInformer<KubernetesObject>[];
 }
 
 type CacheItem<C> = C extends { list(namespace?: string): (infer T)[] } ? T : never;
+
+/** The caches that come from an informer each (the live-jobs index is derived from two of them). */
+type InformerCaches = Omit<Caches, "live">;
 
 const OWNED = `${LABELS.managedBy}=${MANAGED_BY}`;
 const JOB_PODS = `${OWNED},${LABELS.component}=job`;
@@ -156,8 +160,18 @@ export function createInformers(
         : core.listPersistentVolumeClaimForAllNamespaces({ labelSelector: OWNED }),
   });
 
+  // Indexed before any controller's listener runs: a controller woken by a change reads the index with it.
+  const live = new LiveJobs(jobs, pods);
+  jobListeners.add((j) => {
+    live.changed(j.metadata.namespace ?? "", j.metadata.name ?? "");
+  });
+  podListeners.add((p) => {
+    const job = p.metadata?.labels?.[LABELS.job];
+    if (job !== undefined) live.changed(p.metadata?.namespace ?? "", job);
+  });
+
   return {
-    caches: { queues, jobs, pods, serviceAccounts, networkPolicies, claims },
+    caches: { queues, jobs, pods, serviceAccounts, networkPolicies, claims, live },
     listeners: {
       queues: queueListeners,
       jobs: jobListeners,

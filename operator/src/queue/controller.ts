@@ -16,7 +16,7 @@ import { surplusCacheClaims } from "./cache-claims.js";
 import { planDeletion } from "./deletion.js";
 import { desiredNetworkPolicy, desiredServiceAccount } from "./children.js";
 import { endpointRefusal, type AgentTokenReader } from "./agent-token.js";
-import { planQueueStatus, type QueueObservation } from "./status.js";
+import { COUNTS_WRITE_INTERVAL_MS, onlyCountsChanged, planQueueStatus, type QueueObservation } from "./status.js";
 
 /** A missing or broken token Secret is looked for again this often (the operator does not watch Secrets). */
 const SECRET_RETRY_MS = 10_000;
@@ -72,6 +72,8 @@ export const NO_SIDES = {
  */
 export class QueueController implements Controller {
   readonly name = "buildkitequeue";
+  /** When each queue's status was last written: a change of its job counts alone waits out the interval. */
+  private readonly countsWrittenMs = new Map<string, number>();
   constructor(
     private readonly ctx: ControllerContext,
     private readonly settings: QueueSettings,
@@ -83,6 +85,7 @@ export class QueueController implements Controller {
     const queue = this.ctx.caches.queues.get(name, namespace);
     // Gone: the garbage collector removes its children through their ownerReferences.
     if (!queue) {
+      this.countsWrittenMs.delete(key);
       this.ctx.metrics.queueDeleted(key);
       return;
     }
@@ -106,7 +109,11 @@ export class QueueController implements Controller {
     const status = planQueueStatus(observation, this.ctx.clock.now());
     this.ctx.metrics.slots(key, activeJobs, status.concurrency ?? 0);
     if (!isDeepStrictEqual(status, queue.status ?? {})) {
+      const sinceMs = this.ctx.clock.nowMs() - (this.countsWrittenMs.get(key) ?? -Infinity);
+      if (onlyCountsChanged(queue.status ?? {}, status) && sinceMs < COUNTS_WRITE_INTERVAL_MS)
+        return { requeueAfterMs: COUNTS_WRITE_INTERVAL_MS - sinceMs };
       await patchStatus(this.ctx.clients, BUILDKITE_QUEUE, namespace, name, status);
+      this.countsWrittenMs.set(key, this.ctx.clock.nowMs());
       this.recordReadyChange(queue, status.conditions);
     }
     // Pods going away do not wake a queue; a surplus claim one of them kept is looked at again soon.

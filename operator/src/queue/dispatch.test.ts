@@ -1,15 +1,13 @@
-import type { V1Pod } from "@kubernetes/client-node";
 import { expect } from "chai";
-import { jobFixture, queueFixture } from "../../../test/support/fixtures.js";
-import type { BuildkiteJob, BuildkiteJobStatus } from "../api/generated/buildkite-job.js";
+import { jobWith as job, queueFixture, scheduled } from "../../../test/support/fixtures.js";
+import type { BuildkiteJob } from "../api/generated/buildkite-job.js";
 import { ANNOTATIONS } from "../api/keys.js";
 import { jobResourceName } from "../api/names.js";
-import type { JobState, ScheduledJob } from "../buildkite/types.js";
+import type { JobState } from "../buildkite/types.js";
 import type { SlotLimits } from "../capacity/queue-capacity.js";
-import { buildPod } from "../job/pod-builder.js";
 import { FakeClock } from "../../../test/support/fake-clock.js";
 import { Expectations } from "../kube/expectations.js";
-import { memoryCache } from "../../../test/support/memory-cache.js";
+import { memoryJobCaches } from "../../../test/support/memory-cache.js";
 import {
   afterReserve,
   chooseReservations,
@@ -31,30 +29,13 @@ const heldBy = (jobs: BuildkiteJob[], limits: SlotLimits, created = 0): number =
   for (let i = 0; i < created; i++) expectations.created("ci/linux", `ci/created-${String(i)}`);
   return dispatchRoom(
     queueFixture(limits),
-    { jobs: memoryCache(() => jobs), pods: memoryCache(() => []) },
+    memoryJobCaches(
+      () => jobs,
+      () => [],
+    ),
     expectations,
+    [],
   ).unfinishedVCPU;
-};
-
-let seq = 0;
-const scheduled = (priority: number, at = `2026-03-01T12:00:${String(10 + seq).padStart(2, "0")}Z`): ScheduledJob => {
-  seq++;
-  const id = `00000000-0000-4000-8000-${String(seq).padStart(12, "0")}`;
-  return {
-    id,
-    priority,
-    agent_query_rules: ["queue=q"],
-    scheduled_at: at,
-    pipeline: { slug: "p" },
-    build: { number: 7, branch: "main" },
-    step: { key: null },
-  };
-};
-const job = (uuid: string, status: BuildkiteJobStatus = {}, annotations: Record<string, string> = {}): BuildkiteJob => {
-  const j = jobFixture(uuid);
-  j.metadata.annotations = annotations;
-  j.status = status;
-  return j;
 };
 
 /** A 2X4 queue with room for `n` jobs of its shape. */
@@ -160,58 +141,6 @@ describe("chooseReservations", () => {
     });
     expect(d.take.map((j) => j.id)).to.deep.equal([other.id]);
     expect(d.reclaim).to.deep.equal([mine.id]);
-  });
-});
-
-describe("dispatchRoom", () => {
-  const queue = queueFixture({ instanceShape: "LINUX_AMD64_2X4", maxVCPU: 8 });
-  const QUEUE = "ci/linux";
-  let clock: FakeClock;
-  let expectations: Expectations;
-  let jobs: BuildkiteJob[];
-  let pods: V1Pod[];
-  const room = () =>
-    dispatchRoom(queue, { jobs: memoryCache(() => jobs), pods: memoryCache(() => pods) }, expectations);
-  beforeEach(() => {
-    clock = new FakeClock();
-    expectations = new Expectations(clock);
-    jobs = [];
-    pods = [];
-  });
-
-  it("counts a BuildkiteJob just created as existing and taking room until the job cache shows it, then from the cache", () => {
-    const running = job("d0000000-0000-4000-8000-000000000001", {
-      phase: "Running",
-      slot: 0,
-      shape: "LINUX_AMD64_2X4",
-    });
-    const done = job("d0000000-0000-4000-8000-000000000002", { phase: "Succeeded", slot: 1, shape: "LINUX_AMD64_2X4" });
-    jobs = [running, done];
-    const created = job("d0000000-0000-4000-8000-000000000003");
-    expectations.created(QUEUE, `ci/${created.metadata.name ?? ""}`);
-    expect(room()).to.deep.equal({
-      existing: new Set([running.metadata.name, done.metadata.name, created.metadata.name]),
-      finished: new Set([done.metadata.name]),
-      unfinishedVCPU: 4,
-    });
-    const decision = chooseReservations({
-      scheduled: [scheduled(1), scheduled(1), scheduled(1)],
-      ...room(),
-      limits: queue.spec,
-      paused: false,
-    });
-    expect(decision.take).to.have.length(2);
-    jobs = [running, done, created];
-    expect(room().unfinishedVCPU).to.equal(4);
-    expect(expectations.has(QUEUE, `ci/${created.metadata.name ?? ""}`)).to.equal(false);
-  });
-
-  it("counts a job whose slot only its pod records at the shape the pod was built with", () => {
-    const crashed = job("d0000000-0000-4000-8000-000000000001", { phase: "Pending" });
-    crashed.metadata.uid = "uid-crashed";
-    jobs = [crashed];
-    pods = [buildPod(queueFixture({ instanceShape: "LINUX_AMD64_4X16", maxVCPU: 8 }), crashed, 0)];
-    expect(room().unfinishedVCPU).to.equal(4);
   });
 });
 

@@ -76,16 +76,18 @@ export interface DispatchRoom {
  */
 export function dispatchRoom(
   queue: BuildkiteQueue,
-  caches: Pick<Caches, "jobs" | "pods">,
+  caches: Pick<Caches, "jobs" | "live" | "pods">,
   expectations: Expectations,
+  listed: readonly ScheduledJob[],
 ): DispatchRoom {
   const capacity = queueCapacity(queue, caches, expectations);
-  const names = capacity.seats.map((s) => s.job.metadata.name ?? "");
+  const namespace = queue.metadata.namespace ?? "";
+  // The capacity holds only live jobs; a listed job's record may also be one that ended and lost its pod.
+  const recorded = listed.flatMap((l) => caches.jobs.get(jobResourceName(l.id), namespace) ?? []);
+  const jobs = [...capacity.seats.map((s) => s.job), ...recorded];
   return {
-    existing: new Set([...names, ...capacity.expectedJobs]),
-    finished: new Set(
-      capacity.seats.filter((s) => isTerminal(s.job.status?.phase)).map((s) => s.job.metadata.name ?? ""),
-    ),
+    existing: new Set([...jobs.map((j) => j.metadata.name ?? ""), ...capacity.expectedJobs]),
+    finished: new Set(jobs.filter((j) => isTerminal(j.status?.phase)).map((j) => j.metadata.name ?? "")),
     unfinishedVCPU: heldVCPU(capacity),
   };
 }

@@ -6,7 +6,7 @@ import { jobResourceName, jobTokenSecretName } from "../api/names.js";
 import { concurrency } from "../api/shapes.js";
 import type { NotificationBatcher } from "../buildkite/notifier.js";
 import type { StacksClient } from "../buildkite/stacks-client.js";
-import type { JobState } from "../buildkite/types.js";
+import type { JobState, ScheduledJob } from "../buildkite/types.js";
 import { faultPoint } from "../fault-points.js";
 import { isTerminal } from "../job/phase.js";
 import type { ControllerContext } from "../kube/controller.js";
@@ -68,6 +68,8 @@ export interface Scope {
 
 /** Kubernetes writes in flight at once per queue when a poll takes many jobs. */
 const CREATE_CONCURRENCY = 16;
+/** Jobs recorded, then reserved in one call, at a time: the next chunk is recorded while one is reserved. */
+const RESERVE_CHUNK = 32;
 /** `namespace/name` of a queue: its key among the expectations. */
 export const queueKeyOf = (queue: BuildkiteQueue): string =>
   `${queue.metadata.namespace ?? ""}/${queue.metadata.name ?? ""}`;
@@ -86,7 +88,7 @@ export async function dispatch(s: Scope): Promise<boolean> {
   });
   const paused = queue.spec.paused ? "spec" : listed.paused ? "buildkite" : undefined;
   // A job just created takes room (through the expectations) until the cache shows it.
-  const room = dispatchRoom(queue, ctx.caches, ctx.expectations);
+  const room = dispatchRoom(queue, ctx.caches, ctx.expectations, listed.jobs);
   const decision = chooseReservations({
     scheduled: listed.jobs,
     ...room,
@@ -117,25 +119,47 @@ export async function dispatch(s: Scope): Promise<boolean> {
   const take = mode === "none" ? [] : decision.take;
   const choice = (uuid: string): JobTokenChoice =>
     mode === "job" ? { tokenSecret: jobTokenSecretName(uuid) } : { pending: true };
-  // Created side by side (every job taken has a free slot; one by one, a burst would wait on as many round trips),
-  // reserved in one call in the order they should start.
-  const made = new Map<string, BuildkiteJob>();
-  await eachLimited(take, CREATE_CONCURRENCY, async (job) => {
-    memory.reserving.add(job.id);
-    const step = await readStep(s, job.id);
-    if (step === undefined) return;
-    const record = await createJob(s, jobResourceFor(queue, job, conn.key, choice(job.id), step));
-    if (record) made.set(job.id, record);
-  });
-  const created = take.flatMap((job) => made.get(job.id) ?? []);
+  const reclaimed = jobs.filter((j) => decision.reclaim.includes(j.spec.uuid));
+  for (const job of take) memory.reserving.add(job.id);
+  // Chunk by chunk, in the order the jobs should start: each chunk's records are created side by side (every job
+  // taken has a free slot), then reserved in one call while the next chunk's records are made, so the first pods of a
+  // burst start after one chunk's round trips, not after every job's.
+  let reserving: Promise<void> | undefined;
   try {
-    if (created.length > 0) faultPoint("after-create-jobs");
-    const reclaimed = jobs.filter((j) => decision.reclaim.includes(j.spec.uuid));
-    if (created.length + reclaimed.length > 0) await reserveAndRelease(s, created, reclaimed);
+    for (let i = 0; i === 0 || i < take.length; i += RESERVE_CHUNK) {
+      const created = await recordJobs(s, take.slice(i, i + RESERVE_CHUNK), choice);
+      if (reserving) await reserving;
+      reserving = undefined;
+      if (created.length > 0) faultPoint("after-create-jobs");
+      const held = i === 0 ? reclaimed : [];
+      if (created.length + held.length === 0) continue;
+      reserving = reserveAndRelease(s, created, held);
+      // Awaited by the next chunk or below; never an unhandled rejection meanwhile.
+      reserving.catch(() => undefined);
+    }
+    if (reserving) await reserving;
   } finally {
+    // A failure stops the chunks after it: their jobs stay scheduled, and records already made are reclaimed.
+    if (reserving) await reserving.catch(() => undefined);
     for (const job of take) memory.reserving.delete(job.id);
   }
   return listed.jobs.length > 0 && paused === undefined;
+}
+
+/** Records `jobs` as BuildkiteJobs, side by side; returns those created, in the order given. */
+async function recordJobs(
+  s: Scope,
+  jobs: readonly ScheduledJob[],
+  choice: (uuid: string) => JobTokenChoice,
+): Promise<BuildkiteJob[]> {
+  const made = new Map<string, BuildkiteJob>();
+  await eachLimited(jobs, CREATE_CONCURRENCY, async (job) => {
+    const step = await readStep(s, job.id);
+    if (step === undefined) return;
+    const record = await createJob(s, jobResourceFor(s.queue, job, s.conn.key, choice(job.id), step));
+    if (record) made.set(job.id, record);
+  });
+  return jobs.flatMap((job) => made.get(job.id) ?? []);
 }
 
 /**

@@ -1,6 +1,6 @@
 import { expect } from "chai";
 import { queueFixture } from "../../../test/support/fixtures.js";
-import { planQueueStatus } from "./status.js";
+import { onlyCountsChanged, planQueueStatus } from "./status.js";
 
 const now = new Date("2026-03-01T12:00:00Z");
 
@@ -65,5 +65,17 @@ describe("planQueueStatus", () => {
       now,
     );
     expect(status.conditions?.map((c) => c.type)).to.have.members(["Ready", "Registered"]);
+  });
+
+  it("tells a change of the job counts alone from any other change", () => {
+    const stored = { concurrency: 4, active: 1, waiting: 0, slots: "1/4", conditions: [] };
+    expect(onlyCountsChanged(stored, { ...stored, active: 2, waiting: 3, slots: "2/4" })).to.equal(true);
+    expect(onlyCountsChanged(stored, { ...stored, active: 2, slots: "2/4", concurrency: 8 })).to.equal(false);
+    expect(
+      onlyCountsChanged(stored, {
+        ...stored,
+        conditions: [{ type: "Ready", status: "True", reason: "Ready", message: "", lastTransitionTime: "" }],
+      }),
+    ).to.equal(false);
   });
 });

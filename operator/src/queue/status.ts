@@ -1,3 +1,4 @@
+import { isDeepStrictEqual } from "node:util";
 import { setCondition, type Condition, type ConditionUpdate } from "../api/conditions.js";
 import type { BuildkiteQueue, BuildkiteQueueStatus } from "../api/generated/buildkite-queue.js";
 import { serviceAccountName } from "../api/names.js";
@@ -83,4 +84,17 @@ export function planQueueStatus(obs: QueueObservation, now: Date): BuildkiteQueu
       withoutStale(queue, obs.buildkite ?? []),
     ),
   };
+}
+
+/** How often at most a queue's status is written when only its job counts changed. */
+export const COUNTS_WRITE_INTERVAL_MS = 1_000;
+
+/**
+ * Whether `next` differs from `stored` only in the job counts (`active`, `waiting`, `slots`), which change with every
+ * job: such a write can wait for {@link COUNTS_WRITE_INTERVAL_MS}, so a busy queue costs a status write a second, not
+ * one per job. Any other change (a condition, the concurrency) is written at once. Pure.
+ */
+export function onlyCountsChanged(stored: BuildkiteQueueStatus, next: BuildkiteQueueStatus): boolean {
+  const counts = { active: stored.active, waiting: stored.waiting, slots: stored.slots };
+  return isDeepStrictEqual({ ...next, ...counts }, stored);
 }

@@ -20,8 +20,8 @@ import { Agent as HttpsAgent, request as httpsRequest, type AgentOptions } from 
  * its `ObjectSerializer` walking every request and response through the typed models (docs/performance.md). These
  * requests need none of that: their bodies are plain JSON in and out. So they are sent with `JSON.stringify`, parsed
  * with `JSON.parse` (date-time fields stay ISO strings), over keep-alive HTTP/1.1 connections of node:https (measured
- * cheaper per request than undici's `request` over the shared HTTP/2 connection, for this process and for the API
- * server: docs/performance.md).
+ * as cheap for this process as undici's `request` over client-node's shared HTTP/2 connection, and cheaper for the
+ * API server: docs/performance.md).
  *
  * What stays client-node's: every request passes through the KubeConfig's `applySecurityAuthentication` with a
  * client-node `RequestContext`, so the hooks on it (request counting, the leader's write guard) see every request, and
@@ -29,13 +29,13 @@ import { Agent as HttpsAgent, request as httpsRequest, type AgentOptions } from 
  * status is thrown as client-node's `ApiException` (`code`, and `body` the API server's Status text).
  */
 
-/** Connections kept per API server: enough for both controllers' workers, the job sources and the Event recorder. */
+/** Connections per API server: one per worker of the two controllers (16 each); more requests wait for one. */
 const MAX_SOCKETS = 32;
-/** Idle connections are closed before the API server's own idle timeout (90 s), so a request never races its close. */
+/** Idle connections are closed before the API server closes them (its idle timeout is 90 s), not while in use. */
 const IDLE_MS = 60_000;
 /** TCP keep-alive probes after 30 s idle, as client-go and client-node do. */
 const KEEP_ALIVE_MS = 30_000;
-/** Query-less parameters: they are in the path, or the body. */
+/** Parameters that are not sent in the query: they are in the path, or the body. */
 const NOT_QUERY: ReadonlySet<string> = new Set(["namespace", "name", "group", "version", "plural", "body"]);
 const MERGE_PATCH = "application/merge-patch+json";
 
@@ -53,8 +53,8 @@ export class LeanTransport {
   constructor(private readonly kc: KubeConfig) {}
 
   /**
-   * Sends `body` as JSON (`contentType` unless a middleware of `options` sets another) to `path` of the cluster's
-   * server, with the params that are not path params as the query. Resolves with the parsed response.
+   * Sends `params.body` as JSON (`contentType` unless a middleware of `options` sets another) to `path` of the
+   * cluster's server, with the other params that are not in the path as the query. Resolves with the parsed response.
    */
   async send<T>(
     method: HttpMethod,

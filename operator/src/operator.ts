@@ -1,4 +1,4 @@
-import { CoreV1Api, CustomObjectsApi, KubeConfig, KubernetesObjectApi } from "@kubernetes/client-node";
+import { KubeConfig, KubernetesObjectApi } from "@kubernetes/client-node";
 import type { Logger } from "winston";
 import { JobController } from "./job/controller.js";
 import { realClock, type Clock } from "./kube/clock.js";
@@ -7,6 +7,7 @@ import { EventRecorder } from "./kube/event-recorder.js";
 import { Expectations } from "./kube/expectations.js";
 import { createInformers, type InformerSet } from "./kube/informers.js";
 import { LeaderElector } from "./kube/leader-election.js";
+import { leanClients } from "./kube/lean-client.js";
 import { guardWrites } from "./kube/write-guard.js";
 import { Metrics } from "./observability/metrics.js";
 import type { Registry } from "prom-client";
@@ -109,11 +110,10 @@ export class Operator {
     // A copy, so counting and guarding its requests does not touch the caller's KubeConfig.
     const kc = copyOf(options.kubeConfig);
     const clock = options.clock ?? realClock;
-    const clients = {
-      core: kc.makeApiClient(CoreV1Api),
-      custom: kc.makeApiClient(CustomObjectsApi),
-      objects: KubernetesObjectApi.makeApiClient(kc),
-    };
+    // The hot requests (pods, Secrets, Events, BuildkiteJobs) take the lean path; the hooks added to `kc` below
+    // still see each of them.
+    const { core, custom } = leanClients(kc);
+    const clients = { core, custom, objects: KubernetesObjectApi.makeApiClient(kc) };
     const recorder = new EventRecorder({ core: clients.core, component: "buildkite-operator", clock, logger });
     const informers = createInformers(kc, clock, logger, options.watchNamespaces);
     const work: { queue: WorkQueue; start(workers: number): void }[] = [];

@@ -68,9 +68,10 @@ export function clientOf(e: AuditEvent): string {
   const product = ua.split("/")[0] ?? "?";
   if (e.impersonatedUser?.username === BENCH_USER || product === BENCH_USER) return "benchmark";
   if (product === "kube-controller-manager") return `kube-controller-manager/${ua.split("/").at(-1) ?? "?"}`;
-  // client-node names itself on API calls; its watches go out through undici's fetch with undici's name. The
-  // benchmark's own (both kinds) impersonate BENCH_USER, so both names here are the operator.
-  if (product === "kubernetes-client-javascript" || product === "undici") return "buildkite-operator";
+  // client-node names itself on API calls; its watches go out through undici's fetch with undici's name, and the
+  // lean request path as the operator. The benchmark's own impersonate BENCH_USER, so these names are the operator.
+  if (product === "kubernetes-client-javascript" || product === "undici" || product === "buildkite-operator")
+    return "buildkite-operator";
   return product;
 }
 

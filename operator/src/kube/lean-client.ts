@@ -11,6 +11,9 @@ import {
 import { Agent as HttpAgent, request as httpRequest, type IncomingHttpHeaders } from "node:http";
 import { Agent as HttpsAgent, request as httpsRequest, type AgentOptions } from "node:https";
 
+/** Named in the API server's audit log and metrics, as client-node's generated clients name themselves. */
+const USER_AGENT = "buildkite-operator";
+
 /**
  * The lean request path for the operator's hot requests (a job's pod, token Secret, BuildkiteJob, status patches,
  * Events, deletes).
@@ -95,6 +98,7 @@ export class LeanTransport {
     const agent = await this.agent();
     const signal = ctx.getSignal();
     const headers = {
+      "User-Agent": USER_AGENT,
       ...ctx.getHeaders(),
       ...(body === undefined ? {} : { "Content-Length": Buffer.byteLength(body) }),
     };

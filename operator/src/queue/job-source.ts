@@ -46,6 +46,8 @@ export class QueueJobSource {
   private stopped = false;
   private connection: Connection | undefined;
   private connectFailures = 0;
+  /** When the timeline notes of every job were last swept (see {@link once}). */
+  private sweptMs = -Infinity;
   /** Whether the last list showed jobs waiting: the next poll then comes sooner. */
   private jobsWaiting = false;
   private readonly duties: DutySchedule<DutyName>;
@@ -224,7 +226,14 @@ export class QueueJobSource {
     })) {
       this.duty(name, queue, run[name], name === "states" ? this.settings.stateCheckIntervalMs : 0);
     }
-    notifyTimeline(scope);
+    // Each job's notes go out as it changes (jobChanged); this sweep only catches what that missed (no connection
+    // then), so it runs with the state checks, not on every poll: at thousands of jobs a poll's sweep cost more than
+    // the poll.
+    const nowMs = this.ctx.clock.nowMs();
+    if (nowMs - this.sweptMs >= this.settings.stateCheckIntervalMs) {
+      this.sweptMs = nowMs;
+      notifyTimeline(scope);
+    }
   }
 
   /**

@@ -43,17 +43,22 @@ export interface FastRun {
   readonly finishedAt: number;
 }
 
-/** A pod's run, and since when it has waited for its token Secret to show in the watch. */
-type PodRun = Run & { secretWaitFrom?: number };
+/** A pod's run, since when it has waited for a Secret to show in the watch, and whether it has read one live. */
+type PodRun = Run & { secretWaitFrom?: number; secretReadLive?: boolean };
 
 /**
- * How long a pod waits for its token Secret to show in the Secrets' watch before the runner reads it live: the
- * watch is normally a few ms behind the pod's, far less under a burst than the API server takes for a GET per job.
+ * How long a pod waits for a Secret to show in the Secrets' watch before the runner reads it live, once, if the watch
+ * has not reached the pod's resourceVersion by then (see {@link SecretCache.reached}). A Secret created before the pod
+ * can show in its watch after the pod shows in its own, by milliseconds or, in a burst, by more: waiting costs
+ * nothing, where a read would cost the API server a GET per job.
  */
 const SECRET_WAIT_MS = 2_000;
-/** The first look again for a Secret not yet seen, doubled each time up to {@link SECRET_RETRY_MAX_MS}. */
+/**
+ * The first look again for a Secret not yet seen, doubled each time up to {@link SECRET_RETRY_MAX_MS}: a fallback
+ * only, since the Secret's arrival wakes the pod.
+ */
 const SECRET_RETRY_MS = 50;
-const SECRET_RETRY_MAX_MS = 400;
+const SECRET_RETRY_MAX_MS = 1_000;
 
 /**
  * A kubelet stand-in that plays `buildkite-agent start --acquire-job` over the agent HTTP API instead of running it:
@@ -179,22 +184,30 @@ export class FastRunner {
 
   /**
    * Resolves the agent container's env as the kubelet would, its token from the Secrets' watch (waiting for a Secret
-   * the watch has not shown yet, see {@link SECRET_WAIT_MS}), and writes Running for a pod KWOK leaves alone.
+   * the watch has not shown, see {@link SecretCache}), and writes Running for a pod KWOK leaves alone.
    */
   async #launch(run: PodRun, key: string, namespace: string, pod: V1Pod | undefined): Promise<Step | number> {
     if (!pod) return "done";
     const now = Date.now();
-    const waited = run.secretWaitFrom === undefined ? 0 : now - run.secretWaitFrom;
-    const how = { live: waited >= SECRET_WAIT_MS, waiter: key };
+    const waitEnds = (run.secretWaitFrom ?? now) + SECRET_WAIT_MS;
+    const live =
+      !run.secretReadLive && now >= waitEnds && !this.#secrets.reached(namespace, pod.metadata?.resourceVersion);
+    if (live) run.secretReadLive = true;
     try {
-      run.launch = await agentLaunch(pod, this.options.fakeEndpoint, (name, k) =>
-        this.#secrets.read(namespace, name, k, how),
+      run.launch = await agentLaunch(pod, this.options.fakeEndpoint, (name, k, optional) =>
+        this.#secrets.read(namespace, name, k, { live, optional, waiter: key }),
       );
     } catch (err) {
       if (!(err instanceof SecretNotCached)) throw err;
+      if (run.secretWaitFrom === undefined)
+        this.#logger.debug("Waited for a Secret the watch has not shown", {
+          namespace,
+          pod: run.pod,
+          secret: err.secret,
+        });
       run.secretWaitFrom ??= now;
       const backoff = Math.min(SECRET_RETRY_MS * 2 ** run.attempts++, SECRET_RETRY_MAX_MS);
-      return Math.max(1, Math.min(backoff, SECRET_WAIT_MS - waited));
+      return Math.max(1, now < waitEnds ? Math.min(backoff, waitEnds - now) : backoff);
     }
     const launch = run.launch;
     if (ownsStart(pod) && !(await this.#patchStatus(run, namespace, pod, runningPatch(pod, new Date(run.startedAt)))))

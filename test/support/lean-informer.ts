@@ -8,8 +8,8 @@ import { KubeRequestError, type KubeRaw } from "./kube-raw.js";
  * streams or typed models (client-node's informer uses all three per event and per listed object).
  *
  * It relists by itself when its resourceVersion is too old (410 Gone) and watches again when the API server ends a
- * watch (`timeoutSeconds`); any other failure is reported to the `error` callbacks and it stops, as client-node's
- * ListWatch does.
+ * watch (`timeoutSeconds`); any other failure of the watch is reported to the `error` callbacks and it stops, as
+ * client-node's ListWatch does. A failed first list rejects `start()`.
  */
 
 type Verb = "add" | "update" | "delete";
@@ -57,19 +57,12 @@ export class LeanInformer<T extends KubernetesObject> implements Informer<T>, Ob
 
   /**
    * Lists into the cache (only the first time: a restart after an error watches on from the last resourceVersion,
-   * as client-node's ListWatch does), then watches in the background. A failed list goes to the `error` callbacks.
+   * as client-node's ListWatch does), then watches in the background. Rejects if the list fails.
    */
   async start(): Promise<void> {
     this.#abort?.abort();
     const abort = (this.#abort = new AbortController());
-    if (this.#resourceVersion === "") {
-      try {
-        await this.#list(abort.signal);
-      } catch (err) {
-        if (!abort.signal.aborted) this.#emit("error", err);
-        return;
-      }
-    }
+    if (this.#resourceVersion === "") await this.#list(abort.signal);
     void this.#watch(abort.signal);
   }
 

@@ -1,4 +1,4 @@
-import type { KubeConfig, V1Pod } from "@kubernetes/client-node";
+import type { Informer, KubeConfig, ObjectCache, V1Pod } from "@kubernetes/client-node";
 import winston from "winston";
 import { apiMessage, isConflict, isInvalid, isNotFound } from "../../operator/src/kube/field-manager.js";
 import { realClock } from "../../operator/src/kube/clock.js";
@@ -32,6 +32,12 @@ export interface FastRunnerOptions {
   readonly log?: (uuid: string, pod: string) => string;
   /** Default: silent. Lines name pods and jobs, never tokens. */
   readonly logger?: winston.Logger;
+  /**
+   * Pod informers of some namespaces that the caller runs (started and synced, kept running while the runner runs),
+   * used instead of a watch of the runner's own: where the caller watches the pods anyway (the benchmark), each pod
+   * event is then parsed once, not twice.
+   */
+  readonly podInformers?: ReadonlyMap<string, Informer<V1Pod> & ObjectCache<V1Pod>>;
 }
 
 /** One job the runner played the agent for. */
@@ -73,7 +79,11 @@ export class FastRunner {
   readonly #api: AgentApi;
   readonly #steps: AgentSteps;
   readonly #queue: WorkQueue;
-  readonly #pods = new Map<string, SupervisedInformer<V1Pod>>();
+  /** Each namespace's pods: the runner's own watch, or one the caller shares. */
+  readonly #pods = new Map<string, ObjectCache<V1Pod>>();
+  readonly #own: SupervisedInformer<V1Pod>[] = [];
+  /** Unsubscribes from shared informers. */
+  readonly #detach: (() => void)[] = [];
   readonly #secrets: SecretCache;
   readonly #kube: KubeRaw;
   readonly #active = new Map<string, PodRun>();
@@ -106,18 +116,27 @@ export class FastRunner {
       }
     });
     for (const namespace of options.namespaces) {
-      this.#pods.set(
-        namespace,
-        new SupervisedInformer<V1Pod>({
-          name: `pods/${namespace}`,
-          clock: realClock,
-          logger,
-          onChange: (pod) => {
-            this.#queue.add(`${namespace}/${pod.metadata?.name ?? ""}`);
-          },
-          factory: () => new LeanInformer<V1Pod>(kube, `/api/v1/namespaces/${namespace}/pods`),
-        }),
-      );
+      const enqueue = (pod: V1Pod): void => {
+        this.#queue.add(`${namespace}/${pod.metadata?.name ?? ""}`);
+      };
+      const shared = options.podInformers?.get(namespace);
+      if (shared) {
+        for (const verb of ["add", "update", "delete"] as const) shared.on(verb, enqueue);
+        this.#detach.push(() => {
+          for (const verb of ["add", "update", "delete"] as const) shared.off(verb, enqueue);
+        });
+        this.#pods.set(namespace, shared);
+        continue;
+      }
+      const own = new SupervisedInformer<V1Pod>({
+        name: `pods/${namespace}`,
+        clock: realClock,
+        logger,
+        onChange: enqueue,
+        factory: () => new LeanInformer<V1Pod>(kube, `/api/v1/namespaces/${namespace}/pods`),
+      });
+      this.#own.push(own);
+      this.#pods.set(namespace, own);
     }
   }
 
@@ -130,6 +149,10 @@ export class FastRunner {
         await i.waitForSync(30_000);
       }),
     );
+    // Shared informers listed before the runner was there: their pods are looked at once, as after a list.
+    for (const [namespace, pods] of runner.#pods)
+      if (options.podInformers?.has(namespace))
+        for (const pod of pods.list(namespace)) runner.#queue.add(`${namespace}/${pod.metadata?.name ?? ""}`);
     runner.#queue.start(options.concurrency ?? 64, (key) => runner.#reconcile(key));
     return runner;
   }
@@ -145,13 +168,14 @@ export class FastRunner {
 
   /** Stops watching and waits for the pods being advanced; runs still waiting are left as they are. */
   async stop(): Promise<void> {
+    for (const detach of this.#detach.splice(0)) detach();
     await this.#queue.shutdown();
     await Promise.all(this.#informers().map((i) => i.stop()));
     this.#api.close();
   }
 
   #informers(): { start(): Promise<void>; waitForSync(ms: number): Promise<void>; stop(): Promise<void> }[] {
-    return [...this.#pods.values(), ...this.#secrets.informers()];
+    return [...this.#own, ...this.#secrets.informers()];
   }
 
   async #reconcile(key: string): Promise<ReconcileResult> {
@@ -224,12 +248,14 @@ export class FastRunner {
     const outcome = run.outcome ?? { kind: "no-job" };
     const exitCode = agentExitCode(outcome, launch.reflect);
     const finishedAt = Date.now();
+    // A pod KWOK started keeps the start it was given, as a kubelet's containers keep theirs.
+    const startedAt = ownsStart(pod) ? run.startedAt : (pod.status?.startTime ?? run.startedAt);
     const patch = terminatedPatch(
       pod,
       launch.container,
       exitCode,
       outcome.kind === "ran" ? outcome.jobExit : undefined,
-      new Date(run.startedAt),
+      new Date(startedAt),
       new Date(finishedAt),
     );
     if (!(await this.#patchStatus(run, namespace, pod, patch))) return;

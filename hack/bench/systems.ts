@@ -26,8 +26,6 @@ export interface BenchContext {
   fake: FakeBuildkite;
   queues: readonly BenchQueue[];
   dir: string;
-  /** Who runs the pods: the fast runner (to completion), or KWOK alone (Running until the end, for in-flight). */
-  runnerMode: "fast" | "kwok";
   /** Node.js flags for a system that runs on Node (a CPU profile, a heap snapshot on a signal); files go to `dir`. */
   nodeFlags: readonly string[];
 }
@@ -47,8 +45,6 @@ export interface RunningSystem {
 
 export interface SystemUnderTest {
   name: string;
-  /** Whether the fast runner must adopt pods it cannot annotate. */
-  adoptPods: boolean;
   /** Whether the system deletes a job's pod when the job ends (agent-stack-k8s leaves it to its Job's TTL). */
   deletesPods: boolean;
   start(ctx: BenchContext): Promise<RunningSystem>;
@@ -77,7 +73,6 @@ const snapshotsIn = (dir: string): string[] => readdirSync(dir).filter((f) => f.
 /** This project's operator, as its own process (so its memory and CPU can be read). */
 export const OURS: SystemUnderTest = {
   name: "buildkite-operator",
-  adoptPods: false,
   deletesPods: true,
   async start(ctx) {
     const core = ctx.kc.makeApiClient(CoreV1Api);
@@ -135,7 +130,6 @@ export const OURS: SystemUnderTest = {
             instanceShape: q.shape,
             maxVCPU: q.slots * q.vcpu,
             jobTTLSecondsAfterFinished: 3600,
-            ...(ctx.runnerMode === "fast" ? { podTemplate: { annotations: { "kwok.test/runner": "fast" } } } : {}),
           },
         },
       });
@@ -191,7 +185,6 @@ export const OURS: SystemUnderTest = {
 /** Buildkite's agent-stack-k8s: one controller process per queue, as it is deployed. */
 export const AGENT_STACK_K8S: SystemUnderTest = {
   name: "agent-stack-k8s",
-  adoptPods: true,
   deletesPods: false,
   async start(ctx) {
     const peers = await Promise.all(

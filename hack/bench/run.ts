@@ -201,6 +201,7 @@ export async function runScenario(system: SystemUnderTest, scenario: Scenario, o
         fake,
         queues,
         dir: env.dir,
+        runnerMode: scenario.kind === "inflight" ? "kwok" : "fast",
         nodeFlags,
       };
       if (scenario.kind !== "inflight") {
@@ -208,9 +209,7 @@ export async function runScenario(system: SystemUnderTest, scenario: Scenario, o
           kubeConfig: env.kc,
           namespaces: [env.namespace],
           fakeEndpoint: fake.agentEndpoint,
-          // Every system's pods alike: KWOK makes them Running as a kubelet would, the runner adopts them there and
-          // writes only their end, so the harness costs each system the same per pod.
-          adoptAll: true,
+          // Every system's pods are annotated alike (systems.ts, FAST_POD): the runner starts and ends them all.
           podInformers: new Map([[env.namespace, env.watch.pods]]),
           concurrency: 64,
         });

@@ -1,4 +1,4 @@
-import { BatchV1Api, CoreV1Api, CustomObjectsApi, type KubernetesObject } from "@kubernetes/client-node";
+import { CoreV1Api } from "@kubernetes/client-node";
 import { mkdtemp, rm } from "node:fs/promises";
 import { loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
@@ -79,22 +79,8 @@ export async function withFreshCluster<T>(
     await installCrds(kc);
     const crdsInstalledAt = Date.now();
     const namespace = "bench";
-    const core = kc.makeApiClient(CoreV1Api);
-    const batch = kc.makeApiClient(BatchV1Api);
-    const custom = kc.makeApiClient(CustomObjectsApi);
-    await core.createNamespace({ body: { metadata: { name: namespace } } });
-    watch = await watchJobs(kc, namespace, {
-      pods: () => core.listNamespacedPod({ namespace }),
-      records: async () =>
-        (await custom.listNamespacedCustomObject({
-          group: "buildkite.com",
-          version: "v1alpha1",
-          plural: "buildkitejobs",
-          namespace,
-        })) as { items: KubernetesObject[] },
-      jobs: () => batch.listNamespacedJob({ namespace }),
-      secrets: () => core.listNamespacedSecret({ namespace }),
-    });
+    await kc.makeApiClient(CoreV1Api).createNamespace({ body: { metadata: { name: namespace } } });
+    watch = await watchJobs(kc, namespace);
     return await fn({ cluster, kc, namespace, watch, dir, byClient, crdsInstalledAt });
   } finally {
     await watch?.stop().catch(() => undefined);

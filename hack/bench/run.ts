@@ -209,7 +209,8 @@ export async function runScenario(system: SystemUnderTest, scenario: Scenario, o
           kubeConfig: env.kc,
           namespaces: [env.namespace],
           fakeEndpoint: fake.agentEndpoint,
-          adoptAll: system.adoptPods,
+          // Every system's pods are annotated alike (systems.ts, FAST_POD): the runner starts and ends them all.
+          podInformers: new Map([[env.namespace, env.watch.pods]]),
           concurrency: 64,
         });
       }
@@ -404,14 +405,8 @@ function seed(
 async function leftoversAfter(env: RowEnv, graceMs: number, slots: boolean): Promise<{ text: string; count: number }> {
   const deadline = Date.now() + graceMs;
   const unfinished = (): number =>
-    env.watch
-      .current("records")
-      .filter(
-        (j) =>
-          !["Succeeded", "Failed", "Canceled", "TimedOut"].includes(
-            (j as { status?: { phase?: string } }).status?.phase ?? "",
-          ),
-      ).length;
+    env.watch.current("records").filter((j) => !["Succeeded", "Failed", "Canceled", "TimedOut"].includes(j.phase ?? ""))
+      .length;
   while ((env.watch.current("pods").length > 0 || unfinished() > 0) && Date.now() < deadline)
     await new Promise((r) => setTimeout(r, 500));
   // Only this operator's rows have queues (agent-stack-k8s's have none to list). A queue's status follows its

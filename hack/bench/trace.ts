@@ -1,4 +1,6 @@
-import { makeInformer, type KubeConfig, type KubernetesObject, type V1Pod } from "@kubernetes/client-node";
+import type { Informer, KubeConfig, KubernetesObject, ObjectCache, V1Pod } from "@kubernetes/client-node";
+import { KubeRaw } from "../../test/support/kube-raw.js";
+import { LeanInformer, type RawObject } from "../../test/support/lean-informer.js";
 import { percentile } from "./measure.js";
 
 /**
@@ -42,51 +44,82 @@ export function jobUuidOf(pod: V1Pod): string | undefined {
 const UUID = /^(?:bkj|buildkite)-([0-9a-f-]{36})(?:-token)?$/;
 export const uuidOfName = (name: string | undefined): string | undefined => UUID.exec(name ?? "")?.[1];
 
+/**
+ * What the trace keeps of a watched object: its name and uid, and for a pod the job it runs, its node and phase (a
+ * BuildkiteJob's phase too). BuildkiteJobs, Jobs and Secrets are cached as only that.
+ */
+export interface Seen extends KubernetesObject {
+  metadata: { name: string; namespace: string; uid: string };
+  uuid: string | undefined;
+  nodeName: string | undefined;
+  phase: string | undefined;
+}
+
+const keep = (o: KubernetesObject & { spec?: unknown; status?: unknown }, uuid?: string): Seen => ({
+  metadata: { name: o.metadata?.name ?? "", namespace: o.metadata?.namespace ?? "", uid: o.metadata?.uid ?? "" },
+  uuid,
+  nodeName: (o.spec as { nodeName?: string } | undefined)?.nodeName,
+  phase: (o.status as { phase?: string } | undefined)?.phase,
+});
+
 /** What the watches saw; `podsPerJob` with more than one pod for a job is a duplicate run. */
 export interface JobWatch {
   trace: Trace;
   podsPerJob: Map<string, Set<string>>;
+  /**
+   * The namespace's pods, whole but for their managed fields, for the fast runner to share: a job pod's events are
+   * some kilobytes each, the largest part of the benchmark's own CPU when they were parsed once per watcher.
+   */
+  pods: Informer<V1Pod> & ObjectCache<V1Pod>;
   /** What the watches hold now, by kind. */
-  current(kind: "pods" | "records" | "jobs" | "secrets"): readonly KubernetesObject[];
+  current(kind: "pods" | "records" | "jobs" | "secrets"): readonly Seen[];
   stop(): Promise<void>;
-}
-
-interface Watched<T extends KubernetesObject> {
-  path: string;
-  list: () => Promise<{ items: T[] }>;
-  seen: (obj: T, now: number) => void;
-  gone?: (obj: T, now: number) => void;
 }
 
 /**
  * Watches the namespace's pods, BuildkiteJobs, batch/v1 Jobs and Secrets and stamps each job's milestones the first
- * time they are seen. Informers restart on error (a watch that ends is relisted).
+ * time they are seen. A watch that fails goes on from where it was.
  */
-export async function watchJobs(
-  kc: KubeConfig,
-  namespace: string,
-  lists: {
-    pods: () => Promise<{ items: V1Pod[] }>;
-    records: () => Promise<{ items: KubernetesObject[] }>;
-    jobs: () => Promise<{ items: KubernetesObject[] }>;
-    secrets: () => Promise<{ items: KubernetesObject[] }>;
-  },
-): Promise<JobWatch> {
+export async function watchJobs(kc: KubeConfig, namespace: string): Promise<JobWatch> {
   const trace = emptyTrace();
   const podsPerJob = new Map<string, Set<string>>();
   const stamp = (m: Milestone, uuid: string | undefined, now: number): void => {
     const times = trace.get(m);
     if (uuid !== undefined && times && !times.has(uuid)) times.set(uuid, now);
   };
-  const byName = (m: Milestone) => (o: KubernetesObject, now: number) => {
-    stamp(m, uuidOfName(o.metadata?.name), now);
+  const byName = (m: Milestone) => (o: Seen) => {
+    stamp(m, uuidOfName(o.metadata.name), Date.now());
   };
-  const pods: Watched<V1Pod> = {
-    path: `/api/v1/namespaces/${namespace}/pods`,
-    list: lists.pods,
-    seen: (pod, now) => {
+  const state = { stopped: false };
+  const kube = new KubeRaw(kc);
+  const watch = <T extends KubernetesObject>(
+    path: string,
+    transform: (o: RawObject) => T,
+    seen: (o: T) => void,
+    gone: (o: T) => void = seen,
+  ): LeanInformer<T> => {
+    const informer = new LeanInformer<T>(kube, `/${path}`, transform);
+    informer.on("add", seen);
+    informer.on("update", seen);
+    informer.on("delete", gone);
+    const restart = (): void => {
+      setTimeout(() => {
+        if (!state.stopped) informer.start().catch(restart);
+      }, 500);
+    };
+    informer.on("error", restart);
+    return informer;
+  };
+  const pods = watch<V1Pod>(
+    `api/v1/namespaces/${namespace}/pods`,
+    (o) => {
+      delete o.metadata?.managedFields;
+      return o;
+    },
+    (pod) => {
       const uuid = jobUuidOf(pod);
       if (!uuid) return;
+      const now = Date.now();
       stamp("pod created", uuid, now);
       const set = podsPerJob.get(uuid) ?? new Set<string>();
       set.add(pod.metadata?.uid ?? "");
@@ -94,47 +127,20 @@ export async function watchJobs(
       if (pod.spec?.nodeName) stamp("scheduled", uuid, now);
       if (pod.status?.phase === "Running") stamp("Running", uuid, now);
     },
-    gone: (pod, now) => {
-      stamp("pod deleted", jobUuidOf(pod), now);
+    (pod) => {
+      stamp("pod deleted", jobUuidOf(pod), Date.now());
     },
-  };
-  const watched: Watched<KubernetesObject>[] = [
-    pods,
-    {
-      path: `/apis/buildkite.com/v1alpha1/namespaces/${namespace}/buildkitejobs`,
-      list: lists.records,
-      seen: byName("record created"),
-    },
-    { path: `/apis/batch/v1/namespaces/${namespace}/jobs`, list: lists.jobs, seen: byName("record created") },
-    {
-      path: `/api/v1/namespaces/${namespace}/secrets`,
-      list: lists.secrets,
-      seen: (o, now) => {
-        if (o.metadata?.name?.endsWith("-token") === true) byName("token Secret")(o, now);
-      },
-    },
+  );
+  const others = [
+    watch(`apis/buildkite.com/v1alpha1/namespaces/${namespace}/buildkitejobs`, keep, byName("record created")),
+    watch(`apis/batch/v1/namespaces/${namespace}/jobs`, keep, byName("record created")),
+    watch(`api/v1/namespaces/${namespace}/secrets`, keep, (o) => {
+      if (o.metadata.name.endsWith("-token")) byName("token Secret")(o);
+    }),
   ];
-  const state = { stopped: false };
-  const informers = watched.map((w) => {
-    const informer = makeInformer<KubernetesObject>(kc, w.path, w.list);
-    const seen = (o: KubernetesObject): void => {
-      w.seen(o, Date.now());
-    };
-    informer.on("add", seen);
-    informer.on("update", seen);
-    informer.on("delete", (o) => {
-      (w.gone ?? w.seen)(o, Date.now());
-    });
-    informer.on("error", () => {
-      setTimeout(() => {
-        if (!state.stopped) void informer.start();
-      }, 500);
-    });
-    return informer;
-  });
   // A CRD installed a moment ago answers 429 "storage is (re)initializing" for a while: the first list is retried.
   await Promise.all(
-    informers.map(async (i) => {
+    [pods, ...others].map(async (i) => {
       for (let attempt = 1; ; attempt++) {
         try {
           await i.start();
@@ -146,14 +152,18 @@ export async function watchJobs(
       }
     }),
   );
-  const kinds = ["pods", "records", "jobs", "secrets"] as const;
+  const [records, jobs, secrets] = others;
   return {
     trace,
     podsPerJob,
-    current: (kind) => informers[kinds.indexOf(kind)]?.list() ?? [],
+    pods,
+    current: (kind) =>
+      kind === "pods"
+        ? pods.list().map((p) => keep(p, jobUuidOf(p)))
+        : ({ records, jobs, secrets }[kind]?.list() ?? []),
     stop: async () => {
       state.stopped = true;
-      await Promise.all(informers.map((i) => i.stop()));
+      await Promise.all([pods, ...others].map((i) => i.stop()));
     },
   };
 }

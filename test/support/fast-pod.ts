@@ -41,8 +41,11 @@ export interface AgentLaunch {
   readonly reflect: boolean;
 }
 
-/** Reads one key of a Secret in the pod's namespace; undefined if the Secret or key does not exist. */
-export type SecretReader = (name: string, key: string) => Promise<string | undefined>;
+/**
+ * Reads one key of a Secret in the pod's namespace; undefined if the Secret or key does not exist. `optional` is the
+ * reference's: the container starts without an optional Secret that does not exist, and waits for any other.
+ */
+export type SecretReader = (name: string, key: string, optional: boolean) => Promise<string | undefined>;
 
 /** Raised when the kubelet could not start the container either (CreateContainerConfigError): retried later. */
 export class PodConfigError extends Error {
@@ -131,7 +134,7 @@ async function valueFrom(pod: V1Pod, env: V1EnvVar, readSecret: SecretReader): P
     return fields[fieldRef.fieldPath];
   }
   if (!ref) throw new PodConfigError(`env ${env.name}: only value, fieldRef and secretKeyRef are supported`);
-  const value = await readSecret(ref.name ?? "", ref.key);
+  const value = await readSecret(ref.name ?? "", ref.key, ref.optional === true);
   if (value === undefined && ref.optional !== true)
     throw new PodConfigError(`env ${env.name}: Secret ${ref.name ?? ""} or its key ${ref.key} does not exist`);
   return value;

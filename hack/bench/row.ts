@@ -1,4 +1,5 @@
-import { CoreV1Api } from "@kubernetes/client-node";
+import { CoreV1Api, CustomObjectsApi } from "@kubernetes/client-node";
+import type { BuildkiteQueue } from "../../operator/src/api/generated/buildkite-queue.js";
 import { mkdtemp, rm } from "node:fs/promises";
 import { loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
@@ -195,4 +196,42 @@ export const p50p95p99 = (values: readonly number[]): [number, number, number] =
 /** Per-job request counts and their total. */
 export function requestsPerJob(counts: RequestCounts, jobs: number): { total: number; byKey: [string, number][] } {
   return { total: total(counts) / Math.max(jobs, 1), byKey: perJob(counts, jobs) };
+}
+
+/** What is left once the jobs ended (from the watches: no request of its own): pods, unfinished records, busy slots. */
+export async function leftoversAfter(
+  env: RowEnv,
+  graceMs: number,
+  slots: boolean,
+): Promise<{ text: string; count: number }> {
+  const deadline = Date.now() + graceMs;
+  const unfinished = (): number =>
+    env.watch.current("records").filter((j) => !["Succeeded", "Failed", "Canceled", "TimedOut"].includes(j.phase ?? ""))
+      .length;
+  while ((env.watch.current("pods").length > 0 || unfinished() > 0) && Date.now() < deadline)
+    await new Promise((r) => setTimeout(r, 500));
+  // Only this operator's rows have queues (agent-stack-k8s's have none to list). A queue's status follows its
+  // jobs' a moment later: read again until every slot shows free or the grace is over.
+  const listQueues = async (): Promise<BuildkiteQueue[]> =>
+    (
+      (await env.kc.makeApiClient(CustomObjectsApi).listNamespacedCustomObject({
+        group: "buildkite.com",
+        version: "v1alpha1",
+        plural: "buildkitequeues",
+        namespace: env.namespace,
+      })) as { items: BuildkiteQueue[] }
+    ).items;
+  let queues = slots ? await listQueues() : [];
+  while (queues.some((q) => (q.status?.active ?? 0) > 0) && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 500));
+    queues = await listQueues();
+  }
+  const busy = queues.reduce((n, q) => n + (q.status?.active ?? 0), 0);
+  const busySlots = queues.length > 0 ? `, ${String(busy)} slots busy` : "";
+  const pods = env.watch.current("pods").length;
+  const records = unfinished();
+  return {
+    text: `${String(pods)} pods, ${String(records)} unfinished BuildkiteJobs${busySlots}`,
+    count: pods + records + busy,
+  };
 }

@@ -1,14 +1,15 @@
 import { CustomObjectsApi } from "@kubernetes/client-node";
 import { mkdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
-import type { BuildkiteQueue } from "../../operator/src/api/generated/buildkite-queue.js";
 import { FakeBuildkite } from "../../test/fake-buildkite/server.js";
 import { FastRunner } from "../../test/support/fast-runner.js";
 import { BarePodClient, postBarePods } from "./bare-pods.js";
 import { readHeapSnapshot } from "./heap-snapshot.js";
+import { slope } from "./measure.js";
 import { cpuProfileIn, heapGrowth, type CpuSummary, type HeapSummary, type Share } from "./profiles.js";
 import {
   afterGarbageCollectorSync,
+  leftoversAfter,
   p50p95p99,
   requestsPerJob,
   RowMeter,
@@ -336,16 +337,6 @@ async function read(file: string): Promise<HeapSummary> {
   return summary;
 }
 
-/** Least-squares slope of (seconds, backlog) samples: how fast the backlog grew, in jobs per second. */
-function slope(points: readonly [number, number][]): number {
-  const n = points.length;
-  if (n < 2) return 0;
-  const mx = points.reduce((a, [x]) => a + x, 0) / n;
-  const my = points.reduce((a, [, y]) => a + y, 0) / n;
-  const sxx = points.reduce((a, [x]) => a + (x - mx) ** 2, 0);
-  return sxx === 0 ? 0 : points.reduce((a, [x, y]) => a + (x - mx) * (y - my), 0) / sxx;
-}
-
 /** Adds the fake's milestones (listed, reserved, finished) to the watch's trace; counts Stacks API calls and double acquires. */
 function fromFake(fake: FakeBuildkite, uuids: readonly string[], watched: Trace) {
   const trace: Trace = new Map([...watched].map(([m, times]) => [m, new Map(times)]));
@@ -399,38 +390,4 @@ function seed(
     state.done = true;
   })();
   return state;
-}
-
-/** What is left once the jobs ended (from the watches: no request of its own): pods, unfinished records, busy slots. */
-async function leftoversAfter(env: RowEnv, graceMs: number, slots: boolean): Promise<{ text: string; count: number }> {
-  const deadline = Date.now() + graceMs;
-  const unfinished = (): number =>
-    env.watch.current("records").filter((j) => !["Succeeded", "Failed", "Canceled", "TimedOut"].includes(j.phase ?? ""))
-      .length;
-  while ((env.watch.current("pods").length > 0 || unfinished() > 0) && Date.now() < deadline)
-    await new Promise((r) => setTimeout(r, 500));
-  // Only this operator's rows have queues (agent-stack-k8s's have none to list). A queue's status follows its
-  // jobs' a moment later: read again until every slot shows free or the grace is over.
-  const listQueues = async (): Promise<BuildkiteQueue[]> =>
-    (
-      (await env.kc.makeApiClient(CustomObjectsApi).listNamespacedCustomObject({
-        group: "buildkite.com",
-        version: "v1alpha1",
-        plural: "buildkitequeues",
-        namespace: env.namespace,
-      })) as { items: BuildkiteQueue[] }
-    ).items;
-  let queues = slots ? await listQueues() : [];
-  while (queues.some((q) => (q.status?.active ?? 0) > 0) && Date.now() < deadline) {
-    await new Promise((r) => setTimeout(r, 500));
-    queues = await listQueues();
-  }
-  const busy = queues.reduce((n, q) => n + (q.status?.active ?? 0), 0);
-  const busySlots = queues.length > 0 ? `, ${String(busy)} slots busy` : "";
-  const pods = env.watch.current("pods").length;
-  const records = unfinished();
-  return {
-    text: `${String(pods)} pods, ${String(records)} unfinished BuildkiteJobs${busySlots}`,
-    count: pods + records + busy,
-  };
 }

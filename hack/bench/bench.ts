@@ -196,20 +196,34 @@ async function main(): Promise<void> {
   if (o.only.has("inflight")) scenarios.push({ kind: "inflight", jobs: o.inflight });
   const results: Result[] = [];
   const row = { deadlineMs: 20 * 60_000, cpuProfile: o.cpuProfile, byClient: o.byClient, heapSnapshots: false, log };
+  // Written after every row, so a row that fails for good still leaves the rows finished before it on disk.
+  const record = async (result: Result): Promise<void> => {
+    log(summary(result));
+    results.push(result);
+    await writeResults(o, command, loadAtStart, results, log);
+  };
   for (const scenario of scenarios) {
-    const ceiling = await retriedOnce(`${BARE_PODS}, ${describe(scenario)}`, () => runBarePods(scenario, row), log);
-    log(summary(ceiling));
-    results.push(ceiling);
+    await record(await retriedOnce(`${BARE_PODS}, ${describe(scenario)}`, () => runBarePods(scenario, row), log));
     for (const system of scenario.kind === "inflight" ? [OURS] : systems) {
-      const result = await retriedOnce(
-        `${system.name}, ${describe(scenario)}`,
-        () => runScenario(system, scenario, { ...row, heapSnapshots: scenario.kind === "inflight" }),
-        log,
+      await record(
+        await retriedOnce(
+          `${system.name}, ${describe(scenario)}`,
+          () => runScenario(system, scenario, { ...row, heapSnapshots: scenario.kind === "inflight" }),
+          log,
+        ),
       );
-      log(summary(result));
-      results.push(result);
     }
   }
+}
+
+/** Writes the results file, its charts and the raw results (results.json) for the rows run so far. */
+async function writeResults(
+  o: Options,
+  command: string,
+  loadAtStart: number[],
+  results: readonly Result[],
+  log: (line: string) => void,
+): Promise<void> {
   const load = (l: number[]): string => l.map((n) => n.toFixed(2)).join(", ");
   const note = o.note === undefined ? "" : `**${o.note}**\n\n`;
   const header = `${note}Measured ${new Date().toISOString().slice(0, 10)} on ${machine()}, control plane included (everything runs on this machine). Load average (1, 5, 15 min) ${load(loadAtStart)} at the start, ${load(loadavg())} at the end.`;

@@ -149,7 +149,9 @@ export async function runBarePods(scenario: Scenario, opts: RowOptions): Promise
       const seconds = meter.elapsed();
       await client.deleteAll();
       const deleted = env.watch.trace.get("pod deleted") ?? new Map<string, number>();
-      await until(`${BARE_PODS}: every pod gone`, Date.now() + 120_000, () => deleted.size >= count);
+      // KWOK removes deleted pods one by one: 10,000 took longer than two minutes.
+      const goneMs = Math.max(120_000, count * 50);
+      await until(`${BARE_PODS}: every pod gone`, Date.now() + goneMs, () => deleted.size >= count);
       const measured = meter.stopSamplers();
       const requests = requestsPerJob(await meter.requests(), count);
       const byClient = await meter.byClient(count);

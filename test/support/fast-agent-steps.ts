@@ -61,6 +61,20 @@ export interface JobScript {
   readonly log?: (uuid: string, pod: string) => string;
 }
 
+/** What a runner counts; `refused` keeps the first calls refused for good, so a failing test can say why. */
+export interface RunnerStats {
+  handled: number;
+  succeeded: number;
+  failed: number;
+  acquireFailures: number;
+  refused: string[];
+}
+
+const REFUSALS_KEPT = 20;
+
+/** The steps between the agent's connect and its disconnect, while its heartbeat runs. */
+const SESSION_STEPS = new Set<Step>(["acquire", "start", "running", "finish"]);
+
 /** The agent's attempts per call before it gives up (§2.3): register 30, acquire 7, start 7, finish 12. */
 const ATTEMPTS: Partial<Record<Step, number>> = { register: 30, acquire: 7, start: 7, finish: 12 };
 
@@ -69,7 +83,7 @@ export class AgentSteps {
     private readonly api: AgentApi,
     private readonly script: JobScript,
     private readonly logger: winston.Logger,
-    private readonly stats: { acquireFailures: number },
+    private readonly stats: RunnerStats,
   ) {}
 
   /** Takes steps until one must wait: returns when to look again. */
@@ -77,6 +91,7 @@ export class AgentSteps {
     for (;;) {
       const step = run.step;
       try {
+        await this.#heartbeat(run, step);
         const next = await this.#step(run, side);
         if (typeof next === "number") {
           run.wakeAt = Date.now() + next;
@@ -132,6 +147,7 @@ export class AgentSteps {
         });
         await this.api.connect(session);
         run.session = session;
+        run.heartbeatAt = Date.now() + session.heartbeatIntervalMs;
         return "acquire";
       }
       case "acquire":
@@ -145,7 +161,6 @@ export class AgentSteps {
         if (text !== "") await this.api.chunk(session, uuid, tokenOf(run), text).catch(() => undefined);
         const { durationMs = 0 } = this.script;
         run.finishAt = now + (typeof durationMs === "number" ? durationMs : durationMs(uuid));
-        run.heartbeatAt = now + session.heartbeatIntervalMs;
         return "running";
       }
       case "running":
@@ -183,11 +198,22 @@ export class AgentSteps {
       if (["canceling", "canceled", "timing_out", "timed_out"].includes(state))
         return this.#setFinish(run, { exit_status: "-1", signal: "SIGTERM", signal_reason: "cancel" }, -1);
     }
-    if (now >= run.heartbeatAt) {
-      run.heartbeatAt = now + session.heartbeatIntervalMs;
-      await this.api.heartbeat(session).catch(() => undefined);
-    }
+    await this.#heartbeat(run, "running");
     return Math.max(0, Math.min(run.finishAt, run.pollAt, run.heartbeatAt) - Date.now());
+  }
+
+  /**
+   * The agent's heartbeat runs from its connect to its disconnect, beside every call: a run waiting out retries of
+   * acquire, start or finish keeps its session alive, as the agent does (the fake ends a silent one as lost).
+   */
+  async #heartbeat(run: Run, step: Step): Promise<void> {
+    const session = run.session;
+    if (!session || !SESSION_STEPS.has(step)) return;
+    const now = Date.now();
+    if (run.heartbeatAt === 0) run.heartbeatAt = now + session.heartbeatIntervalMs;
+    if (now < run.heartbeatAt) return;
+    run.heartbeatAt = now + session.heartbeatIntervalMs;
+    await this.api.heartbeat(session).catch(() => undefined);
   }
 
   /** A step that failed for good: the step the agent goes on with when that call is refused. */
@@ -198,6 +224,8 @@ export class AgentSteps {
       route: err.route,
       status: err.status,
     });
+    if (this.stats.refused.length < REFUSALS_KEPT)
+      this.stats.refused.push(`${run.pod}: ${err.message} (attempt ${String(run.attempts + 1)})`);
     switch (step) {
       case "register":
         return this.end(run, { kind: "register-refused" }, "write");

@@ -5,7 +5,15 @@ import { realClock } from "../../operator/src/kube/clock.js";
 import { SupervisedInformer } from "../../operator/src/kube/supervised-informer.js";
 import { WorkQueue, type ReconcileResult } from "../../operator/src/kube/work-queue.js";
 import { AgentApi } from "./fast-agent-api.js";
-import { AgentSteps, launchOf, newRun, type PodSide, type Run, type Step } from "./fast-agent-steps.js";
+import {
+  AgentSteps,
+  launchOf,
+  newRun,
+  type PodSide,
+  type Run,
+  type RunnerStats,
+  type Step,
+} from "./fast-agent-steps.js";
 import { agentExitCode, agentLaunch, ownsStart, runningPatch, takes, terminatedPatch } from "./fast-pod.js";
 import { SecretCache, SecretNotCached } from "./fast-secrets.js";
 import { KubeRaw, STRATEGIC_MERGE_PATCH } from "./kube-raw.js";
@@ -88,7 +96,7 @@ export class FastRunner {
   readonly #kube: KubeRaw;
   readonly #active = new Map<string, PodRun>();
   readonly #runs = new Map<string, FastRun>();
-  readonly #stats = { handled: 0, succeeded: 0, failed: 0, acquireFailures: 0 };
+  readonly #stats: RunnerStats = { handled: 0, succeeded: 0, failed: 0, acquireFailures: 0, refused: [] };
   readonly #logger: winston.Logger;
 
   private constructor(private readonly options: FastRunnerOptions) {
@@ -157,8 +165,8 @@ export class FastRunner {
     return runner;
   }
 
-  stats(): { handled: number; succeeded: number; failed: number; acquireFailures: number } {
-    return { ...this.#stats };
+  stats(): RunnerStats {
+    return { ...this.#stats, refused: [...this.#stats.refused] };
   }
 
   /** Finished jobs by uuid. */
@@ -184,7 +192,17 @@ export class FastRunner {
     const deleting = pod?.metadata?.deletionTimestamp !== undefined;
     let run = this.#active.get(key);
     const same = run !== undefined && pod?.metadata?.uid === run.uid;
-    if (run && run.step !== "done" && !run.gone && (!same || deleting)) this.#steps.stop(run);
+    if (run && run.step !== "done" && !run.gone && (!same || deleting)) {
+      this.#logger.info("Stopped the agent of a pod gone or replaced", {
+        pod: key,
+        step: run.step,
+        cached: pod !== undefined,
+        same,
+        deleting,
+        phase: pod?.status?.phase,
+      });
+      this.#steps.stop(run);
+    }
     if (run?.step === "done") {
       // Kept while its pod lives: the cache may still show the pod Running after the terminal write.
       if (same) return;

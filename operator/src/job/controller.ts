@@ -14,7 +14,14 @@ import { planJob, type JobPlan } from "./plan.js";
 import { decideStep } from "./step-request.js";
 import { LAST_WORDS, lastWordsSource, withLastWords } from "./last-words.js";
 import { buildPod } from "./pod-builder.js";
-import { afterPodCreate, mustConfirmPodGone, needsLiveRead, slotToHold, type PodCreation } from "./steps.js";
+import {
+  afterPodCreate,
+  mustConfirmPodGone,
+  needsLiveRead,
+  progressDelayMs,
+  slotToHold,
+  type PodCreation,
+} from "./steps.js";
 import { DEFAULT_START_TIMEOUTS, type StartTimeouts } from "./stuck.js";
 
 /**
@@ -25,6 +32,8 @@ import { DEFAULT_START_TIMEOUTS, type StartTimeouts } from "./stuck.js";
  */
 export class JobController implements Controller {
   readonly name = "buildkitejob";
+  /** When this process last wrote each job's status: a pod's progress is written at most once a second. */
+  private readonly statusWrittenMs = new Map<string, number>();
 
   constructor(
     private readonly ctx: ControllerContext,
@@ -38,6 +47,7 @@ export class JobController implements Controller {
       // Gone: its pod goes with it through the ownerReference and the garbage collector, and so does its slot.
       this.ctx.expectations.forget(key);
       this.ctx.expectations.jobChanged(key);
+      this.statusWrittenMs.delete(key);
       return;
     }
     let plan = await this.plan(key, job);
@@ -114,6 +124,9 @@ export class JobController implements Controller {
   ): Promise<ReconcileResult> {
     let status = plan.status;
     let stored = job.status ?? {};
+    // A pod's progress waits for the next write (often its outcome): the job is looked at again when it may be written.
+    const holdMs = progressDelayMs(plan, stored, this.statusWrittenMs.get(key), this.ctx.clock.now().getTime());
+    if (holdMs > 0) return { requeueAfterMs: Math.min(holdMs, plan.requeueAfterMs ?? holdMs) };
     const events = [...plan.events];
     for (const action of plan.actions) {
       switch (action) {
@@ -246,6 +259,7 @@ export class JobController implements Controller {
   private async writeStatus(job: BuildkiteJob, stored: BuildkiteJobStatus, status: BuildkiteJobStatus): Promise<void> {
     if (isDeepStrictEqual(status, stored)) return;
     await patchStatus(this.ctx.clients, BUILDKITE_JOB, job.metadata.namespace ?? "", job.metadata.name ?? "", status);
+    this.statusWrittenMs.set(keyOf(job), this.ctx.clock.now().getTime());
   }
 }
 

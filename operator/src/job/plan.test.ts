@@ -4,7 +4,15 @@ import { jobFixture, queueFixture } from "../../../test/support/fixtures.js";
 import type { BuildkiteJob, BuildkiteJobStatus } from "../api/generated/buildkite-job.js";
 import type { BuildkiteQueue } from "../api/generated/buildkite-queue.js";
 import { ANNOTATIONS } from "../api/keys.js";
-import { needsReport, planJob, reportAnnotation, reportOf, REPORTED, RESERVATION_PENDING } from "./plan.js";
+import {
+  needsReport,
+  planJob,
+  reportAnnotation,
+  reportOf,
+  REPORTED,
+  RESERVATION_PENDING,
+  RESERVING_QUIET_MS,
+} from "./plan.js";
 
 const now = new Date("2026-03-01T12:00:00Z");
 const readyQueue = (): BuildkiteQueue => {
@@ -405,9 +413,13 @@ describe("planJob", () => {
       expect(reportOf(failed)?.message).to.include("is not the JSON the job source writes");
     });
 
-    it("creates no pod for a job whose reservation Buildkite has not confirmed", () => {
+    it("creates no pod for a job whose reservation Buildkite has not confirmed; says so only after 5 s", () => {
       const job = fromStack({});
       (job.metadata.annotations ??= {})[ANNOTATIONS.reservation] = RESERVATION_PENDING;
+      job.metadata.creationTimestamp = new Date(now.getTime() - 2_000);
+      const young = planJob({ job, queue: readyQueue(), pod: undefined, slot: free }, now);
+      expect(young).to.deep.equal({ status: {}, actions: [], events: [], requeueAfterMs: RESERVING_QUIET_MS - 2_000 });
+      job.metadata.creationTimestamp = new Date(now.getTime() - RESERVING_QUIET_MS);
       const plan = planJob({ job, queue: readyQueue(), pod: undefined, slot: free }, now);
       expect(plan.actions).to.deep.equal([]);
       expect(plan.status).to.include({ phase: "Pending", reason: "Reserving" });

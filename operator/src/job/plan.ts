@@ -58,6 +58,8 @@ export interface JobPlan {
 }
 
 const DEFAULT_TTL_SECONDS = 3600;
+/** How long a new job waits for Buildkite to confirm its reservation before its status says it is waiting for that. */
+export const RESERVING_QUIET_MS = 5_000;
 /** How often a job waiting on its queue looks again, in case no queue change wakes it. */
 const QUEUE_WAIT_REQUEUE_MS = 30_000;
 
@@ -202,6 +204,10 @@ export function planJob(obs: JobObservation, now: Date): JobPlan {
 
   if (job.metadata.annotations?.[ANNOTATIONS.reservation] === RESERVATION_PENDING) {
     // Its pod would use the cluster agent token, which can acquire the job even when another stack reserved it.
+    // Buildkite confirms within a second as a rule: a new job shows no status until then, rather than one more write.
+    const age = now.getTime() - new Date(job.metadata.creationTimestamp ?? now).getTime();
+    if (current.phase === undefined && age < RESERVING_QUIET_MS)
+      return { status: current, actions: [], events, requeueAfterMs: RESERVING_QUIET_MS - age };
     const message = "Waiting for Buildkite to confirm that this stack reserved the job.";
     return {
       status: { ...current, phase: "Pending", reason: "Reserving", message },

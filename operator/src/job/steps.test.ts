@@ -5,7 +5,15 @@ import type { BuildkiteJob, BuildkiteJobStatus } from "../api/generated/buildkit
 import { FakeClock } from "../../../test/support/fake-clock.js";
 import { planJob } from "./plan.js";
 import { buildPod } from "./pod-builder.js";
-import { afterPodCreate, CLAIM_WAIT_MS, mustConfirmPodGone, needsLiveRead, slotToHold } from "./steps.js";
+import {
+  afterPodCreate,
+  CLAIM_WAIT_MS,
+  mustConfirmPodGone,
+  needsLiveRead,
+  progressDelayMs,
+  PROGRESS_WRITE_INTERVAL_MS,
+  slotToHold,
+} from "./steps.js";
 
 const clock = new FakeClock(new Date("2026-03-01T12:00:00Z"));
 const queue = (() => {
@@ -134,6 +142,50 @@ describe("job controller steps", () => {
         waitMs: CLAIM_WAIT_MS,
         why: "cache claim c is being deleted",
       });
+    });
+  });
+
+  describe("progressDelayMs", () => {
+    const created: BuildkiteJobStatus = {
+      phase: "Pending",
+      slot: 0,
+      podName: "bkj-x",
+      podUID: "u1",
+      reason: "PodCreated",
+    };
+    const t = clock.now().getTime();
+    const plan = (status: BuildkiteJobStatus, actions: ("deletePod" | "createPod")[] = []) => ({
+      status,
+      actions,
+      events: [],
+    });
+
+    it("holds back a pod's progress written less than a second ago, until a second has passed", () => {
+      const running = { ...created, phase: "Running" as const, reason: "Running" };
+      expect(progressDelayMs(plan(running), created, t - 300, t)).to.equal(PROGRESS_WRITE_INTERVAL_MS - 300);
+      expect(progressDelayMs(plan(running), created, t - PROGRESS_WRITE_INTERVAL_MS, t)).to.equal(0);
+    });
+
+    it("writes at once the outcome, a stop, a new pod or condition, a plan with actions, and after a restart", () => {
+      const ended = { ...created, phase: "Succeeded" as const, reason: "Completed" };
+      const condition = {
+        type: "QueueReady",
+        status: "True" as const,
+        reason: "QueueReady",
+        message: "ok",
+        lastTransitionTime: "",
+      };
+      const cases: [BuildkiteJobStatus, BuildkiteJobStatus, ("deletePod" | "createPod")[], number | undefined][] = [
+        [ended, created, [], t],
+        [{ ...created, phase: "Running", reason: "Stopping" }, created, [], t],
+        [{ ...created, podUID: "u2" }, created, [], t],
+        [{ ...created, phase: "Running", conditions: [condition] }, created, [], t],
+        [{ ...created, phase: "Running" }, created, ["deletePod"], t],
+        [{ ...created, phase: "Running" }, created, [], undefined],
+        [created, { phase: "Pending", slot: 0, reason: "CreatingPod" }, [], t],
+      ];
+      for (const [status, stored, actions, written] of cases)
+        expect(progressDelayMs(plan(status, actions), stored, written, t), JSON.stringify(status)).to.equal(0);
     });
   });
 });

@@ -1,4 +1,5 @@
 import type { V1Pod } from "@kubernetes/client-node";
+import { isDeepStrictEqual } from "node:util";
 import type { BuildkiteJob, BuildkiteJobStatus } from "../api/generated/buildkite-job.js";
 import { isTerminal } from "./phase.js";
 import type { JobEvent, JobPlan } from "./plan.js";
@@ -58,4 +59,28 @@ export function afterPodCreate(status: BuildkiteJobStatus, created: PodCreation,
     status: { ...status, podName: meta.name ?? "", podUID: meta.uid ?? "", podCreatedAt: now.toISOString() },
     events: [],
   };
+}
+
+/**
+ * The least time between two status writes of a job whose pod is only progressing (Pending, Starting, Running): a
+ * pod that starts and ends within it has its start written with its end, in one write instead of two or three.
+ */
+export const PROGRESS_WRITE_INTERVAL_MS = 1_000;
+
+/**
+ * How long to hold back the plan's status (0: write it now). Only a pod's progress waits: the same pod as the stored
+ * status records, not terminal, nothing else to do. Everything else (the pod's create, the outcome, a stop, a new
+ * condition) is written at once. `lastWrittenMs` is when this process last wrote the job's status, if it did.
+ */
+export function progressDelayMs(
+  plan: JobPlan,
+  stored: BuildkiteJobStatus,
+  lastWrittenMs: number | undefined,
+  nowMs: number,
+): number {
+  const { status } = plan;
+  if (lastWrittenMs === undefined || plan.actions.length > 0 || isTerminal(status.phase)) return 0;
+  if (stored.podUID === undefined || status.podUID !== stored.podUID || status.slot !== stored.slot) return 0;
+  if (status.reason === "Stopping" || !isDeepStrictEqual(status.conditions, stored.conditions)) return 0;
+  return Math.max(0, lastWrittenMs + PROGRESS_WRITE_INTERVAL_MS - nowMs);
 }

@@ -1,4 +1,5 @@
 import { expect } from "chai";
+import { jobFixture } from "../../../test/support/fixtures.js";
 import { Metrics } from "./metrics.js";
 
 /** Every metric of a Metrics with one sampled work queue and informer, as the registry serves them. */
@@ -49,5 +50,21 @@ describe("Metrics", () => {
     metrics.queueDeleted("ci/linux");
     page = await metrics.registry.metrics();
     expect(page).to.not.include('queue="ci/linux"');
+  });
+
+  it("observes a job's wait once it ran, whether its start was written as Running or only with its end", async () => {
+    const metrics = new Metrics(undefined, { processMetrics: false });
+    const job = { ...jobFixture(), spec: { ...jobFixture().spec, scheduledAt: "2026-03-01T12:00:00Z" } };
+    const created = { phase: "Pending" as const, podUID: "u", shape: "LINUX_AMD64_2X4" as const };
+    const startedAt = "2026-03-01T12:00:03Z";
+    const running = { ...created, phase: "Running" as const, startedAt };
+    const ended = { ...running, phase: "Succeeded" as const, finishedAt: "2026-03-01T12:00:04Z" };
+    metrics.jobStatusChanged(job, created, running);
+    metrics.jobStatusChanged(job, running, ended);
+    metrics.jobStatusChanged(job, created, ended);
+    metrics.jobStatusChanged(job, created, { ...created, phase: "Failed", reason: "PodRejected" });
+    const page = await metrics.registry.metrics();
+    expect(page).to.match(/^buildkite_operator_queue_wait_seconds_count\{[^}]*\} 2$/m);
+    expect(page).to.match(/^buildkite_operator_queue_wait_seconds_sum\{[^}]*\} 6$/m);
   });
 });

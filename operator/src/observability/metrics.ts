@@ -1,6 +1,7 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
 import type { BuildkiteJob, BuildkiteJobStatus } from "../api/generated/buildkite-job.js";
 import type { RequestReport } from "../buildkite/transport.js";
+import { isTerminal } from "../job/phase.js";
 
 const PREFIX = "buildkite_operator_";
 /** Seconds: from sub-second dispatch to jobs that wait an hour for a slot. */
@@ -178,7 +179,9 @@ export class Metrics {
     if (after.podCreatedAt !== undefined && before.podCreatedAt === undefined && job.metadata.creationTimestamp) {
       this.dispatchLatency.observe({ queue }, seconds(job.metadata.creationTimestamp, after.podCreatedAt));
     }
-    if (after.phase === "Running" && before.phase !== "Running" && job.spec.scheduledAt) {
+    // Once the job has run: a short job's start may be written with its end, never as Running.
+    const ran = (s: BuildkiteJobStatus): boolean => s.phase === "Running" || (isTerminal(s.phase) && !!s.startedAt);
+    if (ran(after) && !ran(before) && job.spec.scheduledAt) {
       this.queueWait.observe({ queue, shape }, seconds(job.spec.scheduledAt, after.startedAt ?? new Date()));
     }
     const terminal = ["Succeeded", "Failed", "Canceled", "TimedOut"];

@@ -34,6 +34,8 @@ export class JobController implements Controller {
   readonly name = "buildkitejob";
   /** When this process last wrote each job's status: a pod's progress is written at most once a second. */
   private readonly statusWrittenMs = new Map<string, number>();
+  /** The pod this process last asked to delete for each job: its deletion may not be in the cache yet. */
+  private readonly podDeleted = new Map<string, string>();
 
   constructor(
     private readonly ctx: ControllerContext,
@@ -48,6 +50,7 @@ export class JobController implements Controller {
       this.ctx.expectations.forget(key);
       this.ctx.expectations.jobChanged(key);
       this.statusWrittenMs.delete(key);
+      this.podDeleted.delete(key);
       return;
     }
     let plan = await this.plan(key, job);
@@ -128,6 +131,8 @@ export class JobController implements Controller {
     const holdMs = progressDelayMs(plan, stored, this.statusWrittenMs.get(key), this.ctx.clock.now().getTime());
     if (holdMs > 0) return { requeueAfterMs: Math.min(holdMs, plan.requeueAfterMs ?? holdMs) };
     const events = [...plan.events];
+    // The cache shows the pod going or gone: nothing more to remember.
+    if (!plan.actions.includes("deletePod")) this.podDeleted.delete(key);
     for (const action of plan.actions) {
       switch (action) {
         case "createPod": {
@@ -159,7 +164,9 @@ export class JobController implements Controller {
           // Record the outcome before the pod that proves it goes away.
           await this.writeStatus(job, stored, status);
           stored = status;
-          await this.deletePod(job);
+          // Once per pod: the job's own status write often comes back before the pod's deletion does.
+          if (this.podDeleted.get(key) !== (job.status?.podUID ?? "")) await this.deletePod(job);
+          this.podDeleted.set(key, job.status?.podUID ?? "");
           break;
         case "deleteJob":
           await deleteCustomObject(

@@ -81,7 +81,9 @@ function array<T>(value: unknown, field: string, item: (v: unknown, field: strin
 
 function stringMap(value: unknown, field: string): Record<string, string> {
   const out: Record<string, string> = {};
-  for (const [k, v] of Object.entries(object(value, field))) out[k] = string(v, `${field}[${JSON.stringify(k)}]`);
+  // The field's name is built only for an error: a job's env has dozens of keys, and jobs are read on every poll.
+  for (const [k, v] of Object.entries(object(value, field)))
+    out[k] = typeof v === "string" ? v : string(v, `${field}[${JSON.stringify(k)}]`);
   return out;
 }
 

@@ -1,6 +1,6 @@
 import type { Informer, KubeConfig, KubernetesObject, ObjectCache, V1Pod } from "@kubernetes/client-node";
 import { KubeRaw } from "../../test/support/kube-raw.js";
-import { LeanInformer, type RawObject } from "../../test/support/lean-informer.js";
+import { LeanInformer, type RawObject } from "../../operator/src/kube/lean-informer.js";
 import { percentile } from "./measure.js";
 
 /**
@@ -98,7 +98,7 @@ export async function watchJobs(kc: KubeConfig, namespace: string): Promise<JobW
     seen: (o: T) => void,
     gone: (o: T) => void = seen,
   ): LeanInformer<T> => {
-    const informer = new LeanInformer<T>(kube, `/${path}`, transform);
+    const informer = new LeanInformer<T>(kube, `/${path}`, { transform });
     informer.on("add", seen);
     informer.on("update", seen);
     informer.on("delete", gone);

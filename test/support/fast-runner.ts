@@ -2,6 +2,7 @@ import type { Informer, KubeConfig, ObjectCache, V1Pod } from "@kubernetes/clien
 import winston from "winston";
 import { apiMessage, isConflict, isInvalid, isNotFound } from "../../operator/src/kube/field-manager.js";
 import { realClock } from "../../operator/src/kube/clock.js";
+import { LeanInformer } from "../../operator/src/kube/lean-informer.js";
 import { SupervisedInformer } from "../../operator/src/kube/supervised-informer.js";
 import { WorkQueue, type ReconcileResult } from "../../operator/src/kube/work-queue.js";
 import { AgentApi } from "./fast-agent-api.js";
@@ -17,7 +18,6 @@ import {
 import { agentExitCode, agentLaunch, ownsStart, runningPatch, takes, terminatedPatch } from "./fast-pod.js";
 import { SecretCache, SecretNotCached } from "./fast-secrets.js";
 import { KubeRaw, STRATEGIC_MERGE_PATCH } from "./kube-raw.js";
-import { LeanInformer } from "./lean-informer.js";
 
 export { FAST_RUNNER } from "./fast-pod.js";
 

@@ -1,10 +1,10 @@
 import type { V1Secret } from "@kubernetes/client-node";
 import type winston from "winston";
 import { isNotFound } from "../../operator/src/kube/field-manager.js";
+import { LeanInformer } from "../../operator/src/kube/lean-informer.js";
 import { realClock } from "../../operator/src/kube/clock.js";
 import { SupervisedInformer } from "../../operator/src/kube/supervised-informer.js";
 import type { KubeRaw } from "./kube-raw.js";
-import { LeanInformer } from "./lean-informer.js";
 
 /** A Secret the watch has not shown (yet): the pod waits for it, as a kubelet waits for a Secret it lacks. */
 export class SecretNotCached extends Error {

@@ -1,4 +1,5 @@
 import { HttpMethod, RequestContext, type KubeConfig } from "@kubernetes/client-node";
+import type { Readable } from "node:stream";
 
 /** A non-2xx answer of the API server: `code` is its HTTP status, as field-manager's `isNotFound` and co. read it. */
 export class KubeRequestError extends Error {
@@ -75,6 +76,22 @@ export class KubeRaw {
     const answer = await this.request("GET", path, signal === undefined ? {} : { signal });
     await check(answer, `GET ${path}`);
     return answer.body.json();
+  }
+
+  /** A collection as parsed JSON, for the operator's `LeanInformer` (its `ListWatchSource`). */
+  list(path: string, signal: AbortSignal): Promise<unknown> {
+    return this.get(path, signal);
+  }
+
+  /** Opens a watch for the operator's `LeanInformer`: its body, or undefined on 410 Gone; rejects on another error. */
+  async watch(path: string, signal: AbortSignal): Promise<Readable | undefined> {
+    const answer = await this.request("GET", path, { signal });
+    if (answer.statusCode === 410) {
+      await answer.body.dump();
+      return undefined;
+    }
+    await check(answer, `watch ${path}`);
+    return answer.body;
   }
 
   async #auth(): Promise<Record<string, string>> {

@@ -1,11 +1,10 @@
 import {
-  CoreV1Api,
-  CustomObjectsApi,
+  KubernetesObjectApi,
   makeInformer,
-  NetworkingV1Api,
+  type Informer,
   type KubeConfig,
-  type KubernetesListObject,
   type KubernetesObject,
+  type ObjectCache,
   type V1NetworkPolicy,
   type V1PersistentVolumeClaim,
   type V1Pod,
@@ -18,6 +17,8 @@ import { LABELS, MANAGED_BY } from "../api/keys.js";
 import { LiveJobs } from "../capacity/live-jobs.js";
 import type { Clock } from "./clock.js";
 import type { Caches, ReadCache } from "./controller.js";
+import { leanTransport } from "./lean-client.js";
+import { LeanInformer } from "./lean-informer.js";
 import { NamespacedCache } from "./namespaced-cache.js";
 import { SupervisedInformer } from "./supervised-informer.js";
 
@@ -51,10 +52,46 @@ const JOB_PODS = `${OWNED},${LABELS.component}=job`;
 /** A kind the operator watches: its collection in every namespace (no namespace) or in one. */
 interface WatchedKind<T extends KubernetesObject> {
   name: string;
+  /** The kind's apiVersion and kind: what the fallback through a proxy lists by. */
+  apiVersion: string;
+  kind: string;
   path(namespace?: string): string;
-  list(namespace?: string): Promise<KubernetesListObject<T>>;
   labelSelector?: string;
   slim?: (obj: T) => void;
+}
+
+/**
+ * Makes the informer of a kind in every namespace or in one. The lean list-and-watch (lean-informer.ts) on the
+ * operator's own transport; through a proxy (`proxy-url`), which that transport does not speak, client-node's
+ * informer, listing with its generic object client.
+ */
+function informerMaker(
+  kc: KubeConfig,
+): <T extends KubernetesObject>(kind: WatchedKind<T>, namespace?: string) => Informer<T> & ObjectCache<T> {
+  const transport = leanTransport(kc);
+  if (transport)
+    return (kind, namespace) =>
+      new LeanInformer(transport, kind.path(namespace), {
+        ...(kind.labelSelector === undefined ? {} : { labelSelector: kind.labelSelector }),
+      });
+  const objects = KubernetesObjectApi.makeApiClient(kc);
+  return <T extends KubernetesObject>(kind: WatchedKind<T>, namespace?: string) =>
+    makeInformer<T>(
+      kc,
+      kind.path(namespace),
+      () =>
+        objects.list<T>(
+          kind.apiVersion,
+          kind.kind,
+          namespace,
+          undefined,
+          undefined,
+          undefined,
+          undefined,
+          kind.labelSelector,
+        ),
+      kind.labelSelector,
+    );
 }
 
 /** `/prefix/plural`, or `/prefix/namespaces/<namespace>/plural`: a collection's path across namespaces or in one. */
@@ -65,7 +102,8 @@ const collection =
 
 /**
  * Creates the informers: the two custom resources, and the operator's own pods, ServiceAccounts, NetworkPolicies and
- * claims (label-selected, so the caches hold only what the operator made).
+ * claims (label-selected, so the caches hold only what the operator made). Cached objects are plain JSON as the API
+ * server sent them: date-time fields are ISO strings, not the `Date`s client-node's model types declare.
  *
  * With no `namespaces`, one informer per kind lists and watches every namespace (this needs a ClusterRole). With
  * `namespaces` (`--watch-namespaces`), one informer per kind and namespace lists and watches only that namespace, so a
@@ -78,9 +116,7 @@ export function createInformers(
   logger: Logger,
   namespaces: readonly string[] = [],
 ): InformerSet {
-  const core = kc.makeApiClient(CoreV1Api);
-  const custom = kc.makeApiClient(CustomObjectsApi);
-  const networking = kc.makeApiClient(NetworkingV1Api);
+  const makeInformerOf = informerMaker(kc);
   const scopes = [...new Set(namespaces)];
   const all: SupervisedInformer<KubernetesObject>[] = [];
 
@@ -94,8 +130,9 @@ export function createInformers(
       clock,
       logger,
       onChange: listeners.emit,
+      // Applied by the supervisor to each object it is told of, so the informer itself caches objects unchanged.
       ...(kind.slim ? { slim: kind.slim } : {}),
-      factory: () => makeInformer<T>(kc, kind.path(namespace), () => kind.list(namespace), kind.labelSelector),
+      factory: () => makeInformerOf(kind, namespace),
     });
     all.push(informer as unknown as SupervisedInformer<KubernetesObject>);
     return informer;
@@ -109,55 +146,41 @@ export function createInformers(
     c: typeof BUILDKITE_QUEUE | typeof BUILDKITE_JOB,
   ): WatchedKind<T> => ({
     name: c.plural,
+    apiVersion: `${c.group}/${c.version}`,
+    kind: c.kind,
     path: collection(`/apis/${c.group}/${c.version}`, c.plural),
-    list: async (namespace) =>
-      (await (namespace
-        ? custom.listNamespacedCustomObject({ group: c.group, version: c.version, namespace, plural: c.plural })
-        : custom.listClusterCustomObject({
-            group: c.group,
-            version: c.version,
-            plural: c.plural,
-          }))) as KubernetesListObject<T>,
   });
 
   const [queues, queueListeners] = watch(customKind<BuildkiteQueue>(BUILDKITE_QUEUE));
   const [jobs, jobListeners] = watch(customKind<BuildkiteJob>(BUILDKITE_JOB));
   const [pods, podListeners] = watch<V1Pod>({
     name: "pods",
+    apiVersion: "v1",
+    kind: "Pod",
     path: collection("/api/v1", "pods"),
     labelSelector: JOB_PODS,
     slim: slimPod,
-    list: (namespace) =>
-      namespace
-        ? core.listNamespacedPod({ namespace, labelSelector: JOB_PODS })
-        : core.listPodForAllNamespaces({ labelSelector: JOB_PODS }),
   });
   const [serviceAccounts, saListeners] = watch<V1ServiceAccount>({
     name: "serviceaccounts",
+    apiVersion: "v1",
+    kind: "ServiceAccount",
     path: collection("/api/v1", "serviceaccounts"),
     labelSelector: OWNED,
-    list: (namespace) =>
-      namespace
-        ? core.listNamespacedServiceAccount({ namespace, labelSelector: OWNED })
-        : core.listServiceAccountForAllNamespaces({ labelSelector: OWNED }),
   });
   const [networkPolicies, npListeners] = watch<V1NetworkPolicy>({
     name: "networkpolicies",
+    apiVersion: "networking.k8s.io/v1",
+    kind: "NetworkPolicy",
     path: collection("/apis/networking.k8s.io/v1", "networkpolicies"),
     labelSelector: OWNED,
-    list: (namespace) =>
-      namespace
-        ? networking.listNamespacedNetworkPolicy({ namespace, labelSelector: OWNED })
-        : networking.listNetworkPolicyForAllNamespaces({ labelSelector: OWNED }),
   });
   const [claims, claimListeners] = watch<V1PersistentVolumeClaim>({
     name: "persistentvolumeclaims",
+    apiVersion: "v1",
+    kind: "PersistentVolumeClaim",
     path: collection("/api/v1", "persistentvolumeclaims"),
     labelSelector: OWNED,
-    list: (namespace) =>
-      namespace
-        ? core.listNamespacedPersistentVolumeClaim({ namespace, labelSelector: OWNED })
-        : core.listPersistentVolumeClaimForAllNamespaces({ labelSelector: OWNED }),
   });
 
   // Indexed before any controller's listener runs: a controller woken by a change reads the index with it.

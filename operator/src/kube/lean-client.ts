@@ -8,15 +8,16 @@ import {
   type HttpMethod,
   type KubeConfig,
 } from "@kubernetes/client-node";
-import { Agent as HttpAgent, request as httpRequest, type IncomingHttpHeaders } from "node:http";
+import { Agent as HttpAgent, request as httpRequest, type IncomingHttpHeaders, type IncomingMessage } from "node:http";
 import { Agent as HttpsAgent, request as httpsRequest, type AgentOptions } from "node:https";
+import type { Readable } from "node:stream";
 
 /** Named in the API server's audit log and metrics, as client-node's generated clients name themselves. */
 const USER_AGENT = "buildkite-operator";
 
 /**
  * The lean request path for the operator's hot requests (a job's pod, token Secret, BuildkiteJob, status patches,
- * Events, deletes).
+ * Events, deletes) and for its informers' lists and watches (lean-informer.ts).
  *
  * Why it exists: a CPU profile of the operator under a burst of jobs put about half of its CPU in
  * @kubernetes/client-node 2.x's request stack, not in the operator: WHATWG fetch over undici, web streams, HTTP/2, and
@@ -32,7 +33,11 @@ const USER_AGENT = "buildkite-operator";
  * status is thrown as client-node's `ApiException` (`code`, and `body` the API server's Status text).
  */
 
-/** Connections per API server: one per worker of the two controllers (16 each); more requests wait for one. */
+/**
+ * Connections per API server for requests: one per worker of the two controllers (16 each); more requests wait for
+ * one. Watches have a pool of their own without a limit: each holds its connection for minutes, and a request must
+ * never wait behind them (nor a watch behind requests).
+ */
 const MAX_SOCKETS = 32;
 /** Idle connections are closed before the API server closes them (its idle timeout is 90 s), not while in use. */
 const IDLE_MS = 60_000;
@@ -49,9 +54,12 @@ interface Exchange {
   text: string;
 }
 
+/** Which connections a request takes: {@link MAX_SOCKETS} for requests, as many as there are watches for watches. */
+type Pool = "requests" | "watches";
+
 /** Sends requests for one KubeConfig (one cluster, one user) over its own keep-alive connections. */
 export class LeanTransport {
-  #agent: Promise<HttpAgent> | undefined;
+  readonly #agents = new Map<Pool, Promise<HttpAgent>>();
 
   constructor(private readonly kc: KubeConfig) {}
 
@@ -80,11 +88,42 @@ export class LeanTransport {
     return (response.text === "" ? undefined : JSON.parse(response.text)) as T;
   }
 
+  /** GETs `path` (a collection, with its query) as parsed JSON: an informer's list. An error status rejects. */
+  async list(path: string, signal: AbortSignal): Promise<unknown> {
+    const response = await this.exchange(await this.authenticatedGet(path, signal), undefined);
+    if (response.status < 200 || response.status > 299) throw apiException(response);
+    return JSON.parse(response.text);
+  }
+
+  /**
+   * Opens a watch (`path` with `watch=true` in its query) and resolves, once the API server has answered, with the body
+   * unread: a stream of one JSON event per line for as long as the watch lasts. Undefined when the API server answers
+   * 410 Gone (the resourceVersion is too old: list again); any other error status rejects. `signal` ends the watch.
+   */
+  async watch(path: string, signal: AbortSignal): Promise<Readable | undefined> {
+    const res = await this.open(await this.authenticatedGet(path, signal), undefined, "watches");
+    const status = res.statusCode ?? 0;
+    if (status === 200) return res;
+    const text = await readText(res);
+    if (status === 410) return undefined;
+    throw apiException({ status, headers: flatHeaders(res.headers), text });
+  }
+
   /** Closes the idle connections (tests; the operator keeps its transport for its life). */
   close(): void {
-    void this.#agent?.then((agent) => {
-      agent.destroy();
-    });
+    for (const agent of this.#agents.values())
+      void agent.then((a) => {
+        a.destroy();
+      });
+  }
+
+  /** A GET's context, through the KubeConfig's authentication (and so its hooks), as every request of `send`. */
+  private async authenticatedGet(path: string, signal: AbortSignal): Promise<RequestContext> {
+    const ctx = new RequestContext(`${this.server()}${path}`, "GET");
+    ctx.setHeaderParam("Accept", "application/json");
+    ctx.setSignal(signal);
+    await this.kc.applySecurityAuthentication(ctx);
+    return ctx;
   }
 
   private server(): string {
@@ -94,8 +133,14 @@ export class LeanTransport {
   }
 
   private async exchange(ctx: RequestContext, body: string | undefined): Promise<Exchange> {
+    const res = await this.open(ctx, body, "requests");
+    return { status: res.statusCode ?? 0, headers: flatHeaders(res.headers), text: await readText(res) };
+  }
+
+  /** Sends the request and resolves with the response once its head has arrived; the caller reads the body. */
+  private async open(ctx: RequestContext, body: string | undefined, pool: Pool): Promise<IncomingMessage> {
     const url = new URL(ctx.getUrl());
-    const agent = await this.agent();
+    const agent = await this.agent(pool);
     const signal = ctx.getSignal();
     const headers = {
       "User-Agent": USER_AGENT,
@@ -107,15 +152,7 @@ export class LeanTransport {
       const request = send(
         url,
         { method: ctx.getHttpMethod(), agent, headers, ...(signal ? { signal } : {}) },
-        (res) => {
-          let text = "";
-          res.setEncoding("utf8");
-          res.on("data", (chunk: string) => (text += chunk));
-          res.on("end", () => {
-            resolve({ status: res.statusCode ?? 0, headers: flatHeaders(res.headers), text });
-          });
-          res.on("error", reject);
-        },
+        resolve,
       );
       request.on("error", reject);
       // Node sends a DELETE's body without a length unless told; Content-Length is set above for every body.
@@ -123,13 +160,17 @@ export class LeanTransport {
     });
   }
 
-  /** One agent per transport, built on first use; a failed build is not remembered, the next request tries again. */
-  private agent(): Promise<HttpAgent> {
-    this.#agent ??= this.buildAgent().catch((err: unknown) => {
-      this.#agent = undefined;
-      throw err;
-    });
-    return this.#agent;
+  /** One agent per pool, built on first use; a failed build is not remembered, the next request tries again. */
+  private agent(pool: Pool): Promise<HttpAgent> {
+    let agent = this.#agents.get(pool);
+    if (agent === undefined) {
+      agent = this.buildAgent(pool === "requests" ? MAX_SOCKETS : Infinity).catch((err: unknown) => {
+        this.#agents.delete(pool);
+        throw err;
+      });
+      this.#agents.set(pool, agent);
+    }
+    return agent;
   }
 
   /**
@@ -137,8 +178,8 @@ export class LeanTransport {
    * applies it: read once, as the shared connections of `reuseConnections` (wiring.ts) read it. Bearer tokens are not
    * taken from here but from each request's context.
    */
-  private async buildAgent(): Promise<HttpAgent> {
-    const base = { keepAlive: true, keepAliveMsecs: KEEP_ALIVE_MS, maxSockets: MAX_SOCKETS, timeout: IDLE_MS };
+  private async buildAgent(maxSockets: number): Promise<HttpAgent> {
+    const base = { keepAlive: true, keepAliveMsecs: KEEP_ALIVE_MS, maxSockets, timeout: IDLE_MS };
     if (this.server().startsWith("http:")) return new HttpAgent(base);
     const tls: AgentOptions = {};
     await this.kc.applyToHTTPSOptions(tls);
@@ -154,6 +195,19 @@ export class LeanTransport {
 function apiException({ status, headers, text }: Exchange): ApiException<string | undefined> {
   if (status === 401) return new ApiException(status, "Unauthorized", undefined, headers);
   return new ApiException(status, "Unknown API Status Code!", text, headers);
+}
+
+/** A response's whole body as text; rejects if the connection fails before its end. */
+function readText(res: IncomingMessage): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let text = "";
+    res.setEncoding("utf8");
+    res.on("data", (chunk: string) => (text += chunk));
+    res.on("end", () => {
+      resolve(text);
+    });
+    res.on("error", reject);
+  });
 }
 
 /** Response headers as client-node gives them: one string per name, repeated values joined as fetch joins them. */
@@ -239,15 +293,23 @@ function overlay<T extends object>(generated: T, lean: Partial<T>): T {
 }
 
 /**
+ * A lean transport for `kc`, or undefined when its cluster is reached through a proxy (`proxy-url`), which the lean
+ * path does not speak: client-node's clients and informers, which do, are used instead.
+ */
+export function leanTransport(kc: KubeConfig): LeanTransport | undefined {
+  return kc.getCurrentCluster()?.proxyUrl ? undefined : new LeanTransport(kc);
+}
+
+/**
  * The operator's core and custom object clients for `kc`: the generated clients of @kubernetes/client-node, with the
  * hot methods on the lean path (same names, parameter objects and errors; responses are plain parsed JSON). A cluster
- * reached through a proxy (`proxy-url`) keeps the generated clients, which know how to use it.
+ * reached through a proxy keeps the generated clients ({@link leanTransport}).
  */
 export function leanClients(kc: KubeConfig): { core: CoreV1Api; custom: CustomObjectsApi; transport?: LeanTransport } {
   const core = kc.makeApiClient(CoreV1Api);
   const custom = kc.makeApiClient(CustomObjectsApi);
-  if (kc.getCurrentCluster()?.proxyUrl) return { core, custom };
-  const transport = new LeanTransport(kc);
+  const transport = leanTransport(kc);
+  if (!transport) return { core, custom };
   return {
     core: overlay(core, leanCoreMethods(transport)),
     custom: overlay(custom, leanCustomMethods(transport)),

@@ -5,8 +5,8 @@ import type { Clock, Timer } from "./clock.js";
 import { apiMessage } from "./field-manager.js";
 
 /**
- * Makes a fresh informer; production: `() => makeInformer(kc, path, listFn, labelSelector)`. Unit tests pass a fake
- * of the list-and-watch stream with the same shape.
+ * Makes a fresh informer; production: a `LeanInformer` (lean-informer.ts), or client-node's `makeInformer` through a
+ * proxy (informers.ts). Unit tests pass a fake of the list-and-watch stream with the same shape.
  */
 export type InformerFactory<T extends KubernetesObject> = () => Informer<T> & ObjectCache<T>;
 

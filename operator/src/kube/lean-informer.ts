@@ -1,22 +1,51 @@
-import type { Informer, KubernetesObject, ObjectCache, ObjectCallback } from "@kubernetes/client-node";
-import { KubeRequestError, type KubeRaw } from "./kube-raw.js";
+import {
+  ApiException,
+  type Informer,
+  type KubernetesObject,
+  type ObjectCache,
+  type ObjectCallback,
+} from "@kubernetes/client-node";
+import type { Readable } from "node:stream";
 
 /**
- * A list-and-watch with client-node's informer shape (so a {@link SupervisedInformer} can supervise it) over
- * {@link KubeRaw}: each event's line is parsed once and, with `transform`, cut down to what its reader needs before it
- * is cached, so a watch of whole pods costs a JSON.parse per event and keeps only a few fields. No WHATWG fetch, web
- * streams or typed models (client-node's informer uses all three per event and per listed object).
+ * A list-and-watch with client-node's informer shape (so a {@link SupervisedInformer} can supervise it) over a
+ * {@link ListWatchSource}: the operator's `LeanTransport`, or the test harness's `KubeRaw`. Each event's line is
+ * parsed once and, with `transform`, cut down to what its reader needs before it is cached. No WHATWG fetch, web
+ * streams or typed models: client-node's informer uses all three per event and per listed object, and was the
+ * operator's largest CPU cost per job. Objects are cached as the API server sent them (date-time fields are ISO
+ * strings, never `Date`s, whatever the client-node model types say).
  *
  * It relists by itself when its resourceVersion is too old (410 Gone) and watches again when the API server ends a
  * watch (`timeoutSeconds`); any other failure of the watch is reported to the `error` callbacks and it stops, as
  * client-node's ListWatch does. A failed first list rejects `start()`.
  */
 
+/** What the informer needs of a transport; both errors and authentication are the transport's. */
+export interface ListWatchSource {
+  /** GETs a collection (`path` with its query) as parsed JSON; rejects on an error status. */
+  list(path: string, signal: AbortSignal): Promise<unknown>;
+  /**
+   * Opens a watch (`path` with its query): its body, one JSON event per line; undefined when the API server answers
+   * 410 Gone. Rejects on any other error status. `signal` ends it.
+   */
+  watch(path: string, signal: AbortSignal): Promise<Readable | undefined>;
+}
+
 type Verb = "add" | "update" | "delete";
 /** Raw objects as the API server sent them, before `transform`. */
 export type RawObject = KubernetesObject & Record<string, unknown>;
 
-/** Server-side watch length: well within undici's 300 s body timeout, so a quiet watch ends cleanly and is renewed. */
+export interface LeanInformerOptions<T> {
+  /** Only objects with these labels, e.g. `app=x,component=y`. */
+  labelSelector?: string;
+  /** What is cached of each object; default the object itself. */
+  transform?: (obj: RawObject) => T;
+}
+
+/**
+ * Server-side watch length: a quiet watch ends cleanly and is renewed from its last resourceVersion, well within the
+ * 300 s body timeout of undici (the harness's transport) and the API server's own choice (30–60 min).
+ */
 const WATCH_SECONDS = 240;
 
 export class LeanInformer<T extends KubernetesObject> implements Informer<T>, ObjectCache<T> {
@@ -28,15 +57,20 @@ export class LeanInformer<T extends KubernetesObject> implements Informer<T>, Ob
     error: [],
     connect: [],
   };
+  readonly #transform: (obj: RawObject) => T;
+  readonly #selector: Record<string, string>;
   #abort: AbortController | undefined;
   #resourceVersion = "";
 
   constructor(
-    private readonly raw: KubeRaw,
+    private readonly source: ListWatchSource,
     /** The collection's path, e.g. `/api/v1/namespaces/ns/pods`. */
     private readonly path: string,
-    private readonly transform: (obj: RawObject) => T = (obj) => obj as unknown as T,
-  ) {}
+    options: LeanInformerOptions<T> = {},
+  ) {
+    this.#transform = options.transform ?? ((obj) => obj as unknown as T);
+    this.#selector = options.labelSelector === undefined ? {} : { labelSelector: options.labelSelector };
+  }
 
   on(verb: Verb | "change", cb: ObjectCallback<T>): void;
   on(verb: "error" | "connect", cb: (err?: unknown) => void): void;
@@ -83,7 +117,7 @@ export class LeanInformer<T extends KubernetesObject> implements Informer<T>, Ob
 
   /** Replaces the cache with a fresh list: objects gone from it are reported deleted, the rest added or updated. */
   async #list(signal: AbortSignal): Promise<void> {
-    const list = (await this.raw.get(this.path, signal)) as {
+    const list = (await this.source.list(this.#url({}), signal)) as {
       metadata?: { resourceVersion?: string };
       items?: RawObject[];
     };
@@ -102,33 +136,36 @@ export class LeanInformer<T extends KubernetesObject> implements Informer<T>, Ob
     try {
       while (!signal.aborted) {
         this.#emit("connect", undefined);
-        const query = `watch=true&allowWatchBookmarks=true&timeoutSeconds=${String(WATCH_SECONDS)}&resourceVersion=${this.#resourceVersion}`;
-        const answer = await this.raw.request("GET", `${this.path}?${query}`, { signal });
-        if (answer.statusCode === 410) {
-          await answer.body.dump();
-          await this.#list(signal);
-          continue;
-        }
-        if (answer.statusCode !== 200)
-          throw new KubeRequestError(answer.statusCode, await answer.body.text(), `watch ${this.path}`);
-        answer.body.setEncoding("utf8");
-        let pending = "";
-        let expired = false;
-        for await (const chunk of answer.body as AsyncIterable<string>) {
-          pending += chunk;
-          let newline: number;
-          while ((newline = pending.indexOf("\n")) >= 0) {
-            const line = pending.slice(0, newline);
-            pending = pending.slice(newline + 1);
-            if (line !== "") expired ||= this.#event(JSON.parse(line) as WatchEvent);
-          }
-        }
-        // A 410 inside the stream ("too old resource version"): list again, then watch from there.
-        if (expired) await this.#list(signal);
+        const query = {
+          watch: "true",
+          allowWatchBookmarks: "true",
+          timeoutSeconds: String(WATCH_SECONDS),
+          resourceVersion: this.#resourceVersion,
+        };
+        const body = await this.source.watch(this.#url(query), signal);
+        // 410 Gone, or a 410 inside the stream ("too old resource version"): list again, then watch from there.
+        if (body === undefined || (await this.#events(body))) await this.#list(signal);
       }
     } catch (err) {
       if (!signal.aborted) this.#emit("error", err);
     }
+  }
+
+  /** Applies a watch's events until the API server ends it; true if one said the resourceVersion has expired. */
+  async #events(body: Readable): Promise<boolean> {
+    body.setEncoding("utf8");
+    let pending = "";
+    let expired = false;
+    for await (const chunk of body as AsyncIterable<string>) {
+      pending += chunk;
+      let newline: number;
+      while ((newline = pending.indexOf("\n")) >= 0) {
+        const line = pending.slice(0, newline);
+        pending = pending.slice(newline + 1);
+        if (line !== "") expired ||= this.#event(JSON.parse(line) as WatchEvent);
+      }
+    }
+    return expired;
   }
 
   /** Applies one watch event; true if it says the resourceVersion has expired. */
@@ -141,18 +178,22 @@ export class LeanInformer<T extends KubernetesObject> implements Informer<T>, Ob
         break;
       case "DELETED": {
         const key = keyOf(obj);
-        const cached = this.#objects.get(key) ?? this.transform(obj);
+        const cached = this.#objects.get(key) ?? this.#transform(obj);
         this.#objects.delete(key);
         this.#emit("delete", cached);
         break;
       }
-      case "ERROR":
-        if ((obj as { code?: unknown }).code === 410) return true;
-        throw new KubeRequestError(
-          Number((obj as { code?: unknown }).code ?? 0),
+      case "ERROR": {
+        // The object is a metav1.Status; its code classifies the failure as an error status would.
+        const code = (obj as { code?: unknown }).code;
+        if (code === 410) return true;
+        throw new ApiException(
+          typeof code === "number" ? code : 0,
+          `the watch of ${this.path} ended with an error`,
           JSON.stringify(obj),
-          `watch ${this.path}`,
+          {},
         );
+      }
       case "BOOKMARK":
         break;
     }
@@ -164,10 +205,16 @@ export class LeanInformer<T extends KubernetesObject> implements Informer<T>, Ob
   #upsert(obj: RawObject): string {
     const key = keyOf(obj);
     const had = this.#objects.has(key);
-    const slim = this.transform(obj);
+    const slim = this.#transform(obj);
     this.#objects.set(key, slim);
     this.#emit(had ? "update" : "add", slim);
     return key;
+  }
+
+  /** The collection's path with the label selector and `query`. */
+  #url(query: Record<string, string>): string {
+    const params = new URLSearchParams({ ...this.#selector, ...query }).toString();
+    return params === "" ? this.path : `${this.path}?${params}`;
   }
 
   #emit(verb: Verb | "error" | "connect", arg: unknown): void {
